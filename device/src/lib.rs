@@ -1,0 +1,1 @@
+//! The vugpu GPU model.

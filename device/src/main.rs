@@ -1,0 +1,2 @@
+//! `vugpu`: the vfio-user GPU server.
+fn main() {}

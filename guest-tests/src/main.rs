@@ -1,0 +1,2 @@
+//! `vugpu-vm`: boots guests with vugpu GPUs and runs test suites.
+fn main() {}
