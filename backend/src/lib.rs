@@ -1,1 +1,26 @@
 //! Where vugpu's bytes live: VRAM storage and the guest DMA address space.
+//!
+//! Two address spaces are modelled here, and nothing else (no message parsing, no device logic):
+//!
+//! - **VRAM** ([`Vram`]): the GPU's local memory. It is a shared file (an anonymous `memfd` by
+//!   default, or a file, e.g. on hugetlbfs) mapped `MAP_SHARED` into the server. The same file is
+//!   handed to the client for the VRAM BAR mmap, so a guest store through the BAR and a device-side
+//!   access through [`Vram::read`]/[`Vram::write`] touch the same page. The file is sized with
+//!   `ftruncate`, so untouched VRAM costs no RAM. Offsets are typed ([`VramOffset`]).
+//! - **DMA space** ([`DmaSpace`]): what the client exported with DMA_MAP. Every window is either a
+//!   file the server maps (`MAP_SHARED`, with the client's permissions) or a message-only window
+//!   (no fd: reachable only with DMA_READ/DMA_WRITE messages, which is the device's business, not
+//!   this crate's). Addresses are typed ([`Iova`]).
+//!
+//! Every access goes through vm-memory's bounds-checked `Bytes` accessors; every rejection is a
+//! typed error ([`VramError`], [`DmaError`]). Nothing here panics on peer-controlled input.
+
+#![deny(missing_docs)]
+
+mod addr;
+mod dma_space;
+mod vram;
+
+pub use addr::{Iova, VramOffset};
+pub use dma_space::{DmaError, DmaPermissions, DmaSpace, DmaWindow, WindowBacking};
+pub use vram::{Vram, VramError, VramOptions};

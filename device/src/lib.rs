@@ -1,1 +1,17 @@
 //! The vugpu GPU model.
+//!
+//! A PCI Express function ([`pci`]) with a register BAR ([`regs`], MSI-X table/PBA in [`msix`])
+//! and a VRAM BAR (memfd from `vugpu-backend`), composed in [`gpu::Gpu`], which implements the
+//! protocol crate's `DeviceBackend`. The model is pure: interrupts leave through
+//! [`irq::Notifier`], memory through `vugpu-backend`. [`event_loop`] is the only code that waits
+//! on fds.
+
+pub mod config;
+pub mod event_loop;
+pub mod gpu;
+pub mod irq;
+pub mod log;
+pub mod msix;
+pub mod pci;
+pub mod probe;
+pub mod regs;

@@ -1,0 +1,300 @@
+//! Command-line configuration of `vugpu serve`: parsing and validation into a [`GpuConfig`].
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::gpu::{GpuConfig, Injections, DEFAULT_MSIX_VECTORS};
+use crate::log::Level;
+use crate::pci::dsn::serial_from;
+
+/// Options of `vugpu serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// UNIX socket to listen on (created; must not exist; its directory must exist).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// VRAM size and VRAM BAR (BAR2) size: a power of two >= 1M, with suffix K, M, G or T
+    /// (e.g. 256M, 16G). Untouched VRAM uses no memory.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_vram_size)]
+    pub vram: u64,
+    /// Back VRAM with this file (created if missing; e.g. on hugetlbfs) instead of an anonymous
+    /// memfd. Its contents persist across server restarts.
+    #[arg(long, value_name = "PATH")]
+    pub vram_file: Option<PathBuf>,
+    /// Number of MSI-X vectors (1-2048).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MSIX_VECTORS,
+          value_parser = clap::value_parser!(u16).range(1..=2048))]
+    pub msix_vectors: u16,
+    /// PCI Vendor ID, hex (e.g. 0x1234).
+    #[arg(long, value_name = "HEX", default_value = "0x1234", value_parser = parse_hex_u16)]
+    pub vendor_id: u16,
+    /// PCI Device ID, hex.
+    #[arg(long, value_name = "HEX", default_value = "0x5647", value_parser = parse_hex_u16)]
+    pub device_id: u16,
+    /// PCI Subsystem Vendor ID, hex.
+    #[arg(long, value_name = "HEX", default_value = "0x1234",
+          value_parser = parse_hex_u16)]
+    pub subsystem_vendor_id: u16,
+    /// PCI Subsystem ID, hex.
+    #[arg(long, value_name = "HEX", default_value = "0x0001", value_parser = parse_hex_u16)]
+    pub subsystem_id: u16,
+    /// Device Serial Number (decimal or 0x-hex). Default: derived from the socket path, so it
+    /// is stable across restarts.
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    pub serial: Option<u64>,
+    /// Fault injection. `msix-dead=N`: MSI-X vector N is never signalled. Repeatable.
+    #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
+    pub inject: Vec<Fault>,
+    /// Log verbosity.
+    #[arg(long, value_enum, default_value = "info")]
+    pub log_level: Level,
+}
+
+/// One `--inject` fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `msix-dead=N`.
+    MsixDead(u16),
+}
+
+const UNITS: &[(char, u32)] = &[('K', 10), ('M', 20), ('G', 30), ('T', 40)];
+
+/// Parses `256M`, `16G`, `1048576`, `1GiB` into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let u = c.to_ascii_uppercase();
+            let shift = UNITS
+                .iter()
+                .find(|(k, _)| *k == u)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| format!("unknown size unit '{c}' in '{text}' (use K, M, G or T)"))?;
+            (&t[..t.len() - 1], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 256M, 16G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{text}' is too large"))
+}
+
+/// Parses a VRAM size: a power of two between 1 MiB and 128 TiB.
+pub fn parse_vram_size(text: &str) -> Result<u64, String> {
+    let n = parse_size(text)?;
+    if n < 1 << 20 || !n.is_power_of_two() || n > 1 << 47 {
+        return Err(format!(
+            "VRAM size '{text}' must be a power of two between 1M and 128T"
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses a 16-bit hex ID (`0x1234` or `1234`).
+pub fn parse_hex_u16(text: &str) -> Result<u16, String> {
+    let t = text.trim();
+    let digits = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    u16::from_str_radix(digits, 16).map_err(|_| format!("'{text}' is not a 16-bit hex value"))
+}
+
+/// Parses a u64 in decimal or `0x` hex.
+pub fn parse_u64(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| format!("'{text}' is not a 64-bit number"))
+}
+
+/// Parses one `--inject` value.
+pub fn parse_inject(text: &str) -> Result<Fault, String> {
+    match text.split_once('=') {
+        Some(("msix-dead", n)) => n
+            .trim()
+            .parse::<u16>()
+            .map(Fault::MsixDead)
+            .map_err(|_| format!("msix-dead needs a vector number, got '{n}'")),
+        _ => Err(format!("unknown fault '{text}' (known: msix-dead=N)")),
+    }
+}
+
+/// Checks the socket path before binding: its directory must exist and the path must not.
+pub fn check_socket_path(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot create socket {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err(format!(
+            "socket {} exists; is another vugpu serving it? remove it first",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+impl ServeArgs {
+    /// The device configuration these options describe.
+    pub fn gpu_config(&self) -> Result<GpuConfig, String> {
+        let mut cfg = GpuConfig::new(self.vram);
+        cfg.vram.file = self.vram_file.clone();
+        cfg.msix_vectors = self.msix_vectors;
+        cfg.identity.vendor_id = self.vendor_id;
+        cfg.identity.device_id = self.device_id;
+        cfg.identity.subsystem_vendor_id = self.subsystem_vendor_id;
+        cfg.identity.subsystem_id = self.subsystem_id;
+        cfg.serial = self
+            .serial
+            .unwrap_or_else(|| serial_from(&self.socket.to_string_lossy()));
+        let mut inject = Injections::default();
+        for f in &self.inject {
+            match *f {
+                Fault::MsixDead(n) if n >= self.msix_vectors => {
+                    return Err(format!(
+                        "--inject msix-dead={n}: the device has only {} MSI-X vectors",
+                        self.msix_vectors
+                    ))
+                }
+                Fault::MsixDead(n) => inject.msix_dead = Some(n),
+            }
+        }
+        cfg.inject = inject;
+        Ok(cfg)
+    }
+}
+
+/// The QEMU `-device` argument for a socket.
+pub fn qemu_device_arg(socket: &Path) -> String {
+    let path = serde_json_escape(&socket.to_string_lossy());
+    format!(r#"-device '{{"driver":"vfio-user-pci","socket":{{"path":"{path}","type":"unix"}}}}'"#)
+}
+
+fn serde_json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("'\\''"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("16G").unwrap(), 16 << 30);
+        assert_eq!(parse_size("16g").unwrap(), 16 << 30);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2T").unwrap(), 2 << 40);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert!(parse_size("100000000000T").is_err());
+        assert!(parse_vram_size("1M").is_ok());
+        assert!(parse_vram_size("512K").is_err());
+        assert!(parse_vram_size("3M").is_err());
+        assert!(parse_vram_size("256T").is_err());
+    }
+
+    #[test]
+    fn ids_and_faults() {
+        assert_eq!(parse_hex_u16("0x10de").unwrap(), 0x10de);
+        assert_eq!(parse_hex_u16("1af4").unwrap(), 0x1af4);
+        assert!(parse_hex_u16("0x12345").is_err());
+        assert!(parse_hex_u16("zz").is_err());
+        assert_eq!(parse_u64("0x10").unwrap(), 16);
+        assert_eq!(parse_u64("10").unwrap(), 10);
+        assert!(parse_u64("x").is_err());
+        assert_eq!(parse_inject("msix-dead=3").unwrap(), Fault::MsixDead(3));
+        assert!(parse_inject("msix-dead=x").is_err());
+        assert!(parse_inject("bogus=1").is_err());
+        assert!(parse_inject("msix-dead").is_err());
+    }
+
+    #[test]
+    fn socket_path_checks() {
+        let err = check_socket_path(Path::new("/nonexistent-dir-vugpu/s.sock")).unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+        let existing = std::env::temp_dir().join(format!("vugpu-cfg-{}", std::process::id()));
+        std::fs::write(&existing, b"").unwrap();
+        let err = check_socket_path(&existing).unwrap_err();
+        assert!(
+            err.contains("exists; is another vugpu serving it? remove it first"),
+            "{err}"
+        );
+        std::fs::remove_file(&existing).unwrap();
+        assert!(check_socket_path(&existing).is_ok());
+    }
+
+    #[test]
+    fn defaults_match_hw_spec() {
+        use crate::gpu::{
+            DEFAULT_DEVICE_ID, DEFAULT_SUBSYSTEM_ID, DEFAULT_SUBSYSTEM_VENDOR_ID, DEFAULT_VENDOR_ID,
+        };
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ServeArgs,
+        }
+        let t = T::try_parse_from(["t", "--socket", "/tmp/x.sock"]).unwrap();
+        assert_eq!(t.a.vendor_id, DEFAULT_VENDOR_ID);
+        assert_eq!(t.a.device_id, DEFAULT_DEVICE_ID);
+        assert_eq!(t.a.subsystem_vendor_id, DEFAULT_SUBSYSTEM_VENDOR_ID);
+        assert_eq!(t.a.subsystem_id, DEFAULT_SUBSYSTEM_ID);
+        assert_eq!(t.a.vram, 256 << 20);
+        assert_eq!(t.a.msix_vectors, 16);
+        let cfg = t.a.gpu_config().unwrap();
+        assert_eq!(cfg.serial, serial_from("/tmp/x.sock"));
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--msix-vectors",
+            "4",
+            "--inject",
+            "msix-dead=4",
+        ])
+        .unwrap();
+        assert!(t.a.gpu_config().is_err());
+        assert!(T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "0"]).is_err());
+        assert!(T::try_parse_from(["t", "--socket", "s", "--vram", "3M"]).is_err());
+    }
+
+    #[test]
+    fn qemu_arg() {
+        assert_eq!(
+            qemu_device_arg(Path::new("/tmp/vugpu.sock")),
+            r#"-device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/vugpu.sock","type":"unix"}}'"#
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! Event-loop glue (event-manager), and nothing else: which fd is ready, and what to call.
+//!
+//! One subscriber owns the listening socket, at most one client [`Session`] and the [`Gpu`];
+//! the fds are told apart by typed [`Token`]s. (A single subscriber because accepting a client
+//! must register the client's fd, and event-manager only lets a subscriber register its own
+//! fds.) A second concurrent client is accepted and closed with a log line. When the client
+//! hangs up, errs or violates the protocol, the session is dropped, the device is told
+//! (`client_disconnected`: DMA maps and irq fds go, device state stays) and the server waits
+//! for the next client — a restarted QEMU is served without restarting the server. SIGINT and
+//! SIGTERM (through a signalfd), or any readable stop fd, end the loop; the socket file is removed
+//! on the way out.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use vugpu_protocol::backend::DeviceBackend;
+use vugpu_protocol::{ServerConfig, Session, Status};
+
+use crate::gpu::Gpu;
+use crate::log::Level;
+
+/// What a ready fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Token {
+    /// The listening socket.
+    Listener = 1,
+    /// The connected client.
+    Session = 2,
+    /// The stop fd: a signalfd (SIGINT/SIGTERM) or an eventfd.
+    Stop = 3,
+}
+
+impl Token {
+    fn from_data(data: u32) -> Option<Token> {
+        [Token::Listener, Token::Session, Token::Stop]
+            .into_iter()
+            .find(|t| *t as u32 == data)
+    }
+}
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket could not be created.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    EventManager(String),
+    /// Signal handling could not be set up.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] io::Error),
+}
+
+/// Counters of the server (for tests and logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Clients served (sessions started).
+    pub clients: u64,
+    /// Connections refused because a client was already connected.
+    pub refused: u64,
+    /// Sessions that ended with a protocol error.
+    pub session_errors: u64,
+}
+
+/// The subscriber: listener + at most one session + the device.
+pub struct Server {
+    listener: UnixListener,
+    session: Option<Session>,
+    gpu: Gpu,
+    config: ServerConfig,
+    stop: Option<OwnedFd>,
+    shutdown: bool,
+    stats: ServerStats,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("connected", &self.session.is_some())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `gpu` on an already bound `listener`. When `stop` (a signalfd from
+    /// [`shutdown_signalfd`], or an eventfd) becomes readable, [`run`] returns.
+    pub fn new(
+        listener: UnixListener,
+        gpu: Gpu,
+        config: ServerConfig,
+        stop: Option<OwnedFd>,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            session: None,
+            gpu,
+            config,
+            stop,
+            shutdown: false,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// A shutdown signal arrived.
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    crate::log!(Level::Warn, "accept failed: {e}");
+                    return;
+                }
+            };
+            if self.session.is_some() {
+                // The previous client may have hung up without us having seen it yet (a
+                // restarted QEMU reconnects at once): finish it first.
+                self.reap_hung_up_session(ops);
+            }
+            if self.session.is_some() {
+                self.stats.refused += 1;
+                crate::log!(
+                    Level::Warn,
+                    "refusing a second client: one client is already connected"
+                );
+                drop(stream);
+                continue;
+            }
+            if let Err(e) = stream.set_nonblocking(false) {
+                crate::log!(Level::Warn, "cannot configure client socket: {e}");
+                continue;
+            }
+            let session = Session::new(stream, self.config.clone());
+            if let Err(e) = ops.add(Events::with_data(
+                &session,
+                Token::Session as u32,
+                EventSet::IN | EventSet::HANG_UP | EventSet::ERROR,
+            )) {
+                crate::log!(Level::Error, "cannot watch client socket: {e:?}");
+                continue;
+            }
+            self.stats.clients += 1;
+            crate::log!(Level::Info, "client {} connected", self.stats.clients);
+            self.session = Some(session);
+        }
+    }
+
+    fn end_session(&mut self, ops: &mut EventOps, why: &str) {
+        if let Some(session) = self.session.take() {
+            let _ = ops.remove(Events::empty(&session));
+            crate::log!(
+                Level::Info,
+                "client {} disconnected ({why}); {} messages handled",
+                self.stats.clients,
+                session.stats().total_messages()
+            );
+        }
+        self.gpu.client_disconnected();
+        let g = self.gpu.stats();
+        let m = self.gpu.msix().stats();
+        crate::log!(
+            Level::Info,
+            "device: {} DEVICE_RESETs, {} FLRs, {} SOFT_RESETs, {} MSI-X messages, {} held, {} suppressed",
+            g.device_resets,
+            g.flrs,
+            g.soft_resets,
+            m.sent,
+            m.pended,
+            m.suppressed
+        );
+    }
+
+    /// If the current client has hung up, handle what it left in the socket and end it.
+    fn reap_hung_up_session(&mut self, ops: &mut EventOps) {
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
+        let mut pfd = libc::pollfd {
+            fd: session.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1, timeout 0.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        if rc <= 0 || pfd.revents & hung_up == 0 {
+            return;
+        }
+        // The peer is gone, so what is left to read is finite: drain it.
+        while let Some(session) = self.session.as_mut() {
+            match session.handle_message(&mut self.gpu) {
+                Ok(Status::Continue) => {}
+                Ok(Status::Closed) => self.end_session(ops, "closed"),
+                Err(e) if e.is_fatal() => {
+                    self.stats.session_errors += 1;
+                    let why = format!("protocol error: {e}");
+                    self.end_session(ops, &why);
+                }
+                Err(e) => crate::log!(Level::Debug, "request failed: {e}"),
+            }
+        }
+    }
+
+    fn serve_client(&mut self, ops: &mut EventOps, set: EventSet) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if !set.contains(EventSet::IN) {
+            self.end_session(ops, "hang-up");
+            return;
+        }
+        loop {
+            match session.handle_message(&mut self.gpu) {
+                Ok(Status::Continue) => {}
+                Ok(Status::Closed) => {
+                    self.end_session(ops, "closed");
+                    return;
+                }
+                Err(e) if e.is_fatal() => {
+                    self.stats.session_errors += 1;
+                    let why = format!("protocol error: {e}");
+                    self.end_session(ops, &why);
+                    return;
+                }
+                Err(e) => crate::log!(Level::Debug, "request failed: {e}"),
+            }
+            if !session.has_pending() {
+                return;
+            }
+        }
+    }
+
+    fn read_stop(&mut self) {
+        if let Some(fd) = &self.stop {
+            // One signalfd_siginfo (128 bytes) or one eventfd counter (8 bytes).
+            let mut info = [0u8; 128];
+            // SAFETY: the buffer is valid for 128 bytes and outlives the call; the fd is owned by
+            // `self`.
+            let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+            if n > 0 {
+                crate::log!(Level::Info, "shutdown requested");
+                self.shutdown = true;
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Server {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.listener,
+            Token::Listener as u32,
+            EventSet::IN,
+        )) {
+            crate::log!(Level::Error, "cannot watch the listening socket: {e:?}");
+            self.shutdown = true;
+        }
+        if let Some(fd) = &self.stop {
+            if let Err(e) = ops.add(Events::with_data(fd, Token::Stop as u32, EventSet::IN)) {
+                crate::log!(Level::Error, "cannot watch the stop fd: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match Token::from_data(events.data()) {
+            Some(Token::Listener) => self.accept(ops),
+            Some(Token::Session) => self.serve_client(ops, events.event_set()),
+            Some(Token::Stop) => self.read_stop(),
+            None => {
+                crate::log!(Level::Warn, "event for unknown token {}", events.data());
+                let _ = ops.remove(events);
+            }
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM for this thread (and threads it spawns later) and returns a
+/// signalfd that reports them. Call before spawning threads.
+pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for all four calls; pthread_sigmask's old-set pointer
+    // may be null. signalfd with fd -1 creates a new fd whose result is checked.
+    let fd = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes the socket file when dropped.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl SocketFile {
+    /// Binds `path` (which must not exist) and returns the listener and the guard. The socket
+    /// is bound and listening under a temporary name first and then linked to `path`, so a
+    /// client that waits for `path` to appear never gets ECONNREFUSED; an existing `path` is
+    /// never replaced.
+    pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
+        let err = |source| ServeError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let _ = std::fs::remove_file(&tmp);
+        let listener = UnixListener::bind(&tmp).map_err(err)?;
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(err)?;
+        Ok((listener, SocketFile(path.to_path_buf())))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the server until its stop fd is readable (forever without one); returns the server, so
+/// callers (tests) can inspect the device.
+pub fn run(server: Server) -> Result<Server, ServeError> {
+    let mut em =
+        EventManager::<Server>::new().map_err(|e| ServeError::EventManager(format!("{e:?}")))?;
+    let id = em.add_subscriber(server);
+    loop {
+        match em.run() {
+            Ok(_) => {}
+            Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
+            Err(e) => return Err(ServeError::EventManager(format!("{e:?}"))),
+        }
+        let done = em
+            .subscriber_mut(id)
+            .map_err(|e| ServeError::EventManager(format!("{e:?}")))?
+            .shutdown_requested();
+        if done {
+            break;
+        }
+    }
+    em.remove_subscriber(id)
+        .map_err(|e| ServeError::EventManager(format!("{e:?}")))
+}

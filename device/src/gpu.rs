@@ -1,0 +1,677 @@
+//! The GPU: PCI function + register file + MSI-X + VRAM + DMA space, behind the protocol's
+//! `DeviceBackend` seam.
+//!
+//! Regions (VFIO PCI numbering): 0 BAR0 registers (16 MiB, trapped), 1 none, 2 BAR2 VRAM
+//! (mmappable memfd, whole region, also served by REGION_READ/WRITE), 3-5 none (BAR2 is 64-bit),
+//! 6 no ROM, 7 config space (4 KiB), 8 no VGA. IRQ indexes: 0 INTx and 1 MSI unsupported (count 0),
+//! 2 MSI-X (count = vectors, EVENTFD | NORESIZE), 3 ERR (count 1, so QEMU wires AER), 4 REQ none.
+//!
+//! Resets (hw-spec §4): DEVICE_RESET and FLR restore the power-on state of config space, the
+//! register file and MSI-X table/PBA; SOFT_RESET keeps config space. VRAM, DMA mappings and the
+//! client's interrupt fds survive every reset; a client disconnect drops the mappings and fds.
+
+use vugpu_backend::{
+    DmaError, DmaPermissions, DmaSpace, Iova, Vram, VramError, VramOffset, VramOptions,
+};
+use vugpu_protocol::backend::{
+    irq_flags, region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping,
+    DmaUnmap, IrqAction, IrqData, IrqInfo, IrqSet, RegionInfo, RegionMmap,
+};
+
+use crate::irq::{EventFdNotifier, Notifier};
+use crate::msix::Msix;
+use crate::pci::aer::Aer;
+use crate::pci::bar::{Bar, BarKind};
+use crate::pci::capability::{CapWrite, Capability};
+use crate::pci::dsn::DeviceSerialNumber;
+use crate::pci::msix_cap::{
+    self, MsixCap, MsixControl, MAX_VECTORS, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET,
+};
+use crate::pci::pcie::{self, DeviceControl, PciExpress};
+use crate::pci::pm::PowerManagement;
+use crate::pci::rebar::ResizableBar;
+use crate::pci::{PciError, PciFunction, PciIdentity};
+use crate::regs::{
+    RegisterContext, RegisterFile, RegisterParams, RegisterStats, REGISTER_FILE_SIZE,
+};
+
+/// Default Vendor ID (no in-tree Linux driver binds 0x1234:0x5647).
+pub const DEFAULT_VENDOR_ID: u16 = 0x1234;
+/// Default Device ID ("GV").
+pub const DEFAULT_DEVICE_ID: u16 = 0x5647;
+/// Default Subsystem Vendor ID.
+pub const DEFAULT_SUBSYSTEM_VENDOR_ID: u16 = 0x1234;
+/// Default Subsystem ID.
+pub const DEFAULT_SUBSYSTEM_ID: u16 = 0x0001;
+/// Default number of MSI-X vectors.
+pub const DEFAULT_MSIX_VECTORS: u16 = 16;
+/// BAR0 size.
+pub const BAR0_SIZE: u64 = 16 << 20;
+/// Config space region size.
+pub const CONFIG_SIZE: u64 = 4096;
+/// End of the PBA window in BAR0.
+pub const MSIX_PBA_END: u64 = MSIX_PBA_OFFSET as u64 + 0x1000;
+
+/// Capability offsets (hw-spec §1.2, §1.4).
+pub mod cap_offset {
+    /// Power Management.
+    pub const PM: u16 = 0x40;
+    /// MSI-X.
+    pub const MSIX: u16 = 0x50;
+    /// PCI Express.
+    pub const PCIE: u16 = 0x60;
+    /// AER.
+    pub const AER: u16 = 0x100;
+    /// Resizable BAR.
+    pub const REBAR: u16 = 0x148;
+    /// Device Serial Number.
+    pub const DSN: u16 = 0x154;
+}
+
+/// Region indexes.
+pub mod region {
+    /// BAR0: registers.
+    pub const BAR0: u32 = 0;
+    /// BAR2: VRAM.
+    pub const BAR2: u32 = 2;
+    /// Expansion ROM.
+    pub const ROM: u32 = 6;
+    /// Config space.
+    pub const CONFIG: u32 = 7;
+    /// VGA.
+    pub const VGA: u32 = 8;
+    /// Number of regions.
+    pub const COUNT: u32 = 9;
+}
+
+/// IRQ indexes.
+pub mod irq_index {
+    /// INTx.
+    pub const INTX: u32 = 0;
+    /// MSI.
+    pub const MSI: u32 = 1;
+    /// MSI-X.
+    pub const MSIX: u32 = 2;
+    /// Error (AER) notification.
+    pub const ERR: u32 = 3;
+    /// Device request.
+    pub const REQ: u32 = 4;
+    /// Number of IRQ indexes.
+    pub const COUNT: u32 = 5;
+}
+
+/// Fault injection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Injections {
+    /// This MSI-X vector is never signalled.
+    pub msix_dead: Option<u16>,
+}
+
+/// How to build a [`Gpu`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuConfig {
+    /// VRAM size and backing.
+    pub vram: VramOptions,
+    /// Number of MSI-X vectors (1..=2048).
+    pub msix_vectors: u16,
+    /// IDs.
+    pub identity: PciIdentity,
+    /// Device Serial Number.
+    pub serial: u64,
+    /// Fault injection.
+    pub inject: Injections,
+}
+
+impl GpuConfig {
+    /// Defaults of hw-spec §1 with `vram_size` bytes of memfd VRAM.
+    pub fn new(vram_size: u64) -> Self {
+        GpuConfig {
+            vram: VramOptions::memfd(vram_size),
+            msix_vectors: DEFAULT_MSIX_VECTORS,
+            identity: PciIdentity {
+                vendor_id: DEFAULT_VENDOR_ID,
+                device_id: DEFAULT_DEVICE_ID,
+                subsystem_vendor_id: DEFAULT_SUBSYSTEM_VENDOR_ID,
+                subsystem_id: DEFAULT_SUBSYSTEM_ID,
+                revision: 0x01,
+                class_code: 0x03_02_00,
+            },
+            serial: 0,
+            inject: Injections::default(),
+        }
+    }
+}
+
+/// Errors building a [`Gpu`].
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// `--inject msix-dead=N` names a vector the device does not have.
+    #[error("msix-dead={vector}: the device has only {vectors} MSI-X vectors")]
+    BadInjection {
+        /// Requested vector.
+        vector: u16,
+        /// Vectors.
+        vectors: u16,
+    },
+    /// Vector count outside 1..=2048.
+    #[error("invalid MSI-X vector count {0}: must be 1..=2048")]
+    BadVectors(u16),
+    /// The config-space layout could not be built.
+    #[error("config space: {0}")]
+    Pci(#[from] PciError),
+    /// VRAM could not be created.
+    #[error(transparent)]
+    Vram(#[from] VramError),
+    /// VRAM size not supported by the Resizable BAR capability.
+    #[error("VRAM size {0:#x} not supported (1 MiB .. 128 TiB, power of two)")]
+    VramSize(u64),
+}
+
+/// Device-level counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GpuStats {
+    /// Function Level Resets.
+    pub flrs: u64,
+    /// DEVICE_RESETs.
+    pub device_resets: u64,
+    /// SOFT_RESETs.
+    pub soft_resets: u64,
+    /// BAR0 accesses that straddle two areas (registers, MSI-X table, PBA, reserved).
+    pub bad_bar0_accesses: u64,
+    /// Client disconnects.
+    pub disconnects: u64,
+}
+
+/// The GPU model.
+#[derive(Debug)]
+pub struct Gpu {
+    pci: PciFunction,
+    regs: RegisterFile,
+    msix: Msix,
+    err_notifier: Option<Box<dyn Notifier>>,
+    vram: Vram,
+    dma: DmaSpace,
+    vectors: u16,
+    stats: GpuStats,
+}
+
+/// The register file's view of the rest of the device.
+struct RegCtx<'a> {
+    vram: &'a Vram,
+    msix: &'a mut Msix,
+    ctl: MsixControl,
+}
+
+impl RegisterContext for RegCtx<'_> {
+    fn vram_read_u32(&mut self, offset: u64) -> Option<u32> {
+        self.vram.read_u32(VramOffset(offset)).ok()
+    }
+    fn vram_write_u32(&mut self, offset: u64, value: u32) -> bool {
+        self.vram.write_u32(VramOffset(offset), value).is_ok()
+    }
+    fn signal(&mut self, vector: u32) {
+        self.msix.signal(vector as usize, self.ctl);
+    }
+    fn irq_count(&self) -> u64 {
+        self.msix.stats().sent
+    }
+}
+
+/// Which part of BAR0 an access falls in.
+enum Bar0Area {
+    Registers,
+    Table(usize),
+    Pba(usize),
+    Reserved,
+    Straddle,
+}
+
+fn bar0_area(offset: u64, len: usize) -> Bar0Area {
+    let Some(end) = u64::try_from(len).ok().and_then(|l| offset.checked_add(l)) else {
+        return Bar0Area::Straddle;
+    };
+    let table = u64::from(MSIX_TABLE_OFFSET);
+    let pba = u64::from(MSIX_PBA_OFFSET);
+    let areas = [
+        (0, REGISTER_FILE_SIZE),
+        (table, pba),
+        (pba, MSIX_PBA_END),
+        (MSIX_PBA_END, BAR0_SIZE),
+    ];
+    let Some(i) = areas.iter().position(|&(s, e)| offset >= s && offset < e) else {
+        return Bar0Area::Straddle;
+    };
+    if end > areas[i].1 {
+        return Bar0Area::Straddle;
+    }
+    match i {
+        0 => Bar0Area::Registers,
+        1 => Bar0Area::Table((offset - table) as usize),
+        2 => Bar0Area::Pba((offset - pba) as usize),
+        _ => Bar0Area::Reserved,
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> BackendError {
+    BackendError::Invalid(msg.into())
+}
+
+impl Gpu {
+    /// Builds the device in its power-on state.
+    pub fn new(config: &GpuConfig) -> Result<Self, GpuError> {
+        let vectors = config.msix_vectors;
+        let msix_cap = MsixCap::new(vectors).ok_or(GpuError::BadVectors(vectors))?;
+        if let Some(dead) = config.inject.msix_dead {
+            if dead >= vectors {
+                return Err(GpuError::BadInjection {
+                    vector: dead,
+                    vectors,
+                });
+            }
+        }
+        let vram = Vram::new(&config.vram)?;
+        let rebar = ResizableBar::new(2, vram.size()).ok_or(GpuError::VramSize(vram.size()))?;
+        let bars = vec![
+            Bar::new(
+                0,
+                BarKind::Mem32 {
+                    prefetchable: false,
+                },
+                BAR0_SIZE,
+            )
+            .map_err(PciError::from)?,
+            Bar::new(2, BarKind::Mem64 { prefetchable: true }, vram.size())
+                .map_err(PciError::from)?,
+        ];
+        let caps: Vec<(u16, Box<dyn Capability>)> = vec![
+            (cap_offset::PM, Box::new(PowerManagement)),
+            (cap_offset::MSIX, Box::new(msix_cap)),
+            (cap_offset::PCIE, Box::new(PciExpress)),
+            (cap_offset::AER, Box::new(Aer)),
+            (cap_offset::REBAR, Box::new(rebar)),
+            (
+                cap_offset::DSN,
+                Box::new(DeviceSerialNumber::new(config.serial)),
+            ),
+        ];
+        let pci = PciFunction::new(&config.identity, bars, caps)?;
+        debug_assert!(MAX_VECTORS as usize * 16 <= (MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) as usize);
+        Ok(Gpu {
+            pci,
+            regs: RegisterFile::new(RegisterParams {
+                num_vectors: u32::from(vectors),
+                vram_size: vram.size(),
+            }),
+            msix: Msix::new(vectors, config.inject.msix_dead),
+            err_notifier: None,
+            vram,
+            dma: DmaSpace::new(),
+            vectors,
+            stats: GpuStats::default(),
+        })
+    }
+
+    /// The PCI function (config space).
+    pub fn pci(&self) -> &PciFunction {
+        &self.pci
+    }
+
+    /// VRAM.
+    pub fn vram(&self) -> &Vram {
+        &self.vram
+    }
+
+    /// The DMA address space.
+    pub fn dma(&self) -> &DmaSpace {
+        &self.dma
+    }
+
+    /// MSI-X state.
+    pub fn msix(&self) -> &Msix {
+        &self.msix
+    }
+
+    /// Device counters.
+    pub fn stats(&self) -> GpuStats {
+        self.stats
+    }
+
+    /// Register-file counters.
+    pub fn register_stats(&self) -> RegisterStats {
+        self.regs.stats()
+    }
+
+    /// PCIe Device Control, as read on every DMA transaction (No Snoop / Relaxed Ordering).
+    pub fn device_control(&self) -> DeviceControl {
+        pcie::device_control(self.pci.config(), cap_offset::PCIE)
+    }
+
+    fn msix_control(&self) -> MsixControl {
+        msix_cap::msix_control(self.pci.config(), cap_offset::MSIX)
+    }
+
+    /// Function Level Reset / DEVICE_RESET: power-on state; VRAM, DMA maps and client fds kept.
+    fn function_reset(&mut self) {
+        self.pci.reset();
+        self.regs.reset();
+        self.msix.reset();
+    }
+
+    /// SOFT_RESET: register file and PBA; config space kept.
+    fn soft_reset(&mut self) {
+        self.stats.soft_resets += 1;
+        self.regs.reset();
+        self.msix.soft_reset();
+    }
+
+    /// Signals the ERR (AER) notifier if the client assigned one.
+    pub fn signal_error(&mut self) -> bool {
+        self.err_notifier
+            .as_ref()
+            .is_some_and(|n| n.notify().is_ok())
+    }
+
+    fn bar0_read(&mut self, offset: u64, data: &mut [u8]) {
+        match bar0_area(offset, data.len()) {
+            Bar0Area::Registers => {
+                let ctl = self.msix_control();
+                let mut ctx = RegCtx {
+                    vram: &self.vram,
+                    msix: &mut self.msix,
+                    ctl,
+                };
+                self.regs.read(offset, data, &mut ctx);
+            }
+            Bar0Area::Table(off) => self.msix.table_read(off, data),
+            Bar0Area::Pba(off) => self.msix.pba_read(off, data),
+            Bar0Area::Reserved => data.fill(0),
+            Bar0Area::Straddle => {
+                self.stats.bad_bar0_accesses += 1;
+                data.fill(0xff);
+            }
+        }
+    }
+
+    fn bar0_write(&mut self, offset: u64, data: &[u8]) {
+        let ctl = self.msix_control();
+        match bar0_area(offset, data.len()) {
+            Bar0Area::Registers => {
+                let mut ctx = RegCtx {
+                    vram: &self.vram,
+                    msix: &mut self.msix,
+                    ctl,
+                };
+                if self.regs.write(offset, data, &mut ctx).soft_reset {
+                    self.soft_reset();
+                }
+            }
+            Bar0Area::Table(off) => self.msix.table_write(off, data, ctl),
+            Bar0Area::Pba(_) | Bar0Area::Reserved => {}
+            Bar0Area::Straddle => self.stats.bad_bar0_accesses += 1,
+        }
+    }
+
+    fn config_write(&mut self, offset: u64, data: &[u8]) -> BackendResult<()> {
+        let outcome: CapWrite = self
+            .pci
+            .write(offset, data)
+            .map_err(|e| BackendError::Fault(e.to_string()))?;
+        if outcome.flr {
+            self.stats.flrs += 1;
+            self.function_reset();
+        } else if outcome.msix_control {
+            let ctl = self.msix_control();
+            self.msix.control_changed(ctl);
+        }
+        Ok(())
+    }
+
+    fn vram_bar_check(&self, offset: u64, len: usize) -> BackendResult<VramOffset> {
+        let size = self.pci.bar_size(2);
+        let end = u64::try_from(len).ok().and_then(|l| offset.checked_add(l));
+        match end {
+            Some(end) if end <= size => Ok(VramOffset(offset)),
+            _ => Err(BackendError::Fault(format!(
+                "BAR2 access of {len} bytes at {offset:#x} outside the {size:#x}-byte BAR"
+            ))),
+        }
+    }
+
+    fn set_msix_irqs(&mut self, irqs: IrqSet) -> BackendResult<()> {
+        let ctl = self.msix_control();
+        let start = irqs.start as usize;
+        match irqs.data {
+            IrqData::None if irqs.count == 0 => self.msix.clear_notifiers(),
+            IrqData::None => {
+                for v in start..start + irqs.count as usize {
+                    self.msix.signal(v, ctl);
+                }
+            }
+            IrqData::Bool(flags) => {
+                for (i, fire) in flags.into_iter().enumerate() {
+                    if fire {
+                        self.msix.signal(start + i, ctl);
+                    }
+                }
+            }
+            IrqData::Eventfds(fds) => {
+                // Validate every fd before assigning any: a refused request changes nothing.
+                let notifiers = fds
+                    .into_iter()
+                    .map(|fd| {
+                        fd.map(|fd| {
+                            EventFdNotifier::new(fd)
+                                .map(|n| Box::new(n) as Box<dyn Notifier>)
+                                .map_err(|e| invalid(e.to_string()))
+                        })
+                        .transpose()
+                    })
+                    .collect::<BackendResult<Vec<_>>>()?;
+                for (i, n) in notifiers.into_iter().enumerate() {
+                    self.msix.set_notifier(start + i, n, ctl);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_err_irqs(&mut self, irqs: IrqSet) -> BackendResult<()> {
+        match irqs.data {
+            IrqData::None if irqs.count == 0 => self.err_notifier = None,
+            IrqData::None => {
+                self.signal_error();
+            }
+            IrqData::Bool(flags) => {
+                if flags.first() == Some(&true) {
+                    self.signal_error();
+                }
+            }
+            IrqData::Eventfds(mut fds) => {
+                let fd = fds.pop().flatten();
+                self.err_notifier = match fd {
+                    None => None,
+                    Some(fd) => Some(Box::new(
+                        EventFdNotifier::new(fd).map_err(|e| invalid(e.to_string()))?,
+                    )),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeviceBackend for Gpu {
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            reset: true,
+            num_regions: region::COUNT,
+            num_irqs: irq_index::COUNT,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> BackendResult<RegionInfo<'_>> {
+        let rw = region_flags::READ | region_flags::WRITE;
+        let absent = RegionInfo {
+            flags: 0,
+            size: 0,
+            mmap: None,
+        };
+        Ok(match index {
+            region::BAR0 => RegionInfo {
+                flags: rw,
+                size: BAR0_SIZE,
+                mmap: None,
+            },
+            region::BAR2 => RegionInfo {
+                flags: rw | region_flags::MMAP,
+                size: self.pci.bar_size(2),
+                mmap: Some(RegionMmap {
+                    fd: self.vram.as_fd(),
+                    file_offset: 0,
+                    sparse_areas: Vec::new(),
+                }),
+            },
+            region::CONFIG => RegionInfo {
+                flags: rw,
+                size: CONFIG_SIZE,
+                mmap: None,
+            },
+            1 | 3..=5 | region::ROM | region::VGA => absent,
+            _ => return Err(invalid(format!("no region {index}"))),
+        })
+    }
+
+    fn irq_info(&self, index: u32) -> BackendResult<IrqInfo> {
+        Ok(match index {
+            irq_index::INTX | irq_index::MSI | irq_index::REQ => IrqInfo {
+                flags: irq_flags::EVENTFD,
+                count: 0,
+            },
+            irq_index::MSIX => IrqInfo {
+                flags: irq_flags::EVENTFD | irq_flags::NORESIZE,
+                count: u32::from(self.vectors),
+            },
+            irq_index::ERR => IrqInfo {
+                flags: irq_flags::EVENTFD,
+                count: 1,
+            },
+            _ => return Err(invalid(format!("no IRQ index {index}"))),
+        })
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> BackendResult<()> {
+        match index {
+            region::BAR0 => {
+                self.bar0_read(offset, data);
+                Ok(())
+            }
+            region::BAR2 => {
+                let off = self.vram_bar_check(offset, data.len())?;
+                self.vram
+                    .read(off, data)
+                    .map_err(|e| BackendError::Fault(e.to_string()))
+            }
+            region::CONFIG => self
+                .pci
+                .read(offset, data)
+                .map_err(|e| BackendError::Fault(e.to_string())),
+            _ => Err(invalid(format!("region {index} is not readable"))),
+        }
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> BackendResult<()> {
+        match index {
+            region::BAR0 => {
+                self.bar0_write(offset, data);
+                Ok(())
+            }
+            region::BAR2 => {
+                let off = self.vram_bar_check(offset, data.len())?;
+                self.vram
+                    .write(off, data)
+                    .map_err(|e| BackendError::Fault(e.to_string()))
+            }
+            region::CONFIG => self.config_write(offset, data),
+            _ => Err(invalid(format!("region {index} is not writable"))),
+        }
+    }
+
+    fn dma_map(&mut self, mapping: DmaMapping) -> BackendResult<()> {
+        let perms = DmaPermissions {
+            read: mapping.prot.read,
+            write: mapping.prot.write,
+        };
+        self.dma
+            .map(
+                Iova(mapping.iova),
+                mapping.size,
+                mapping.file_offset,
+                perms,
+                mapping.fd,
+            )
+            .map_err(|e| match e {
+                DmaError::Overlap { .. } => BackendError::Exists(e.to_string()),
+                DmaError::TooManyWindows(_) | DmaError::Map { .. } => {
+                    BackendError::NoMemory(e.to_string())
+                }
+                _ => BackendError::Invalid(e.to_string()),
+            })
+    }
+
+    fn dma_unmap(&mut self, unmap: DmaUnmap) -> BackendResult<()> {
+        match unmap {
+            DmaUnmap::Range { iova, size } => self
+                .dma
+                .unmap(Iova(iova), size)
+                .map(|_| ())
+                .map_err(|e| BackendError::NotFound(e.to_string())),
+            DmaUnmap::All => {
+                self.dma.unmap_all();
+                Ok(())
+            }
+        }
+    }
+
+    fn set_irqs(&mut self, irqs: IrqSet) -> BackendResult<()> {
+        let info = self.irq_info(irqs.index)?;
+        let in_range = irqs
+            .start
+            .checked_add(irqs.count)
+            .is_some_and(|end| end <= info.count);
+        let disable = irqs.start == 0 && irqs.count == 0;
+        if !in_range && !disable {
+            return Err(invalid(format!(
+                "IRQ index {} has {} vectors; {}+{} requested",
+                irqs.index, info.count, irqs.start, irqs.count
+            )));
+        }
+        if irqs.action != IrqAction::Trigger {
+            return Err(BackendError::NotSupported(format!(
+                "{:?} on IRQ index {}",
+                irqs.action, irqs.index
+            )));
+        }
+        match irqs.index {
+            irq_index::MSIX => self.set_msix_irqs(irqs),
+            irq_index::ERR => self.set_err_irqs(irqs),
+            // INTx, MSI, REQ have no vectors: only the disable form reaches here; nothing to do.
+            _ => Ok(()),
+        }
+    }
+
+    fn reset(&mut self) -> BackendResult<()> {
+        self.stats.device_resets += 1;
+        self.function_reset();
+        Ok(())
+    }
+
+    fn client_disconnected(&mut self) {
+        self.stats.disconnects += 1;
+        self.dma.unmap_all();
+        self.msix.clear_notifiers();
+        self.err_notifier = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,531 @@
+//! Unit tests of the composed device through the `DeviceBackend` seam (no socket).
+
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+
+use vmm_sys_util::eventfd::EventFd;
+use vugpu_protocol::backend::DmaProt;
+
+use super::*;
+use crate::pci::capability::{walk_extended, walk_standard, CapId};
+use crate::regs::spec::offset as reg;
+
+const MIB: u64 = 1 << 20;
+
+fn gpu() -> Gpu {
+    let mut cfg = GpuConfig::new(64 * MIB);
+    cfg.serial = 0x1122_3344_5566_7788;
+    Gpu::new(&cfg).unwrap()
+}
+
+fn efd() -> (EventFd, OwnedFd) {
+    let e = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
+    let o = unsafe { OwnedFd::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) };
+    (e, o)
+}
+
+fn rd32(g: &mut Gpu, region: u32, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    g.region_read(region, off, &mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+fn wr32(g: &mut Gpu, region: u32, off: u64, v: u32) {
+    g.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
+
+fn assign(g: &mut Gpu, index: u32, start: u32, fds: Vec<Option<OwnedFd>>) {
+    g.set_irqs(IrqSet {
+        index,
+        start,
+        count: fds.len() as u32,
+        action: IrqAction::Trigger,
+        data: IrqData::Eventfds(fds),
+    })
+    .unwrap();
+}
+
+#[test]
+fn regions_and_irqs_match_the_contract() {
+    let g = gpu();
+    assert_eq!(
+        g.device_info(),
+        DeviceInfo {
+            reset: true,
+            num_regions: 9,
+            num_irqs: 5
+        }
+    );
+    let r0 = g.region_info(0).unwrap();
+    assert_eq!((r0.flags, r0.size), (3, 16 * MIB));
+    assert!(r0.mmap.is_none());
+    let r2 = g.region_info(2).unwrap();
+    assert_eq!((r2.flags, r2.size), (7, 64 * MIB));
+    let m = r2.mmap.unwrap();
+    assert_eq!(m.file_offset, 0);
+    assert!(m.sparse_areas.is_empty());
+    for i in [1, 3, 4, 5, 6, 8] {
+        let r = g.region_info(i).unwrap();
+        assert_eq!((r.flags, r.size), (0, 0), "region {i}");
+    }
+    let r7 = g.region_info(7).unwrap();
+    assert_eq!((r7.flags, r7.size), (3, 4096));
+    assert!(g.region_info(9).is_err());
+    assert_eq!(g.irq_info(0).unwrap().count, 0);
+    assert_eq!(g.irq_info(1).unwrap().count, 0);
+    assert_eq!(
+        g.irq_info(2).unwrap(),
+        IrqInfo {
+            flags: 9,
+            count: 16
+        }
+    );
+    assert_eq!(g.irq_info(3).unwrap(), IrqInfo { flags: 1, count: 1 });
+    assert_eq!(g.irq_info(4).unwrap().count, 0);
+    assert!(g.irq_info(5).is_err());
+}
+
+#[test]
+fn config_space_identity_and_capabilities() {
+    let mut g = gpu();
+    let mut cfg = vec![0u8; 4096];
+    g.region_read(7, 0, &mut cfg).unwrap();
+    assert_eq!(&cfg[0..4], &[0x34, 0x12, 0x47, 0x56]);
+    assert_eq!(&cfg[8..12], &[0x01, 0x00, 0x02, 0x03]);
+    assert_eq!(cfg[0x3d], 0, "Interrupt Pin");
+    assert_eq!(u32::from_le_bytes(cfg[0x10..0x14].try_into().unwrap()), 0);
+    assert_eq!(u32::from_le_bytes(cfg[0x18..0x1c].try_into().unwrap()), 0xc);
+    let std: Vec<_> = walk_standard(&cfg)
+        .iter()
+        .map(|c| (c.offset, c.id))
+        .collect();
+    assert_eq!(
+        std,
+        vec![
+            (0x40, CapId::Standard(0x01)),
+            (0x50, CapId::Standard(0x11)),
+            (0x60, CapId::Standard(0x10)),
+        ]
+    );
+    let ext: Vec<_> = walk_extended(&cfg)
+        .iter()
+        .map(|c| (c.offset, c.id))
+        .collect();
+    assert_eq!(
+        ext,
+        vec![
+            (0x100, CapId::Extended { id: 1, version: 2 }),
+            (
+                0x148,
+                CapId::Extended {
+                    id: 0x15,
+                    version: 1
+                }
+            ),
+            (0x154, CapId::Extended { id: 3, version: 1 }),
+        ]
+    );
+    assert_eq!(rd32(&mut g, 7, 0x158), 0x5566_7788);
+    assert_eq!(rd32(&mut g, 7, 0x15c), 0x1122_3344);
+    // ReBAR: 1 MiB .. 64 MiB.
+    assert_eq!(rd32(&mut g, 7, 0x14c), 0x7f0);
+}
+
+#[test]
+fn bar_sizing_through_config_writes() {
+    let mut g = gpu();
+    wr32(&mut g, 7, 0x10, u32::MAX);
+    assert_eq!(rd32(&mut g, 7, 0x10), 0xff00_0000);
+    wr32(&mut g, 7, 0x18, u32::MAX);
+    wr32(&mut g, 7, 0x1c, u32::MAX);
+    assert_eq!(rd32(&mut g, 7, 0x18), 0xfc00_000c);
+    assert_eq!(rd32(&mut g, 7, 0x1c), 0xffff_ffff);
+    for bar in [0x14, 0x20, 0x24, 0x30] {
+        wr32(&mut g, 7, bar, u32::MAX);
+        assert_eq!(rd32(&mut g, 7, bar), 0, "unimplemented {bar:#x}");
+    }
+}
+
+#[test]
+fn rebar_resize_changes_region_size() {
+    let mut g = gpu();
+    g.region_write(7, 0x148 + 9, &[2]).unwrap();
+    assert_eq!(g.region_info(2).unwrap().size, 4 * MIB);
+    wr32(&mut g, 7, 0x18, u32::MAX);
+    assert_eq!(rd32(&mut g, 7, 0x18), 0xffc0_000c);
+    let mut b = [0u8; 4];
+    assert!(g.region_read(2, 4 * MIB, &mut b).is_err());
+    g.reset().unwrap();
+    assert_eq!(g.region_info(2).unwrap().size, 64 * MIB);
+}
+
+#[test]
+fn bar2_region_access_is_vram() {
+    let mut g = gpu();
+    g.region_write(2, 0x1000, b"vram bytes").unwrap();
+    let mut b = [0u8; 10];
+    g.vram().read(VramOffset(0x1000), &mut b).unwrap();
+    assert_eq!(&b, b"vram bytes");
+    g.vram()
+        .write_u32(VramOffset(64 * MIB - 4), 0xabad_cafe)
+        .unwrap();
+    assert_eq!(rd32(&mut g, 2, 64 * MIB - 4), 0xabad_cafe);
+    assert!(g.region_write(2, 64 * MIB - 2, &[0; 4]).is_err());
+    assert!(g.region_write(2, u64::MAX, &[0; 4]).is_err());
+}
+
+#[test]
+fn register_file_through_bar0() {
+    let mut g = gpu();
+    assert_eq!(rd32(&mut g, 0, 0), 0x5647_5055);
+    assert_eq!(rd32(&mut g, 0, 0x0c), 16);
+    assert_eq!(rd32(&mut g, 0, 0x10), 64 << 20);
+    g.vram().write_u32(VramOffset(0x40), 0x600d_f00d).unwrap();
+    wr32(&mut g, 0, u64::from(reg::VRAM_INDEX_LO), 0x40);
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::VRAM_DATA)), 0x600d_f00d);
+    wr32(&mut g, 0, u64::from(reg::VRAM_DATA), 0x1234);
+    assert_eq!(g.vram().read_u32(VramOffset(0x44)).unwrap(), 0x1234);
+    // Bad width, reserved area, straddling accesses.
+    let mut b2 = [0u8; 2];
+    g.region_read(0, 0, &mut b2).unwrap();
+    assert_eq!(b2, [0xff; 2]);
+    assert_eq!(g.register_stats().bad_accesses, 1);
+    assert_eq!(rd32(&mut g, 0, 0x20_0000), 0, "reserved");
+    let mut b8 = [0u8; 8];
+    g.region_read(0, REGISTER_FILE_SIZE - 4, &mut b8).unwrap();
+    assert_eq!(b8, [0xff; 8]);
+    assert_eq!(g.stats().bad_bar0_accesses, 1);
+}
+
+#[test]
+fn irq_trigger_fires_the_eventfd_and_counts() {
+    let mut g = gpu();
+    let (e3, f3) = efd();
+    let (e5, f5) = efd();
+    assign(&mut g, 2, 3, vec![Some(f3), None, Some(f5)]);
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 5);
+    assert_eq!(e5.read().unwrap(), 1);
+    assert!(e3.read().is_err(), "vector 3 not signalled");
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 3);
+    assert_eq!(e3.read().unwrap(), 1);
+    assert_eq!(
+        rd32(&mut g, 0, u64::from(reg::IRQ_STATUS)),
+        (1 << 3) | (1 << 5)
+    );
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::IRQ_COUNT)), 2);
+    // Vector 4 has no eventfd: PBA bit 4, delivered when assigned.
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 4);
+    assert_eq!(rd32(&mut g, 0, MSIX_PBA_OFFSET as u64), 1 << 4);
+    let (e4, f4) = efd();
+    assign(&mut g, 2, 4, vec![Some(f4)]);
+    assert_eq!(e4.read().unwrap(), 1);
+    assert_eq!(rd32(&mut g, 0, MSIX_PBA_OFFSET as u64), 0);
+    // Software trigger via SET_IRQS DATA_NONE and DATA_BOOL.
+    g.set_irqs(IrqSet {
+        index: 2,
+        start: 5,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    })
+    .unwrap();
+    assert_eq!(e5.read().unwrap(), 1);
+    g.set_irqs(IrqSet {
+        index: 2,
+        start: 3,
+        count: 3,
+        action: IrqAction::Trigger,
+        data: IrqData::Bool(vec![true, false, true]),
+    })
+    .unwrap();
+    assert_eq!(e3.read().unwrap(), 1);
+    assert_eq!(e5.read().unwrap(), 1);
+    assert!(e4.read().is_err());
+    // Disable-all form drops every eventfd.
+    g.set_irqs(IrqSet {
+        index: 2,
+        start: 0,
+        count: 0,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    })
+    .unwrap();
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 5);
+    assert!(e5.read().is_err());
+}
+
+#[test]
+fn set_irqs_rejections() {
+    let mut g = gpu();
+    let (_e, f) = efd();
+    let bad = |g: &mut Gpu, index, start, count, action, data| {
+        g.set_irqs(IrqSet {
+            index,
+            start,
+            count,
+            action,
+            data,
+        })
+        .unwrap_err()
+    };
+    assert!(matches!(
+        bad(&mut g, 2, 15, 2, IrqAction::Trigger, IrqData::None),
+        BackendError::Invalid(_)
+    ));
+    assert!(matches!(
+        bad(&mut g, 2, u32::MAX, 2, IrqAction::Trigger, IrqData::None),
+        BackendError::Invalid(_)
+    ));
+    assert!(matches!(
+        bad(&mut g, 2, 0, 1, IrqAction::Mask, IrqData::None),
+        BackendError::NotSupported(_)
+    ));
+    assert!(matches!(
+        bad(
+            &mut g,
+            0,
+            0,
+            1,
+            IrqAction::Trigger,
+            IrqData::Eventfds(vec![Some(f)])
+        ),
+        BackendError::Invalid(_)
+    ));
+    assert!(matches!(
+        bad(&mut g, 7, 0, 0, IrqAction::Trigger, IrqData::None),
+        BackendError::Invalid(_)
+    ));
+    // A non-eventfd fd is refused and nothing is assigned.
+    let (_e0, f0) = efd();
+    let devnull: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    assert!(matches!(
+        bad(
+            &mut g,
+            2,
+            0,
+            2,
+            IrqAction::Trigger,
+            IrqData::Eventfds(vec![Some(f0), Some(devnull)])
+        ),
+        BackendError::Invalid(_)
+    ));
+    assert!(!g.msix().has_notifier(0));
+    // INTx disable (sent by QEMU when MSI-X is enabled) is accepted.
+    g.set_irqs(IrqSet {
+        index: 0,
+        start: 0,
+        count: 0,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    })
+    .unwrap();
+}
+
+#[test]
+fn function_mask_in_config_space_holds_delivery() {
+    let mut g = gpu();
+    let (e, f) = efd();
+    assign(&mut g, 2, 0, vec![Some(f)]);
+    // Enable + Function Mask.
+    g.region_write(7, 0x53, &[0xc0]).unwrap();
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 0);
+    assert!(e.read().is_err());
+    assert_eq!(rd32(&mut g, 0, MSIX_PBA_OFFSET as u64), 1);
+    g.region_write(7, 0x53, &[0x80]).unwrap();
+    assert_eq!(e.read().unwrap(), 1, "unmask delivers the pending message");
+}
+
+#[test]
+fn msix_dead_injection_suppresses_one_vector() {
+    let mut cfg = GpuConfig::new(MIB);
+    cfg.inject.msix_dead = Some(1);
+    let mut g = Gpu::new(&cfg).unwrap();
+    let (e0, f0) = efd();
+    let (e1, f1) = efd();
+    assign(&mut g, 2, 0, vec![Some(f0), Some(f1)]);
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 1);
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 0);
+    assert_eq!(e0.read().unwrap(), 1);
+    assert!(e1.read().is_err());
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::IRQ_COUNT)), 1);
+    cfg.inject.msix_dead = Some(16);
+    assert!(matches!(Gpu::new(&cfg), Err(GpuError::BadInjection { .. })));
+}
+
+#[test]
+fn flr_via_device_control_restores_power_on_state() {
+    let mut g = gpu();
+    let (e, f) = efd();
+    assign(&mut g, 2, 0, vec![Some(f)]);
+    g.vram().write_u32(VramOffset(0), 0x5a5a_5a5a).unwrap();
+    wr32(&mut g, 0, u64::from(reg::SCRATCH0), 42);
+    wr32(&mut g, 7, 0x04, 0x6);
+    wr32(&mut g, 7, 0x10, 0xfe00_0000);
+    g.region_write(7, 0x53, &[0x80]).unwrap();
+    g.region_write(7, 0x68, &[0x00, 0x00]).unwrap();
+    assert!(!g.device_control().no_snoop());
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 1); // pending: no fd for vector 1
+                                                     // Initiate FLR.
+    g.region_write(7, 0x69, &[0x80]).unwrap();
+    assert_eq!(g.stats().flrs, 1);
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::SCRATCH0)), 0);
+    assert_eq!(rd32(&mut g, 7, 0x04) & 0xffff, 0);
+    assert_eq!(rd32(&mut g, 7, 0x10), 0);
+    assert_eq!(rd32(&mut g, 7, 0x50) >> 16, 15, "MSI-X disabled");
+    assert!(g.device_control().no_snoop() && g.device_control().relaxed_ordering());
+    assert_eq!(rd32(&mut g, 0, MSIX_PBA_OFFSET as u64), 0);
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::IRQ_COUNT)), 0);
+    assert_eq!(
+        g.vram().read_u32(VramOffset(0)).unwrap(),
+        0x5a5a_5a5a,
+        "VRAM preserved"
+    );
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 0);
+    assert_eq!(e.read().unwrap(), 1, "eventfds kept across FLR");
+}
+
+#[test]
+fn device_reset_and_soft_reset() {
+    let mut g = gpu();
+    wr32(&mut g, 0, u64::from(reg::SCRATCH1), 7);
+    wr32(&mut g, 7, 0x04, 0x2);
+    wr32(&mut g, 0, u64::from(reg::SOFT_RESET), 0x1234);
+    assert_eq!(
+        rd32(&mut g, 0, u64::from(reg::SCRATCH1)),
+        7,
+        "wrong magic ignored"
+    );
+    wr32(&mut g, 0, u64::from(reg::SOFT_RESET), 0x5253_5421);
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::SCRATCH1)), 0);
+    assert_eq!(
+        rd32(&mut g, 7, 0x04) & 0xffff,
+        2,
+        "soft reset keeps config space"
+    );
+    assert_eq!(g.stats().soft_resets, 1);
+    wr32(&mut g, 0, u64::from(reg::SCRATCH1), 7);
+    g.reset().unwrap();
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::SCRATCH1)), 0);
+    assert_eq!(rd32(&mut g, 7, 0x04) & 0xffff, 0);
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::STATUS)), 1);
+}
+
+fn memfd(len: u64) -> std::fs::File {
+    // SAFETY: valid C string; result checked.
+    let raw = unsafe { libc::memfd_create(c"gpu-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd owned by nobody else.
+    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    f.set_len(len).unwrap();
+    f
+}
+
+fn mapping(iova: u64, size: u64, fd: Option<OwnedFd>) -> DmaMapping {
+    DmaMapping {
+        iova,
+        size,
+        file_offset: 0,
+        prot: DmaProt {
+            read: true,
+            write: true,
+        },
+        fd,
+    }
+}
+
+#[test]
+fn dma_map_unmap_errors_and_disconnect() {
+    let mut g = gpu();
+    let f = memfd(0x10000);
+    g.dma_map(mapping(
+        0x10000,
+        0x10000,
+        Some(f.try_clone().unwrap().into()),
+    ))
+    .unwrap();
+    g.dma_map(mapping(0xfffc_0000, 0x40000, None)).unwrap();
+    let e = g.dma_map(mapping(0x18000, 0x1000, None)).unwrap_err();
+    assert_eq!(e.errno(), libc::EEXIST);
+    let e = g
+        .dma_map(mapping(
+            0x40000,
+            0x20000,
+            Some(f.try_clone().unwrap().into()),
+        ))
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "past the end of the file");
+    let e = g
+        .dma_unmap(DmaUnmap::Range {
+            iova: 0x10000,
+            size: 0x1000,
+        })
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT);
+    g.dma().write(Iova(0x10010), b"dma").unwrap();
+    let mut b = [0u8; 3];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, 0x10).unwrap();
+    assert_eq!(&b, b"dma");
+    g.dma_unmap(DmaUnmap::Range {
+        iova: 0xfffc_0000,
+        size: 0x40000,
+    })
+    .unwrap();
+    assert_eq!(g.dma().len(), 1);
+    // Disconnect drops mappings and fds, keeps device state.
+    let (e0, f0) = efd();
+    assign(&mut g, 2, 0, vec![Some(f0)]);
+    wr32(&mut g, 0, u64::from(reg::SCRATCH2), 9);
+    g.client_disconnected();
+    assert!(g.dma().is_empty());
+    assert!(!g.msix().has_notifier(0));
+    assert_eq!(rd32(&mut g, 0, u64::from(reg::SCRATCH2)), 9);
+    wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 0);
+    assert!(e0.read().is_err());
+    g.dma_map(mapping(0x10000, 0x10000, Some(f.into())))
+        .unwrap();
+    g.dma_unmap(DmaUnmap::All).unwrap();
+    assert!(g.dma().is_empty());
+}
+
+#[test]
+fn err_irq_notifier() {
+    let mut g = gpu();
+    assert!(!g.signal_error());
+    let (e, f) = efd();
+    assign(&mut g, 3, 0, vec![Some(f)]);
+    assert!(g.signal_error());
+    assert_eq!(e.read().unwrap(), 1);
+    g.set_irqs(IrqSet {
+        index: 3,
+        start: 0,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    })
+    .unwrap();
+    assert_eq!(e.read().unwrap(), 1);
+    g.set_irqs(IrqSet {
+        index: 3,
+        start: 0,
+        count: 0,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    })
+    .unwrap();
+    assert!(!g.signal_error());
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    let mut cfg = GpuConfig::new(MIB);
+    cfg.msix_vectors = 0;
+    assert!(matches!(Gpu::new(&cfg), Err(GpuError::BadVectors(0))));
+    cfg.msix_vectors = 2049;
+    assert!(matches!(Gpu::new(&cfg), Err(GpuError::BadVectors(2049))));
+    let cfg = GpuConfig::new(3 * MIB);
+    assert!(matches!(Gpu::new(&cfg), Err(GpuError::Vram(_))));
+    let mut cfg = GpuConfig::new(MIB);
+    cfg.msix_vectors = 2048;
+    let mut g = Gpu::new(&cfg).unwrap();
+    assert_eq!(rd32(&mut g, 0, 0x0c), 2048);
+}

@@ -1,0 +1,290 @@
+//! The BAR0 register file of hw-spec §3, as data.
+
+/// `ID` value: "UPGV".
+pub const ID_VALUE: u32 = 0x5647_5055;
+/// `VERSION` value: spec 0.1.
+pub const VERSION_VALUE: u32 = 0x0000_0001;
+/// `CAPS` bit 0: MSI-X.
+pub const CAPS_MSIX: u32 = 1 << 0;
+/// `CAPS` bit 1: VRAM BAR mmappable.
+pub const CAPS_VRAM_MMAP: u32 = 1 << 1;
+/// `STATUS` bit 0: READY.
+pub const STATUS_READY: u32 = 1 << 0;
+/// `STATUS` bit 1: VRAM_INDEX_ERR.
+pub const STATUS_VRAM_INDEX_ERR: u32 = 1 << 1;
+/// `SOFT_RESET` magic: "!TSR".
+pub const SOFT_RESET_MAGIC: u32 = 0x5253_5421;
+
+/// Register offsets.
+pub mod offset {
+    /// `ID`.
+    pub const ID: u32 = 0x0000;
+    /// `VERSION`.
+    pub const VERSION: u32 = 0x0004;
+    /// `CAPS`.
+    pub const CAPS: u32 = 0x0008;
+    /// `NUM_VECTORS`.
+    pub const NUM_VECTORS: u32 = 0x000c;
+    /// `VRAM_SIZE_LO`.
+    pub const VRAM_SIZE_LO: u32 = 0x0010;
+    /// `VRAM_SIZE_HI`.
+    pub const VRAM_SIZE_HI: u32 = 0x0014;
+    /// `STATUS`.
+    pub const STATUS: u32 = 0x0018;
+    /// `SCRATCH0`.
+    pub const SCRATCH0: u32 = 0x0020;
+    /// `SCRATCH1`.
+    pub const SCRATCH1: u32 = 0x0024;
+    /// `SCRATCH2`.
+    pub const SCRATCH2: u32 = 0x0028;
+    /// `SCRATCH3`.
+    pub const SCRATCH3: u32 = 0x002c;
+    /// `VRAM_INDEX_LO`.
+    pub const VRAM_INDEX_LO: u32 = 0x0030;
+    /// `VRAM_INDEX_HI`.
+    pub const VRAM_INDEX_HI: u32 = 0x0034;
+    /// `VRAM_DATA`.
+    pub const VRAM_DATA: u32 = 0x0038;
+    /// `SOFT_RESET`.
+    pub const SOFT_RESET: u32 = 0x0040;
+    /// `IRQ_TRIGGER`.
+    pub const IRQ_TRIGGER: u32 = 0x0080;
+    /// `IRQ_STATUS`.
+    pub const IRQ_STATUS: u32 = 0x0084;
+    /// `IRQ_COUNT`.
+    pub const IRQ_COUNT: u32 = 0x0088;
+}
+
+/// Where a register's reset value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// A constant.
+    Value(u32),
+    /// The number of MSI-X vectors.
+    NumVectors,
+    /// VRAM size, low dword.
+    VramSizeLo,
+    /// VRAM size, high dword.
+    VramSizeHi,
+}
+
+/// Registers with behaviour beyond stored bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plain storage through the masks.
+    Storage,
+    /// `VRAM_DATA`: the indirect VRAM window.
+    VramData,
+    /// `SOFT_RESET`: write-only command.
+    SoftReset,
+    /// `IRQ_TRIGGER`: write-only command.
+    IrqTrigger,
+    /// `IRQ_COUNT`: read from the MSI-X counters.
+    IrqCount,
+}
+
+/// One register of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterSpec {
+    /// Offset in BAR0.
+    pub offset: u32,
+    /// Name as in hw-spec.
+    pub name: &'static str,
+    /// Access as in hw-spec (documentation; behaviour comes from the masks and kind).
+    pub access: &'static str,
+    /// Bits a write stores.
+    pub rw: u32,
+    /// Bits a write of 1 clears.
+    pub w1c: u32,
+    /// Reset value.
+    pub reset: Reset,
+    /// Behaviour.
+    pub kind: Kind,
+}
+
+const fn reg(
+    offset: u32,
+    name: &'static str,
+    access: &'static str,
+    rw: u32,
+    w1c: u32,
+    reset: Reset,
+    kind: Kind,
+) -> RegisterSpec {
+    RegisterSpec {
+        offset,
+        name,
+        access,
+        rw,
+        w1c,
+        reset,
+        kind,
+    }
+}
+
+use Kind::*;
+use Reset::*;
+
+/// hw-spec §3, sorted by offset.
+pub const REGISTERS: &[RegisterSpec] = &[
+    reg(offset::ID, "ID", "RO", 0, 0, Value(ID_VALUE), Storage),
+    reg(
+        offset::VERSION,
+        "VERSION",
+        "RO",
+        0,
+        0,
+        Value(VERSION_VALUE),
+        Storage,
+    ),
+    reg(
+        offset::CAPS,
+        "CAPS",
+        "RO",
+        0,
+        0,
+        Value(CAPS_MSIX | CAPS_VRAM_MMAP),
+        Storage,
+    ),
+    reg(
+        offset::NUM_VECTORS,
+        "NUM_VECTORS",
+        "RO",
+        0,
+        0,
+        NumVectors,
+        Storage,
+    ),
+    reg(
+        offset::VRAM_SIZE_LO,
+        "VRAM_SIZE_LO",
+        "RO",
+        0,
+        0,
+        VramSizeLo,
+        Storage,
+    ),
+    reg(
+        offset::VRAM_SIZE_HI,
+        "VRAM_SIZE_HI",
+        "RO",
+        0,
+        0,
+        VramSizeHi,
+        Storage,
+    ),
+    reg(
+        offset::STATUS,
+        "STATUS",
+        "RO/W1C",
+        0,
+        STATUS_VRAM_INDEX_ERR,
+        Value(STATUS_READY),
+        Storage,
+    ),
+    reg(
+        offset::SCRATCH0,
+        "SCRATCH0",
+        "RW",
+        u32::MAX,
+        0,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::SCRATCH1,
+        "SCRATCH1",
+        "RW",
+        u32::MAX,
+        0,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::SCRATCH2,
+        "SCRATCH2",
+        "RW",
+        u32::MAX,
+        0,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::SCRATCH3,
+        "SCRATCH3",
+        "RW",
+        u32::MAX,
+        0,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::VRAM_INDEX_LO,
+        "VRAM_INDEX_LO",
+        "RW",
+        0xffff_fffc,
+        0,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::VRAM_INDEX_HI,
+        "VRAM_INDEX_HI",
+        "RW",
+        u32::MAX,
+        0,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::VRAM_DATA,
+        "VRAM_DATA",
+        "RW",
+        0,
+        0,
+        Value(0),
+        VramData,
+    ),
+    reg(
+        offset::SOFT_RESET,
+        "SOFT_RESET",
+        "WO",
+        0,
+        0,
+        Value(0),
+        SoftReset,
+    ),
+    reg(
+        offset::IRQ_TRIGGER,
+        "IRQ_TRIGGER",
+        "WO",
+        0,
+        0,
+        Value(0),
+        IrqTrigger,
+    ),
+    reg(
+        offset::IRQ_STATUS,
+        "IRQ_STATUS",
+        "W1C",
+        0,
+        u32::MAX,
+        Value(0),
+        Storage,
+    ),
+    reg(
+        offset::IRQ_COUNT,
+        "IRQ_COUNT",
+        "RO",
+        0,
+        0,
+        Value(0),
+        IrqCount,
+    ),
+];
+
+/// The register at `offset`, if any.
+pub fn lookup(offset: u32) -> Option<(usize, &'static RegisterSpec)> {
+    let i = REGISTERS.binary_search_by_key(&offset, |r| r.offset).ok()?;
+    REGISTERS.get(i).map(|r| (i, r))
+}

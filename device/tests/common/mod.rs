@@ -1,0 +1,233 @@
+//! Shared helpers of the integration tests: a `vugpu serve` child process, an in-process server
+//! thread, and fd helpers.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
+};
+use vmm_sys_util::eventfd::EventFd;
+use vugpu_device::event_loop::{self, Server};
+use vugpu_device::gpu::{Gpu, GpuConfig};
+use vugpu_protocol::{Client, ServerConfig};
+
+pub const MIB: u64 = 1 << 20;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh private directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("vugpu-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Connects and negotiates. The server serves one client at a time and refuses a second one;
+/// a client that was just dropped can stay alive for a moment when a concurrently running test
+/// forks (the child holds a copy of the fd until it execs), so retry a refused connection.
+pub fn connect(socket: &Path) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = Client::connect(socket).and_then(|mut c| c.negotiate().map(|_| c));
+        match attempt {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {socket:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// `vugpu serve` as a child process; SIGTERM on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl ServerProcess {
+    pub fn spawn(extra: &[&str]) -> ServerProcess {
+        let dir = temp_dir("srv");
+        let socket = dir.join("gpu.sock");
+        let log = File::create(dir.join("stderr.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vugpu"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for(&socket);
+        ServerProcess { child, socket, dir }
+    }
+
+    pub fn client(&self) -> Client {
+        connect(&self.socket)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait, and return the exit status and the log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.terminate();
+        (status, self.log())
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The event loop in a thread of this process, stoppable, returning the device for inspection.
+pub struct InProcServer {
+    pub socket: PathBuf,
+    stop: EventFd,
+    thread: Option<JoinHandle<Server>>,
+    dir: PathBuf,
+}
+
+impl InProcServer {
+    pub fn start(cfg: GpuConfig) -> InProcServer {
+        let dir = temp_dir("inproc");
+        let socket = dir.join("gpu.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop_fd = owned(&stop);
+        let thread = std::thread::spawn(move || {
+            let gpu = Gpu::new(&cfg).unwrap();
+            let server =
+                Server::new(listener, gpu, ServerConfig::default(), Some(stop_fd)).unwrap();
+            event_loop::run(server).unwrap()
+        });
+        InProcServer {
+            socket,
+            stop,
+            thread: Some(thread),
+            dir,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        connect(&self.socket)
+    }
+
+    pub fn stop(mut self) -> Server {
+        self.stop.write(1).unwrap();
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for InProcServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stop.write(1);
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An owned duplicate of an eventfd (to hand over with SET_IRQS / as a stop fd).
+pub fn owned(e: &EventFd) -> OwnedFd {
+    // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) }
+}
+
+/// A nonblocking eventfd.
+pub fn eventfd() -> EventFd {
+    EventFd::new(libc::EFD_NONBLOCK).unwrap()
+}
+
+/// Waits up to `ms` for the eventfd to be signalled; returns its counter (0 if it never was).
+pub fn wait_event(e: &EventFd, ms: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    loop {
+        if let Ok(v) = e.read() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+pub fn memfd(len: u64) -> File {
+    // SAFETY: valid C string literal; the result is checked.
+    let raw = unsafe { libc::memfd_create(c"vugpu-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd owned by nobody else.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    f.set_len(len).unwrap();
+    f
+}
+
+/// Maps `len` bytes of `file` shared, as QEMU maps a BAR.
+pub fn map_shared(file: File, len: u64) -> GuestRegionMmap<()> {
+    let region = MmapRegion::<()>::from_file(FileOffset::new(file, 0), len as usize).unwrap();
+    GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
+}
+
+pub fn mmap_read_u32(m: &GuestRegionMmap<()>, off: u64) -> u32 {
+    m.read_obj::<u32>(MemoryRegionAddress(off)).unwrap()
+}
+
+pub fn mmap_write(m: &GuestRegionMmap<()>, off: u64, data: &[u8]) {
+    m.write_slice(data, MemoryRegionAddress(off)).unwrap();
+}
+
+pub fn rd32(c: &mut Client, region: u32, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    c.region_read(region, off, &mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+pub fn wr32(c: &mut Client, region: u32, off: u64, v: u32) {
+    c.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
