@@ -1,2 +1,220 @@
-//! `vugpu-vm`: boots guests with vugpu GPUs and runs test suites.
-fn main() {}
+//! `vugpu-vm`: provisions QEMU >= 10.1 and a guest kernel, boots guests with vugpu GPUs attached
+//! over vfio-user, runs a KTAP suite or a command in them, and reports with a meaningful exit
+//! code. See guest-tests/README.md.
+
+/// Prints a runner message on stderr.
+macro_rules! say {
+    ($($t:tt)*) => {
+        eprintln!("vugpu-vm: {}", format_args!($($t)*))
+    };
+}
+pub(crate) use say;
+
+mod cli;
+mod initramfs;
+mod kernel;
+mod ktap;
+mod process;
+mod provision;
+mod qemu;
+mod report;
+mod root;
+mod run;
+mod servers;
+mod topology;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cli::{Cli, EnvArgs, Sub};
+use crate::initramfs::TestsDir;
+use crate::kernel::ModuleBuild;
+use crate::provision::{KernelChoice, ProvisionError, ProvisionOptions, QemuBinary};
+use crate::run::{Mode, RunError, RunRequest};
+
+/// Exit codes (documented in README.md and `--help`).
+pub mod exit {
+    /// Suite passed / command exited 0.
+    pub const PASS: i32 = 0;
+    /// A test failed, the plan did not match, or the suite script failed.
+    pub const FAIL: i32 = 1;
+    /// Bad command line.
+    pub const USAGE: i32 = 2;
+    /// The guest died (panic, oops, QEMU exit) before VUGPU-END (suite mode).
+    pub const GUEST_DIED: i32 = 3;
+    /// Nothing passed: every test skipped, or an empty plan.
+    pub const SKIPPED: i32 = 4;
+    /// No VUGPU-END within --timeout.
+    pub const TIMEOUT: i32 = 124;
+    /// Host-side failure: provisioning, building, starting QEMU or a server.
+    pub const INFRA: i32 = 125;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+impl Error {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Provision(_) | Error::Run(_) => exit::INFRA,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    process::catch_signals();
+    let code = match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            say!("error: {e}");
+            e.exit_code()
+        }
+    };
+    let code = process::interrupted().map_or(code, |sig| 128 + sig);
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255))
+}
+
+fn tests_dir(env: &EnvArgs) -> TestsDir {
+    TestsDir {
+        path: env
+            .tests_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    }
+}
+
+fn provision_options(
+    env: &EnvArgs,
+    tests: &TestsDir,
+    explicit: bool,
+    refresh: bool,
+) -> ProvisionOptions {
+    let kernel = match &env.kernel {
+        None => KernelChoice::Debian,
+        Some(image) => KernelChoice::Custom {
+            image: image.clone(),
+            build_dir: env.kernel_build_dir.clone(),
+            config: env.kernel_config.clone(),
+        },
+    };
+    ProvisionOptions {
+        cache: std::env::var_os("VUGPU_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(provision::DEFAULT_CACHE)),
+        mirror: std::env::var("VUGPU_MIRROR").unwrap_or_else(|_| provision::DEFAULT_MIRROR.into()),
+        explicit,
+        refresh,
+        kernel,
+        qemu: env.qemu.clone(),
+        extra_packages: tests.apt_packages(),
+    }
+}
+
+fn real_main(cli: Cli) -> Result<i32, Error> {
+    if let Some(Sub::Provision(p)) = cli.sub {
+        let tests = tests_dir(&p.env);
+        let env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        println!("cache:   {}", env.cache.display());
+        println!("root:    {}", env.root.path().display());
+        match &env.qemu {
+            QemuBinary::Host { path, version } => {
+                println!("qemu:    {version} (host: {})", path.display())
+            }
+            QemuBinary::InRoot { version } => {
+                println!("qemu:    {version} (trixie-backports, in the root)")
+            }
+        }
+        println!("kernel:  {}", env.kernel.release);
+        println!("image:   {}", env.kernel.image.display());
+        println!("config:  {}", env.kernel.config_path.display());
+        match &env.kernel.modules {
+            ModuleBuild::InRoot { kdir, cc } => println!(
+                "modules: built in the root against {kdir} with {}",
+                cc.as_deref().unwrap_or("the default compiler")
+            ),
+            ModuleBuild::Host { kdir, cc } => println!(
+                "modules: built on the host against {} with {}",
+                kdir.display(),
+                cc.as_deref().unwrap_or("the default compiler")
+            ),
+            ModuleBuild::Unavailable(why) => println!("modules: unavailable: {why}"),
+        }
+        return Ok(exit::PASS);
+    }
+    let r = cli.run;
+    let tests = tests_dir(&r.env);
+    let mode = match (&r.suite, r.command.is_empty()) {
+        (Some(s), true) => Mode::Suite(s.clone()),
+        (None, false) => Mode::Command(r.command.clone()),
+        (None, true) => {
+            return Err(Error::Usage(
+                "nothing to run: give --suite NAME or -- CMD [ARGS...] (see --help)".into(),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(Error::Usage("--suite and -- CMD exclude each other".into()))
+        }
+    };
+    if let Mode::Suite(name) = &mode {
+        let suites = tests.suites();
+        if !suites.contains(name) {
+            return Err(Error::Usage(format!(
+                "unknown suite {name:?}: {}",
+                if suites.is_empty() {
+                    format!(
+                        "no suites in {}/suites (use --tests-dir)",
+                        tests.path.display()
+                    )
+                } else {
+                    format!("available: {}", suites.join(", "))
+                }
+            )));
+        }
+    }
+    let memory_mib = qemu::parse_memory_mib(&r.memory).map_err(Error::Usage)?;
+    let server_args = cli::split_words(&r.server_args)
+        .map_err(|e| Error::Usage(format!("--server-args: {e}")))?;
+    let vugpu = match &r.vugpu {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("vugpu")))
+            .unwrap_or_else(|| PathBuf::from("vugpu")),
+    };
+    if r.gpus > 0 && !vugpu.is_file() {
+        return Err(RunError::Server(servers::ServerError::NoBinary(vugpu)).into());
+    }
+    let env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    say!("{}", env.describe());
+    let req = RunRequest {
+        mode,
+        gpus: usize::from(r.gpus),
+        vugpu,
+        server_args,
+        topology: r.topology,
+        peer: r.peer,
+        cmb_mb: r.cmb_mb,
+        accel: r.accel,
+        timeout: Duration::from_secs(r.timeout),
+        memory_mib,
+        smp: r.smp,
+        append: r.append.join(" "),
+        tests,
+        keep: r.keep,
+        console: r.console,
+        qemu_args: r.qemu_arg,
+    };
+    Ok(run::run(&env, &req)?)
+}

@@ -1,0 +1,978 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vugpu test driver: binds the vugpu PCIe GPU model (docs/hw-spec.md) and
+ * exposes it to userspace tests through /dev/vugpuN.
+ *
+ * Shaped like lib/test_hmm.c: a private uapi header (vugpu_uapi.h) with one
+ * command struct, common validation in unlocked_ioctl before the switch,
+ * outer/do_ helper pairs (the outer one validates, allocates and locks, the
+ * do_ one touches the hardware) and goto unwinding.
+ *
+ * Per device:
+ *   - BAR0 register file mapped uncached, BAR2 (VRAM) mapped write-combined;
+ *   - every MSI-X vector the device has, each with a handler that acks its
+ *     IRQ_STATUS bit, counts and completes a waiter;
+ *   - /dev/vugpuN: register access, interrupt test, VRAM access through the
+ *     BAR (CPU view) and through VRAM_INDEX/VRAM_DATA (device view), FLR and
+ *     SOFT_RESET with a register snapshot, and mmap of BAR2.
+ *
+ * Locking: vdev->lock serialises every register sequence, reset and
+ * mmap against remove; it is never held while touching user memory (the
+ * ioctls bounce through kernel buffers), so mmap (called under mmap_lock)
+ * may take it.  Order: device_lock -> vdev->lock.  The FLR ioctl holds
+ * vdev->lock and therefore only *tries* the device lock
+ * (pci_try_reset_function); a reset started elsewhere (sysfs "reset") takes
+ * vdev->lock in reset_prepare and drops it in reset_done.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/bits.h>
+#include <linux/completion.h>
+#include <linux/delay.h>
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/interrupt.h>
+#include <linux/io.h>
+#include <linux/kref.h>
+#include <linux/ktime.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <linux/dma-mapping.h>
+
+#include "vugpu_hw.h"
+#include "vugpu_uapi.h"
+
+#define VUGPU_DRIVER_NAME	"vugpu"
+#define VUGPU_READY_TIMEOUT_US	1000000
+/* The driver uses only registers of spec 0.1; later minors add, never change. */
+#define VUGPU_DRIVER_MIN_VERSION	0x00000001U
+
+static ushort vendor = VUGPU_PCI_VENDOR_ID;
+module_param(vendor, ushort, 0444);
+MODULE_PARM_DESC(vendor, "PCI vendor ID to bind (default 0x1234)");
+
+static ushort device = VUGPU_PCI_DEVICE_ID;
+module_param(device, ushort, 0444);
+MODULE_PARM_DESC(device, "PCI device ID to bind (default 0x5647)");
+
+static uint irq_timeout_ms = 1000;
+module_param(irq_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(irq_timeout_ms, "IRQ_TEST: how long to wait for the handler (default 1000)");
+
+static DEFINE_IDA(vugpu_ida);
+
+struct vugpu_device;
+
+/* One MSI-X vector: its handler's bookkeeping. */
+struct vugpu_vector {
+	struct vugpu_device	*vdev;
+	unsigned int		index;
+	int			irq;
+	atomic64_t		count;		/* interrupts handled */
+	u64			stamp_ns;	/* ktime of the last interrupt */
+	u32			status;		/* IRQ_STATUS the last interrupt saw */
+	struct completion	done;
+	char			name[32];
+};
+
+struct vugpu_device {
+	struct pci_dev		*pdev;
+	struct kref		ref;		/* the PCI binding + each open file */
+	struct mutex		lock;		/* see the comment at the top */
+	bool			dead;		/* removed: no hardware access */
+	int			index;		/* N in /dev/vugpuN */
+	char			name[16];
+	struct miscdevice	misc;
+
+	void __iomem		*regs;		/* BAR0 register file */
+	void __iomem		*vram;		/* BAR2, write-combined */
+	resource_size_t		vram_bar_start;
+	resource_size_t		vram_bar_len;
+	u64			vram_size;	/* VRAM_SIZE register */
+
+	u32			num_vectors;
+	struct vugpu_vector	*vectors;
+	unsigned int		irqs_requested;
+
+	/* FLR / SOFT_RESET bookkeeping */
+	struct task_struct	*reset_owner;	/* task holding ->lock across a reset */
+	bool			reset_took_lock;
+	struct vugpu_regs	reset_regs;	/* snapshot taken in reset_done */
+	int			reset_ready_err;
+
+	/*
+	 * Every open file uses the first opener's inode mapping, so all user
+	 * mappings of BAR2 live in one address_space and remove can zap them.
+	 */
+	unsigned int		open_count;
+	struct inode		*map_inode;
+};
+
+static u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
+{
+	return ioread32(vdev->regs + reg);
+}
+
+static void vugpu_wr(struct vugpu_device *vdev, u32 reg, u32 val)
+{
+	iowrite32(val, vdev->regs + reg);
+}
+
+static void vugpu_release_device(struct kref *ref)
+{
+	struct vugpu_device *vdev = container_of(ref, struct vugpu_device, ref);
+
+	mutex_destroy(&vdev->lock);
+	kfree(vdev->vectors);
+	kfree(vdev);
+}
+
+/* Take vdev->lock unless the device has been removed. */
+static int vugpu_lock_live(struct vugpu_device *vdev)
+{
+	mutex_lock(&vdev->lock);
+	if (vdev->dead) {
+		mutex_unlock(&vdev->lock);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+static irqreturn_t vugpu_irq_handler(int irq, void *data)
+{
+	struct vugpu_vector *vec = data;
+	struct vugpu_device *vdev = vec->vdev;
+	u32 status = 0;
+
+	if (vec->index < VUGPU_IRQ_STATUS_VECTORS) {
+		status = vugpu_rd(vdev, VUGPU_REG_IRQ_STATUS);
+		/* Ack only our own cause bit: other vectors' handlers own theirs. */
+		if (status != VUGPU_REG_BAD_READ && (status & BIT(vec->index)))
+			vugpu_wr(vdev, VUGPU_REG_IRQ_STATUS, BIT(vec->index));
+	}
+	WRITE_ONCE(vec->status, status);
+	WRITE_ONCE(vec->stamp_ns, ktime_get_ns());
+	atomic64_inc(&vec->count);
+	complete(&vec->done);
+	return IRQ_HANDLED;
+}
+
+/* Wait for STATUS.READY after a reset; 0 or -ETIMEDOUT. */
+static int vugpu_wait_ready(struct vugpu_device *vdev)
+{
+	unsigned int waited_us = 0;
+	u32 status;
+
+	for (;;) {
+		status = vugpu_rd(vdev, VUGPU_REG_STATUS);
+		if (status != VUGPU_REG_BAD_READ && (status & VUGPU_STATUS_READY))
+			return 0;
+		if (waited_us >= VUGPU_READY_TIMEOUT_US)
+			return -ETIMEDOUT;
+		usleep_range(100, 200);
+		waited_us += 100;
+	}
+}
+
+static void vugpu_snapshot(struct vugpu_device *vdev, struct vugpu_regs *r)
+{
+	unsigned int i;
+
+	memset(r, 0, sizeof(*r));
+	r->id = vugpu_rd(vdev, VUGPU_REG_ID);
+	r->version = vugpu_rd(vdev, VUGPU_REG_VERSION);
+	r->caps = vugpu_rd(vdev, VUGPU_REG_CAPS);
+	r->num_vectors = vugpu_rd(vdev, VUGPU_REG_NUM_VECTORS);
+	r->vram_size_lo = vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_LO);
+	r->vram_size_hi = vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_HI);
+	r->status = vugpu_rd(vdev, VUGPU_REG_STATUS);
+	r->irq_status = vugpu_rd(vdev, VUGPU_REG_IRQ_STATUS);
+	for (i = 0; i < VUGPU_NUM_SCRATCH; i++)
+		r->scratch[i] = vugpu_rd(vdev, VUGPU_REG_SCRATCH(i));
+	r->vram_index_lo = vugpu_rd(vdev, VUGPU_REG_VRAM_INDEX_LO);
+	r->vram_index_hi = vugpu_rd(vdev, VUGPU_REG_VRAM_INDEX_HI);
+	r->irq_count = vugpu_rd(vdev, VUGPU_REG_IRQ_COUNT);
+	r->engine_count = vugpu_rd(vdev, VUGPU_REG_ENGINE_COUNT);
+	r->err_cause = vugpu_rd(vdev, VUGPU_REG_ERR_CAUSE);
+	pci_read_config_word(vdev->pdev, PCI_COMMAND, &r->pci_command);
+	pcie_capability_read_word(vdev->pdev, PCI_EXP_DEVCTL, &r->pci_devctl);
+}
+
+/* --- reset hooks (pci_reset_function and sysfs "reset") ------------------ */
+
+static void vugpu_quiesce_irqs(struct vugpu_device *vdev)
+{
+	unsigned int i;
+
+	for (i = 0; i < vdev->irqs_requested; i++)
+		disable_irq(vdev->vectors[i].irq);
+}
+
+static void vugpu_resume_irqs(struct vugpu_device *vdev)
+{
+	unsigned int i;
+
+	for (i = 0; i < vdev->irqs_requested; i++)
+		enable_irq(vdev->vectors[i].irq);
+}
+
+static void vugpu_reset_prepare(struct pci_dev *pdev)
+{
+	struct vugpu_device *vdev = pci_get_drvdata(pdev);
+
+	/* Our own FLR ioctl already holds the lock (see the top comment). */
+	vdev->reset_took_lock = READ_ONCE(vdev->reset_owner) != current;
+	if (vdev->reset_took_lock)
+		mutex_lock(&vdev->lock);
+	vugpu_quiesce_irqs(vdev);
+}
+
+static void vugpu_reset_done(struct pci_dev *pdev)
+{
+	struct vugpu_device *vdev = pci_get_drvdata(pdev);
+
+	/* Config space has been restored; look at the registers before we touch them. */
+	vdev->reset_ready_err = vugpu_wait_ready(vdev);
+	vugpu_snapshot(vdev, &vdev->reset_regs);
+	if (vdev->reset_ready_err)
+		dev_err(&pdev->dev, "not READY after reset (STATUS %#x)\n",
+			vdev->reset_regs.status);
+	else if (vdev->reset_regs.id != VUGPU_ID_VALUE)
+		dev_err(&pdev->dev, "bad ID %#x after reset\n", vdev->reset_regs.id);
+	vugpu_resume_irqs(vdev);
+	if (vdev->reset_took_lock) {
+		vdev->reset_took_lock = false;
+		mutex_unlock(&vdev->lock);
+	}
+}
+
+static const struct pci_error_handlers vugpu_err_handlers = {
+	.reset_prepare	= vugpu_reset_prepare,
+	.reset_done	= vugpu_reset_done,
+};
+
+/* --- ioctl helpers: outer (validate, bounce, lock) / do_ (hardware) ------ */
+
+static int vugpu_get_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	struct pci_dev *pdev = vdev->pdev;
+	struct vugpu_info info;
+	int ret;
+
+	if (cmd->size < sizeof(info))
+		return -EINVAL;
+
+	memset(&info, 0, sizeof(info));
+	info.vendor = pdev->vendor;
+	info.device = pdev->device;
+	info.subsystem_vendor = pdev->subsystem_vendor;
+	info.subsystem_device = pdev->subsystem_device;
+	info.class = pdev->class;
+	info.revision = pdev->revision;
+	info.num_vectors = vdev->num_vectors;
+	info.bar0_start = pci_resource_start(pdev, VUGPU_BAR_REGS);
+	info.bar0_size = pci_resource_len(pdev, VUGPU_BAR_REGS);
+	info.bar2_start = vdev->vram_bar_start;
+	info.bar2_size = vdev->vram_bar_len;
+	strscpy(info.pci_name, pci_name(pdev), sizeof(info.pci_name));
+
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	info.id = vugpu_rd(vdev, VUGPU_REG_ID);
+	info.version = vugpu_rd(vdev, VUGPU_REG_VERSION);
+	info.caps = vugpu_rd(vdev, VUGPU_REG_CAPS);
+	info.vram_size = (u64)vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_HI) << 32 |
+			 vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_LO);
+	mutex_unlock(&vdev->lock);
+
+	if (copy_to_user(u64_to_user_ptr(cmd->ptr), &info, sizeof(info)))
+		return -EFAULT;
+	return 0;
+}
+
+/* A register access must be a 4-byte aligned dword inside the register file. */
+static int vugpu_check_reg(u64 offset)
+{
+	if (offset >= VUGPU_REGFILE_SIZE || offset % VUGPU_REG_WIDTH)
+		return -EINVAL;
+	return 0;
+}
+
+static int vugpu_reg_read(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	int ret;
+
+	ret = vugpu_check_reg(cmd->offset);
+	if (ret)
+		return ret;
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	cmd->value = vugpu_rd(vdev, cmd->offset);
+	mutex_unlock(&vdev->lock);
+	return 0;
+}
+
+static int vugpu_reg_write(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	int ret;
+
+	ret = vugpu_check_reg(cmd->offset);
+	if (ret)
+		return ret;
+	if (cmd->value > U32_MAX)
+		return -EINVAL;
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	vugpu_wr(vdev, cmd->offset, cmd->value);
+	mutex_unlock(&vdev->lock);
+	return 0;
+}
+
+static int vugpu_do_irq_test(struct vugpu_device *vdev, struct vugpu_vector *vec,
+			     struct vugpu_cmd *cmd)
+{
+	u64 before, start;
+	unsigned long left;
+
+	before = atomic64_read(&vec->count);
+	reinit_completion(&vec->done);
+	start = ktime_get_ns();
+	vugpu_wr(vdev, VUGPU_REG_IRQ_TRIGGER, vec->index);
+	left = wait_for_completion_timeout(&vec->done, msecs_to_jiffies(irq_timeout_ms));
+	if (!left) {
+		dev_warn_ratelimited(&vdev->pdev->dev, "vector %u: no interrupt within %u ms\n",
+				     vec->index, irq_timeout_ms);
+		return -ETIMEDOUT;
+	}
+	cmd->count = atomic64_read(&vec->count);
+	if (cmd->count == before)
+		return -EIO;
+	cmd->value = READ_ONCE(vec->status);
+	cmd->elapsed_ns = READ_ONCE(vec->stamp_ns) - start;
+	return 0;
+}
+
+static int vugpu_irq_test(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	int ret;
+
+	if (cmd->offset >= vdev->num_vectors)
+		return -EINVAL;
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	ret = vugpu_do_irq_test(vdev, &vdev->vectors[cmd->offset], cmd);
+	mutex_unlock(&vdev->lock);
+	return ret;
+}
+
+enum vugpu_vram_op {
+	VUGPU_VRAM_BAR_READ,
+	VUGPU_VRAM_BAR_WRITE,
+	VUGPU_VRAM_WINDOW_READ,
+	VUGPU_VRAM_WINDOW_WRITE,
+};
+
+static bool vugpu_op_is_write(enum vugpu_vram_op op)
+{
+	return op == VUGPU_VRAM_BAR_WRITE || op == VUGPU_VRAM_WINDOW_WRITE;
+}
+
+static bool vugpu_op_is_window(enum vugpu_vram_op op)
+{
+	return op == VUGPU_VRAM_WINDOW_READ || op == VUGPU_VRAM_WINDOW_WRITE;
+}
+
+/* Point VRAM_INDEX at @offset and clear a stale VRAM_INDEX_ERR. */
+static void vugpu_window_seek(struct vugpu_device *vdev, u64 offset)
+{
+	if (vugpu_rd(vdev, VUGPU_REG_STATUS) & VUGPU_STATUS_VRAM_INDEX_ERR)
+		vugpu_wr(vdev, VUGPU_REG_STATUS, VUGPU_STATUS_VRAM_INDEX_ERR);
+	vugpu_wr(vdev, VUGPU_REG_VRAM_INDEX_HI, upper_32_bits(offset));
+	vugpu_wr(vdev, VUGPU_REG_VRAM_INDEX_LO, lower_32_bits(offset));
+}
+
+/* -EIO if the device flagged an out-of-range VRAM_DATA access (and clear it). */
+static int vugpu_window_check(struct vugpu_device *vdev)
+{
+	u32 status = vugpu_rd(vdev, VUGPU_REG_STATUS);
+
+	if (status == VUGPU_REG_BAD_READ)
+		return -EIO;
+	if (status & VUGPU_STATUS_VRAM_INDEX_ERR) {
+		vugpu_wr(vdev, VUGPU_REG_STATUS, VUGPU_STATUS_VRAM_INDEX_ERR);
+		return -EIO;
+	}
+	return 0;
+}
+
+static int vugpu_do_vram_window_read(struct vugpu_device *vdev, u64 offset, void *buf, size_t size)
+{
+	__le32 *p = buf;
+	size_t i;
+
+	vugpu_window_seek(vdev, offset);
+	for (i = 0; i < size / sizeof(*p); i++)
+		p[i] = cpu_to_le32(vugpu_rd(vdev, VUGPU_REG_VRAM_DATA));
+	return vugpu_window_check(vdev);
+}
+
+static int vugpu_do_vram_window_write(struct vugpu_device *vdev, u64 offset, const void *buf,
+				      size_t size)
+{
+	const __le32 *p = buf;
+	size_t i;
+
+	vugpu_window_seek(vdev, offset);
+	for (i = 0; i < size / sizeof(*p); i++)
+		vugpu_wr(vdev, VUGPU_REG_VRAM_DATA, le32_to_cpu(p[i]));
+	return vugpu_window_check(vdev);
+}
+
+static int vugpu_do_vram_xfer(struct vugpu_device *vdev, enum vugpu_vram_op op, u64 offset,
+			      void *buf, size_t size)
+{
+	switch (op) {
+	case VUGPU_VRAM_BAR_READ:
+		memcpy_fromio(buf, vdev->vram + offset, size);
+		return 0;
+	case VUGPU_VRAM_BAR_WRITE:
+		memcpy_toio(vdev->vram + offset, buf, size);
+		/* Push the write-combining buffers out before we report success. */
+		wmb();
+		return 0;
+	case VUGPU_VRAM_WINDOW_READ:
+		return vugpu_do_vram_window_read(vdev, offset, buf, size);
+	case VUGPU_VRAM_WINDOW_WRITE:
+		return vugpu_do_vram_window_write(vdev, offset, buf, size);
+	}
+	return -EINVAL;
+}
+
+static int vugpu_vram_xfer(struct vugpu_device *vdev, struct vugpu_cmd *cmd, enum vugpu_vram_op op)
+{
+	void __user *uptr = u64_to_user_ptr(cmd->ptr);
+	u64 limit, start;
+	void *buf;
+	int ret;
+
+	/*
+	 * The BAR path is bounded by the BAR, the window by the VRAM size
+	 * register.  The window moves whole dwords.
+	 */
+	if (vugpu_op_is_window(op)) {
+		limit = vdev->vram_size;
+		if (cmd->offset % 4 || cmd->size % 4)
+			return -EINVAL;
+	} else {
+		limit = vdev->vram_bar_len;
+	}
+	if (!cmd->size)
+		return -EINVAL;
+	if (cmd->offset >= limit || cmd->size > limit - cmd->offset)
+		return -ERANGE;
+
+	buf = kvmalloc(cmd->size, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+
+	if (vugpu_op_is_write(op) && copy_from_user(buf, uptr, cmd->size)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		goto out_free;
+	start = ktime_get_ns();
+	ret = vugpu_do_vram_xfer(vdev, op, cmd->offset, buf, cmd->size);
+	cmd->elapsed_ns = ktime_get_ns() - start;
+	mutex_unlock(&vdev->lock);
+	if (ret)
+		goto out_free;
+
+	if (!vugpu_op_is_write(op) && copy_to_user(uptr, buf, cmd->size)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+	cmd->count = cmd->size;
+
+out_free:
+	kvfree(buf);
+	return ret;
+}
+
+static int vugpu_do_flr(struct vugpu_device *vdev, struct vugpu_regs *regs)
+{
+	int ret;
+
+	WRITE_ONCE(vdev->reset_owner, current);
+	ret = pci_try_reset_function(vdev->pdev);
+	WRITE_ONCE(vdev->reset_owner, NULL);
+	if (ret)
+		return ret;
+	*regs = vdev->reset_regs;
+	return vdev->reset_ready_err;
+}
+
+static int vugpu_do_soft_reset(struct vugpu_device *vdev, struct vugpu_regs *regs)
+{
+	int ret;
+
+	vugpu_quiesce_irqs(vdev);
+	vugpu_wr(vdev, VUGPU_REG_SOFT_RESET, VUGPU_SOFT_RESET_MAGIC);
+	ret = vugpu_wait_ready(vdev);
+	vugpu_snapshot(vdev, regs);
+	vugpu_resume_irqs(vdev);
+	return ret;
+}
+
+static int vugpu_reset(struct vugpu_device *vdev, struct vugpu_cmd *cmd, bool flr)
+{
+	struct vugpu_regs regs;
+	u64 start;
+	int ret;
+
+	if (cmd->size < sizeof(regs))
+		return -EINVAL;
+
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	start = ktime_get_ns();
+	if (flr)
+		ret = vugpu_do_flr(vdev, &regs);
+	else
+		ret = vugpu_do_soft_reset(vdev, &regs);
+	cmd->elapsed_ns = ktime_get_ns() - start;
+	mutex_unlock(&vdev->lock);
+	if (ret)
+		return ret;
+
+	dev_info(&vdev->pdev->dev, "%s done in %llu us\n", flr ? "FLR" : "SOFT_RESET",
+		 cmd->elapsed_ns / NSEC_PER_USEC);
+	if (copy_to_user(u64_to_user_ptr(cmd->ptr), &regs, sizeof(regs)))
+		return -EFAULT;
+	return 0;
+}
+
+/* --- file operations ----------------------------------------------------- */
+
+static int vugpu_fops_open(struct inode *inode, struct file *filp)
+{
+	struct miscdevice *misc = filp->private_data;
+	struct vugpu_device *vdev = container_of(misc, struct vugpu_device, misc);
+	int ret;
+
+	/* misc_open holds misc_mtx, so vdev cannot be deregistered under us. */
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	if (!vdev->map_inode) {
+		vdev->map_inode = igrab(inode);
+		if (!vdev->map_inode) {
+			mutex_unlock(&vdev->lock);
+			return -ENODEV;
+		}
+	}
+	filp->f_mapping = vdev->map_inode->i_mapping;
+	vdev->open_count++;
+	kref_get(&vdev->ref);
+	mutex_unlock(&vdev->lock);
+
+	filp->private_data = vdev;
+	return 0;
+}
+
+static int vugpu_fops_release(struct inode *inode, struct file *filp)
+{
+	struct vugpu_device *vdev = filp->private_data;
+	struct inode *put = NULL;
+
+	mutex_lock(&vdev->lock);
+	if (--vdev->open_count == 0) {
+		put = vdev->map_inode;
+		vdev->map_inode = NULL;
+	}
+	mutex_unlock(&vdev->lock);
+	iput(put);
+	kref_put(&vdev->ref, vugpu_release_device);
+	return 0;
+}
+
+static long vugpu_fops_unlocked_ioctl(struct file *filp, unsigned int command, unsigned long arg)
+{
+	struct vugpu_device *vdev = filp->private_data;
+	void __user *uarg = (void __user *)arg;
+	struct vugpu_cmd cmd;
+	int ret;
+
+	if (!vdev)
+		return -EINVAL;
+	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
+		return -EFAULT;
+
+	/* Common validation: buffers are bounded, and (out) fields start at 0. */
+	if (cmd.size > VUGPU_MAX_XFER)
+		return -E2BIG;
+	if (cmd.size && !cmd.ptr)
+		return -EINVAL;
+	cmd.elapsed_ns = 0;
+	cmd.count = 0;
+
+	switch (command) {
+	case VUGPU_IOCTL_GET_INFO:
+		ret = vugpu_get_info(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_REG_READ:
+		cmd.value = 0;
+		ret = vugpu_reg_read(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_REG_WRITE:
+		ret = vugpu_reg_write(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_IRQ_TEST:
+		cmd.value = 0;
+		ret = vugpu_irq_test(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_VRAM_READ:
+		ret = vugpu_vram_xfer(vdev, &cmd, VUGPU_VRAM_BAR_READ);
+		break;
+	case VUGPU_IOCTL_VRAM_WRITE:
+		ret = vugpu_vram_xfer(vdev, &cmd, VUGPU_VRAM_BAR_WRITE);
+		break;
+	case VUGPU_IOCTL_VRAM_WINDOW_READ:
+		ret = vugpu_vram_xfer(vdev, &cmd, VUGPU_VRAM_WINDOW_READ);
+		break;
+	case VUGPU_IOCTL_VRAM_WINDOW_WRITE:
+		ret = vugpu_vram_xfer(vdev, &cmd, VUGPU_VRAM_WINDOW_WRITE);
+		break;
+	case VUGPU_IOCTL_FLR:
+		ret = vugpu_reset(vdev, &cmd, true);
+		break;
+	case VUGPU_IOCTL_SOFT_RESET:
+		ret = vugpu_reset(vdev, &cmd, false);
+		break;
+	default:
+		return -ENOTTY;
+	}
+	if (ret)
+		return ret;
+
+	if (copy_to_user(uarg, &cmd, sizeof(cmd)))
+		return -EFAULT;
+	return 0;
+}
+
+static int vugpu_fops_mmap(struct file *filp, struct vm_area_struct *vma)
+{
+	struct vugpu_device *vdev = filp->private_data;
+	int ret;
+
+	/* A private (copy-on-write) mapping of device memory makes no sense. */
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	vma->vm_page_prot = pgprot_writecombine(vma->vm_page_prot);
+	/* Bounds-checks vm_pgoff and the length against the BAR. */
+	ret = vm_iomap_memory(vma, vdev->vram_bar_start, vdev->vram_bar_len);
+	mutex_unlock(&vdev->lock);
+	return ret;
+}
+
+static const struct file_operations vugpu_fops = {
+	.owner		= THIS_MODULE,
+	.open		= vugpu_fops_open,
+	.release	= vugpu_fops_release,
+	.unlocked_ioctl	= vugpu_fops_unlocked_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.mmap		= vugpu_fops_mmap,
+	.llseek		= noop_llseek,
+};
+
+/* --- probe / remove ------------------------------------------------------ */
+
+static void vugpu_free_irqs(struct vugpu_device *vdev)
+{
+	while (vdev->irqs_requested) {
+		struct vugpu_vector *vec = &vdev->vectors[--vdev->irqs_requested];
+
+		free_irq(vec->irq, vec);
+	}
+}
+
+static int vugpu_setup_irqs(struct vugpu_device *vdev)
+{
+	struct pci_dev *pdev = vdev->pdev;
+	unsigned int i;
+	int ret;
+
+	vdev->vectors = kcalloc(vdev->num_vectors, sizeof(*vdev->vectors), GFP_KERNEL);
+	if (!vdev->vectors)
+		return -ENOMEM;
+
+	ret = pci_alloc_irq_vectors(pdev, vdev->num_vectors, vdev->num_vectors, PCI_IRQ_MSIX);
+	if (ret < 0) {
+		dev_err(&pdev->dev, "cannot allocate %u MSI-X vectors: %d\n",
+			vdev->num_vectors, ret);
+		return ret;
+	}
+
+	for (i = 0; i < vdev->num_vectors; i++) {
+		struct vugpu_vector *vec = &vdev->vectors[i];
+
+		vec->vdev = vdev;
+		vec->index = i;
+		atomic64_set(&vec->count, 0);
+		init_completion(&vec->done);
+		snprintf(vec->name, sizeof(vec->name), "%s-%u", vdev->name, i);
+		vec->irq = pci_irq_vector(pdev, i);
+		if (vec->irq < 0) {
+			ret = vec->irq;
+			goto err_free_irqs;
+		}
+		ret = request_irq(vec->irq, vugpu_irq_handler, 0, vec->name, vec);
+		if (ret) {
+			dev_err(&pdev->dev, "request_irq vector %u: %d\n", i, ret);
+			goto err_free_irqs;
+		}
+		vdev->irqs_requested++;
+	}
+	return 0;
+
+err_free_irqs:
+	vugpu_free_irqs(vdev);
+	pci_free_irq_vectors(pdev);
+	return ret;
+}
+
+static void vugpu_teardown_irqs(struct vugpu_device *vdev)
+{
+	vugpu_free_irqs(vdev);
+	pci_free_irq_vectors(vdev->pdev);
+}
+
+/* Check the BARs' types and sizes against hw-spec §1.1. */
+static int vugpu_check_bars(struct pci_dev *pdev)
+{
+	unsigned long f0 = pci_resource_flags(pdev, VUGPU_BAR_REGS);
+	unsigned long f2 = pci_resource_flags(pdev, VUGPU_BAR_VRAM);
+	resource_size_t len2 = pci_resource_len(pdev, VUGPU_BAR_VRAM);
+
+	if (!(f0 & IORESOURCE_MEM) || pci_resource_len(pdev, VUGPU_BAR_REGS) < VUGPU_BAR0_SIZE) {
+		dev_err(&pdev->dev, "BAR0 is not a 16 MiB memory BAR: %pR\n",
+			&pdev->resource[VUGPU_BAR_REGS]);
+		return -ENODEV;
+	}
+	if (!(f2 & IORESOURCE_MEM) || !(f2 & IORESOURCE_MEM_64) || !(f2 & IORESOURCE_PREFETCH) ||
+	    len2 < VUGPU_VRAM_BAR_MIN_SIZE || !is_power_of_2(len2)) {
+		dev_err(&pdev->dev, "BAR2 is not a 64-bit prefetchable VRAM BAR: %pR\n",
+			&pdev->resource[VUGPU_BAR_VRAM]);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+/* Check ID, VERSION, NUM_VECTORS and VRAM_SIZE against hw-spec §3. */
+static int vugpu_check_regs(struct vugpu_device *vdev)
+{
+	struct pci_dev *pdev = vdev->pdev;
+	u32 id = vugpu_rd(vdev, VUGPU_REG_ID);
+	u32 version = vugpu_rd(vdev, VUGPU_REG_VERSION);
+	int msix;
+
+	if (id != VUGPU_ID_VALUE) {
+		dev_err(&pdev->dev, "ID register %#010x, expected %#010x\n", id, VUGPU_ID_VALUE);
+		return -ENODEV;
+	}
+	if (VUGPU_VERSION_MAJOR(version) != VUGPU_VERSION_MAJOR(VUGPU_DRIVER_MIN_VERSION) ||
+	    VUGPU_VERSION_MINOR(version) < VUGPU_VERSION_MINOR(VUGPU_DRIVER_MIN_VERSION)) {
+		dev_err(&pdev->dev, "unsupported VERSION %#010x (driver needs %u.%u or a later %u.x)\n",
+			version, VUGPU_VERSION_MAJOR(VUGPU_DRIVER_MIN_VERSION),
+			VUGPU_VERSION_MINOR(VUGPU_DRIVER_MIN_VERSION),
+			VUGPU_VERSION_MAJOR(VUGPU_DRIVER_MIN_VERSION));
+		return -ENODEV;
+	}
+
+	vdev->num_vectors = vugpu_rd(vdev, VUGPU_REG_NUM_VECTORS);
+	msix = pci_msix_vec_count(pdev);
+	if (msix < 0 || vdev->num_vectors == 0 || vdev->num_vectors != (u32)msix) {
+		dev_err(&pdev->dev, "NUM_VECTORS %u but MSI-X table size %d\n", vdev->num_vectors,
+			msix);
+		return -ENODEV;
+	}
+
+	vdev->vram_size = (u64)vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_HI) << 32 |
+			  vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_LO);
+	if (vdev->vram_size < vdev->vram_bar_len) {
+		dev_err(&pdev->dev, "VRAM_SIZE %#llx smaller than BAR2 (%pa)\n", vdev->vram_size,
+			&vdev->vram_bar_len);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct vugpu_device *vdev;
+	int ret;
+
+	vdev = kzalloc(sizeof(*vdev), GFP_KERNEL);
+	if (!vdev)
+		return -ENOMEM;
+	vdev->pdev = pdev;
+	kref_init(&vdev->ref);
+	mutex_init(&vdev->lock);
+
+	vdev->index = ida_alloc(&vugpu_ida, GFP_KERNEL);
+	if (vdev->index < 0) {
+		ret = vdev->index;
+		goto err_free;
+	}
+	snprintf(vdev->name, sizeof(vdev->name), VUGPU_DRIVER_NAME "%d", vdev->index);
+
+	ret = pci_enable_device_mem(pdev);
+	if (ret)
+		goto err_ida;
+	ret = pci_request_regions(pdev, VUGPU_DRIVER_NAME);
+	if (ret)
+		goto err_disable;
+	ret = vugpu_check_bars(pdev);
+	if (ret)
+		goto err_release;
+
+	/* Only the register file: the MSI-X table/PBA belong to the PCI core. */
+	vdev->regs = ioremap(pci_resource_start(pdev, VUGPU_BAR_REGS), VUGPU_REGFILE_SIZE);
+	if (!vdev->regs) {
+		ret = -ENOMEM;
+		goto err_release;
+	}
+	vdev->vram_bar_start = pci_resource_start(pdev, VUGPU_BAR_VRAM);
+	vdev->vram_bar_len = pci_resource_len(pdev, VUGPU_BAR_VRAM);
+	vdev->vram = ioremap_wc(vdev->vram_bar_start, vdev->vram_bar_len);
+	if (!vdev->vram) {
+		ret = -ENOMEM;
+		goto err_unmap_regs;
+	}
+
+	ret = vugpu_check_regs(vdev);
+	if (ret)
+		goto err_unmap_vram;
+
+	pci_set_master(pdev);
+	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
+	if (ret) {
+		dev_err(&pdev->dev, "no 64-bit DMA: %d\n", ret);
+		goto err_clear_master;
+	}
+
+	ret = vugpu_setup_irqs(vdev);
+	if (ret)
+		goto err_clear_master;
+
+	pci_set_drvdata(pdev, vdev);
+	vdev->misc.minor = MISC_DYNAMIC_MINOR;
+	vdev->misc.name = vdev->name;
+	vdev->misc.fops = &vugpu_fops;
+	vdev->misc.parent = &pdev->dev;
+	vdev->misc.mode = 0600;
+	ret = misc_register(&vdev->misc);
+	if (ret)
+		goto err_irqs;
+
+	dev_info(&pdev->dev,
+		 "%s: %04x:%04x (sub %04x:%04x) rev %02x, VERSION %#x, BAR0 %pR, BAR2 %pR, VRAM %llu MiB, %u MSI-X vectors\n",
+		 vdev->name, pdev->vendor, pdev->device, pdev->subsystem_vendor,
+		 pdev->subsystem_device, pdev->revision, vugpu_rd(vdev, VUGPU_REG_VERSION),
+		 &pdev->resource[VUGPU_BAR_REGS], &pdev->resource[VUGPU_BAR_VRAM],
+		 vdev->vram_size >> 20, vdev->num_vectors);
+	return 0;
+
+err_irqs:
+	pci_set_drvdata(pdev, NULL);
+	vugpu_teardown_irqs(vdev);
+err_clear_master:
+	pci_clear_master(pdev);
+err_unmap_vram:
+	iounmap(vdev->vram);
+err_unmap_regs:
+	iounmap(vdev->regs);
+err_release:
+	pci_release_regions(pdev);
+err_disable:
+	pci_disable_device(pdev);
+err_ida:
+	ida_free(&vugpu_ida, vdev->index);
+err_free:
+	kref_put(&vdev->ref, vugpu_release_device);
+	return ret;
+}
+
+static void vugpu_remove(struct pci_dev *pdev)
+{
+	struct vugpu_device *vdev = pci_get_drvdata(pdev);
+
+	/* No new opens; files already open see ->dead and stop. */
+	misc_deregister(&vdev->misc);
+	mutex_lock(&vdev->lock);
+	vdev->dead = true;
+	if (vdev->map_inode)
+		unmap_mapping_range(vdev->map_inode->i_mapping, 0, 0, 1);
+	mutex_unlock(&vdev->lock);
+
+	vugpu_teardown_irqs(vdev);
+	pci_clear_master(pdev);
+	iounmap(vdev->vram);
+	iounmap(vdev->regs);
+	pci_release_regions(pdev);
+	pci_disable_device(pdev);
+	ida_free(&vugpu_ida, vdev->index);
+	pci_set_drvdata(pdev, NULL);
+	dev_info(&pdev->dev, "%s removed\n", vdev->name);
+	kref_put(&vdev->ref, vugpu_release_device);
+}
+
+/* Not const: the module parameters pick the IDs at load time. */
+static struct pci_device_id vugpu_pci_ids[] = {
+	{ PCI_DEVICE(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID) },
+	{ }
+};
+MODULE_DEVICE_TABLE(pci, vugpu_pci_ids);
+
+static struct pci_driver vugpu_pci_driver = {
+	.name		= VUGPU_DRIVER_NAME,
+	.id_table	= vugpu_pci_ids,
+	.probe		= vugpu_probe,
+	.remove		= vugpu_remove,
+	.err_handler	= &vugpu_err_handlers,
+};
+
+static int __init vugpu_init(void)
+{
+	vugpu_pci_ids[0].vendor = vendor;
+	vugpu_pci_ids[0].device = device;
+	return pci_register_driver(&vugpu_pci_driver);
+}
+
+static void __exit vugpu_exit(void)
+{
+	pci_unregister_driver(&vugpu_pci_driver);
+	ida_destroy(&vugpu_ida);
+}
+
+module_init(vugpu_init);
+module_exit(vugpu_exit);
+MODULE_DESCRIPTION("vugpu test driver: registers, MSI-X, VRAM BAR, FLR");
+MODULE_LICENSE("GPL");

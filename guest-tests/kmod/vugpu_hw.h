@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vugpu hardware definitions, transcribed from docs/hw-spec.md (version 0.2:
+ * §1-§3 complete, §6.3 engine registers; descriptors (§7) and statistics
+ * (§8) are not here yet).
+ *
+ * This header describes the device, not the driver: PCI identity (hw-spec §1),
+ * the BAR layout (§2) and the register file (§3).  It is shared by the kernel
+ * module and the userspace tests, so it uses only fixed-width types and
+ * preprocessor constants; the _Static_asserts check that the map is
+ * self-consistent (e.g. the MSI-X table and PBA fit in BAR0 and do not
+ * overlap the register file).
+ */
+#ifndef VUGPU_HW_H
+#define VUGPU_HW_H
+
+/* §1 PCI identity (defaults; the server can override vendor/device IDs). */
+#define VUGPU_PCI_VENDOR_ID		0x1234
+#define VUGPU_PCI_DEVICE_ID		0x5647
+#define VUGPU_PCI_REVISION		0x01
+#define VUGPU_PCI_CLASS			0x030200	/* 3D controller, prog-if 0 */
+#define VUGPU_PCI_SUBSYS_VENDOR_ID	0x1234
+#define VUGPU_PCI_SUBSYS_ID		0x0001
+#define VUGPU_CONFIG_SPACE_SIZE		4096
+
+/* §1.1 BAR numbers and sizes. */
+#define VUGPU_BAR_REGS			0	/* 32-bit, non-prefetchable */
+#define VUGPU_BAR_VRAM			2	/* 64-bit, prefetchable */
+#define VUGPU_BAR0_SIZE			0x01000000	/* 16 MiB */
+#define VUGPU_VRAM_BAR_MIN_SIZE		0x00100000	/* 1 MiB */
+
+/* §1.2 standard capabilities: fixed offsets. */
+#define VUGPU_CAP_PM_OFFSET		0x40
+#define VUGPU_CAP_MSIX_OFFSET		0x50
+#define VUGPU_CAP_EXP_OFFSET		0x60
+#define VUGPU_MSIX_MAX_VECTORS		2048
+#define VUGPU_MSIX_DEFAULT_VECTORS	16
+
+/* §1.4 extended capabilities: fixed offsets. */
+#define VUGPU_ECAP_AER_OFFSET		0x100
+#define VUGPU_ECAP_REBAR_OFFSET		0x148
+#define VUGPU_ECAP_DSN_OFFSET		0x154
+#define VUGPU_AER_UNCOR_SEVER_RESET	0x00462030
+#define VUGPU_AER_COR_MASK_RESET	0x00002000
+
+/* §2 BAR0 layout. */
+#define VUGPU_REGFILE_START		0x000000
+#define VUGPU_REGFILE_SIZE		0x100000	/* §3 register file incl. RsvdZ */
+#define VUGPU_DEVREGS_SIZE		0x001000	/* device registers (§3 table) */
+#define VUGPU_ENGINE_REGS_BASE		0x001000	/* engine i at base + stride * i */
+#define VUGPU_ENGINE_REGS_STRIDE	0x000100
+#define VUGPU_ENGINE_MAX		16
+#define VUGPU_REGFILE_RSVD_START	0x002000	/* 0x2000-0xfffff: RsvdZ */
+#define VUGPU_MSIX_TABLE_OFFSET		0x100000
+#define VUGPU_MSIX_TABLE_SIZE		0x008000	/* 16 bytes x 2048 vectors */
+#define VUGPU_MSIX_PBA_OFFSET		0x108000
+#define VUGPU_MSIX_PBA_SIZE		0x001000
+#define VUGPU_MSIX_ENTRY_SIZE		16
+#define VUGPU_DOORBELL_PAGE_OFFSET	0x200000	/* §6.4, mmappable */
+#define VUGPU_DOORBELL_PAGE_SIZE	0x001000
+#define VUGPU_REG_WIDTH			4	/* every register is 32 bits */
+/* A register read that the device rejects (bad size/alignment). */
+#define VUGPU_REG_BAD_READ		0xffffffffU
+
+/* §3 register file. */
+#define VUGPU_REG_ID			0x0000	/* RO */
+#define VUGPU_REG_VERSION		0x0004	/* RO */
+#define VUGPU_REG_CAPS			0x0008	/* RO */
+#define VUGPU_REG_NUM_VECTORS		0x000c	/* RO */
+#define VUGPU_REG_VRAM_SIZE_LO		0x0010	/* RO */
+#define VUGPU_REG_VRAM_SIZE_HI		0x0014	/* RO */
+#define VUGPU_REG_STATUS		0x0018	/* RO / W1C */
+#define VUGPU_REG_SCRATCH0		0x0020	/* RW */
+#define VUGPU_REG_SCRATCH1		0x0024	/* RW */
+#define VUGPU_REG_SCRATCH2		0x0028	/* RW */
+#define VUGPU_REG_SCRATCH3		0x002c	/* RW */
+#define VUGPU_REG_VRAM_INDEX_LO		0x0030	/* RW */
+#define VUGPU_REG_VRAM_INDEX_HI		0x0034	/* RW */
+#define VUGPU_REG_VRAM_DATA		0x0038	/* RW, auto-increments VRAM_INDEX */
+#define VUGPU_REG_SOFT_RESET		0x0040	/* WO */
+#define VUGPU_REG_IRQ_TRIGGER		0x0080	/* WO */
+#define VUGPU_REG_IRQ_STATUS		0x0084	/* W1C */
+#define VUGPU_REG_IRQ_COUNT		0x0088	/* RO */
+#define VUGPU_REG_ENGINE_COUNT		0x0090	/* RO */
+#define VUGPU_REG_DOORBELL_OFFSET	0x0094	/* RO */
+#define VUGPU_REG_DOORBELL_STRIDE	0x0098	/* RO */
+#define VUGPU_REG_ENGINE_VECTOR_BASE	0x009c	/* RO */
+#define VUGPU_REG_ERR_CAUSE		0x00a0	/* W1C */
+#define VUGPU_REG_CLOCK_LO		0x00a8	/* RO, latches CLOCK_HI */
+#define VUGPU_REG_CLOCK_HI		0x00ac	/* RO */
+#define VUGPU_NUM_SCRATCH		4
+#define VUGPU_REG_SCRATCH(n)		(VUGPU_REG_SCRATCH0 + (n) * VUGPU_REG_WIDTH)
+
+/* Reset values and field definitions. */
+#define VUGPU_ID_VALUE			0x56475055U	/* "UPGV" little-endian */
+#define VUGPU_VERSION_VALUE		0x00000002U	/* this document: 0.2 */
+#define VUGPU_VERSION_MAJOR(v)		((v) >> 16)
+#define VUGPU_VERSION_MINOR(v)		((v) & 0xffff)
+#define VUGPU_VERSION_ENGINES		0x00000002U	/* first version with §3's engine registers */
+#define VUGPU_CAPS_MSIX			(1U << 0)
+#define VUGPU_CAPS_VRAM_MMAP		(1U << 1)
+#define VUGPU_CAPS_ENGINES		(1U << 2)	/* ENGINE_COUNT > 0 */
+#define VUGPU_CAPS_DOORBELL_MMAP	(1U << 3)
+#define VUGPU_CAPS_KNOWN		0xfU
+#define VUGPU_DOORBELL_STRIDE_VALUE	0x40U
+#define VUGPU_ENGINE_VECTOR_BASE_VALUE	1U		/* vector 0: device/error vector */
+#define VUGPU_STATUS_READY		(1U << 0)	/* RO */
+#define VUGPU_STATUS_VRAM_INDEX_ERR	(1U << 1)	/* W1C */
+#define VUGPU_STATUS_RESET		VUGPU_STATUS_READY
+#define VUGPU_VRAM_INDEX_IGNORED_BITS	0x3U		/* bits 1:0 of VRAM_INDEX_LO */
+#define VUGPU_VRAM_DATA_BAD		0xffffffffU	/* out-of-range VRAM_DATA read */
+#define VUGPU_SOFT_RESET_MAGIC		0x52535421U	/* "!TSR" little-endian */
+#define VUGPU_IRQ_STATUS_VECTORS	32		/* IRQ_STATUS covers vectors 0-31 */
+
+/* §6.3 engine register block (BAR0 VUGPU_ENGINE_REGS(i) + offset). */
+#define VUGPU_ENGINE_REGS(i)		(VUGPU_ENGINE_REGS_BASE + (i) * VUGPU_ENGINE_REGS_STRIDE)
+#define VUGPU_ENG_RING_BASE_LO		0x00	/* RW, bits 5:0 must be 0 */
+#define VUGPU_ENG_RING_BASE_HI		0x04	/* RW */
+#define VUGPU_ENG_RING_SIZE		0x08	/* RW, power of two 1-65536 */
+#define VUGPU_ENG_RING_APERTURE		0x0c	/* RW, bits 1:0 */
+#define VUGPU_ENG_RING_HEAD		0x10	/* RO */
+#define VUGPU_ENG_RING_TAIL		0x14	/* RW, the doorbell word */
+#define VUGPU_ENG_CONTROL		0x18	/* RW */
+#define VUGPU_ENG_STATUS		0x1c	/* RO */
+#define VUGPU_ENG_ERROR_CODE		0x20	/* RO */
+#define VUGPU_ENG_ERROR_ADDR_LO		0x24	/* RO */
+#define VUGPU_ENG_ERROR_ADDR_HI		0x28	/* RO */
+#define VUGPU_ENG_ERROR_INFO		0x2c	/* RO */
+#define VUGPU_ENG_LAST_FENCE_LO		0x30	/* RO */
+#define VUGPU_ENG_LAST_FENCE_HI		0x34	/* RO */
+#define VUGPU_ENG_STATS_START		0x40	/* RO 64-bit counters to 0xaf (§8.1) */
+#define VUGPU_ENG_STATS_END		0xb0
+#define VUGPU_ENG_CONTROL_ENABLE	(1U << 0)
+#define VUGPU_ENG_CONTROL_HALT		(1U << 1)
+#define VUGPU_ENG_CONTROL_IRQ_ENABLE	(1U << 2)
+#define VUGPU_ENG_CONTROL_RESET		(1U << 31)	/* WO */
+#define VUGPU_ENG_STATUS_STATE_MASK	0xfU
+#define VUGPU_ENG_STATE_DISABLED	0
+#define VUGPU_ENG_STATE_IDLE		1
+#define VUGPU_ENG_STATE_RUNNING		2
+#define VUGPU_ENG_STATE_HALTED		3
+#define VUGPU_ENG_STATE_ERROR		4
+#define VUGPU_APERTURE_SYS		0
+#define VUGPU_APERTURE_VRAM		1
+#define VUGPU_APERTURE_PEER		2	/* reserved in 0.2 */
+#define VUGPU_ENG_INFO_APERTURE_MASK	0x3U
+#define VUGPU_ENG_INFO_WRITE		(1U << 2)
+#define VUGPU_ENG_INFO_FETCH		(1U << 3)
+#define VUGPU_ENG_INFO_SLOT_SHIFT	16
+/* §6.6 ERROR_CODE values */
+#define VUGPU_ENG_ERR_NONE		0
+#define VUGPU_ENG_ERR_RING_CONFIG	1
+#define VUGPU_ENG_ERR_RING_OVERFLOW	2
+#define VUGPU_ENG_ERR_BAD_OPCODE	3
+#define VUGPU_ENG_ERR_BAD_DESCRIPTOR	4
+#define VUGPU_ENG_ERR_SYS_UNMAPPED	5
+#define VUGPU_ENG_ERR_SYS_PERMISSION	6
+#define VUGPU_ENG_ERR_VRAM_RANGE	7
+#define VUGPU_ENG_ERR_MSG_DMA_FAILED	8
+
+/* Layout checks: the map in §2 must be self-consistent. */
+_Static_assert(VUGPU_REGFILE_START + VUGPU_REGFILE_SIZE <= VUGPU_MSIX_TABLE_OFFSET,
+	       "register file overlaps the MSI-X table");
+_Static_assert(VUGPU_MSIX_MAX_VECTORS * VUGPU_MSIX_ENTRY_SIZE == VUGPU_MSIX_TABLE_SIZE,
+	       "MSI-X table size does not hold the maximum vector count");
+_Static_assert(VUGPU_MSIX_TABLE_OFFSET + VUGPU_MSIX_TABLE_SIZE <= VUGPU_MSIX_PBA_OFFSET,
+	       "MSI-X table overlaps the PBA");
+_Static_assert(VUGPU_MSIX_MAX_VECTORS / 8 <= VUGPU_MSIX_PBA_SIZE,
+	       "MSI-X PBA too small for the maximum vector count");
+_Static_assert(VUGPU_MSIX_PBA_OFFSET + VUGPU_MSIX_PBA_SIZE <= VUGPU_BAR0_SIZE,
+	       "MSI-X PBA outside BAR0");
+_Static_assert((VUGPU_MSIX_TABLE_OFFSET & 7) == 0 && (VUGPU_MSIX_PBA_OFFSET & 7) == 0,
+	       "MSI-X table/PBA offsets must be QWORD aligned (low 3 bits hold the BIR)");
+_Static_assert(VUGPU_REG_IRQ_COUNT < VUGPU_REGFILE_SIZE, "register outside the register file");
+_Static_assert(VUGPU_REG_SCRATCH(VUGPU_NUM_SCRATCH - 1) == VUGPU_REG_SCRATCH3,
+	       "scratch registers are not contiguous");
+_Static_assert((VUGPU_BAR0_SIZE & (VUGPU_BAR0_SIZE - 1)) == 0, "BAR0 size must be a power of two");
+_Static_assert(VUGPU_REG_CLOCK_HI < VUGPU_DEVREGS_SIZE, "device register outside its block");
+_Static_assert(VUGPU_ENGINE_REGS(VUGPU_ENGINE_MAX) == VUGPU_REGFILE_RSVD_START,
+	       "engine blocks do not end where the RsvdZ range starts");
+_Static_assert(VUGPU_ENG_STATS_END <= VUGPU_ENGINE_REGS_STRIDE, "engine block overflows its stride");
+_Static_assert(VUGPU_DOORBELL_STRIDE_VALUE * VUGPU_ENGINE_MAX <= VUGPU_DOORBELL_PAGE_SIZE,
+	       "doorbell words do not fit the doorbell page");
+_Static_assert(VUGPU_MSIX_PBA_OFFSET + VUGPU_MSIX_PBA_SIZE <= VUGPU_DOORBELL_PAGE_OFFSET,
+	       "doorbell page overlaps the MSI-X PBA");
+_Static_assert(VUGPU_DOORBELL_PAGE_OFFSET + VUGPU_DOORBELL_PAGE_SIZE <= VUGPU_BAR0_SIZE,
+	       "doorbell page outside BAR0");
+
+#endif /* VUGPU_HW_H */

@@ -1,0 +1,319 @@
+//! Command line of `vugpu-vm`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::qemu::AccelChoice;
+use crate::topology::{Peer, Topology, MAX_GPUS};
+
+/// Boots a Linux guest with vugpu GPUs attached over vfio-user and runs a test suite or a
+/// command in it. Provisions QEMU >= 10.1 and a guest kernel on first use (cached under
+/// $VUGPU_CACHE, default /var/cache/vugpu). Must run as root.
+///
+/// Exit codes: 0 pass; 1 a test failed (or the plan/rc was wrong); 2 usage error; 3 the guest
+/// died before reporting; 4 nothing passed (all skipped); 124 timeout; 125 host-side error
+/// (provisioning, build, QEMU or server start). With `-- CMD`: CMD's own exit code, or 124/125.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vugpu-vm",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// Subcommand (default: run a guest).
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+    /// Run options.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Create or verify the cached environment (QEMU, kernel, headers, toolchain) and print it.
+    /// Refreshes apt lists older than a day and re-runs the (cheap) apt installs.
+    Provision(ProvisionArgs),
+}
+
+/// `provision` options.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// Run `apt-get update` in the root even if the lists are fresh.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Environment options.
+    #[command(flatten)]
+    pub env: EnvArgs,
+}
+
+/// Options that choose the environment.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EnvArgs {
+    /// Boot this kernel image (bzImage) instead of Debian's 7.x from trixie-backports.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Build tree of --kernel (prepared for out-of-tree modules); vugpu.ko is built against it
+    /// with the host's make and compiler.
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub kernel_build_dir: Option<PathBuf>,
+    /// .config of --kernel (default: DIR/.config of --kernel-build-dir, or config-VER next to a
+    /// vmlinuz-VER image).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub kernel_config: Option<PathBuf>,
+    /// Use this QEMU binary (host path; must be >= 10.1 with vfio-user-pci) instead of the host's
+    /// qemu-system-x86_64 or the one in the trixie root.
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// The guest-tests directory (kmod/, user/, suites/, initramfs/).
+    #[arg(long, value_name = "DIR")]
+    pub tests_dir: Option<PathBuf>,
+}
+
+/// Options of a run.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run guest-tests/suites/NAME.sh in the guest and check its KTAP output.
+    #[arg(long, value_name = "NAME", conflicts_with = "command")]
+    pub suite: Option<String>,
+    /// Number of vugpu GPUs to attach.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=MAX_GPUS as i64))]
+    pub gpus: u16,
+    /// The vugpu server binary (default: `vugpu` next to this executable).
+    #[arg(long, value_name = "PATH")]
+    pub vugpu: Option<PathBuf>,
+    /// Extra arguments for every `vugpu serve` (shell-style words, e.g. "--inject msix-dead=3").
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub server_args: String,
+    /// PCIe topology of the GPUs.
+    #[arg(long, value_enum, default_value_t = Topology::Rootports)]
+    pub topology: Topology,
+    /// An emulated P2P peer next to the GPUs.
+    #[arg(long, value_enum, default_value_t = Peer::None)]
+    pub peer: Peer,
+    /// Controller Memory Buffer size of the nvme-cmb peer, MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub cmb_mb: u32,
+    /// Accelerator: auto tries KVM and falls back to TCG when the guest dies or stalls under it.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
+    /// Bound for one boot, in seconds (from QEMU start to VUGPU-END).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
+    /// Guest RAM (e.g. 2G, 4096M).
+    #[arg(long, default_value = "2G")]
+    pub memory: String,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub smp: u32,
+    /// Extra kernel command line (may be repeated).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Vec<String>,
+    /// Extra QEMU argument (may be repeated; one word each).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub qemu_arg: Vec<String>,
+    /// Keep the run directory (initramfs, logs, sockets) even on success.
+    #[arg(long)]
+    pub keep: bool,
+    /// Echo the guest console (kernel log) on stderr while it runs.
+    #[arg(long)]
+    pub console: bool,
+    /// Environment options.
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Command to run in the guest (after `--`); its output is streamed and its exit code
+    /// becomes vugpu-vm's.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Splits shell-style words: whitespace separates, single quotes are literal, double quotes
+/// allow `\"` and `\\`, a backslash outside quotes escapes the next character.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => cur.push(x),
+                        None => return Err(format!("unterminated ' in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x @ ('"' | '\\' | '$' | '`')) => cur.push(x),
+                            Some(x) => {
+                                cur.push('\\');
+                                cur.push(x);
+                            }
+                            None => return Err(format!("unterminated \" in {s:?}")),
+                        },
+                        Some(x) => cur.push(x),
+                        None => return Err(format!("unterminated \" in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(x) => cur.push(x),
+                    None => return Err(format!("trailing backslash in {s:?}")),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vugpu-vm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_after_double_dash() {
+        let c = parse(&[
+            "--gpus",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/bus/pci/devices/*/vendor",
+        ])
+        .unwrap();
+        assert_eq!(c.run.gpus, 1);
+        assert_eq!(
+            c.run.command,
+            ["sh", "-c", "cat /sys/bus/pci/devices/*/vendor"]
+        );
+        assert!(c.sub.is_none());
+    }
+
+    #[test]
+    fn suite_and_defaults() {
+        let c = parse(&["--suite", "smoke"]).unwrap();
+        assert_eq!(c.run.suite.as_deref(), Some("smoke"));
+        assert_eq!(c.run.topology, Topology::Rootports);
+        assert_eq!(c.run.accel, AccelChoice::Auto);
+        assert_eq!(c.run.timeout, 300);
+        assert_eq!(c.run.smp, 2);
+        assert_eq!(c.run.peer, Peer::None);
+    }
+
+    #[test]
+    fn suite_conflicts_with_command() {
+        assert!(parse(&["--suite", "smoke", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn server_args_may_start_with_dashes() {
+        let c = parse(&[
+            "--gpus",
+            "2",
+            "--server-args",
+            "--inject msix-dead=3",
+            "--suite",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(
+            split_words(&c.run.server_args).unwrap(),
+            ["--inject", "msix-dead=3"]
+        );
+    }
+
+    #[test]
+    fn enums_and_limits() {
+        let c = parse(&[
+            "--topology",
+            "switch",
+            "--peer",
+            "nvme-cmb",
+            "--accel",
+            "tcg",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(c.run.topology, Topology::Switch);
+        assert_eq!(c.run.peer, Peer::NvmeCmb);
+        assert_eq!(c.run.accel, AccelChoice::Tcg);
+        assert!(parse(&["--gpus", "17", "--", "true"]).is_err());
+        assert!(parse(&["--topology", "ring", "--", "true"]).is_err());
+        assert!(parse(&["--timeout", "0", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn kernel_build_dir_requires_kernel() {
+        assert!(parse(&["--kernel-build-dir", "/x", "--", "true"]).is_err());
+        let c = parse(&["--kernel", "/k", "--kernel-build-dir", "/x", "--", "true"]).unwrap();
+        assert_eq!(c.run.env.kernel_build_dir, Some(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn provision_subcommand() {
+        let c = parse(&["provision", "--refresh"]).unwrap();
+        match c.sub {
+            Some(Sub::Provision(p)) => assert!(p.refresh),
+            None => panic!("no subcommand"),
+        }
+        let c = parse(&["provision", "--kernel", "/k"]).unwrap();
+        assert!(matches!(
+            c.sub,
+            Some(Sub::Provision(ProvisionArgs {
+                env: EnvArgs {
+                    kernel: Some(_),
+                    ..
+                },
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn words() {
+        assert_eq!(split_words("").unwrap(), Vec::<String>::new());
+        assert_eq!(split_words("  a  b ").unwrap(), ["a", "b"]);
+        assert_eq!(
+            split_words(r#"--name 'x y' "a \"q\"" c\ d ''"#).unwrap(),
+            ["--name", "x y", "a \"q\"", "c d", ""]
+        );
+        assert!(split_words("'open").is_err());
+        assert!(split_words("\"open").is_err());
+        assert!(split_words("end\\").is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! Results of a boot: collecting the lines between the markers, the verdict and exit code, and
+//! the failure report (tails of the console, QEMU's stderr and the server logs).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::exit;
+use crate::ktap::{self, Verdict};
+use crate::process::{indent, tail_lines};
+use crate::run::{Mode, RunRequest};
+
+/// Lines of console and server logs shown on failure.
+const TAIL: usize = 40;
+
+/// Where a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// ttyS0: kernel console and /init's messages.
+    Console,
+    /// ttyS1: the results channel.
+    Results,
+}
+
+/// What a fed line meant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// Not between the markers (or from the other source).
+    Ignored,
+    /// `VUGPU-BEGIN`.
+    Begin,
+    /// A result line.
+    Line,
+    /// `VUGPU-END rc=N`.
+    End(i32),
+}
+
+/// Collects the lines between the markers. The source that shows `VUGPU-BEGIN` first is the
+/// results source (the results channel normally; the console when /init had to fall back).
+#[derive(Debug, Default)]
+pub struct Collector {
+    source: Option<Source>,
+    /// Lines between the markers.
+    pub lines: Vec<String>,
+    /// Exit code from `VUGPU-END`.
+    pub end: Option<i32>,
+}
+
+impl Collector {
+    /// Feeds one line.
+    pub fn feed(&mut self, src: Source, line: &str) -> Fed {
+        let t = line.trim();
+        if self.end.is_some() {
+            return Fed::Ignored;
+        }
+        match self.source {
+            None => {
+                if t == "VUGPU-BEGIN" {
+                    self.source = Some(src);
+                    Fed::Begin
+                } else {
+                    Fed::Ignored
+                }
+            }
+            Some(s) if s != src => Fed::Ignored,
+            Some(_) => {
+                if let Some(rest) = t.strip_prefix("VUGPU-END") {
+                    let rc = rest
+                        .trim()
+                        .strip_prefix("rc=")
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .unwrap_or(255);
+                    self.end = Some(rc);
+                    Fed::End(rc)
+                } else {
+                    self.lines.push(line.to_string());
+                    Fed::Line
+                }
+            }
+        }
+    }
+
+    /// Whether `VUGPU-BEGIN` was seen.
+    pub fn begun(&self) -> bool {
+        self.source.is_some()
+    }
+}
+
+/// How a boot ended.
+#[derive(Debug)]
+pub enum Finish {
+    /// `VUGPU-END` arrived.
+    Completed {
+        /// Exit status of the suite or command.
+        rc: i32,
+        /// Lines between the markers.
+        lines: Vec<String>,
+    },
+    /// QEMU exited (or the guest stopped) without `VUGPU-END`.
+    Died {
+        /// What was seen.
+        reason: String,
+    },
+    /// The deadline passed.
+    TimedOut,
+    /// The runner got this signal.
+    Interrupted(i32),
+}
+
+/// Prints tails of the console, QEMU's stderr and each server log.
+pub fn print_context(run_dir: &Path) {
+    let show = |title: &str, path: &Path| {
+        let lines = tail_lines(path, TAIL);
+        if !lines.is_empty() {
+            eprintln!(
+                "--- last {} lines of {title} ({}):",
+                lines.len(),
+                path.display()
+            );
+            eprintln!("{}", indent(&lines));
+        }
+    };
+    show("the console", &run_dir.join("console.log"));
+    show("QEMU's stderr", &run_dir.join("qemu.log"));
+    let mut logs: Vec<PathBuf> = fs::read_dir(run_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("gpu") && n.ends_with(".log"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    logs.sort();
+    for l in logs {
+        let name = l
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        show(&format!("the {name} server log"), &l);
+    }
+}
+
+/// Exit code for a suite whose script exited with `rc` and printed `lines`, and the report.
+pub fn suite_outcome(lines: &[String], rc: i32) -> (i32, ktap::Report, Verdict) {
+    let report = ktap::parse(lines.iter().map(String::as_str));
+    let verdict = report.verdict(rc);
+    let code = match verdict {
+        Verdict::Pass => exit::PASS,
+        Verdict::AllSkipped => exit::SKIPPED,
+        Verdict::Fail(_) => exit::FAIL,
+    };
+    (code, report, verdict)
+}
+
+/// Prints the outcome and returns the exit code.
+pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
+    let code = match (finish, &req.mode) {
+        (Finish::Completed { rc, lines }, Mode::Suite(name)) => {
+            let (code, report, verdict) = suite_outcome(lines, *rc);
+            let summary = report.summary();
+            if report.version.is_none() && !lines.is_empty() {
+                say!("warning: suite {name} printed no KTAP version line");
+            }
+            match &verdict {
+                Verdict::Pass => say!("suite {name}: PASS ({summary})"),
+                Verdict::AllSkipped => say!(
+                    "suite {name}: NOTHING PASSED ({summary}); exit code {}",
+                    exit::SKIPPED
+                ),
+                Verdict::Fail(reasons) => {
+                    say!("suite {name}: FAIL ({summary})");
+                    for r in reasons {
+                        say!("  - {r}");
+                    }
+                    for (path, t) in report.failed_tests().iter().take(20) {
+                        let out: Vec<String> =
+                            t.output.iter().rev().take(15).rev().cloned().collect();
+                        if !out.is_empty() {
+                            eprintln!("--- output before \"not ok {path}\":");
+                            eprintln!("{}", indent(&out));
+                        }
+                    }
+                }
+            }
+            code
+        }
+        (Finish::Completed { rc, .. }, Mode::Command(_)) => {
+            if *rc != 0 {
+                say!("command exited with rc={rc}");
+            }
+            (*rc).clamp(0, 255)
+        }
+        (Finish::Died { reason }, mode) => {
+            say!("guest died: {reason}");
+            if matches!(mode, Mode::Suite(_)) {
+                exit::GUEST_DIED
+            } else {
+                exit::INFRA
+            }
+        }
+        (Finish::Interrupted(sig), _) => {
+            say!("interrupted by signal {sig}; QEMU and the servers were stopped");
+            128 + sig
+        }
+        (Finish::TimedOut, _) => {
+            say!(
+                "timeout: no VUGPU-END within {}s (raise --timeout?)",
+                req.timeout.as_secs()
+            );
+            exit::TIMEOUT
+        }
+    };
+    if code != exit::PASS {
+        print_context(run_dir);
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collector_takes_lines_between_markers_from_the_first_source() {
+        let mut c = Collector::default();
+        assert_eq!(c.feed(Source::Console, "[ 0.1] boot"), Fed::Ignored);
+        assert_eq!(c.feed(Source::Results, "VUGPU-BEGIN"), Fed::Begin);
+        assert_eq!(c.feed(Source::Console, "VUGPU-END rc=9"), Fed::Ignored);
+        assert_eq!(c.feed(Source::Results, "KTAP version 1"), Fed::Line);
+        assert_eq!(c.feed(Source::Results, "VUGPU-END rc=3"), Fed::End(3));
+        assert_eq!(c.feed(Source::Results, "late"), Fed::Ignored);
+        assert_eq!(c.lines, vec!["KTAP version 1"]);
+        assert_eq!(c.end, Some(3));
+    }
+
+    #[test]
+    fn collector_console_fallback_and_bad_rc() {
+        let mut c = Collector::default();
+        assert_eq!(c.feed(Source::Console, "VUGPU-BEGIN\r"), Fed::Begin);
+        assert_eq!(c.feed(Source::Results, "ok 1 x"), Fed::Ignored);
+        assert_eq!(c.feed(Source::Console, "VUGPU-END rc=oops"), Fed::End(255));
+    }
+
+    #[test]
+    fn suite_exit_codes() {
+        let l = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            suite_outcome(&l("KTAP version 1\n1..1\nok 1 a"), 0).0,
+            exit::PASS
+        );
+        assert_eq!(
+            suite_outcome(&l("KTAP version 1\n1..1\nnot ok 1 a"), 0).0,
+            exit::FAIL
+        );
+        assert_eq!(
+            suite_outcome(&l("KTAP version 1\n1..1\nok 1 a # SKIP no gpu"), 0).0,
+            exit::SKIPPED
+        );
+        assert_eq!(
+            suite_outcome(&l("KTAP version 1\n1..1\nok 1 a"), 1).0,
+            exit::FAIL
+        );
+        assert_eq!(
+            suite_outcome(&l("KTAP version 1\n1..2\nok 1 a"), 0).0,
+            exit::FAIL
+        );
+        assert_eq!(suite_outcome(&[], 0).0, exit::FAIL);
+    }
+}
