@@ -309,7 +309,8 @@ fn version_message() -> Vec<u8> {
 
 /// Feed bytes to a real session. First byte: bits 0-1 = fds attached (0-3), bit 2 = prepend a
 /// valid VERSION, bit 3 = spec DMA layout, bit 4 = server DMA after the first message, bit 5 =
-/// advertise write_multiple. Returns the session's counters (for coverage checks in tests).
+/// advertise write_multiple, bit 6 = the DMA serves client requests while it waits.
+/// Returns the session's counters (for coverage checks in tests).
 pub fn session(data: &[u8]) -> SessionStats {
     let Some((&ctl, input)) = data.split_first() else {
         return SessionStats::default();
@@ -359,8 +360,13 @@ pub fn session(data: &[u8]) -> SessionStats {
     if ctl & 0x10 != 0 {
         if let Ok(Status::Continue) = s.handle_message(&mut dev) {
             let mut buf = [0u8; 100];
-            let _ = s.dma_read(0x1000, &mut buf);
-            let _ = s.dma_write(0x2000, &buf);
+            if ctl & 0x40 != 0 {
+                let _ = s.dma_read_serving(0x1000, &mut buf, &mut dev);
+                let _ = s.dma_write_serving(0x2000, &buf, &mut dev);
+            } else {
+                let _ = s.dma_read(0x1000, &mut buf);
+                let _ = s.dma_write(0x2000, &buf);
+            }
         }
     }
     let _ = s.run(&mut dev);

@@ -49,7 +49,10 @@
 //!   QEMU's `VFIO_PROXY_USE_MULTI` (0x16) overlaps `FORCE_QUEUED` and `x-send-queued=on` makes it
 //!   send them anyway; dropping posted writes would be worse than accepting them.
 //! - Client requests that arrive while the server waits for a DMA reply are queued and handled
-//!   afterwards in order; a late DMA reply (after the timeout) is dropped as stray.
+//!   afterwards in order (`Session::dma_read`/`dma_write`), or handled at once
+//!   (`Session::dma_read_serving`/`dma_write_serving`), which avoids stalling QEMU: it serves
+//!   DMA messages under the BQL that a vCPU waiting for a region reply holds. A late DMA reply
+//!   (after the timeout) is dropped as stray.
 //!
 //! # Non-goals
 //!

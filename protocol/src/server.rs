@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backend::{
     region_flags, BackendError, DeviceBackend, DmaUnmap, IrqData, IrqSet, SparseArea,
@@ -22,14 +22,19 @@ use crate::backend::{
 use crate::error::{ProtocolError, Result};
 use crate::message::{IrqSetData, IrqSetRequest, Request};
 use crate::transport::{recv_message, send_message, RawMessage, RecvLimits, SCM_MAX_FD};
-use crate::validate::{
-    check_irq_index, check_irq_range, check_region_index, check_region_range, Limits,
-};
+use crate::validate::{check_irq_index, check_irq_range, check_region_index, check_region_range};
 use crate::wire::{
-    flags, Capabilities, Command, DeviceInfoWire, DmaLayout, DmaRwHeader, Header, IrqInfoWire,
-    RegionAccessWire, RegionInfoWire, RegionIoFdsWire, SparseMmapHeader, VersionWire,
-    WriteMultiEntry, Writer, DEFAULT_MAX_DATA_XFER_SIZE,
+    flags, Capabilities, Command, DeviceInfoWire, DmaLayout, Header, IrqInfoWire, RegionAccessWire,
+    RegionInfoWire, RegionIoFdsWire, SparseMmapHeader, VersionWire, WriteMultiEntry, Writer,
+    DEFAULT_MAX_DATA_XFER_SIZE,
 };
+
+mod serving;
+
+mod config;
+mod dma;
+
+pub use config::ServerConfig;
 
 /// Spec default of `max_dma_maps` when not advertised.
 const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
@@ -37,92 +42,6 @@ const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 const DEFAULT_PGSIZES: u64 = 4096;
 /// Bound on client requests queued while waiting for a DMA reply.
 const MAX_PENDING_MSGS: usize = 4096;
-
-/// Server limits and features. Advertised in the VERSION reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
-    /// Largest data transfer accepted in one message (QEMU requires <= 64 MiB).
-    pub max_data_xfer_size: u32,
-    /// Most fds accepted on one message (QEMU requires <= 16).
-    pub max_msg_fds: u32,
-    /// Most DMA mappings accepted (QEMU: <= 65535).
-    pub max_dma_maps: u32,
-    /// DMA page size (a power of two, multiple of 4096 for QEMU).
-    pub pgsize: u64,
-    /// Advertise REGION_WRITE_MULTI (it is always accepted, see the crate docs).
-    pub write_multiple: bool,
-    /// Once a message's first byte has arrived, the rest must arrive within this time; also
-    /// bounds every send.
-    pub body_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE,
-            max_msg_fds: 16,
-            max_dma_maps: DEFAULT_MAX_DMA_MAPS,
-            pgsize: 4096,
-            write_multiple: false,
-            body_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-impl ServerConfig {
-    /// Check the values QEMU's client would reject (or that make no sense).
-    pub fn validate(&self) -> Result<()> {
-        if !(4096..=64 << 20).contains(&self.max_data_xfer_size) {
-            return Err(ProtocolError::invalid(
-                "max_data_xfer_size must be in 4 KiB..=64 MiB",
-            ));
-        }
-        if self.max_msg_fds == 0 || self.max_msg_fds > 16 {
-            return Err(ProtocolError::invalid("max_msg_fds must be in 1..=16"));
-        }
-        if self.max_dma_maps == 0 || self.max_dma_maps > DEFAULT_MAX_DMA_MAPS {
-            return Err(ProtocolError::invalid("max_dma_maps must be in 1..=65535"));
-        }
-        if !self.pgsize.is_power_of_two() || self.pgsize < 4096 {
-            return Err(ProtocolError::invalid(
-                "pgsize must be a power of two >= 4096",
-            ));
-        }
-        if self.body_timeout.is_zero() {
-            return Err(ProtocolError::invalid("body_timeout must be > 0"));
-        }
-        Ok(())
-    }
-
-    /// A copy with every out-of-range value clamped into range.
-    fn sanitized(&self) -> ServerConfig {
-        let pgsize = if self.pgsize.is_power_of_two() && self.pgsize >= 4096 {
-            self.pgsize
-        } else {
-            4096
-        };
-        ServerConfig {
-            max_data_xfer_size: self.max_data_xfer_size.clamp(4096, 64 << 20),
-            max_msg_fds: self.max_msg_fds.clamp(1, 16),
-            max_dma_maps: self.max_dma_maps.clamp(1, DEFAULT_MAX_DMA_MAPS),
-            pgsize,
-            write_multiple: self.write_multiple,
-            body_timeout: if self.body_timeout.is_zero() {
-                Duration::from_secs(5)
-            } else {
-                self.body_timeout
-            },
-        }
-    }
-
-    fn limits(&self) -> Limits {
-        Limits {
-            max_data_xfer_size: self.max_data_xfer_size,
-            max_msg_fds: self.max_msg_fds,
-            pgsize: self.pgsize,
-        }
-    }
-}
 
 /// Outcome of [`Session::handle_message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,183 +523,6 @@ impl Session {
             }
         }
         None
-    }
-
-    fn next_id(&mut self) -> u16 {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        id
-    }
-
-    fn dma_chunk(&self) -> Result<usize> {
-        if self.closed {
-            return Err(ProtocolError::Disconnected);
-        }
-        let peer = self
-            .peer
-            .ok_or_else(|| ProtocolError::invalid("DMA before VERSION negotiation"))?;
-        let chunk = peer
-            .max_data_xfer_size
-            .min(self.config.max_data_xfer_size)
-            .max(1);
-        Ok(chunk as usize)
-    }
-
-    /// Read `buf.len()` bytes of client memory at `addr` with DMA_READ messages (split at the
-    /// negotiated transfer size). Client requests arriving meanwhile are queued.
-    pub fn dma_read(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let chunk = self.dma_chunk()?;
-        addr.checked_add(buf.len() as u64)
-            .ok_or_else(|| ProtocolError::invalid("DMA range overflows"))?;
-        let mut a = addr;
-        for part in buf.chunks_mut(chunk) {
-            self.dma_read_one(a, part)?;
-            a += part.len() as u64;
-        }
-        Ok(())
-    }
-
-    /// Write `data` to client memory at `addr` with DMA_WRITE messages (split at the
-    /// negotiated transfer size). Client requests arriving meanwhile are queued.
-    pub fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<()> {
-        let chunk = self.dma_chunk()?;
-        addr.checked_add(data.len() as u64)
-            .ok_or_else(|| ProtocolError::invalid("DMA range overflows"))?;
-        let mut a = addr;
-        for part in data.chunks(chunk) {
-            self.dma_write_one(a, part)?;
-            a += part.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn send_dma_request(&mut self, cmd: Command, h: DmaRwHeader, data: &[u8]) -> Result<u16> {
-        let id = self.next_id();
-        let mut body = Writer::with_capacity(16 + data.len() + 4);
-        self.dma_layout.encode(h, data, &mut body)?;
-        let body = body.into_vec();
-        let size = u32::try_from(Header::SIZE + body.len())
-            .map_err(|_| ProtocolError::invalid("DMA message too large"))?;
-        let mut w = Writer::with_capacity(size as usize);
-        Header {
-            msg_id: id,
-            command: cmd as u16,
-            size,
-            flags: flags::TYPE_COMMAND,
-            error: 0,
-        }
-        .encode(&mut w);
-        w.bytes(&body);
-        self.fatal_guard(send_message(
-            self.stream.as_fd(),
-            &w.into_vec(),
-            &[],
-            self.config.body_timeout,
-        ))?;
-        self.stats.dma_messages += 1;
-        Ok(id)
-    }
-
-    fn dma_read_one(&mut self, addr: u64, part: &mut [u8]) -> Result<()> {
-        let want = DmaRwHeader {
-            address: addr,
-            count: part.len() as u64,
-        };
-        let id = self.send_dma_request(Command::DmaRead, want, &[])?;
-        let reply = self.await_reply(id, Command::DmaRead)?;
-        let (got, rest) = self.dma_layout.decode(&reply.body)?;
-        if got != want {
-            return Err(ProtocolError::invalid(format!(
-                "DMA_READ reply for {:#x}+{:#x}, asked {:#x}+{:#x}",
-                got.address, got.count, addr, want.count
-            )));
-        }
-        let data = rest
-            .get(..part.len())
-            .ok_or_else(|| ProtocolError::invalid("DMA_READ reply shorter than its count"))?;
-        if rest.len() > part.len() + self.dma_layout.trailer_len() {
-            return Err(ProtocolError::invalid(
-                "DMA_READ reply longer than its count",
-            ));
-        }
-        part.copy_from_slice(data);
-        self.stats.dma_bytes += part.len() as u64;
-        Ok(())
-    }
-
-    fn dma_write_one(&mut self, addr: u64, part: &[u8]) -> Result<()> {
-        let want = DmaRwHeader {
-            address: addr,
-            count: part.len() as u64,
-        };
-        let id = self.send_dma_request(Command::DmaWrite, want, part)?;
-        let reply = self.await_reply(id, Command::DmaWrite)?;
-        // QEMU answers header-only; a spec client echoes address and count (count may be
-        // 4 or 8 bytes, see the spec's table). Accept either, but check what is present.
-        if !reply.body.is_empty() {
-            let (got, _) = DmaLayout::Spec
-                .decode(&reply.body)
-                .or_else(|_| DmaLayout::Qemu.decode(&reply.body))?;
-            if got.address != addr || got.count != want.count {
-                return Err(ProtocolError::invalid(
-                    "DMA_WRITE reply does not echo the request",
-                ));
-            }
-        }
-        self.stats.dma_bytes += part.len() as u64;
-        Ok(())
-    }
-
-    fn fatal_guard<T>(&mut self, r: Result<T>) -> Result<T> {
-        if matches!(r, Err(ref e) if e.is_fatal()) {
-            self.closed = true;
-        }
-        r
-    }
-
-    /// Read messages until the reply to (`id`, `cmd`) arrives; queue client requests.
-    fn await_reply(&mut self, id: u16, cmd: Command) -> Result<RawMessage> {
-        let deadline = Instant::now() + self.dma_timeout;
-        loop {
-            let limits = self.recv_limits();
-            let m = match recv_message(self.stream.as_fd(), &limits, Some(deadline)) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    self.closed = true;
-                    return Err(ProtocolError::Disconnected);
-                }
-                Err(e @ ProtocolError::WaitTimeout(_)) => {
-                    // Nothing consumed: a late reply will be dropped as stray.
-                    return Err(e);
-                }
-                Err(e) => {
-                    return self.fatal_guard(Err(e));
-                }
-            };
-            if m.header.is_reply() {
-                if m.header.msg_id == id && m.header.command == cmd as u16 {
-                    if !m.fds.is_empty() {
-                        return Err(ProtocolError::invalid("fds on a DMA reply"));
-                    }
-                    if m.header.is_error() {
-                        return Err(ProtocolError::Remote {
-                            errno: i32::try_from(m.header.error).unwrap_or(libc::EIO),
-                        });
-                    }
-                    return Ok(m);
-                }
-                self.stats.stray_replies += 1;
-                continue;
-            }
-            if self.pending.len() >= MAX_PENDING_MSGS {
-                self.closed = true;
-                return Err(ProtocolError::Violation(
-                    "too many requests queued during a DMA wait".into(),
-                ));
-            }
-            self.stats.queued_requests += 1;
-            self.pending.push_back(m);
-        }
     }
 }
 
