@@ -42,9 +42,11 @@
 //!   `argsz` = full size, no fd, and `cap_offset` = 32 (QEMU rejects a CAPS reply with a smaller
 //!   offset), so QEMU re-asks.
 //! - SET_IRQS with DATA_EVENTFD and no fds de-assigns (QEMU's encoding of fd -1).
-//! - DMA_READ/DMA_WRITE default to QEMU's `VFIOUserDMARW` layout (data at payload offset 12,
-//!   32-bit count, 4 bytes of tail padding, header-only DMA_WRITE reply), which differs from the
-//!   spec's (data at offset 16); [`DmaLayout`] selects either.
+//! - DMA_READ/DMA_WRITE use the spec's layout by default (data at payload offset 16), which is
+//!   what QEMU 11.1.3 speaks (verified in a guest); QEMU 10.2's `VFIOUserDMARW` struct puts the
+//!   data at offset 12 with a 32-bit count, and [`DmaLayout::Qemu`] selects that. Each DMA message
+//!   carries at most 64 KiB: QEMU 11.1.3 drops the connection when a DMA_READ reply exceeds its
+//!   socket send buffer.
 //! - REGION_WRITE_MULTI is accepted even when `write_multiple` is not advertised, because
 //!   QEMU's `VFIO_PROXY_USE_MULTI` (0x16) overlaps `FORCE_QUEUED` and `x-send-queued=on` makes it
 //!   send them anyway; dropping posted writes would be worse than accepting them.

@@ -35,6 +35,7 @@ mod config;
 mod dma;
 
 pub use config::ServerConfig;
+pub use dma::DMA_MESSAGE_MAX_DATA;
 
 /// Spec default of `max_dma_maps` when not advertised.
 const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
@@ -157,7 +158,7 @@ impl Session {
         }
     }
 
-    /// Choose the DMA_READ/DMA_WRITE payload layout (default [`DmaLayout::Qemu`]).
+    /// Choose the DMA_READ/DMA_WRITE payload layout (default [`DmaLayout::Spec`], what QEMU 11.1.3 speaks).
     pub fn set_dma_layout(&mut self, layout: DmaLayout) {
         self.dma_layout = layout;
     }

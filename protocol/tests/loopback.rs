@@ -589,3 +589,38 @@ fn dma_timeout_does_not_desync() {
     drop(client);
     assert_eq!(server.join().expect("server"), 1);
 }
+
+/// QEMU 11.1.3 drops the connection when a DMA_READ reply exceeds its socket send buffer
+/// (~208 KiB), so even with a 1 MiB negotiated transfer size every DMA message carries at most
+/// `DMA_MESSAGE_MAX_DATA` bytes.
+#[test]
+fn dma_messages_stay_below_the_socket_buffer() {
+    use vugpu_protocol::server::DMA_MESSAGE_MAX_DATA;
+    const LEN: usize = 200 * 1024;
+    let (c, s) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let server = std::thread::spawn(move || {
+        let mut dev = MockDevice::new();
+        let mut session = Session::new(s, ServerConfig::default());
+        session.handle_message(&mut dev).expect("version");
+        let pattern: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        session.dma_write(0, &pattern).expect("dma write");
+        let mut back = vec![0u8; LEN];
+        session.dma_read(0, &mut back).expect("dma read");
+        assert_eq!(back, pattern);
+        session.stats().dma_messages
+    });
+    let mem = GuestMem(Arc::new(Mutex::new(vec![0u8; LEN])));
+    let mut client = Client::from_stream(c);
+    client.set_dma_handler(Box::new(mem.clone()));
+    let caps = client.negotiate().expect("negotiate");
+    assert_eq!(caps.raw.max_data_xfer_size, Some(1 << 20));
+    let per_message = DMA_MESSAGE_MAX_DATA as usize;
+    let messages = LEN.div_ceil(per_message);
+    assert!(per_message <= 64 * 1024);
+    for _ in 0..2 * messages {
+        assert!(client.serve_one(Duration::from_secs(5)).expect("serve"));
+    }
+    assert_eq!(client.stats().dma_writes as usize, messages);
+    assert_eq!(client.stats().dma_reads as usize, messages);
+    assert_eq!(server.join().expect("server") as usize, 2 * messages);
+}

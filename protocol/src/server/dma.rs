@@ -9,6 +9,14 @@ use crate::error::{ProtocolError, Result};
 use crate::transport::{recv_message, send_message, RawMessage};
 use crate::wire::{flags, Command, DmaLayout, DmaRwHeader, Header, Writer};
 
+/// Largest data payload of one server-initiated DMA_READ/DMA_WRITE message.
+///
+/// QEMU 11.1.3 loses the connection when a DMA_READ reply does not fit in its socket's send
+/// buffer at once (measured: 192 KiB replies work, 224 KiB ones hang until our body timeout and
+/// the session dies; the default AF_UNIX buffer is ~208 KiB). 64 KiB stays far below that on any
+/// default configuration and costs little, since message DMA is the slow path anyway.
+pub const DMA_MESSAGE_MAX_DATA: u32 = 64 * 1024;
+
 impl Session {
     pub(super) fn next_id(&mut self) -> u16 {
         let id = self.next_id;
@@ -26,7 +34,7 @@ impl Session {
         let chunk = peer
             .max_data_xfer_size
             .min(self.config.max_data_xfer_size)
-            .max(1);
+            .clamp(1, DMA_MESSAGE_MAX_DATA);
         Ok(chunk as usize)
     }
 

@@ -267,7 +267,7 @@ mod tests {
             // The server's DMA_READ arrives first (it was sent before our request was read).
             let dma = c.recv_raw().unwrap().unwrap();
             assert_eq!(dma.header.command, Command::DmaRead as u16);
-            let (h, _) = DmaLayout::Qemu.decode(&dma.body).unwrap();
+            let (h, _) = DmaLayout::default().decode(&dma.body).unwrap();
             // Like QEMU's vCPU holding the BQL: nothing is served until the region reply comes.
             let region = c.recv_raw().unwrap().unwrap();
             assert!(region.header.is_reply());
@@ -275,7 +275,7 @@ mod tests {
             assert_eq!(&region.body[16..], &[0xab; 4]);
             let mut body = Writer::with_capacity(64);
             let data: Vec<u8> = (0..h.count as u8).collect();
-            DmaLayout::Qemu.encode(h, &data, &mut body).unwrap();
+            DmaLayout::default().encode(h, &data, &mut body).unwrap();
             c.send_raw(&reply_to(&dma.header, &body.into_vec()), &[])
                 .unwrap();
         });

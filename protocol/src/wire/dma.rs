@@ -108,15 +108,19 @@ impl DmaUnmapWire {
 /// Payload layout of DMA_READ / DMA_WRITE messages.
 ///
 /// The spec puts `u64 address; u64 count` before the data (data at payload offset 16).
-/// QEMU 10.2 (and 11.1) uses `VFIOUserDMARW { hdr; u64 offset; u32 count; char data[]; }`
+/// QEMU 10.2's source declares `VFIOUserDMARW { hdr; u64 offset; u32 count; char data[]; }`
 /// whose `sizeof` is 32 but whose data starts at offset 28: data at payload offset 12, only 32
 /// bits of count, 4 bytes of trailing padding, and a header-only DMA_WRITE reply.
+///
+/// Verified against Debian's QEMU 11.1.3 (1:11.1.3+ds-1~bpo13+1) with a guest driving a copy
+/// engine over the fd-less BIOS ROM window: its DMA_READ reply carries the data at payload
+/// offset 16 (a 64-bit count), i.e. the spec layout, which is therefore the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DmaLayout {
-    /// `docs/interop/vfio-user.rst` layout.
-    Spec,
-    /// QEMU's `VFIOUserDMARW` layout (the one QEMU's client actually speaks).
+    /// `docs/interop/vfio-user.rst` layout, spoken by QEMU 11.1.3.
     #[default]
+    Spec,
+    /// The layout of QEMU 10.2's `VFIOUserDMARW` struct (data at payload offset 12).
     Qemu,
 }
 
