@@ -22,10 +22,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 
+use std::sync::atomic::Ordering;
 use vm_memory::mmap::MmapRegionError;
+
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestRegionMmap, MemoryRegionAddress,
-    MmapRegion,
+    Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress, MmapRegion, VolatileSlice,
 };
 
 use crate::addr::Iova;
@@ -114,13 +116,16 @@ pub enum DmaError {
         /// The refused access was a write.
         write: bool,
     },
+    /// An access that must be naturally aligned is not.
+    #[error("misaligned DMA access at {0}")]
+    Misaligned(Iova),
     /// The limit on the number of windows is reached.
     #[error("too many DMA windows (limit {0})")]
     TooManyWindows(usize),
     /// The access touches an address no window covers.
-    #[error("DMA access of {len} bytes at {iova} touches unmapped memory")]
+    #[error("DMA access of {len} bytes touches unmapped memory at {iova}")]
     Unmapped {
-        /// Start of the access.
+        /// The first byte of the access that no window covers.
         iova: Iova,
         /// Length.
         len: usize,
@@ -195,6 +200,47 @@ pub struct DmaSpace {
 impl Default for DmaSpace {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One contiguous part of an access, inside one window (see [`DmaSpace::resolve`]).
+#[derive(Debug)]
+pub enum Segment<'a> {
+    /// An fd-backed window: the bytes, directly.
+    Mapped {
+        /// Address of the first byte.
+        iova: Iova,
+        /// The bytes (bounds-checked volatile access).
+        slice: VolatileSlice<'a, ()>,
+    },
+    /// A message-only window: reach it with DMA_READ/DMA_WRITE messages.
+    Message {
+        /// Address of the first byte.
+        iova: Iova,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl Segment<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Segment::Mapped { slice, .. } => slice.len() as u64,
+            Segment::Message { len, .. } => *len,
+        }
+    }
+
+    /// Zero-length (never produced by [`DmaSpace::resolve`]).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Address of the first byte.
+    pub fn iova(&self) -> Iova {
+        match self {
+            Segment::Mapped { iova, .. } | Segment::Message { iova, .. } => *iova,
+        }
     }
 }
 
@@ -332,6 +378,81 @@ impl DmaSpace {
         Ok(())
     }
 
+    /// Splits `[iova, iova + len)` into per-window [`Segment`]s for direct access (fd-backed
+    /// windows) or message-based access (fd-less windows). Every piece is checked for coverage
+    /// and for `write`/read permission before anything is returned, so a refused access touches
+    /// nothing. Errors name the first offending byte. The slices borrow `self`: a caller that
+    /// holds them keeps the windows alive (the device's DMA_UNMAP waits for it).
+    ///
+    /// Slices of a read resolution (`write == false`) may map `PROT_READ`-only memory: only
+    /// resolve with `write == true` what will be written.
+    pub fn resolve(&self, iova: Iova, len: u64, write: bool) -> Result<Vec<Segment<'_>>, DmaError> {
+        let len_us = usize::try_from(len).map_err(|_| DmaError::Overflow { iova, size: len })?;
+        let end = iova
+            .checked_add(len)
+            .ok_or(DmaError::Overflow { iova, size: len })?;
+        let mut segments = Vec::new();
+        let mut cur = iova.raw();
+        while cur < end.raw() {
+            let (&start, w) = self
+                .windows
+                .range(..=cur)
+                .next_back()
+                .filter(|(&s, w)| cur - s < w.size)
+                .ok_or(DmaError::Unmapped {
+                    iova: Iova(cur),
+                    len: len_us,
+                })?;
+            let allowed = if write { w.perms.write } else { w.perms.read };
+            if !allowed {
+                return Err(DmaError::PermissionDenied {
+                    iova: Iova(cur),
+                    write,
+                });
+            }
+            // `start + w.size` does not overflow: checked at map time.
+            let piece_end = end.raw().min(start + w.size);
+            let piece_len = piece_end - cur;
+            match &w.region {
+                None => segments.push(Segment::Message {
+                    iova: Iova(cur),
+                    len: piece_len,
+                }),
+                Some(region) => {
+                    let count = usize::try_from(piece_len)
+                        .map_err(|_| DmaError::Overflow { iova, size: len })?;
+                    let slice = region
+                        .get_slice(MemoryRegionAddress(cur - start), count)
+                        .map_err(DmaError::Access)?;
+                    segments.push(Segment::Mapped {
+                        iova: Iova(cur),
+                        slice,
+                    });
+                }
+            }
+            cur = piece_end;
+        }
+        Ok(segments)
+    }
+
+    /// Stores `value` little-endian at the 8-byte aligned `iova` with one atomic 8-byte store
+    /// (release ordering), so an observer never sees it torn. The window must be fd-backed
+    /// ([`DmaError::MessageOnly`] otherwise) and writable.
+    pub fn store_u64(&self, iova: Iova, value: u64) -> Result<(), DmaError> {
+        if !iova.raw().is_multiple_of(8) {
+            return Err(DmaError::Misaligned(iova));
+        }
+        let segments = self.resolve(iova, 8, true)?;
+        match segments.as_slice() {
+            [Segment::Mapped { slice, .. }] => slice
+                .store(value.to_le(), 0, Ordering::Release)
+                .map_err(|e| DmaError::Access(e.into())),
+            [Segment::Message { iova, .. }, ..] => Err(DmaError::MessageOnly { iova: *iova }),
+            // Windows are page aligned, so an aligned 8-byte access lies in one window.
+            _ => Err(DmaError::Misaligned(iova)),
+        }
+    }
+
     fn first_overlap(&self, start: u64, end: u64) -> Option<u64> {
         // The window starting at or before `start` may extend into it.
         if let Some((&s, w)) = self.windows.range(..=start).next_back() {
@@ -358,7 +479,10 @@ impl DmaSpace {
                 .range(..=cur)
                 .next_back()
                 .filter(|(&s, w)| cur - s < w.size)
-                .ok_or(DmaError::Unmapped { iova, len })?;
+                .ok_or(DmaError::Unmapped {
+                    iova: Iova(cur),
+                    len,
+                })?;
             let allowed = if write { w.perms.write } else { w.perms.read };
             if !allowed {
                 return Err(DmaError::PermissionDenied {
@@ -760,6 +884,99 @@ mod tests {
         space.unmap(Iova(PAGE), PAGE).unwrap();
         assert!(matches!(
             space.write(Iova(PAGE - 2), &[1, 2, 3, 4]),
+            Err(DmaError::Unmapped { .. })
+        ));
+    }
+
+    #[test]
+    fn resolve_splits_mapped_and_message_windows() {
+        let f = memfd(2 * PAGE);
+        let mut space = DmaSpace::new();
+        space
+            .map(
+                Iova(0),
+                PAGE,
+                0,
+                DmaPermissions::READ_WRITE,
+                Some(fd_of(&f)),
+            )
+            .unwrap();
+        space
+            .map(Iova(PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
+            .unwrap();
+        space
+            .map(
+                Iova(2 * PAGE),
+                PAGE,
+                PAGE,
+                DmaPermissions::READ_ONLY,
+                Some(fd_of(&f)),
+            )
+            .unwrap();
+        let segs = space.resolve(Iova(PAGE - 4), PAGE + 8, false).unwrap();
+        assert_eq!(segs.len(), 3);
+        assert!(
+            matches!(&segs[0], Segment::Mapped { iova: Iova(i), slice } if *i == PAGE - 4 && slice.len() == 4)
+        );
+        assert!(
+            matches!(segs[1], Segment::Message { iova: Iova(i), len } if i == PAGE && len == PAGE)
+        );
+        assert_eq!(segs[2].iova(), Iova(2 * PAGE));
+        assert_eq!(segs.iter().map(Segment::len).sum::<u64>(), PAGE + 8);
+        // The direct slices are the file's bytes (segs[0] is in the read-write window; segs[2]
+        // maps PROT_READ memory and must never be written).
+        if let Segment::Mapped { slice, .. } = &segs[0] {
+            slice.write_obj(0xa5u8, 1).unwrap();
+        }
+        let mut b = [0u8; 1];
+        space.read(Iova(PAGE - 3), &mut b).unwrap();
+        assert_eq!(b[0], 0xa5);
+        // Errors name the first offending byte; nothing is returned for a refused access.
+        assert!(matches!(
+            space.resolve(Iova(PAGE - 4), 2 * PAGE + 8, true),
+            Err(DmaError::PermissionDenied { iova: Iova(i), write: true }) if i == 2 * PAGE
+        ));
+        assert!(matches!(
+            space.resolve(Iova(2 * PAGE + 16), PAGE, false),
+            Err(DmaError::Unmapped { iova: Iova(i), .. }) if i == 3 * PAGE
+        ));
+        assert!(matches!(
+            space.resolve(Iova(u64::MAX - 1), 4, false),
+            Err(DmaError::Overflow { .. })
+        ));
+        assert!(space.resolve(Iova(5), 0, false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn store_u64_is_aligned_atomic_and_checked() {
+        let f = memfd(PAGE);
+        let mut space = DmaSpace::new();
+        space
+            .map(
+                Iova(0),
+                PAGE,
+                0,
+                DmaPermissions::READ_WRITE,
+                Some(fd_of(&f)),
+            )
+            .unwrap();
+        space
+            .map(Iova(PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
+            .unwrap();
+        space.store_u64(Iova(8), 0x0102_0304_0506_0708).unwrap();
+        let mut b = [0u8; 8];
+        space.read(Iova(8), &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 0x0102_0304_0506_0708);
+        assert!(matches!(
+            space.store_u64(Iova(4), 1),
+            Err(DmaError::Misaligned(_))
+        ));
+        assert!(matches!(
+            space.store_u64(Iova(PAGE), 1),
+            Err(DmaError::MessageOnly { .. })
+        ));
+        assert!(matches!(
+            space.store_u64(Iova(2 * PAGE), 1),
             Err(DmaError::Unmapped { .. })
         ));
     }

@@ -10,7 +10,10 @@
 //! - **DMA space** ([`DmaSpace`]): what the client exported with DMA_MAP. Every window is either a
 //!   file the server maps (`MAP_SHARED`, with the client's permissions) or a message-only window
 //!   (no fd: reachable only with DMA_READ/DMA_WRITE messages, which is the device's business, not
-//!   this crate's). Addresses are typed ([`Iova`]).
+//!   this crate's). Addresses are typed ([`Iova`]). [`DmaSpace::resolve`] splits an access into
+//!   per-window [`Segment`]s (direct slices or message-only ranges) after checking all of it.
+//! - **Shared pages** ([`SharedPage`]): a page of a sealed memfd that the client mmaps as part of
+//!   a register BAR (the doorbell page); the device polls it with atomic loads.
 //!
 //! Every access goes through vm-memory's bounds-checked `Bytes` accessors; every rejection is a
 //! typed error ([`VramError`], [`DmaError`]). Nothing here panics on peer-controlled input.
@@ -19,8 +22,10 @@
 
 mod addr;
 mod dma_space;
+mod shared_page;
 mod vram;
 
 pub use addr::{Iova, VramOffset};
-pub use dma_space::{DmaError, DmaPermissions, DmaSpace, DmaWindow, WindowBacking};
+pub use dma_space::{DmaError, DmaPermissions, DmaSpace, DmaWindow, Segment, WindowBacking};
+pub use shared_page::{SharedPage, PAGE_SIZE as SHARED_PAGE_SIZE};
 pub use vram::{Vram, VramError, VramOptions};

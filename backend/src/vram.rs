@@ -11,6 +11,7 @@
 //! - The file is sized with `ftruncate`, never written at creation: an untouched VRAM of any size
 //!   costs no memory (pages are allocated on first write).
 
+use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -18,10 +19,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering;
 use vm_memory::mmap::MmapRegionError;
+
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestRegionMmap, MemoryRegionAddress,
-    MmapRegion,
+    Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress, MmapRegion, VolatileSlice,
 };
 
 use crate::addr::VramOffset;
@@ -72,6 +75,9 @@ pub enum VramError {
     /// The server-side mapping failed.
     #[error("cannot map VRAM: {0}")]
     Map(#[source] MmapRegionError),
+    /// An access that must be naturally aligned is not.
+    #[error("misaligned VRAM access at {0}")]
+    Misaligned(VramOffset),
     /// Size zero, below 1 MiB, not a power of two, or too large for this host.
     #[error("invalid VRAM size {0:#x}: must be a power of two >= 1 MiB")]
     InvalidSize(u64),
@@ -111,7 +117,7 @@ impl Vram {
         }
         let map_len = usize::try_from(size).map_err(|_| VramError::InvalidSize(size))?;
         let file = match &options.file {
-            None => create_sealed_memfd(size)?,
+            None => create_sealed_memfd(c"vugpu-vram", size)?,
             Some(path) => open_sized_file(path, size)?,
         };
         let file = Arc::new(file);
@@ -180,6 +186,29 @@ impl Vram {
             .map_err(VramError::Access)
     }
 
+    /// The bytes `[offset, offset + len)` for direct (volatile, bounds-checked) access, e.g. a
+    /// copy between VRAM and a DMA window without a bounce buffer.
+    pub fn slice(
+        &self,
+        offset: VramOffset,
+        len: usize,
+    ) -> Result<VolatileSlice<'_, ()>, VramError> {
+        let addr = self.check(offset, len)?;
+        self.region.get_slice(addr, len).map_err(VramError::Access)
+    }
+
+    /// Stores `value` little-endian at the 8-byte aligned `offset` with one atomic 8-byte store
+    /// (release ordering): a guest reading through the BAR never sees it torn.
+    pub fn store_u64(&self, offset: VramOffset, value: u64) -> Result<(), VramError> {
+        if !offset.raw().is_multiple_of(8) {
+            return Err(VramError::Misaligned(offset));
+        }
+        let addr = self.check(offset, 8)?;
+        self.region
+            .store(value.to_le(), addr, Ordering::Release)
+            .map_err(VramError::Access)
+    }
+
     /// Reads a little-endian dword at `offset`.
     pub fn read_u32(&self, offset: VramOffset) -> Result<u32, VramError> {
         let mut b = [0u8; 4];
@@ -197,15 +226,11 @@ fn out_of_range(offset: VramOffset, len: usize, size: u64) -> VramError {
     VramError::OutOfRange { offset, len, size }
 }
 
-fn create_sealed_memfd(size: u64) -> Result<File, VramError> {
+pub(crate) fn create_sealed_memfd(name: &CStr, size: u64) -> Result<File, VramError> {
     // SAFETY: the name is a valid NUL-terminated C string literal; memfd_create has no other
     // memory-safety preconditions. The return value is checked before use.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"vugpu-vram".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(VramError::Create(io::Error::last_os_error()));
     }
@@ -274,6 +299,31 @@ mod tests {
             .unwrap();
         let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
         pages * 4096
+    }
+
+    #[test]
+    fn slice_and_store_u64() {
+        let vram = Vram::new(&VramOptions::memfd(MIN_VRAM_SIZE)).unwrap();
+        let s = vram.slice(VramOffset(16), 8).unwrap();
+        s.write_obj(0x55aa_u16, 2).unwrap();
+        assert_eq!(vram.read_u32(VramOffset(16)).unwrap(), 0x55aa_0000);
+        assert!(matches!(
+            vram.slice(VramOffset(MIN_VRAM_SIZE - 4), 8),
+            Err(VramError::OutOfRange { .. })
+        ));
+        vram.store_u64(VramOffset(MIN_VRAM_SIZE - 8), u64::MAX - 1)
+            .unwrap();
+        let mut b = [0u8; 8];
+        vram.read(VramOffset(MIN_VRAM_SIZE - 8), &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), u64::MAX - 1);
+        assert!(matches!(
+            vram.store_u64(VramOffset(4), 1),
+            Err(VramError::Misaligned(_))
+        ));
+        assert!(matches!(
+            vram.store_u64(VramOffset(MIN_VRAM_SIZE), 1),
+            Err(VramError::OutOfRange { .. })
+        ));
     }
 
     #[test]

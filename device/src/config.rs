@@ -4,7 +4,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::gpu::{GpuConfig, Injections, DEFAULT_MSIX_VECTORS};
+use std::time::Duration;
+
+use vugpu_protocol::DmaLayout;
+
+use crate::engine::env::PollTiming;
+use crate::engine::regs::MAX_ENGINES;
+use crate::gpu::{GpuConfig, Injections, DEFAULT_ENGINES, DEFAULT_MSIX_VECTORS};
 use crate::log::Level;
 use crate::pci::dsn::serial_from;
 
@@ -43,12 +49,70 @@ pub struct ServeArgs {
     /// is stable across restarts.
     #[arg(long, value_name = "N", value_parser = parse_u64)]
     pub serial: Option<u64>,
+    /// Number of DMA copy engines (0-16). Each needs its own MSI-X vector: --msix-vectors must
+    /// be at least engines + 1.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ENGINES,
+          value_parser = parse_engines)]
+    pub engines: usize,
+    /// After work, engines spin on their doorbell this many microseconds before sleeping
+    /// between polls (0-1000000).
+    #[arg(long, value_name = "US", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub engine_spin_us: u64,
+    /// Longest sleep between two doorbell polls of an idle engine, in microseconds (10-1000000):
+    /// the worst-case pickup latency of a doorbell written through the mmapped page.
+    #[arg(long, value_name = "US", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub engine_poll_us: u64,
+    /// Append one line per DMA engine memory transaction to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Signal the vfio-user ERR irq on unmasked AER errors. QEMU stops the VM when it fires.
+    #[arg(long)]
+    pub err_irq: bool,
+    /// Payload layout of DMA_READ/DMA_WRITE messages (fd-less DMA windows): `spec` (vfio-user
+    /// specification, u64 count, data at payload offset 16; what QEMU 11.1.3 speaks, verified)
+    /// or `qemu-10.2` (QEMU 10.2's `VFIOUserDMARW` as written in its source: u32 count, data at
+    /// offset 12).
+    #[arg(long, value_enum, default_value = "spec")]
+    pub dma_layout: DmaLayoutArg,
     /// Fault injection. `msix-dead=N`: MSI-X vector N is never signalled. Repeatable.
     #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
     pub inject: Vec<Fault>,
     /// Log verbosity.
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: Level,
+}
+
+/// `--dma-layout` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DmaLayoutArg {
+    /// The vfio-user specification (u64 address, u64 count, data); QEMU 11.1.3.
+    Spec,
+    /// QEMU 10.2's `VFIOUserDMARW` source (u64 address, u32 count, data).
+    #[value(name = "qemu-10.2")]
+    Qemu102,
+}
+
+impl From<DmaLayoutArg> for DmaLayout {
+    fn from(a: DmaLayoutArg) -> DmaLayout {
+        match a {
+            DmaLayoutArg::Qemu102 => DmaLayout::Qemu,
+            DmaLayoutArg::Spec => DmaLayout::Spec,
+        }
+    }
+}
+
+/// Parses `--engines`.
+pub fn parse_engines(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of engines"))?;
+    if n > MAX_ENGINES {
+        return Err(format!("at most {MAX_ENGINES} DMA engines"));
+    }
+    Ok(n)
 }
 
 /// One `--inject` fault.
@@ -177,6 +241,21 @@ impl ServeArgs {
             }
         }
         cfg.inject = inject;
+        if usize::from(self.msix_vectors) < self.engines + 1 {
+            return Err(format!(
+                "--engines {} needs --msix-vectors >= {} (vector 0 + one per engine), got {}",
+                self.engines,
+                self.engines + 1,
+                self.msix_vectors
+            ));
+        }
+        cfg.engines = self.engines;
+        cfg.engine_timing = PollTiming {
+            spin: Duration::from_micros(self.engine_spin_us),
+            max_sleep: Duration::from_micros(self.engine_poll_us),
+        };
+        cfg.trace = self.trace.clone();
+        cfg.err_irq = self.err_irq;
         Ok(cfg)
     }
 }
@@ -273,8 +352,13 @@ mod tests {
         assert_eq!(t.a.subsystem_id, DEFAULT_SUBSYSTEM_ID);
         assert_eq!(t.a.vram, 256 << 20);
         assert_eq!(t.a.msix_vectors, 16);
+        assert_eq!(t.a.engines, 4);
+        assert_eq!(t.a.dma_layout, DmaLayoutArg::Spec);
         let cfg = t.a.gpu_config().unwrap();
         assert_eq!(cfg.serial, serial_from("/tmp/x.sock"));
+        assert_eq!(cfg.engines, 4);
+        assert_eq!(cfg.engine_timing, PollTiming::default());
+        assert!(!cfg.err_irq && cfg.trace.is_none());
         let t = T::try_parse_from([
             "t",
             "--socket",
@@ -287,6 +371,40 @@ mod tests {
         .unwrap();
         assert!(t.a.gpu_config().is_err());
         assert!(T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "0"]).is_err());
+        // Engines need vectors; counts are bounded.
+        let t = T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "4"]).unwrap();
+        let err = t.a.gpu_config().unwrap_err();
+        assert!(err.contains("--msix-vectors >= 5"), "{err}");
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--msix-vectors",
+            "4",
+            "--engines",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(t.a.gpu_config().unwrap().engines, 3);
+        assert!(T::try_parse_from(["t", "--socket", "s", "--engines", "17"]).is_err());
+        assert!(T::try_parse_from(["t", "--socket", "s", "--engine-poll-us", "5"]).is_err());
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--engines",
+            "0",
+            "--msix-vectors",
+            "1",
+            "--dma-layout",
+            "qemu-10.2",
+            "--engine-spin-us",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(t.a.dma_layout, DmaLayoutArg::Qemu102);
+        assert_eq!(DmaLayout::from(t.a.dma_layout), DmaLayout::Qemu);
+        assert_eq!(t.a.gpu_config().unwrap().engine_timing.spin, Duration::ZERO);
         assert!(T::try_parse_from(["t", "--socket", "s", "--vram", "3M"]).is_err());
     }
 

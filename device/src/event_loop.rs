@@ -9,6 +9,13 @@
 //! for the next client — a restarted QEMU is served without restarting the server. SIGINT and
 //! SIGTERM (through a signalfd), or any readable stop fd, end the loop; the socket file is removed
 //! on the way out.
+//!
+//! The DMA engines' eventfd is the third source: it reports engine faults (turned into
+//! config-space error bits and vector 0 by the device) and DMA messages the engines need for
+//! fd-less windows. Those messages are sent here, between client requests — never while a
+//! region reply is pending — and while waiting for their replies the session keeps answering
+//! the client (`Session::dma_*_serving`), so a vCPU blocked in a trapped access cannot deadlock
+//! with them.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vugpu_protocol::backend::DeviceBackend;
-use vugpu_protocol::{ServerConfig, Session, Status};
+use vugpu_protocol::{DmaLayout, ServerConfig, Session, Status};
+
+use crate::engine::env::{MsgDmaRequest, MsgOp};
 
 use crate::gpu::Gpu;
 use crate::log::Level;
@@ -32,11 +41,13 @@ pub enum Token {
     Session = 2,
     /// The stop fd: a signalfd (SIGINT/SIGTERM) or an eventfd.
     Stop = 3,
+    /// The DMA engines' events (faults, DMA message requests).
+    Engine = 4,
 }
 
 impl Token {
     fn from_data(data: u32) -> Option<Token> {
-        [Token::Listener, Token::Session, Token::Stop]
+        [Token::Listener, Token::Session, Token::Stop, Token::Engine]
             .into_iter()
             .find(|t| *t as u32 == data)
     }
@@ -71,6 +82,10 @@ pub struct ServerStats {
     pub refused: u64,
     /// Sessions that ended with a protocol error.
     pub session_errors: u64,
+    /// DMA messages performed for the engines.
+    pub engine_dma_messages: u64,
+    /// DMA messages for the engines that failed.
+    pub engine_dma_failures: u64,
 }
 
 /// The subscriber: listener + at most one session + the device.
@@ -79,6 +94,7 @@ pub struct Server {
     session: Option<Session>,
     gpu: Gpu,
     config: ServerConfig,
+    dma_layout: DmaLayout,
     stop: Option<OwnedFd>,
     shutdown: bool,
     stats: ServerStats,
@@ -108,10 +124,19 @@ impl Server {
             session: None,
             gpu,
             config,
+            // QEMU 11.1.3 speaks the specification's layout (verified with the real binary,
+            // docs/hw-spec.md §6.8), not the one in QEMU 10.2's source.
+            dma_layout: DmaLayout::Spec,
             stop,
             shutdown: false,
             stats: ServerStats::default(),
         })
+    }
+
+    /// The DMA_READ/DMA_WRITE payload layout used with clients (default: the specification's,
+    /// which QEMU 11.1.3 speaks).
+    pub fn set_dma_layout(&mut self, layout: DmaLayout) {
+        self.dma_layout = layout;
     }
 
     /// Counters.
@@ -157,7 +182,8 @@ impl Server {
                 crate::log!(Level::Warn, "cannot configure client socket: {e}");
                 continue;
             }
-            let session = Session::new(stream, self.config.clone());
+            let mut session = Session::new(stream, self.config.clone());
+            session.set_dma_layout(self.dma_layout);
             if let Err(e) = ops.add(Events::with_data(
                 &session,
                 Token::Session as u32,
@@ -257,6 +283,55 @@ impl Server {
         }
     }
 
+    /// Engine faults and DMA message requests.
+    fn engine_events(&mut self, ops: &mut EventOps) {
+        loop {
+            let faults = self.gpu.process_engine_events();
+            let Some(req) = self.gpu.next_msg_dma() else {
+                if faults == 0 {
+                    return;
+                }
+                continue;
+            };
+            self.engine_dma(ops, req);
+        }
+    }
+
+    fn engine_dma(&mut self, ops: &mut EventOps, req: MsgDmaRequest) {
+        let Some(session) = self.session.as_mut().filter(|s| s.is_negotiated()) else {
+            self.stats.engine_dma_failures += 1;
+            let _ = req.reply.send(Err("no client".into()));
+            return;
+        };
+        self.stats.engine_dma_messages += 1;
+        let result = match req.op {
+            MsgOp::Read { addr, len } => {
+                let mut buf = vec![0u8; len];
+                session
+                    .dma_read_serving(addr, &mut buf, &mut self.gpu)
+                    .map(|()| buf)
+            }
+            MsgOp::Write { addr, data } => session
+                .dma_write_serving(addr, &data, &mut self.gpu)
+                .map(|()| Vec::new()),
+        };
+        match result {
+            Ok(data) => {
+                let _ = req.reply.send(Ok(data));
+            }
+            Err(e) => {
+                self.stats.engine_dma_failures += 1;
+                crate::log!(Level::Debug, "engine DMA message failed: {e}");
+                let _ = req.reply.send(Err(e.to_string()));
+                if e.is_fatal() {
+                    self.stats.session_errors += 1;
+                    let why = format!("protocol error during an engine DMA: {e}");
+                    self.end_session(ops, &why);
+                }
+            }
+        }
+    }
+
     fn read_stop(&mut self) {
         if let Some(fd) = &self.stop {
             // One signalfd_siginfo (128 bytes) or one eventfd counter (8 bytes).
@@ -287,6 +362,14 @@ impl MutEventSubscriber for Server {
                 crate::log!(Level::Error, "cannot watch the stop fd: {e:?}");
             }
         }
+        if let Err(e) = ops.add(Events::with_data(
+            self.gpu.engine_events(),
+            Token::Engine as u32,
+            EventSet::IN,
+        )) {
+            crate::log!(Level::Error, "cannot watch the engine events: {e:?}");
+            self.shutdown = true;
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -294,6 +377,7 @@ impl MutEventSubscriber for Server {
             Some(Token::Listener) => self.accept(ops),
             Some(Token::Session) => self.serve_client(ops, events.event_set()),
             Some(Token::Stop) => self.read_stop(),
+            Some(Token::Engine) => self.engine_events(ops),
             None => {
                 crate::log!(Level::Warn, "event for unknown token {}", events.data());
                 let _ = ops.remove(events);

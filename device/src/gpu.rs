@@ -1,7 +1,8 @@
 //! The GPU: PCI function + register file + MSI-X + VRAM + DMA space, behind the protocol's
 //! `DeviceBackend` seam.
 //!
-//! Regions (VFIO PCI numbering): 0 BAR0 registers (16 MiB, trapped), 1 none, 2 BAR2 VRAM
+//! Regions (VFIO PCI numbering): 0 BAR0 registers (16 MiB, trapped except the doorbell page,
+//! which is one sparse mmap area), 1 none, 2 BAR2 VRAM
 //! (mmappable memfd, whole region, also served by REGION_READ/WRITE), 3-5 none (BAR2 is 64-bit),
 //! 6 no ROM, 7 config space (4 KiB), 8 no VGA. IRQ indexes: 0 INTx and 1 MSI unsupported (count 0),
 //! 2 MSI-X (count = vectors, EVENTFD | NORESIZE), 3 ERR (count 1, so QEMU wires AER), 4 REQ none.
@@ -9,18 +10,35 @@
 //! Resets (hw-spec §4): DEVICE_RESET and FLR restore the power-on state of config space, the
 //! register file and MSI-X table/PBA; SOFT_RESET keeps config space. VRAM, DMA mappings and the
 //! client's interrupt fds survive every reset; a client disconnect drops the mappings and fds.
+//!
+//! DMA engines ([`crate::engine`]) run on their own threads and share VRAM, the DMA space,
+//! MSI-X and the doorbell page through an [`EngineEnv`]. Their errors come back as fault reports
+//! that [`Gpu::process_engine_events`] turns into config-space error bits and vector 0
+//! (hw-spec §5); their DMA messages for fd-less windows are handed to the event loop
+//! ([`Gpu::next_msg_dma`]).
 
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, MutexGuard, RwLockReadGuard};
+
+use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
-    DmaError, DmaPermissions, DmaSpace, Iova, Vram, VramError, VramOffset, VramOptions,
+    DmaError, DmaPermissions, DmaSpace, Iova, SharedPage, Vram, VramError, VramOffset, VramOptions,
 };
 use vugpu_protocol::backend::{
     irq_flags, region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping,
-    DmaUnmap, IrqAction, IrqData, IrqInfo, IrqSet, RegionInfo, RegionMmap,
+    DmaUnmap, IrqAction, IrqData, IrqInfo, IrqSet, RegionInfo, RegionMmap, SparseArea,
 };
+
+use crate::engine::env::{EngineEnv, EnvParts, FaultReport, MsgDmaRequest, PollTiming};
+use crate::engine::regs::{
+    self as eregs, ErrorCode, DOORBELL_OFFSET, DOORBELL_SIZE, ENGINE_BASE, ENGINE_END, MAX_ENGINES,
+};
+use crate::engine::{EngineMonitor, EngineSet};
 
 use crate::irq::{EventFdNotifier, Notifier};
 use crate::msix::Msix;
-use crate::pci::aer::Aer;
+use crate::pci::aer::{self, Aer};
 use crate::pci::bar::{Bar, BarKind};
 use crate::pci::capability::{CapWrite, Capability};
 use crate::pci::dsn::DeviceSerialNumber;
@@ -30,9 +48,9 @@ use crate::pci::msix_cap::{
 use crate::pci::pcie::{self, DeviceControl, PciExpress};
 use crate::pci::pm::PowerManagement;
 use crate::pci::rebar::ResizableBar;
-use crate::pci::{PciError, PciFunction, PciIdentity};
+use crate::pci::{function, PciError, PciFunction, PciIdentity};
 use crate::regs::{
-    RegisterContext, RegisterFile, RegisterParams, RegisterStats, REGISTER_FILE_SIZE,
+    spec, RegisterContext, RegisterFile, RegisterParams, RegisterStats, REGISTER_FILE_SIZE,
 };
 
 /// Default Vendor ID (no in-tree Linux driver binds 0x1234:0x5647).
@@ -45,6 +63,8 @@ pub const DEFAULT_SUBSYSTEM_VENDOR_ID: u16 = 0x1234;
 pub const DEFAULT_SUBSYSTEM_ID: u16 = 0x0001;
 /// Default number of MSI-X vectors.
 pub const DEFAULT_MSIX_VECTORS: u16 = 16;
+/// Default number of DMA engines.
+pub const DEFAULT_ENGINES: usize = 4;
 /// BAR0 size.
 pub const BAR0_SIZE: u64 = 16 << 20;
 /// Config space region size.
@@ -120,6 +140,14 @@ pub struct GpuConfig {
     pub serial: u64,
     /// Fault injection.
     pub inject: Injections,
+    /// Number of DMA engines (0-16); needs `msix_vectors >= engines + 1`.
+    pub engines: usize,
+    /// How engines poll their doorbell.
+    pub engine_timing: PollTiming,
+    /// Append a line per engine memory transaction to this file.
+    pub trace: Option<PathBuf>,
+    /// Signal the ERR irq (index 3) on unmasked AER errors (QEMU stops the VM on it).
+    pub err_irq: bool,
 }
 
 impl GpuConfig {
@@ -138,6 +166,10 @@ impl GpuConfig {
             },
             serial: 0,
             inject: Injections::default(),
+            engines: DEFAULT_ENGINES,
+            engine_timing: PollTiming::default(),
+            trace: None,
+            err_irq: false,
         }
     }
 }
@@ -165,6 +197,32 @@ pub enum GpuError {
     /// VRAM size not supported by the Resizable BAR capability.
     #[error("VRAM size {0:#x} not supported (1 MiB .. 128 TiB, power of two)")]
     VramSize(u64),
+    /// More engines than the device supports.
+    #[error("{0} DMA engines requested; at most {MAX_ENGINES}")]
+    TooManyEngines(usize),
+    /// Not enough MSI-X vectors for the engines.
+    #[error("{engines} DMA engines need at least {} MSI-X vectors (vector 0 + one per engine); --msix-vectors is {vectors}", engines + 1)]
+    TooFewVectors {
+        /// Engines.
+        engines: usize,
+        /// Vectors.
+        vectors: u16,
+    },
+    /// The doorbell page could not be created.
+    #[error("cannot create the doorbell page: {0}")]
+    Doorbell(#[source] VramError),
+    /// Engine threads or their event fd could not be created.
+    #[error("cannot start the DMA engines: {0}")]
+    Engines(#[source] std::io::Error),
+    /// The trace file could not be opened.
+    #[error("cannot open trace file {path}: {source}")]
+    Trace {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Device-level counters.
@@ -180,6 +238,10 @@ pub struct GpuStats {
     pub bad_bar0_accesses: u64,
     /// Client disconnects.
     pub disconnects: u64,
+    /// Engine errors reported (vector 0).
+    pub engine_errors: u64,
+    /// Engine errors that set an AER Uncorrectable Status bit.
+    pub aer_errors: u64,
 }
 
 /// The GPU model.
@@ -187,41 +249,46 @@ pub struct GpuStats {
 pub struct Gpu {
     pci: PciFunction,
     regs: RegisterFile,
-    msix: Msix,
     err_notifier: Option<Box<dyn Notifier>>,
-    vram: Vram,
-    dma: DmaSpace,
+    env: Arc<EngineEnv>,
+    engines: EngineSet,
+    msg_rx: Receiver<MsgDmaRequest>,
     vectors: u16,
+    err_irq: bool,
     stats: GpuStats,
 }
 
 /// The register file's view of the rest of the device.
 struct RegCtx<'a> {
-    vram: &'a Vram,
-    msix: &'a mut Msix,
+    env: &'a EngineEnv,
     ctl: MsixControl,
 }
 
 impl RegisterContext for RegCtx<'_> {
     fn vram_read_u32(&mut self, offset: u64) -> Option<u32> {
-        self.vram.read_u32(VramOffset(offset)).ok()
+        self.env.vram().read_u32(VramOffset(offset)).ok()
     }
     fn vram_write_u32(&mut self, offset: u64, value: u32) -> bool {
-        self.vram.write_u32(VramOffset(offset), value).is_ok()
+        self.env.vram().write_u32(VramOffset(offset), value).is_ok()
     }
     fn signal(&mut self, vector: u32) {
-        self.msix.signal(vector as usize, self.ctl);
+        self.env.msix().signal(vector as usize, self.ctl);
     }
     fn irq_count(&self) -> u64 {
-        self.msix.stats().sent
+        self.env.msix().stats().sent
+    }
+    fn clock_ns(&self) -> u64 {
+        self.env.clock_ns()
     }
 }
 
 /// Which part of BAR0 an access falls in.
 enum Bar0Area {
     Registers,
+    Engine(usize, u32),
     Table(usize),
     Pba(usize),
+    Doorbell(u64),
     Reserved,
     Straddle,
 }
@@ -232,11 +299,16 @@ fn bar0_area(offset: u64, len: usize) -> Bar0Area {
     };
     let table = u64::from(MSIX_TABLE_OFFSET);
     let pba = u64::from(MSIX_PBA_OFFSET);
+    let doorbell_end = DOORBELL_OFFSET + DOORBELL_SIZE;
     let areas = [
-        (0, REGISTER_FILE_SIZE),
+        (0, ENGINE_BASE),
+        (ENGINE_BASE, ENGINE_END),
+        (ENGINE_END, REGISTER_FILE_SIZE),
         (table, pba),
         (pba, MSIX_PBA_END),
-        (MSIX_PBA_END, BAR0_SIZE),
+        (MSIX_PBA_END, DOORBELL_OFFSET),
+        (DOORBELL_OFFSET, doorbell_end),
+        (doorbell_end, BAR0_SIZE),
     ];
     let Some(i) = areas.iter().position(|&(s, e)| offset >= s && offset < e) else {
         return Bar0Area::Straddle;
@@ -245,11 +317,43 @@ fn bar0_area(offset: u64, len: usize) -> Bar0Area {
         return Bar0Area::Straddle;
     }
     match i {
-        0 => Bar0Area::Registers,
-        1 => Bar0Area::Table((offset - table) as usize),
-        2 => Bar0Area::Pba((offset - pba) as usize),
+        0 | 2 => Bar0Area::Registers,
+        1 => match eregs::decode_engine_offset(offset) {
+            Some((e, off)) => Bar0Area::Engine(e, off),
+            None => Bar0Area::Straddle,
+        },
+        3 => Bar0Area::Table((offset - table) as usize),
+        4 => Bar0Area::Pba((offset - pba) as usize),
+        6 => Bar0Area::Doorbell(offset - DOORBELL_OFFSET),
         _ => Bar0Area::Reserved,
     }
+}
+
+/// A 4-byte aligned dword access (engine registers, doorbell page).
+fn dword(offset: u64, len: usize) -> Option<()> {
+    (len == 4 && offset.is_multiple_of(4)).then_some(())
+}
+
+fn dword_value(offset: u64, data: &[u8]) -> Option<u32> {
+    dword(offset, data.len())?;
+    <[u8; 4]>::try_from(data).ok().map(u32::from_le_bytes)
+}
+
+/// The AER header log of a failing engine request (hw-spec §5): a 4-DW memory request TLP.
+fn tlp_header(f: &FaultReport) -> [u32; 4] {
+    let mut dw0: u32 = if f.write { 0x6000_0001 } else { 0x2000_0001 };
+    if f.relaxed_ordering {
+        dw0 |= 1 << 13;
+    }
+    if f.no_snoop {
+        dw0 |= 1 << 12;
+    }
+    [
+        dw0,
+        0x0000_00ff | ((f.engine as u32 & 0xff) << 8),
+        (f.addr >> 32) as u32,
+        (f.addr as u32) & !3,
+    ]
 }
 
 fn invalid(msg: impl Into<String>) -> BackendError {
@@ -268,6 +372,15 @@ impl Gpu {
                     vectors,
                 });
             }
+        }
+        if config.engines > MAX_ENGINES {
+            return Err(GpuError::TooManyEngines(config.engines));
+        }
+        if usize::from(vectors) < config.engines + 1 {
+            return Err(GpuError::TooFewVectors {
+                engines: config.engines,
+                vectors,
+            });
         }
         let vram = Vram::new(&config.vram)?;
         let rebar = ResizableBar::new(2, vram.size()).ok_or(GpuError::VramSize(vram.size()))?;
@@ -296,17 +409,47 @@ impl Gpu {
         ];
         let pci = PciFunction::new(&config.identity, bars, caps)?;
         debug_assert!(MAX_VECTORS as usize * 16 <= (MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) as usize);
+        let trace = match &config.trace {
+            None => None,
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| GpuError::Trace {
+                        path: path.clone(),
+                        source,
+                    })?,
+            ),
+        };
+        let doorbell = SharedPage::new(DOORBELL_OFFSET + DOORBELL_SIZE, DOORBELL_OFFSET)
+            .map_err(GpuError::Doorbell)?;
+        let regs = RegisterFile::new(RegisterParams {
+            num_vectors: u32::from(vectors),
+            vram_size: vram.size(),
+            engines: config.engines as u32,
+        });
+        let (env, msg_rx) = EngineEnv::new(EnvParts {
+            vram,
+            doorbell,
+            msix: Msix::new(vectors, config.inject.msix_dead),
+            dev_ctl: pcie::device_control(pci.config(), cap_offset::PCIE),
+            trace,
+            timing: config.engine_timing,
+        })
+        .map_err(GpuError::Engines)?;
+        let env = Arc::new(env);
+        env.set_msix_control(msix_cap::msix_control(pci.config(), cap_offset::MSIX));
+        let engines = EngineSet::start(env.clone(), config.engines).map_err(GpuError::Engines)?;
         Ok(Gpu {
             pci,
-            regs: RegisterFile::new(RegisterParams {
-                num_vectors: u32::from(vectors),
-                vram_size: vram.size(),
-            }),
-            msix: Msix::new(vectors, config.inject.msix_dead),
+            regs,
             err_notifier: None,
-            vram,
-            dma: DmaSpace::new(),
+            env,
+            engines,
+            msg_rx,
             vectors,
+            err_irq: config.err_irq,
             stats: GpuStats::default(),
         })
     }
@@ -318,17 +461,91 @@ impl Gpu {
 
     /// VRAM.
     pub fn vram(&self) -> &Vram {
-        &self.vram
+        self.env.vram()
     }
 
-    /// The DMA address space.
-    pub fn dma(&self) -> &DmaSpace {
-        &self.dma
+    /// The DMA address space (held for reading: engines keep running, DMA_MAP/UNMAP wait).
+    pub fn dma(&self) -> RwLockReadGuard<'_, DmaSpace> {
+        self.env.dma()
     }
 
-    /// MSI-X state.
-    pub fn msix(&self) -> &Msix {
-        &self.msix
+    /// MSI-X state (locked: engine threads wait while it is held).
+    pub fn msix(&self) -> MutexGuard<'_, Msix> {
+        self.env.msix()
+    }
+
+    /// Reporting access to the DMA engines (for the control socket).
+    pub fn engine_monitor(&self) -> EngineMonitor {
+        self.engines.monitor()
+    }
+
+    /// The eventfd that is readable when engine faults or DMA messages wait for
+    /// [`Gpu::process_engine_events`] / [`Gpu::next_msg_dma`].
+    pub fn engine_events(&self) -> &EventFd {
+        self.env.events_fd()
+    }
+
+    /// The next DMA message an engine waits for (the event loop performs it with the session).
+    pub fn next_msg_dma(&self) -> Option<MsgDmaRequest> {
+        self.msg_rx.try_recv().ok()
+    }
+
+    /// Reports queued engine errors (hw-spec §5): config-space error bits, `ERR_CAUSE`,
+    /// vector 0. Returns how many were handled.
+    pub fn process_engine_events(&mut self) -> usize {
+        self.env.clear_events();
+        let faults = self.env.take_faults();
+        for f in &faults {
+            self.report_engine_fault(f);
+        }
+        faults.len()
+    }
+
+    fn report_engine_fault(&mut self, f: &FaultReport) {
+        self.stats.engine_errors += 1;
+        let bit = match f.code {
+            ErrorCode::SysUnmapped | ErrorCode::MsgDmaFailed => {
+                Some(aer::UNCOR_UNSUPPORTED_REQUEST)
+            }
+            ErrorCode::SysPermission => Some(aer::UNCOR_COMPLETER_ABORT),
+            ErrorCode::VramRange => Some(aer::UNCOR_INTERNAL),
+            _ => None,
+        };
+        if let Some(bit) = bit {
+            self.stats.aer_errors += 1;
+            let header = if bit == aer::UNCOR_INTERNAL {
+                [0; 4]
+            } else {
+                tlp_header(f)
+            };
+            let serr = self.pci.command() & function::COMMAND_SERR != 0;
+            let cs = self.pci.config_mut();
+            let unmasked = aer::record_uncorrectable(cs, cap_offset::AER, bit, header);
+            let mut dev_sta = if aer::is_fatal(cs, cap_offset::AER, bit) {
+                pcie::DEV_STA_FED
+            } else {
+                pcie::DEV_STA_NFED
+            };
+            let mut status = 0;
+            if bit == aer::UNCOR_UNSUPPORTED_REQUEST {
+                dev_sta |= pcie::DEV_STA_URD;
+                status |= function::STATUS_RECEIVED_MASTER_ABORT;
+            } else if bit == aer::UNCOR_COMPLETER_ABORT {
+                status |= function::STATUS_RECEIVED_TARGET_ABORT;
+            }
+            if unmasked && serr {
+                status |= function::STATUS_SIGNALED_SYSTEM_ERROR;
+            }
+            pcie::report_error(cs, cap_offset::PCIE, dev_sta);
+            if status != 0 {
+                cs.set_bits(0x06, 2, status);
+            }
+            if unmasked && self.err_irq {
+                self.signal_error();
+            }
+        }
+        self.regs.set_bits(spec::offset::ERR_CAUSE, 1 << f.engine);
+        self.env.signal(0);
     }
 
     /// Device counters.
@@ -350,18 +567,30 @@ impl Gpu {
         msix_cap::msix_control(self.pci.config(), cap_offset::MSIX)
     }
 
-    /// Function Level Reset / DEVICE_RESET: power-on state; VRAM, DMA maps and client fds kept.
-    fn function_reset(&mut self) {
-        self.pci.reset();
-        self.regs.reset();
-        self.msix.reset();
+    /// Copies Device Control and the MSI-X control bits to where the engines read them.
+    fn mirror_config(&self) {
+        self.env.set_device_control(self.device_control());
+        self.env.set_msix_control(self.msix_control());
     }
 
-    /// SOFT_RESET: register file and PBA; config space kept.
+    /// Function Level Reset / DEVICE_RESET: power-on state; VRAM, DMA maps and client fds kept.
+    fn function_reset(&mut self) {
+        self.engines.reset_all();
+        // Faults reported before the reset describe state that no longer exists.
+        self.env.take_faults();
+        self.pci.reset();
+        self.regs.reset();
+        self.env.msix().reset();
+        self.mirror_config();
+    }
+
+    /// SOFT_RESET: register file, engines and PBA; config space kept.
     fn soft_reset(&mut self) {
         self.stats.soft_resets += 1;
+        self.engines.reset_all();
+        self.env.take_faults();
         self.regs.reset();
-        self.msix.soft_reset();
+        self.env.msix().soft_reset();
     }
 
     /// Signals the ERR (AER) notifier if the client assigned one.
@@ -376,14 +605,33 @@ impl Gpu {
             Bar0Area::Registers => {
                 let ctl = self.msix_control();
                 let mut ctx = RegCtx {
-                    vram: &self.vram,
-                    msix: &mut self.msix,
+                    env: &self.env,
                     ctl,
                 };
                 self.regs.read(offset, data, &mut ctx);
             }
-            Bar0Area::Table(off) => self.msix.table_read(off, data),
-            Bar0Area::Pba(off) => self.msix.pba_read(off, data),
+            Bar0Area::Engine(e, off) => match dword(offset, data.len()) {
+                Some(()) => {
+                    let v = self.engines.read(e, off).unwrap_or(0);
+                    data.copy_from_slice(&v.to_le_bytes());
+                }
+                None => {
+                    self.stats.bad_bar0_accesses += 1;
+                    data.fill(0xff);
+                }
+            },
+            Bar0Area::Table(off) => self.env.msix().table_read(off, data),
+            Bar0Area::Pba(off) => self.env.msix().pba_read(off, data),
+            Bar0Area::Doorbell(off) => match dword(offset, data.len()) {
+                Some(()) => {
+                    let v = self.env.doorbell().load_u32(off).unwrap_or(u32::MAX);
+                    data.copy_from_slice(&v.to_le_bytes());
+                }
+                None => {
+                    self.stats.bad_bar0_accesses += 1;
+                    data.fill(0xff);
+                }
+            },
             Bar0Area::Reserved => data.fill(0),
             Bar0Area::Straddle => {
                 self.stats.bad_bar0_accesses += 1;
@@ -397,15 +645,27 @@ impl Gpu {
         match bar0_area(offset, data.len()) {
             Bar0Area::Registers => {
                 let mut ctx = RegCtx {
-                    vram: &self.vram,
-                    msix: &mut self.msix,
+                    env: &self.env,
                     ctl,
                 };
                 if self.regs.write(offset, data, &mut ctx).soft_reset {
                     self.soft_reset();
                 }
             }
-            Bar0Area::Table(off) => self.msix.table_write(off, data, ctl),
+            Bar0Area::Engine(e, off) => match dword_value(offset, data) {
+                Some(v) => {
+                    self.engines.write(e, off, v);
+                    self.process_engine_events();
+                }
+                None => self.stats.bad_bar0_accesses += 1,
+            },
+            Bar0Area::Table(off) => self.env.msix().table_write(off, data, ctl),
+            Bar0Area::Doorbell(off) => match dword_value(offset, data) {
+                Some(v) => {
+                    self.engines.doorbell_write(off, v);
+                }
+                None => self.stats.bad_bar0_accesses += 1,
+            },
             Bar0Area::Pba(_) | Bar0Area::Reserved => {}
             Bar0Area::Straddle => self.stats.bad_bar0_accesses += 1,
         }
@@ -419,9 +679,12 @@ impl Gpu {
         if outcome.flr {
             self.stats.flrs += 1;
             self.function_reset();
-        } else if outcome.msix_control {
-            let ctl = self.msix_control();
-            self.msix.control_changed(ctl);
+        } else {
+            self.mirror_config();
+            if outcome.msix_control {
+                let ctl = self.msix_control();
+                self.env.msix().control_changed(ctl);
+            }
         }
         Ok(())
     }
@@ -441,16 +704,18 @@ impl Gpu {
         let ctl = self.msix_control();
         let start = irqs.start as usize;
         match irqs.data {
-            IrqData::None if irqs.count == 0 => self.msix.clear_notifiers(),
+            IrqData::None if irqs.count == 0 => self.env.msix().clear_notifiers(),
             IrqData::None => {
+                let mut msix = self.env.msix();
                 for v in start..start + irqs.count as usize {
-                    self.msix.signal(v, ctl);
+                    msix.signal(v, ctl);
                 }
             }
             IrqData::Bool(flags) => {
+                let mut msix = self.env.msix();
                 for (i, fire) in flags.into_iter().enumerate() {
                     if fire {
-                        self.msix.signal(start + i, ctl);
+                        msix.signal(start + i, ctl);
                     }
                 }
             }
@@ -467,8 +732,9 @@ impl Gpu {
                         .transpose()
                     })
                     .collect::<BackendResult<Vec<_>>>()?;
+                let mut msix = self.env.msix();
                 for (i, n) in notifiers.into_iter().enumerate() {
-                    self.msix.set_notifier(start + i, n, ctl);
+                    msix.set_notifier(start + i, n, ctl);
                 }
             }
         }
@@ -518,15 +784,22 @@ impl DeviceBackend for Gpu {
         };
         Ok(match index {
             region::BAR0 => RegionInfo {
-                flags: rw,
+                flags: rw | region_flags::MMAP,
                 size: BAR0_SIZE,
-                mmap: None,
+                mmap: Some(RegionMmap {
+                    fd: self.env.doorbell().as_fd(),
+                    file_offset: 0,
+                    sparse_areas: vec![SparseArea {
+                        offset: DOORBELL_OFFSET,
+                        size: DOORBELL_SIZE,
+                    }],
+                }),
             },
             region::BAR2 => RegionInfo {
                 flags: rw | region_flags::MMAP,
                 size: self.pci.bar_size(2),
                 mmap: Some(RegionMmap {
-                    fd: self.vram.as_fd(),
+                    fd: self.vram().as_fd(),
                     file_offset: 0,
                     sparse_areas: Vec::new(),
                 }),
@@ -560,6 +833,9 @@ impl DeviceBackend for Gpu {
     }
 
     fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> BackendResult<()> {
+        if self.env.faults_pending() {
+            self.process_engine_events();
+        }
         match index {
             region::BAR0 => {
                 self.bar0_read(offset, data);
@@ -567,7 +843,8 @@ impl DeviceBackend for Gpu {
             }
             region::BAR2 => {
                 let off = self.vram_bar_check(offset, data.len())?;
-                self.vram
+                self.env
+                    .vram()
                     .read(off, data)
                     .map_err(|e| BackendError::Fault(e.to_string()))
             }
@@ -580,6 +857,9 @@ impl DeviceBackend for Gpu {
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> BackendResult<()> {
+        if self.env.faults_pending() {
+            self.process_engine_events();
+        }
         match index {
             region::BAR0 => {
                 self.bar0_write(offset, data);
@@ -587,7 +867,8 @@ impl DeviceBackend for Gpu {
             }
             region::BAR2 => {
                 let off = self.vram_bar_check(offset, data.len())?;
-                self.vram
+                self.env
+                    .vram()
                     .write(off, data)
                     .map_err(|e| BackendError::Fault(e.to_string()))
             }
@@ -601,7 +882,8 @@ impl DeviceBackend for Gpu {
             read: mapping.prot.read,
             write: mapping.prot.write,
         };
-        self.dma
+        self.env
+            .dma_mut()
             .map(
                 Iova(mapping.iova),
                 mapping.size,
@@ -621,12 +903,13 @@ impl DeviceBackend for Gpu {
     fn dma_unmap(&mut self, unmap: DmaUnmap) -> BackendResult<()> {
         match unmap {
             DmaUnmap::Range { iova, size } => self
-                .dma
+                .env
+                .dma_mut()
                 .unmap(Iova(iova), size)
                 .map(|_| ())
                 .map_err(|e| BackendError::NotFound(e.to_string())),
             DmaUnmap::All => {
-                self.dma.unmap_all();
+                self.env.dma_mut().unmap_all();
                 Ok(())
             }
         }
@@ -667,8 +950,8 @@ impl DeviceBackend for Gpu {
 
     fn client_disconnected(&mut self) {
         self.stats.disconnects += 1;
-        self.dma.unmap_all();
-        self.msix.clear_notifiers();
+        self.env.dma_mut().unmap_all();
+        self.env.msix().clear_notifiers();
         self.err_notifier = None;
     }
 }

@@ -7,6 +7,8 @@
 //! on fds.
 
 pub mod config;
+pub mod ctl;
+pub mod engine;
 pub mod event_loop;
 pub mod gpu;
 pub mod irq;

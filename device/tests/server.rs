@@ -22,7 +22,7 @@ fn enumerate_regions_irqs_and_config_space() {
     assert_eq!(info.flags, 0x3, "RESET | PCI");
     assert_eq!((info.num_regions, info.num_irqs), (9, 5));
     let expect: [(u64, u32); 9] = [
-        (16 * MIB, 3),
+        (16 * MIB, 0xf),
         (0, 0),
         (64 * MIB, 7),
         (0, 0),
@@ -35,8 +35,21 @@ fn enumerate_regions_irqs_and_config_space() {
     for (i, (size, flags)) in expect.iter().enumerate() {
         let r = c.region_info(i as u32).unwrap();
         assert_eq!((r.info.size, r.info.flags), (*size, *flags), "region {i}");
-        assert_eq!(r.fd.is_some(), i == 2, "only BAR2 carries an fd");
-        assert!(r.sparse_areas.is_empty(), "whole-region mmap");
+        assert_eq!(
+            r.fd.is_some(),
+            i == 0 || i == 2,
+            "BAR0 and BAR2 carry an fd"
+        );
+        if i == 0 {
+            // Only the doorbell page of BAR0 is mmappable (hw-spec §2); the MSI-X table and
+            // PBA stay outside it.
+            let areas: Vec<(u64, u64)> =
+                r.sparse_areas.iter().map(|a| (a.offset, a.size)).collect();
+            assert_eq!(areas, vec![(0x20_0000, 0x1000)]);
+            assert_eq!(r.info.offset, 0, "doorbell page at file offset 0x200000");
+        } else {
+            assert!(r.sparse_areas.is_empty(), "whole-region mmap");
+        }
     }
     let irqs: Vec<(u32, u32)> = (0..5)
         .map(|i| c.irq_info(i).map(|q| (q.count, q.flags)).unwrap())
@@ -130,7 +143,7 @@ fn vram_bar_mmap_and_region_access_share_bytes() {
 
 #[test]
 fn irq_trigger_fires_the_assigned_eventfd() {
-    let srv = ServerProcess::spawn(&["--msix-vectors", "4"]);
+    let srv = ServerProcess::spawn(&["--msix-vectors", "4", "--engines", "3"]);
     let mut c = srv.client();
     let efds: Vec<_> = (0..4).map(|_| eventfd()).collect();
     let owned: Vec<_> = efds.iter().map(owned).collect();
@@ -175,7 +188,14 @@ fn irq_trigger_fires_the_assigned_eventfd() {
 
 #[test]
 fn msix_dead_injection_suppresses_one_vector() {
-    let srv = ServerProcess::spawn(&["--msix-vectors", "4", "--inject", "msix-dead=2"]);
+    let srv = ServerProcess::spawn(&[
+        "--msix-vectors",
+        "4",
+        "--engines",
+        "3",
+        "--inject",
+        "msix-dead=2",
+    ]);
     let mut c = srv.client();
     let efds: Vec<_> = (0..4).map(|_| eventfd()).collect();
     let owned: Vec<_> = efds.iter().map(owned).collect();

@@ -31,6 +31,7 @@ fn write32(c: &mut VfioUserClient, region: u32, off: u64, v: u32) {
 fn rust_vmm_client_drives_the_gpu() {
     let mut cfg = GpuConfig::new(32 * MIB);
     cfg.msix_vectors = 4;
+    cfg.engines = 3;
     let srv = InProcServer::start(cfg);
     let mut c = VfioUserClient::new(&srv.socket).unwrap();
 

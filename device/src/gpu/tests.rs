@@ -57,8 +57,17 @@ fn regions_and_irqs_match_the_contract() {
         }
     );
     let r0 = g.region_info(0).unwrap();
-    assert_eq!((r0.flags, r0.size), (3, 16 * MIB));
-    assert!(r0.mmap.is_none());
+    assert_eq!((r0.flags, r0.size), (7, 16 * MIB));
+    let m0 = r0.mmap.unwrap();
+    assert_eq!(m0.file_offset, 0);
+    assert_eq!(
+        m0.sparse_areas,
+        vec![SparseArea {
+            offset: 0x20_0000,
+            size: 0x1000
+        }],
+        "only the doorbell page is mmappable (hw-spec §2)"
+    );
     let r2 = g.region_info(2).unwrap();
     assert_eq!((r2.flags, r2.size), (7, 64 * MIB));
     let m = r2.mmap.unwrap();
@@ -525,7 +534,108 @@ fn bad_configs_are_refused() {
     let cfg = GpuConfig::new(3 * MIB);
     assert!(matches!(Gpu::new(&cfg), Err(GpuError::Vram(_))));
     let mut cfg = GpuConfig::new(MIB);
+    cfg.msix_vectors = 4;
+    assert!(matches!(
+        Gpu::new(&cfg),
+        Err(GpuError::TooFewVectors {
+            engines: 4,
+            vectors: 4
+        })
+    ));
+    cfg.engines = 17;
+    cfg.msix_vectors = 64;
+    assert!(matches!(Gpu::new(&cfg), Err(GpuError::TooManyEngines(17))));
+    cfg.engines = 0;
+    cfg.msix_vectors = 1;
+    assert!(
+        Gpu::new(&cfg).is_ok(),
+        "a GPU without engines needs only vector 0"
+    );
+    let mut cfg = GpuConfig::new(MIB);
     cfg.msix_vectors = 2048;
     let mut g = Gpu::new(&cfg).unwrap();
     assert_eq!(rd32(&mut g, 0, 0x0c), 2048);
+}
+
+mod engines {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::engine::desc::{Addr, Aperture, RawDescriptor};
+    use crate::engine::regs::{control, offset as eoff, State};
+
+    fn ereg(e: usize, off: u32) -> u64 {
+        0x1000 + 0x100 * e as u64 + u64::from(off)
+    }
+
+    fn vram_at(addr: u64) -> Addr {
+        Addr {
+            aperture: Aperture::Vram,
+            addr,
+        }
+    }
+
+    #[test]
+    fn discovery_registers_and_absent_engines() {
+        let mut g = gpu();
+        assert_eq!(rd32(&mut g, 0, 0x90), 4, "ENGINE_COUNT");
+        assert_eq!(rd32(&mut g, 0, 0x08), 0xf, "CAPS");
+        assert_eq!(rd32(&mut g, 0, 0x04), 2, "VERSION 0.2");
+        // Engine 4 does not exist: RsvdZ.
+        wr32(&mut g, 0, ereg(4, eoff::RING_SIZE), 16);
+        assert_eq!(rd32(&mut g, 0, ereg(4, eoff::RING_SIZE)), 0);
+        // Bad widths in the engine area and the doorbell page are counted.
+        let mut b = [0u8; 2];
+        g.region_read(0, ereg(0, 0), &mut b).unwrap();
+        assert_eq!(b, [0xff, 0xff]);
+        g.region_write(0, 0x20_0002, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(g.stats().bad_bar0_accesses, 2);
+        // Trapped doorbell accesses reach the page.
+        wr32(&mut g, 0, 0x20_0040, 7);
+        assert_eq!(rd32(&mut g, 0, ereg(1, eoff::RING_TAIL)), 7);
+        assert_eq!(rd32(&mut g, 0, 0x20_0ffc), 0);
+    }
+
+    #[test]
+    fn engine_runs_a_vram_ring_and_errors_reach_config_space() {
+        let mut g = gpu();
+        let ring = 0x10_0000u64;
+        let d = RawDescriptor::fill(vram_at(0x20_0000), 64, 0xa5a5_a5a5);
+        g.vram().write(VramOffset(ring), &d.to_bytes()).unwrap();
+        let bad = RawDescriptor::fill(vram_at(64 * MIB - 4), 8, 0);
+        g.vram()
+            .write(VramOffset(ring + 64), &bad.to_bytes())
+            .unwrap();
+        wr32(&mut g, 0, ereg(0, eoff::RING_BASE_LO), ring as u32);
+        wr32(&mut g, 0, ereg(0, eoff::RING_SIZE), 2);
+        wr32(&mut g, 0, ereg(0, eoff::RING_APERTURE), 1);
+        wr32(&mut g, 0, ereg(0, eoff::CONTROL), control::ENABLE);
+        wr32(&mut g, 0, ereg(0, eoff::RING_TAIL), 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rd32(&mut g, 0, ereg(0, eoff::STATUS)) != State::Error as u32 {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(rd32(&mut g, 0, ereg(0, eoff::RING_HEAD)), 1);
+        assert_eq!(
+            g.vram().read_u32(VramOffset(0x20_003c)).unwrap(),
+            0xa5a5_a5a5
+        );
+        // Queued before STATUS showed ERROR; any region access (or the event loop) reports it.
+        let mut b = [0u8; 4];
+        g.region_read(7, 0x104, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 1 << 22, "internal error");
+        assert_eq!(g.process_engine_events(), 0, "already reported");
+        assert_eq!(rd32(&mut g, 0, 0xa0), 1, "ERR_CAUSE");
+        assert!(g.msix().is_pending(0), "vector 0 held (no eventfd)");
+        assert_eq!(g.stats().engine_errors, 1);
+        // FLR: engines back to power-on, config error bits cleared.
+        g.region_write(7, 0x69, &[0x80]).unwrap();
+        assert_eq!(
+            rd32(&mut g, 0, ereg(0, eoff::STATUS)),
+            State::Disabled as u32
+        );
+        assert_eq!(rd32(&mut g, 0, ereg(0, eoff::ERROR_CODE)), 0);
+        assert_eq!(g.pci().config().get_u32(0x104), 0);
+    }
 }

@@ -37,6 +37,10 @@ pub const HEADER_LOG: u16 = 0x1c;
 pub const UNCOR_COMPLETER_ABORT: u32 = 1 << 15;
 /// Uncorrectable: Unsupported Request.
 pub const UNCOR_UNSUPPORTED_REQUEST: u32 = 1 << 20;
+/// Uncorrectable: Uncorrectable Internal Error.
+pub const UNCOR_INTERNAL: u32 = 1 << 22;
+/// Uncorrectable Mask offset.
+pub const UNCOR_MASK: u16 = 0x08;
 
 /// The AER capability.
 #[derive(Debug, Default)]

@@ -24,6 +24,14 @@ pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
 /// Status: Capabilities List.
 pub const STATUS_CAP_LIST: u32 = 1 << 4;
+/// Command: SERR# Enable.
+pub const COMMAND_SERR: u16 = 1 << 8;
+/// Status: Received Target Abort.
+pub const STATUS_RECEIVED_TARGET_ABORT: u32 = 1 << 12;
+/// Status: Received Master Abort.
+pub const STATUS_RECEIVED_MASTER_ABORT: u32 = 1 << 13;
+/// Status: Signaled System Error.
+pub const STATUS_SIGNALED_SYSTEM_ERROR: u32 = 1 << 14;
 /// Status: write-1-to-clear error bits (8, 11-15).
 pub const STATUS_W1C: u32 = 0xf900;
 

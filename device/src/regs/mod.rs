@@ -23,6 +23,8 @@ pub trait RegisterContext {
     fn signal(&mut self, vector: u32);
     /// Messages signalled since reset.
     fn irq_count(&self) -> u64;
+    /// The device clock in nanoseconds.
+    fn clock_ns(&self) -> u64;
 }
 
 /// Parameters fixed by the device configuration.
@@ -32,6 +34,8 @@ pub struct RegisterParams {
     pub num_vectors: u32,
     /// VRAM size in bytes.
     pub vram_size: u64,
+    /// Number of DMA engines.
+    pub engines: u32,
 }
 
 /// Counters of rejected accesses.
@@ -80,6 +84,15 @@ impl RegisterFile {
                 Reset::NumVectors => self.params.num_vectors,
                 Reset::VramSizeLo => self.params.vram_size as u32,
                 Reset::VramSizeHi => (self.params.vram_size >> 32) as u32,
+                Reset::Caps => {
+                    let engines = if self.params.engines > 0 {
+                        spec::CAPS_DMA_ENGINES | spec::CAPS_DOORBELL_MMAP
+                    } else {
+                        0
+                    };
+                    spec::CAPS_MSIX | spec::CAPS_VRAM_MMAP | engines
+                }
+                Reset::EngineCount => self.params.engines,
             };
         }
     }
@@ -87,6 +100,17 @@ impl RegisterFile {
     /// Counters.
     pub fn stats(&self) -> RegisterStats {
         self.stats
+    }
+
+    /// Sets bits of a storage register from the device side (e.g. `ERR_CAUSE`).
+    pub fn set_bits(&mut self, offset: u32, bits: u32) {
+        let v = self.value(offset);
+        self.store(offset, v | bits);
+    }
+
+    /// The current value of a storage register (0 for other offsets).
+    pub fn peek(&self, offset: u32) -> u32 {
+        self.value(offset)
     }
 
     fn value(&self, offset: u32) -> u32 {
@@ -145,6 +169,11 @@ impl RegisterFile {
                 Kind::Storage => self.values.get(i).copied().unwrap_or(0),
                 Kind::SoftReset | Kind::IrqTrigger => 0,
                 Kind::IrqCount => ctx.irq_count() as u32,
+                Kind::ClockLo => {
+                    let ns = ctx.clock_ns();
+                    self.store(spec::offset::CLOCK_HI, (ns >> 32) as u32);
+                    ns as u32
+                }
                 Kind::VramData => {
                     let v = ctx.vram_read_u32(self.vram_index());
                     self.vram_access(v.is_some());
@@ -179,7 +208,7 @@ impl RegisterFile {
                     *v = ((*v & !r.rw) | (value & r.rw)) & !(value & r.w1c);
                 }
             }
-            Kind::IrqCount => {}
+            Kind::IrqCount | Kind::ClockLo => {}
             Kind::SoftReset => out.soft_reset = value == spec::SOFT_RESET_MAGIC,
             Kind::IrqTrigger => {
                 if value < self.params.num_vectors {
@@ -235,12 +264,16 @@ mod tests {
         fn irq_count(&self) -> u64 {
             self.signals.len() as u64
         }
+        fn clock_ns(&self) -> u64 {
+            0x1_2345_6789
+        }
     }
 
     fn setup() -> (RegisterFile, Fake) {
         let f = RegisterFile::new(RegisterParams {
             num_vectors: 40,
             vram_size: 0x4_0000_0000,
+            engines: 4,
         });
         (
             f,
@@ -271,8 +304,8 @@ mod tests {
     fn identification_registers() {
         let (mut f, mut c) = setup();
         assert_eq!(rd(&mut f, &mut c, ID), 0x5647_5055);
-        assert_eq!(rd(&mut f, &mut c, VERSION), 1);
-        assert_eq!(rd(&mut f, &mut c, CAPS), 3);
+        assert_eq!(rd(&mut f, &mut c, VERSION), 2);
+        assert_eq!(rd(&mut f, &mut c, CAPS), 0xf);
         assert_eq!(rd(&mut f, &mut c, NUM_VECTORS), 40);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_LO), 0);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_HI), 4);
@@ -367,6 +400,42 @@ mod tests {
         assert_eq!(rd(&mut f, &mut c, IRQ_STATUS), 0);
         wr(&mut f, &mut c, IRQ_COUNT, 0);
         assert_eq!(rd(&mut f, &mut c, IRQ_COUNT), 2, "RO");
+    }
+
+    #[test]
+    fn engine_discovery_registers() {
+        let (mut f, mut c) = setup();
+        assert_eq!(rd(&mut f, &mut c, ENGINE_COUNT), 4);
+        assert_eq!(rd(&mut f, &mut c, DOORBELL_OFFSET), 0x20_0000);
+        assert_eq!(rd(&mut f, &mut c, DOORBELL_STRIDE), 0x40);
+        assert_eq!(rd(&mut f, &mut c, ENGINE_VECTOR_BASE), 1);
+        let mut none = RegisterFile::new(RegisterParams {
+            num_vectors: 1,
+            vram_size: 1 << 20,
+            engines: 0,
+        });
+        assert_eq!(
+            rd(&mut none, &mut c, CAPS),
+            3,
+            "no engine bits without engines"
+        );
+    }
+
+    #[test]
+    fn err_cause_and_clock() {
+        let (mut f, mut c) = setup();
+        f.set_bits(ERR_CAUSE, 1 << 2);
+        f.set_bits(ERR_CAUSE, 1);
+        assert_eq!(rd(&mut f, &mut c, ERR_CAUSE), 5);
+        wr(&mut f, &mut c, ERR_CAUSE, 4);
+        assert_eq!(rd(&mut f, &mut c, ERR_CAUSE), 1, "W1C");
+        assert_eq!(rd(&mut f, &mut c, CLOCK_HI), 0, "nothing latched yet");
+        assert_eq!(rd(&mut f, &mut c, CLOCK_LO), 0x2345_6789);
+        assert_eq!(rd(&mut f, &mut c, CLOCK_HI), 1, "latched by CLOCK_LO");
+        wr(&mut f, &mut c, CLOCK_LO, 0);
+        f.reset();
+        assert_eq!(rd(&mut f, &mut c, ERR_CAUSE), 0);
+        assert_eq!(rd(&mut f, &mut c, CLOCK_HI), 0);
     }
 
     #[test]

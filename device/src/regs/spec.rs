@@ -2,12 +2,16 @@
 
 /// `ID` value: "UPGV".
 pub const ID_VALUE: u32 = 0x5647_5055;
-/// `VERSION` value: spec 0.1.
-pub const VERSION_VALUE: u32 = 0x0000_0001;
+/// `VERSION` value: spec 0.2.
+pub const VERSION_VALUE: u32 = 0x0000_0002;
 /// `CAPS` bit 0: MSI-X.
 pub const CAPS_MSIX: u32 = 1 << 0;
 /// `CAPS` bit 1: VRAM BAR mmappable.
 pub const CAPS_VRAM_MMAP: u32 = 1 << 1;
+/// `CAPS` bit 2: DMA engines present.
+pub const CAPS_DMA_ENGINES: u32 = 1 << 2;
+/// `CAPS` bit 3: doorbell page mmappable.
+pub const CAPS_DOORBELL_MMAP: u32 = 1 << 3;
 /// `STATUS` bit 0: READY.
 pub const STATUS_READY: u32 = 1 << 0;
 /// `STATUS` bit 1: VRAM_INDEX_ERR.
@@ -53,6 +57,20 @@ pub mod offset {
     pub const IRQ_STATUS: u32 = 0x0084;
     /// `IRQ_COUNT`.
     pub const IRQ_COUNT: u32 = 0x0088;
+    /// `ENGINE_COUNT`.
+    pub const ENGINE_COUNT: u32 = 0x0090;
+    /// `DOORBELL_OFFSET`.
+    pub const DOORBELL_OFFSET: u32 = 0x0094;
+    /// `DOORBELL_STRIDE`.
+    pub const DOORBELL_STRIDE: u32 = 0x0098;
+    /// `ENGINE_VECTOR_BASE`.
+    pub const ENGINE_VECTOR_BASE: u32 = 0x009c;
+    /// `ERR_CAUSE`.
+    pub const ERR_CAUSE: u32 = 0x00a0;
+    /// `CLOCK_LO`.
+    pub const CLOCK_LO: u32 = 0x00a8;
+    /// `CLOCK_HI`.
+    pub const CLOCK_HI: u32 = 0x00ac;
 }
 
 /// Where a register's reset value comes from.
@@ -66,6 +84,10 @@ pub enum Reset {
     VramSizeLo,
     /// VRAM size, high dword.
     VramSizeHi,
+    /// `CAPS`: depends on the number of engines.
+    Caps,
+    /// The number of DMA engines.
+    EngineCount,
 }
 
 /// Registers with behaviour beyond stored bits.
@@ -81,6 +103,8 @@ pub enum Kind {
     IrqTrigger,
     /// `IRQ_COUNT`: read from the MSI-X counters.
     IrqCount,
+    /// `CLOCK_LO`: the device clock; latches the high half into `CLOCK_HI`.
+    ClockLo,
 }
 
 /// One register of the file.
@@ -137,15 +161,7 @@ pub const REGISTERS: &[RegisterSpec] = &[
         Value(VERSION_VALUE),
         Storage,
     ),
-    reg(
-        offset::CAPS,
-        "CAPS",
-        "RO",
-        0,
-        0,
-        Value(CAPS_MSIX | CAPS_VRAM_MMAP),
-        Storage,
-    ),
+    reg(offset::CAPS, "CAPS", "RO", 0, 0, Caps, Storage),
     reg(
         offset::NUM_VECTORS,
         "NUM_VECTORS",
@@ -281,6 +297,53 @@ pub const REGISTERS: &[RegisterSpec] = &[
         Value(0),
         IrqCount,
     ),
+    reg(
+        offset::ENGINE_COUNT,
+        "ENGINE_COUNT",
+        "RO",
+        0,
+        0,
+        EngineCount,
+        Storage,
+    ),
+    reg(
+        offset::DOORBELL_OFFSET,
+        "DOORBELL_OFFSET",
+        "RO",
+        0,
+        0,
+        Value(crate::engine::regs::DOORBELL_OFFSET as u32),
+        Storage,
+    ),
+    reg(
+        offset::DOORBELL_STRIDE,
+        "DOORBELL_STRIDE",
+        "RO",
+        0,
+        0,
+        Value(crate::engine::regs::DOORBELL_STRIDE as u32),
+        Storage,
+    ),
+    reg(
+        offset::ENGINE_VECTOR_BASE,
+        "ENGINE_VECTOR_BASE",
+        "RO",
+        0,
+        0,
+        Value(crate::engine::regs::ENGINE_VECTOR_BASE),
+        Storage,
+    ),
+    reg(
+        offset::ERR_CAUSE,
+        "ERR_CAUSE",
+        "W1C",
+        0,
+        u32::MAX,
+        Value(0),
+        Storage,
+    ),
+    reg(offset::CLOCK_LO, "CLOCK_LO", "RO", 0, 0, Value(0), ClockLo),
+    reg(offset::CLOCK_HI, "CLOCK_HI", "RO", 0, 0, Value(0), Storage),
 ];
 
 /// The register at `offset`, if any.

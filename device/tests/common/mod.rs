@@ -19,6 +19,8 @@ use vugpu_device::event_loop::{self, Server};
 use vugpu_device::gpu::{Gpu, GpuConfig};
 use vugpu_protocol::{Client, ServerConfig};
 
+pub mod rig;
+
 pub const MIB: u64 = 1 << 20;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -134,6 +136,11 @@ pub struct InProcServer {
 
 impl InProcServer {
     pub fn start(cfg: GpuConfig) -> InProcServer {
+        Self::start_with_layout(cfg, vugpu_protocol::DmaLayout::Spec)
+    }
+
+    /// With this DMA_READ/DMA_WRITE payload layout.
+    pub fn start_with_layout(cfg: GpuConfig, layout: vugpu_protocol::DmaLayout) -> InProcServer {
         let dir = temp_dir("inproc");
         let socket = dir.join("gpu.sock");
         let listener = UnixListener::bind(&socket).unwrap();
@@ -141,8 +148,9 @@ impl InProcServer {
         let stop_fd = owned(&stop);
         let thread = std::thread::spawn(move || {
             let gpu = Gpu::new(&cfg).unwrap();
-            let server =
+            let mut server =
                 Server::new(listener, gpu, ServerConfig::default(), Some(stop_fd)).unwrap();
+            server.set_dma_layout(layout);
             event_loop::run(server).unwrap()
         });
         InProcServer {

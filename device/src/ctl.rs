@@ -1,0 +1,325 @@
+//! The control socket (hw-spec §8.2): `PATH.ctl` next to the vfio-user socket, answering
+//! `stats` with the engines' state and counters as JSON.
+//!
+//! It runs on its own thread so that a slow or hostile local client can never delay the
+//! vfio-user event loop. Each connection is bounded: one request line of at most
+//! [`MAX_REQUEST`] bytes, [`CONN_TIMEOUT`] for the whole exchange, one reply, close. The reply
+//! reads the engines through an [`EngineMonitor`] (atomics and short locks), never the socket
+//! or the device model.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::engine::{EngineMonitor, EngineReport};
+use crate::log::Level;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 256;
+/// Time a client has for one exchange.
+pub const CONN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes discarded after the reply.
+const MAX_DRAIN: usize = 64 << 10;
+/// Largest reply a client reads.
+const MAX_REPLY: usize = 1 << 20;
+
+/// The control socket path for a vfio-user socket path.
+pub fn ctl_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".ctl");
+    PathBuf::from(p)
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceReport {
+    engines: usize,
+    vectors: usize,
+    irqs_sent: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct StatsReply {
+    engines: Vec<EngineReport>,
+    device: DeviceReport,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorReply<'a> {
+    error: &'a str,
+}
+
+/// The answer to one request line.
+pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
+    let reply = match request.trim() {
+        "stats" => {
+            let engines = monitor.report();
+            serde_json::to_string(&StatsReply {
+                device: DeviceReport {
+                    engines: engines.len(),
+                    vectors: monitor.vectors(),
+                    irqs_sent: monitor.irqs_sent(),
+                },
+                engines,
+            })
+        }
+        _ => serde_json::to_string(&ErrorReply {
+            error: "unknown request (known: stats)",
+        }),
+    };
+    reply.unwrap_or_else(|_| r#"{"error":"internal"}"#.to_string())
+}
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Binding or starting failed.
+    #[error("control socket {path}: {source}")]
+    Setup {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A client-side exchange failed.
+    #[error("control socket {path}: {source}")]
+    Request {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The running control socket; dropping it stops the thread and removes the file.
+#[derive(Debug)]
+pub struct CtlServer {
+    path: PathBuf,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CtlServer {
+    /// Binds `path` (which must not exist) and serves it from a new thread.
+    pub fn start(path: &Path, monitor: EngineMonitor) -> Result<CtlServer, CtlError> {
+        let err = |source| CtlError::Setup {
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.symlink_metadata().is_ok() {
+            return Err(err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists; is another vugpu serving it? remove it first",
+            )));
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        let setup = || -> io::Result<(EventFd, EventFd)> {
+            listener.set_nonblocking(true)?;
+            let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+            let theirs = stop.try_clone()?;
+            Ok((stop, theirs))
+        };
+        let (stop, theirs) = match setup() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(err(e));
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("vugpu-ctl".into())
+            .spawn(move || serve(&listener, &theirs, &monitor));
+        match thread {
+            Ok(t) => Ok(CtlServer {
+                path: path.to_path_buf(),
+                stop,
+                thread: Some(t),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(err(e))
+            }
+        }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for CtlServer {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            crate::log!(Level::Error, "control socket poll failed; stopping it");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = handle(stream, monitor) {
+                    crate::log!(Level::Debug, "control socket client: {e}");
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => crate::log!(Level::Warn, "control socket accept failed: {e}"),
+        }
+    }
+}
+
+fn handle(mut stream: UnixStream, monitor: &EngineMonitor) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let deadline = Instant::now() + CONN_TIMEOUT;
+    let mut buf = [0u8; MAX_REQUEST + 1];
+    let mut len = 0;
+    while !buf[..len].contains(&b'\n') {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let Some(room) = buf.get_mut(len..) else {
+            break;
+        };
+        if room.is_empty() {
+            break;
+        }
+        let n = stream.read(room)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let reply = if len > MAX_REQUEST && !buf[..len].contains(&b'\n') {
+        r#"{"error":"request too long"}"#.to_string()
+    } else {
+        match std::str::from_utf8(line) {
+            Ok(text) => answer(text, monitor),
+            Err(_) => r#"{"error":"request is not UTF-8"}"#.to_string(),
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+    stream.write_all(reply.as_bytes())?;
+    stream.write_all(b"\n")?;
+    // Discard what the client still sends (bounded), so closing does not reset the connection
+    // before it has read the reply.
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_DRAIN {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut rest) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request line to the control socket at `path` and returns the reply.
+pub fn request(path: &Path, line: &str) -> Result<String, CtlError> {
+    let err = |source| CtlError::Request {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(err)?;
+    s.set_read_timeout(Some(CONN_TIMEOUT * 2)).map_err(err)?;
+    s.set_write_timeout(Some(CONN_TIMEOUT)).map_err(err)?;
+    s.write_all(line.as_bytes()).map_err(err)?;
+    s.write_all(b"\n").map_err(err)?;
+    let mut out = Vec::new();
+    s.take(MAX_REPLY as u64)
+        .read_to_end(&mut out)
+        .map_err(err)?;
+    String::from_utf8(out)
+        .map(|t| t.trim_end().to_string())
+        .map_err(|_| {
+            err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply is not UTF-8",
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{Gpu, GpuConfig};
+
+    #[test]
+    fn answers_stats_and_rejects_the_rest() {
+        let mut cfg = GpuConfig::new(1 << 20);
+        cfg.engines = 2;
+        let gpu = Gpu::new(&cfg).unwrap();
+        let m = gpu.engine_monitor();
+        let v: serde_json::Value = serde_json::from_str(&answer("stats\r", &m)).unwrap();
+        assert_eq!(v["device"]["engines"], 2);
+        assert_eq!(v["engines"][1]["state"], "DISABLED");
+        assert_eq!(v["engines"][0]["bytes"]["fill"], 0);
+        assert!(v["engines"][0]["error"].is_null());
+        let v: serde_json::Value = serde_json::from_str(&answer("reboot", &m)).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("unknown request"));
+        assert_eq!(
+            ctl_path(Path::new("/run/x/gpu.sock")),
+            Path::new("/run/x/gpu.sock.ctl")
+        );
+    }
+
+    #[test]
+    fn serves_and_refuses_an_existing_path() {
+        let gpu = Gpu::new(&GpuConfig::new(1 << 20)).unwrap();
+        let dir = std::env::temp_dir().join(format!("vugpu-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.sock.ctl");
+        let srv = CtlServer::start(&path, gpu.engine_monitor()).unwrap();
+        assert!(CtlServer::start(&path, gpu.engine_monitor()).is_err());
+        let reply = request(srv.path(), "stats").unwrap();
+        assert!(reply.starts_with("{\"engines\":["), "{reply}");
+        drop(srv);
+        assert!(!path.exists(), "removed on drop");
+        assert!(request(&path, "stats").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

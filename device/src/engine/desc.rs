@@ -1,0 +1,558 @@
+//! DMA descriptors (hw-spec §7): the 64-byte format, decoded and validated as pure data.
+//!
+//! ```text
+//! 0x00 u8  opcode        0 NOP, 1 COPY, 2 FILL, 3 FENCE, 4 TIMESTAMP
+//! 0x01 u8  flags         bit 0 IRQ, bit 1 NO_SNOOP, bit 2 RELAXED_ORDERING, 7:3 MBZ
+//! 0x02 u8  src_aperture  0 SYS, 1 VRAM, 2 PEER (reserved), 3+ invalid   (COPY only)
+//! 0x03 u8  dst_aperture                                                  (all but NOP)
+//! 0x04 u32 reserved      MBZ
+//! 0x08 u64 src
+//! 0x10 u64 dst
+//! 0x18 u64 length        COPY, FILL
+//! 0x20 u64 value         FILL: pattern in 31:0 (63:32 MBZ); FENCE: value written
+//! 0x28 u8[24] reserved   MBZ
+//! ```
+//!
+//! [`Descriptor::decode`] turns the bytes into an [`Op`] only if every rule of the spec holds;
+//! otherwise it says which rule failed ([`DescError`]), which the engine reports as
+//! `BAD_OPCODE` or `BAD_DESCRIPTOR`.
+
+/// Size of a descriptor in bytes.
+pub const DESC_SIZE: usize = 64;
+/// Largest COPY/FILL length (1 GiB).
+pub const MAX_LENGTH: u64 = 0x4000_0000;
+
+/// Opcodes.
+pub mod opcode {
+    /// No operation.
+    pub const NOP: u8 = 0;
+    /// Copy bytes.
+    pub const COPY: u8 = 1;
+    /// Fill with a 32-bit pattern.
+    pub const FILL: u8 = 2;
+    /// Write a 64-bit value.
+    pub const FENCE: u8 = 3;
+    /// Write the device clock.
+    pub const TIMESTAMP: u8 = 4;
+}
+
+/// Descriptor flags.
+pub mod flags {
+    /// Interrupt on completion.
+    pub const IRQ: u8 = 1 << 0;
+    /// No Snoop requested.
+    pub const NO_SNOOP: u8 = 1 << 1;
+    /// Relaxed Ordering requested.
+    pub const RELAXED_ORDERING: u8 = 1 << 2;
+    /// Every defined flag.
+    pub const ALL: u8 = IRQ | NO_SNOOP | RELAXED_ORDERING;
+}
+
+/// Where an address points (hw-spec §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Aperture {
+    /// System memory: a DMA address (IOVA).
+    Sys,
+    /// A byte offset into VRAM.
+    Vram,
+}
+
+impl Aperture {
+    /// Decodes an aperture field; PEER (2) and anything above are not supported.
+    pub fn from_raw(raw: u32) -> Option<Aperture> {
+        match raw {
+            0 => Some(Aperture::Sys),
+            1 => Some(Aperture::Vram),
+            _ => None,
+        }
+    }
+
+    /// The encoding (as in `ERROR_INFO` bits 1:0).
+    pub fn raw(self) -> u32 {
+        match self {
+            Aperture::Sys => 0,
+            Aperture::Vram => 1,
+        }
+    }
+}
+
+/// An address qualified by its aperture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr {
+    /// Aperture.
+    pub aperture: Aperture,
+    /// Address inside it.
+    pub addr: u64,
+}
+
+/// A validated operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Nothing.
+    Nop,
+    /// Copy `len` bytes.
+    Copy {
+        /// Source.
+        src: Addr,
+        /// Destination.
+        dst: Addr,
+        /// Bytes, 1..=MAX_LENGTH.
+        len: u64,
+    },
+    /// Fill `len` bytes with the 32-bit pattern.
+    Fill {
+        /// Destination (4-byte aligned).
+        dst: Addr,
+        /// Bytes (multiple of 4, 4..=MAX_LENGTH).
+        len: u64,
+        /// Pattern, repeated little-endian.
+        pattern: u32,
+    },
+    /// Write `value` with one 8-byte store.
+    Fence {
+        /// Destination (8-byte aligned).
+        dst: Addr,
+        /// Value.
+        value: u64,
+    },
+    /// Write the device clock with one 8-byte store.
+    Timestamp {
+        /// Destination (8-byte aligned).
+        dst: Addr,
+    },
+}
+
+impl Op {
+    /// Name as in hw-spec and the trace.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Nop => "NOP",
+            Op::Copy { .. } => "COPY",
+            Op::Fill { .. } => "FILL",
+            Op::Fence { .. } => "FENCE",
+            Op::Timestamp { .. } => "TIMESTAMP",
+        }
+    }
+}
+
+/// A decoded descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    /// The operation.
+    pub op: Op,
+    /// Interrupt on completion.
+    pub irq: bool,
+    /// No Snoop requested.
+    pub no_snoop: bool,
+    /// Relaxed Ordering requested.
+    pub relaxed_ordering: bool,
+}
+
+/// Why a descriptor was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DescError {
+    /// Unknown opcode (`BAD_OPCODE`).
+    #[error("unknown opcode {0}")]
+    BadOpcode(u8),
+    /// Undefined flag bits set.
+    #[error("reserved flag bits {0:#x} set")]
+    ReservedFlags(u8),
+    /// A reserved byte is not zero.
+    #[error("reserved byte at offset {0:#x} not zero")]
+    ReservedBytes(usize),
+    /// Aperture PEER or invalid.
+    #[error("unsupported aperture {0}")]
+    BadAperture(u8),
+    /// Length zero, too large, or not a multiple of 4 for FILL.
+    #[error("bad length {0:#x}")]
+    BadLength(u64),
+    /// Address not aligned as the opcode requires.
+    #[error("misaligned address {0:#x}")]
+    Misaligned(u64),
+    /// `addr + length` overflows 64 bits.
+    #[error("address range overflows")]
+    Overflow,
+    /// Source and destination overlap in the same aperture.
+    #[error("source and destination overlap")]
+    Overlap,
+    /// FILL value bits 63:32 not zero.
+    #[error("FILL value bits 63:32 not zero")]
+    BadFillValue,
+}
+
+fn u64_at(b: &[u8; DESC_SIZE], off: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(v)
+}
+
+fn aperture(raw: u8) -> Result<Aperture, DescError> {
+    Aperture::from_raw(u32::from(raw)).ok_or(DescError::BadAperture(raw))
+}
+
+fn range_end(addr: u64, len: u64) -> Result<u64, DescError> {
+    addr.checked_add(len).ok_or(DescError::Overflow)
+}
+
+impl Descriptor {
+    /// Decodes and validates the 64 bytes of a descriptor.
+    pub fn decode(b: &[u8; DESC_SIZE]) -> Result<Descriptor, DescError> {
+        let opcode = b[0];
+        let fl = b[1];
+        if fl & !flags::ALL != 0 {
+            return Err(DescError::ReservedFlags(fl & !flags::ALL));
+        }
+        if let Some(i) = (4..8).chain(0x28..DESC_SIZE).find(|&i| b[i] != 0) {
+            return Err(DescError::ReservedBytes(i));
+        }
+        let src = u64_at(b, 0x08);
+        let dst = u64_at(b, 0x10);
+        let len = u64_at(b, 0x18);
+        let value = u64_at(b, 0x20);
+        let op = match opcode {
+            opcode::NOP => Op::Nop,
+            opcode::COPY => {
+                let src = Addr {
+                    aperture: aperture(b[2])?,
+                    addr: src,
+                };
+                let dst = Addr {
+                    aperture: aperture(b[3])?,
+                    addr: dst,
+                };
+                if len == 0 || len > MAX_LENGTH {
+                    return Err(DescError::BadLength(len));
+                }
+                let src_end = range_end(src.addr, len)?;
+                let dst_end = range_end(dst.addr, len)?;
+                if src.aperture == dst.aperture && src.addr < dst_end && dst.addr < src_end {
+                    return Err(DescError::Overlap);
+                }
+                Op::Copy { src, dst, len }
+            }
+            opcode::FILL => {
+                let dst = Addr {
+                    aperture: aperture(b[3])?,
+                    addr: dst,
+                };
+                if !(4..=MAX_LENGTH).contains(&len) || !len.is_multiple_of(4) {
+                    return Err(DescError::BadLength(len));
+                }
+                if !dst.addr.is_multiple_of(4) {
+                    return Err(DescError::Misaligned(dst.addr));
+                }
+                range_end(dst.addr, len)?;
+                if value >> 32 != 0 {
+                    return Err(DescError::BadFillValue);
+                }
+                Op::Fill {
+                    dst,
+                    len,
+                    pattern: value as u32,
+                }
+            }
+            opcode::FENCE | opcode::TIMESTAMP => {
+                let dst = Addr {
+                    aperture: aperture(b[3])?,
+                    addr: dst,
+                };
+                if !dst.addr.is_multiple_of(8) {
+                    return Err(DescError::Misaligned(dst.addr));
+                }
+                range_end(dst.addr, 8)?;
+                if opcode == opcode::FENCE {
+                    Op::Fence { dst, value }
+                } else {
+                    Op::Timestamp { dst }
+                }
+            }
+            other => return Err(DescError::BadOpcode(other)),
+        };
+        Ok(Descriptor {
+            op,
+            irq: fl & flags::IRQ != 0,
+            no_snoop: fl & flags::NO_SNOOP != 0,
+            relaxed_ordering: fl & flags::RELAXED_ORDERING != 0,
+        })
+    }
+}
+
+/// Builds descriptor bytes (for tests, benchmarks and tools; the guest driver does the same in C).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDescriptor {
+    /// Opcode.
+    pub opcode: u8,
+    /// Flags.
+    pub flags: u8,
+    /// Source aperture.
+    pub src_aperture: u8,
+    /// Destination aperture.
+    pub dst_aperture: u8,
+    /// Source address.
+    pub src: u64,
+    /// Destination address.
+    pub dst: u64,
+    /// Length.
+    pub length: u64,
+    /// Value.
+    pub value: u64,
+}
+
+impl RawDescriptor {
+    /// The 64 bytes.
+    pub fn to_bytes(&self) -> [u8; DESC_SIZE] {
+        let mut b = [0u8; DESC_SIZE];
+        b[0] = self.opcode;
+        b[1] = self.flags;
+        b[2] = self.src_aperture;
+        b[3] = self.dst_aperture;
+        b[0x08..0x10].copy_from_slice(&self.src.to_le_bytes());
+        b[0x10..0x18].copy_from_slice(&self.dst.to_le_bytes());
+        b[0x18..0x20].copy_from_slice(&self.length.to_le_bytes());
+        b[0x20..0x28].copy_from_slice(&self.value.to_le_bytes());
+        b
+    }
+
+    /// A COPY.
+    pub fn copy(src: Addr, dst: Addr, length: u64) -> Self {
+        RawDescriptor {
+            opcode: opcode::COPY,
+            src_aperture: src.aperture.raw() as u8,
+            dst_aperture: dst.aperture.raw() as u8,
+            src: src.addr,
+            dst: dst.addr,
+            length,
+            ..Self::default()
+        }
+    }
+
+    /// A FILL.
+    pub fn fill(dst: Addr, length: u64, pattern: u32) -> Self {
+        RawDescriptor {
+            opcode: opcode::FILL,
+            dst_aperture: dst.aperture.raw() as u8,
+            dst: dst.addr,
+            length,
+            value: u64::from(pattern),
+            ..Self::default()
+        }
+    }
+
+    /// A FENCE.
+    pub fn fence(dst: Addr, value: u64) -> Self {
+        RawDescriptor {
+            opcode: opcode::FENCE,
+            dst_aperture: dst.aperture.raw() as u8,
+            dst: dst.addr,
+            value,
+            ..Self::default()
+        }
+    }
+
+    /// A TIMESTAMP.
+    pub fn timestamp(dst: Addr) -> Self {
+        RawDescriptor {
+            opcode: opcode::TIMESTAMP,
+            dst_aperture: dst.aperture.raw() as u8,
+            dst: dst.addr,
+            ..Self::default()
+        }
+    }
+
+    /// With these flags added.
+    pub fn with_flags(mut self, flags: u8) -> Self {
+        self.flags |= flags;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYS: Aperture = Aperture::Sys;
+    const VRAM: Aperture = Aperture::Vram;
+
+    fn at(aperture: Aperture, addr: u64) -> Addr {
+        Addr { aperture, addr }
+    }
+
+    fn decode(r: RawDescriptor) -> Result<Descriptor, DescError> {
+        Descriptor::decode(&r.to_bytes())
+    }
+
+    #[test]
+    fn spec_7_layout_round_trips() {
+        let b = RawDescriptor::copy(at(SYS, 0x1122_3344_5566_7788), at(VRAM, 0x40), 0x1000)
+            .with_flags(flags::IRQ | flags::NO_SNOOP)
+            .to_bytes();
+        assert_eq!(b[0], 1);
+        assert_eq!(b[1], 0b011);
+        assert_eq!((b[2], b[3]), (0, 1));
+        assert_eq!(&b[8..16], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&b[0x18..0x20], &0x1000u64.to_le_bytes());
+        let d = Descriptor::decode(&b).unwrap();
+        assert!(d.irq && d.no_snoop && !d.relaxed_ordering);
+        assert_eq!(
+            d.op,
+            Op::Copy {
+                src: at(SYS, 0x1122_3344_5566_7788),
+                dst: at(VRAM, 0x40),
+                len: 0x1000
+            }
+        );
+    }
+
+    #[test]
+    fn every_opcode_decodes() {
+        let nop = decode(RawDescriptor::default().with_flags(flags::IRQ)).unwrap();
+        assert_eq!(nop.op, Op::Nop);
+        assert!(nop.irq);
+        assert_eq!(
+            decode(RawDescriptor::fill(at(VRAM, 8), 16, 0xdead_beef))
+                .unwrap()
+                .op,
+            Op::Fill {
+                dst: at(VRAM, 8),
+                len: 16,
+                pattern: 0xdead_beef
+            }
+        );
+        assert_eq!(
+            decode(RawDescriptor::fence(at(SYS, 0x10), u64::MAX))
+                .unwrap()
+                .op,
+            Op::Fence {
+                dst: at(SYS, 0x10),
+                value: u64::MAX
+            }
+        );
+        assert_eq!(
+            decode(RawDescriptor::timestamp(at(VRAM, 0))).unwrap().op,
+            Op::Timestamp { dst: at(VRAM, 0) }
+        );
+        // Unused fields are ignored: NOP with garbage addresses and a bad aperture.
+        let mut r = RawDescriptor {
+            src: 7,
+            dst: 9,
+            length: 3,
+            src_aperture: 9,
+            ..RawDescriptor::default()
+        };
+        assert_eq!(decode(r).unwrap().op, Op::Nop);
+        r.opcode = opcode::FENCE;
+        r.dst = 8;
+        r.dst_aperture = 0;
+        assert!(decode(r).is_ok(), "FENCE ignores src/length/src_aperture");
+    }
+
+    #[test]
+    fn rejects_unknown_opcode() {
+        for op in [5u8, 0x7f, 0xff] {
+            let r = RawDescriptor {
+                opcode: op,
+                ..RawDescriptor::default()
+            };
+            assert_eq!(decode(r), Err(DescError::BadOpcode(op)));
+        }
+    }
+
+    #[test]
+    fn rejects_reserved_flags_and_bytes() {
+        assert_eq!(
+            decode(RawDescriptor::default().with_flags(0x80)),
+            Err(DescError::ReservedFlags(0x80))
+        );
+        for i in (4..8).chain(0x28..64) {
+            let mut b = RawDescriptor::default().to_bytes();
+            b[i] = 1;
+            assert_eq!(
+                Descriptor::decode(&b),
+                Err(DescError::ReservedBytes(i)),
+                "{i:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_peer_and_invalid_apertures() {
+        let mut r = RawDescriptor::copy(at(SYS, 0), at(VRAM, 0), 8);
+        r.src_aperture = 2;
+        assert_eq!(decode(r), Err(DescError::BadAperture(2)));
+        let mut r = RawDescriptor::fence(at(SYS, 0), 1);
+        r.dst_aperture = 3;
+        assert_eq!(decode(r), Err(DescError::BadAperture(3)));
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        for len in [0, MAX_LENGTH + 1, u64::MAX] {
+            assert_eq!(
+                decode(RawDescriptor::copy(at(SYS, 0), at(VRAM, 0), len)),
+                Err(DescError::BadLength(len))
+            );
+        }
+        assert!(decode(RawDescriptor::copy(at(SYS, 0), at(VRAM, 0), MAX_LENGTH)).is_ok());
+        for len in [0, 2, 6, MAX_LENGTH + 4] {
+            assert_eq!(
+                decode(RawDescriptor::fill(at(SYS, 0), len, 0)),
+                Err(DescError::BadLength(len))
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_misaligned_and_overflowing_addresses() {
+        assert_eq!(
+            decode(RawDescriptor::fill(at(SYS, 2), 4, 0)),
+            Err(DescError::Misaligned(2))
+        );
+        assert_eq!(
+            decode(RawDescriptor::fence(at(VRAM, 4), 0)),
+            Err(DescError::Misaligned(4))
+        );
+        assert_eq!(
+            decode(RawDescriptor::timestamp(at(SYS, 12))),
+            Err(DescError::Misaligned(12))
+        );
+        assert_eq!(
+            decode(RawDescriptor::copy(at(SYS, u64::MAX - 2), at(VRAM, 0), 4)),
+            Err(DescError::Overflow)
+        );
+        assert_eq!(
+            decode(RawDescriptor::copy(at(SYS, 0), at(VRAM, u64::MAX), 1)),
+            Err(DescError::Overflow)
+        );
+        assert_eq!(
+            decode(RawDescriptor::fence(at(SYS, u64::MAX - 7), 0)),
+            Err(DescError::Overflow)
+        );
+        assert_eq!(
+            decode(RawDescriptor::fill(at(VRAM, u64::MAX - 3), 8, 0)),
+            Err(DescError::Overflow)
+        );
+        // Unaligned COPY is fine.
+        assert!(decode(RawDescriptor::copy(at(SYS, 3), at(VRAM, 5), 7)).is_ok());
+    }
+
+    #[test]
+    fn rejects_overlap_in_the_same_aperture_only() {
+        assert_eq!(
+            decode(RawDescriptor::copy(at(VRAM, 0x100), at(VRAM, 0x1ff), 0x100)),
+            Err(DescError::Overlap)
+        );
+        assert_eq!(
+            decode(RawDescriptor::copy(at(SYS, 0x1ff), at(SYS, 0x100), 0x100)),
+            Err(DescError::Overlap)
+        );
+        assert!(decode(RawDescriptor::copy(at(VRAM, 0x100), at(VRAM, 0x200), 0x100)).is_ok());
+        assert!(decode(RawDescriptor::copy(at(SYS, 0x100), at(VRAM, 0x100), 0x100)).is_ok());
+    }
+
+    #[test]
+    fn rejects_fill_value_high_bits() {
+        let mut r = RawDescriptor::fill(at(SYS, 0), 4, 0);
+        r.value = 1 << 32;
+        assert_eq!(decode(r), Err(DescError::BadFillValue));
+    }
+}

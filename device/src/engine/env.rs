@@ -1,0 +1,653 @@
+//! What the engine threads share with the rest of the device ([`EngineEnv`]), and every memory
+//! access an engine makes (hw-spec §6.1, §6.7, §6.8).
+//!
+//! Ownership and locking:
+//! - The DMA space is behind an `RwLock`: engines hold it for reading only while they copy one
+//!   chunk (at most [`CHUNK`] bytes) between directly mapped memory; DMA_UNMAP takes it for
+//!   writing, so it waits for that chunk and never returns while an engine uses the window.
+//! - An engine never holds the DMA space while it waits for a DMA message (fd-less window): the
+//!   event loop, which performs the message, may need the write lock to serve a DMA_UNMAP.
+//! - Lock order: engine state → DMA space → MSI-X → fault queue / trace. Nothing waits for an
+//!   engine while holding the DMA space or MSI-X.
+//!
+//! Device Control and the MSI-X control bits live in config space, which the event loop owns; it
+//! mirrors them here after every config write and reset, and engines read the mirrors.
+
+use std::fs::File;
+use std::io::{LineWriter, Write};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use vm_memory::VolatileSlice;
+use vmm_sys_util::eventfd::EventFd;
+use vugpu_backend::{DmaError, DmaSpace, Iova, Segment, SharedPage, Vram, VramError, VramOffset};
+
+use super::desc::{Addr, Aperture};
+use super::regs::ErrorCode;
+use crate::msix::Msix;
+use crate::pci::msix_cap::MsixControl;
+use crate::pci::pcie::DeviceControl;
+
+/// Largest piece of a copy or fill handled in one go (and the abort granularity).
+pub const CHUNK: u64 = 1 << 20;
+/// How long an engine waits for one DMA message before failing with `MSG_DMA_FAILED`.
+pub const MSG_DMA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How engines poll their doorbell (hw-spec §6.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollTiming {
+    /// Spin on the doorbell this long after the last work.
+    pub spin: Duration,
+    /// Longest sleep between two polls once the spin window has passed.
+    pub max_sleep: Duration,
+}
+
+impl Default for PollTiming {
+    fn default() -> Self {
+        PollTiming {
+            spin: Duration::from_micros(50),
+            max_sleep: Duration::from_micros(1000),
+        }
+    }
+}
+
+/// Why a memory access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// SYS address not covered by a window.
+    SysUnmapped,
+    /// Window does not grant the access.
+    SysPermission,
+    /// VRAM offset past the end.
+    VramRange,
+    /// DMA message failed.
+    MsgDma,
+    /// Abandoned because of a reset or shutdown (not an error).
+    Aborted,
+}
+
+impl FaultKind {
+    /// The `ERROR_CODE` reported for it (`None` for an abort).
+    pub fn code(self) -> Option<ErrorCode> {
+        match self {
+            FaultKind::SysUnmapped => Some(ErrorCode::SysUnmapped),
+            FaultKind::SysPermission => Some(ErrorCode::SysPermission),
+            FaultKind::VramRange => Some(ErrorCode::VramRange),
+            FaultKind::MsgDma => Some(ErrorCode::MsgDmaFailed),
+            FaultKind::Aborted => None,
+        }
+    }
+}
+
+/// A failed memory access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemFault {
+    /// Why.
+    pub kind: FaultKind,
+    /// The first faulting byte (or the start of the failing message).
+    pub at: Addr,
+    /// The access was a write.
+    pub write: bool,
+}
+
+/// How an access reached memory (for the trace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reach {
+    /// At least one part went through DMA messages.
+    pub msg: bool,
+}
+
+/// One DMA message an engine asks the event loop to perform.
+#[derive(Debug)]
+pub enum MsgOp {
+    /// DMA_READ of `len` bytes.
+    Read {
+        /// Client address.
+        addr: u64,
+        /// Bytes.
+        len: usize,
+    },
+    /// DMA_WRITE.
+    Write {
+        /// Client address.
+        addr: u64,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+}
+
+/// A DMA message request with the channel its result goes back on (the read data, or empty for
+/// a write; `Err` with a reason on failure).
+#[derive(Debug)]
+pub struct MsgDmaRequest {
+    /// What to do.
+    pub op: MsgOp,
+    /// Where the result goes (the engine may have given up: sending can fail, which is fine).
+    pub reply: mpsc::SyncSender<Result<Vec<u8>, String>>,
+}
+
+/// An engine error for the device to report in config space and with vector 0 (hw-spec §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultReport {
+    /// Engine index.
+    pub engine: usize,
+    /// `ERROR_CODE`.
+    pub code: ErrorCode,
+    /// Faulting address.
+    pub addr: u64,
+    /// The faulting access was a write.
+    pub write: bool,
+    /// No Snoop was used by the faulting transaction.
+    pub no_snoop: bool,
+    /// Relaxed Ordering was used by the faulting transaction.
+    pub relaxed_ordering: bool,
+}
+
+/// State shared by the device (event loop) and its engine threads.
+#[derive(Debug)]
+pub struct EngineEnv {
+    dma: RwLock<DmaSpace>,
+    vram: Vram,
+    doorbell: SharedPage,
+    msix: Mutex<Msix>,
+    msix_ctl: AtomicU8,
+    dev_ctl: AtomicU16,
+    start: Instant,
+    faults: Mutex<Vec<FaultReport>>,
+    faults_pending: AtomicBool,
+    events: EventFd,
+    msg_tx: Sender<MsgDmaRequest>,
+    trace: Option<Mutex<LineWriter<File>>>,
+    shutdown: AtomicBool,
+    timing: PollTiming,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The parts of an [`EngineEnv`].
+#[derive(Debug)]
+pub struct EnvParts {
+    /// VRAM.
+    pub vram: Vram,
+    /// Doorbell page.
+    pub doorbell: SharedPage,
+    /// MSI-X state.
+    pub msix: Msix,
+    /// Initial Device Control.
+    pub dev_ctl: DeviceControl,
+    /// Trace file.
+    pub trace: Option<File>,
+    /// Doorbell polling.
+    pub timing: PollTiming,
+}
+
+/// One piece of an access: direct bytes or a message-only range.
+enum Piece<'a> {
+    Slice(VolatileSlice<'a, ()>),
+    Msg { iova: u64, len: u64 },
+}
+
+impl Piece<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Slice(s) => s.len() as u64,
+            Piece::Msg { len, .. } => *len,
+        }
+    }
+}
+
+fn fault(kind: FaultKind, aperture: Aperture, addr: u64, write: bool) -> MemFault {
+    MemFault {
+        kind,
+        at: Addr { aperture, addr },
+        write,
+    }
+}
+
+fn sys_fault(e: &DmaError, addr: u64, write: bool) -> MemFault {
+    let (kind, at) = match *e {
+        DmaError::PermissionDenied { iova, .. } => (FaultKind::SysPermission, iova.raw()),
+        DmaError::Unmapped { iova, .. } | DmaError::MessageOnly { iova } => {
+            (FaultKind::SysUnmapped, iova.raw())
+        }
+        _ => (FaultKind::SysUnmapped, addr),
+    };
+    fault(kind, Aperture::Sys, at, write)
+}
+
+fn usize_of(n: u64) -> usize {
+    // Lengths here are at most CHUNK or a descriptor-sized constant.
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl EngineEnv {
+    /// Builds the shared state; returns it with the receiving end of the DMA message channel
+    /// (for the event loop).
+    pub fn new(parts: EnvParts) -> std::io::Result<(EngineEnv, Receiver<MsgDmaRequest>)> {
+        let (msg_tx, msg_rx) = mpsc::channel();
+        let env = EngineEnv {
+            dma: RwLock::new(DmaSpace::new()),
+            vram: parts.vram,
+            doorbell: parts.doorbell,
+            msix: Mutex::new(parts.msix),
+            msix_ctl: AtomicU8::new(0),
+            dev_ctl: AtomicU16::new(parts.dev_ctl.0),
+            start: Instant::now(),
+            faults: Mutex::new(Vec::new()),
+            faults_pending: AtomicBool::new(false),
+            events: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            msg_tx,
+            trace: parts.trace.map(|f| Mutex::new(LineWriter::new(f))),
+            shutdown: AtomicBool::new(false),
+            timing: parts.timing,
+        };
+        Ok((env, msg_rx))
+    }
+
+    /// VRAM.
+    pub fn vram(&self) -> &Vram {
+        &self.vram
+    }
+
+    /// The doorbell page.
+    pub fn doorbell(&self) -> &SharedPage {
+        &self.doorbell
+    }
+
+    /// The DMA space, for reading.
+    pub fn dma(&self) -> RwLockReadGuard<'_, DmaSpace> {
+        self.dma.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The DMA space, for writing (waits for engines' chunks in progress).
+    pub fn dma_mut(&self) -> RwLockWriteGuard<'_, DmaSpace> {
+        self.dma.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// MSI-X state.
+    pub fn msix(&self) -> MutexGuard<'_, Msix> {
+        lock(&self.msix)
+    }
+
+    /// Updates the MSI-X control mirror.
+    pub fn set_msix_control(&self, ctl: MsixControl) {
+        let v = u8::from(ctl.enabled) | (u8::from(ctl.function_mask) << 1);
+        self.msix_ctl.store(v, Ordering::Release);
+    }
+
+    /// The MSI-X control mirror.
+    pub fn msix_control(&self) -> MsixControl {
+        let v = self.msix_ctl.load(Ordering::Acquire);
+        MsixControl {
+            enabled: v & 1 != 0,
+            function_mask: v & 2 != 0,
+        }
+    }
+
+    /// Updates the Device Control mirror.
+    pub fn set_device_control(&self, ctl: DeviceControl) {
+        self.dev_ctl.store(ctl.0, Ordering::Release);
+    }
+
+    /// Device Control, as engines see it.
+    pub fn device_control(&self) -> DeviceControl {
+        DeviceControl(self.dev_ctl.load(Ordering::Acquire))
+    }
+
+    /// Nanoseconds since the device was created (the device clock).
+    pub fn clock_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Signals MSI-X vector `vector`.
+    pub fn signal(&self, vector: usize) {
+        let ctl = self.msix_control();
+        self.msix().signal(vector, ctl);
+    }
+
+    /// The eventfd that becomes readable when faults or DMA messages wait for the event loop.
+    pub fn events_fd(&self) -> &EventFd {
+        &self.events
+    }
+
+    /// Queues a fault report for the event loop.
+    ///
+    /// Engines call this while they still hold their state lock, before the error becomes
+    /// visible in STATUS: so a client that saw STATUS = ERROR finds the report queued, and the
+    /// device drains the queue before answering any region access (hw-spec §5).
+    pub fn report(&self, r: FaultReport) {
+        lock(&self.faults).push(r);
+        self.faults_pending.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    /// Fault reports are queued (cheap check before a region access).
+    pub fn faults_pending(&self) -> bool {
+        self.faults_pending.load(Ordering::Acquire)
+    }
+
+    /// Takes every queued fault report.
+    pub fn take_faults(&self) -> Vec<FaultReport> {
+        let mut q = lock(&self.faults);
+        self.faults_pending.store(false, Ordering::Release);
+        std::mem::take(&mut *q)
+    }
+
+    fn kick(&self) {
+        let _ = self.events.write(1);
+    }
+
+    /// Clears the events eventfd (the event loop, before handling what is queued).
+    pub fn clear_events(&self) {
+        let _ = self.events.read();
+    }
+
+    /// Engines are shutting down.
+    pub fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Tells engines to shut down.
+    pub fn set_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    /// Doorbell polling parameters.
+    pub fn timing(&self) -> PollTiming {
+        self.timing
+    }
+
+    /// Tracing is on.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Appends one line to the trace (no-op without `--trace`).
+    pub fn trace_line(&self, line: std::fmt::Arguments<'_>) {
+        if let Some(t) = &self.trace {
+            let mut w = lock(t);
+            let _ = writeln!(w, "{} {line}", self.clock_ns());
+        }
+    }
+
+    fn pieces<'a>(
+        &'a self,
+        dma: Option<&'a DmaSpace>,
+        at: Addr,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<Piece<'a>>, MemFault> {
+        match at.aperture {
+            Aperture::Vram => {
+                let slice = self
+                    .vram
+                    .slice(VramOffset(at.addr), usize_of(len))
+                    .map_err(|e| {
+                        let addr = match e {
+                            VramError::OutOfRange { .. } => at.addr.max(self.vram.size()),
+                            _ => at.addr,
+                        };
+                        fault(FaultKind::VramRange, Aperture::Vram, addr, write)
+                    })?;
+                Ok(vec![Piece::Slice(slice)])
+            }
+            Aperture::Sys => {
+                let Some(dma) = dma else {
+                    return Err(fault(FaultKind::SysUnmapped, Aperture::Sys, at.addr, write));
+                };
+                let segs = dma
+                    .resolve(Iova(at.addr), len, write)
+                    .map_err(|e| sys_fault(&e, at.addr, write))?;
+                Ok(segs
+                    .into_iter()
+                    .map(|s| match s {
+                        Segment::Mapped { slice, .. } => Piece::Slice(slice),
+                        Segment::Message { iova, len } => Piece::Msg {
+                            iova: iova.raw(),
+                            len,
+                        },
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    fn dma_if(&self, sys: bool) -> Option<RwLockReadGuard<'_, DmaSpace>> {
+        sys.then(|| self.dma())
+    }
+
+    /// Reads `buf.len()` bytes at `at` (descriptor fetches, bounce buffers).
+    pub fn read_bytes(
+        &self,
+        at: Addr,
+        buf: &mut [u8],
+        abort: &AtomicBool,
+    ) -> Result<Reach, MemFault> {
+        let mut msgs = Vec::new();
+        {
+            let guard = self.dma_if(at.aperture == Aperture::Sys);
+            let pieces = self.pieces(guard.as_deref(), at, buf.len() as u64, false)?;
+            let mut off = 0usize;
+            for p in pieces {
+                let n = usize_of(p.len());
+                let dst = buf.get_mut(off..off + n).ok_or(fault(
+                    FaultKind::SysUnmapped,
+                    at.aperture,
+                    at.addr,
+                    false,
+                ))?;
+                match p {
+                    Piece::Slice(s) => {
+                        s.copy_to(dst);
+                    }
+                    Piece::Msg { iova, .. } => msgs.push((iova, off, n)),
+                }
+                off += n;
+            }
+        }
+        let reach = Reach {
+            msg: !msgs.is_empty(),
+        };
+        for (iova, off, n) in msgs {
+            let dst = buf.get_mut(off..off + n).ok_or(fault(
+                FaultKind::MsgDma,
+                Aperture::Sys,
+                iova,
+                false,
+            ))?;
+            self.msg_read(iova, dst, abort)?;
+        }
+        Ok(reach)
+    }
+
+    /// Writes `data` at `at`.
+    pub fn write_bytes(
+        &self,
+        at: Addr,
+        data: &[u8],
+        abort: &AtomicBool,
+    ) -> Result<Reach, MemFault> {
+        let mut msgs = Vec::new();
+        {
+            let guard = self.dma_if(at.aperture == Aperture::Sys);
+            let pieces = self.pieces(guard.as_deref(), at, data.len() as u64, true)?;
+            let mut off = 0usize;
+            for p in pieces {
+                let n = usize_of(p.len());
+                let src = data.get(off..off + n).ok_or(fault(
+                    FaultKind::SysUnmapped,
+                    at.aperture,
+                    at.addr,
+                    true,
+                ))?;
+                match p {
+                    Piece::Slice(s) => {
+                        s.copy_from(src);
+                    }
+                    Piece::Msg { iova, .. } => msgs.push((iova, off, n)),
+                }
+                off += n;
+            }
+        }
+        let reach = Reach {
+            msg: !msgs.is_empty(),
+        };
+        for (iova, off, n) in msgs {
+            let src = data.get(off..off + n).ok_or(fault(
+                FaultKind::MsgDma,
+                Aperture::Sys,
+                iova,
+                true,
+            ))?;
+            self.msg_write(iova, src, abort)?;
+        }
+        Ok(reach)
+    }
+
+    /// Copies one chunk (`len <= CHUNK`) from `src` to `dst`. Both ranges are checked before a
+    /// byte moves; directly mapped memory is copied without a bounce buffer while the DMA space
+    /// is held for reading. Returns how each side was reached.
+    pub fn copy_chunk(
+        &self,
+        src: Addr,
+        dst: Addr,
+        len: u64,
+        abort: &AtomicBool,
+    ) -> Result<(Reach, Reach), MemFault> {
+        {
+            let guard = self.dma_if(src.aperture == Aperture::Sys || dst.aperture == Aperture::Sys);
+            let sp = self.pieces(guard.as_deref(), src, len, false)?;
+            let dp = self.pieces(guard.as_deref(), dst, len, true)?;
+            let direct = sp
+                .iter()
+                .chain(dp.iter())
+                .all(|p| matches!(p, Piece::Slice(_)));
+            if direct {
+                copy_pieces(&sp, &dp);
+                return Ok((Reach::default(), Reach::default()));
+            }
+        }
+        // Some part is message-only: bounce through a buffer, without holding the DMA space
+        // while messages are in flight.
+        let mut buf = vec![0u8; usize_of(len)];
+        let r = self.read_bytes(src, &mut buf, abort)?;
+        let w = self.write_bytes(dst, &buf, abort)?;
+        Ok((r, w))
+    }
+
+    /// One atomic 8-byte store (FENCE, TIMESTAMP); a message-only window gets an 8-byte
+    /// DMA_WRITE.
+    pub fn store_u64(&self, at: Addr, value: u64, abort: &AtomicBool) -> Result<Reach, MemFault> {
+        match at.aperture {
+            Aperture::Vram => {
+                self.vram
+                    .store_u64(VramOffset(at.addr), value)
+                    .map_err(|_| {
+                        fault(
+                            FaultKind::VramRange,
+                            Aperture::Vram,
+                            at.addr.max(self.vram.size()),
+                            true,
+                        )
+                    })?;
+                Ok(Reach::default())
+            }
+            Aperture::Sys => {
+                let r = self.dma().store_u64(Iova(at.addr), value);
+                match r {
+                    Ok(()) => Ok(Reach::default()),
+                    Err(DmaError::MessageOnly { .. }) => {
+                        self.write_bytes(at, &value.to_le_bytes(), abort)
+                    }
+                    Err(e) => Err(sys_fault(&e, at.addr, true)),
+                }
+            }
+        }
+    }
+
+    fn msg_read(&self, iova: u64, buf: &mut [u8], abort: &AtomicBool) -> Result<(), MemFault> {
+        let data = self
+            .msg_request(
+                MsgOp::Read {
+                    addr: iova,
+                    len: buf.len(),
+                },
+                abort,
+            )
+            .map_err(|k| fault(k, Aperture::Sys, iova, false))?;
+        if data.len() != buf.len() {
+            return Err(fault(FaultKind::MsgDma, Aperture::Sys, iova, false));
+        }
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
+    fn msg_write(&self, iova: u64, data: &[u8], abort: &AtomicBool) -> Result<(), MemFault> {
+        self.msg_request(
+            MsgOp::Write {
+                addr: iova,
+                data: data.to_vec(),
+            },
+            abort,
+        )
+        .map(|_| ())
+        .map_err(|k| fault(k, Aperture::Sys, iova, true))
+    }
+
+    fn msg_request(&self, op: MsgOp, abort: &AtomicBool) -> Result<Vec<u8>, FaultKind> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.msg_tx
+            .send(MsgDmaRequest { op, reply })
+            .map_err(|_| FaultKind::MsgDma)?;
+        self.kick();
+        let deadline = Instant::now() + MSG_DMA_TIMEOUT;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(Ok(data)) => return Ok(data),
+                Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => return Err(FaultKind::MsgDma),
+                Err(RecvTimeoutError::Timeout) => {
+                    if abort.load(Ordering::Acquire) || self.is_shutdown() {
+                        return Err(FaultKind::Aborted);
+                    }
+                    if Instant::now() > deadline {
+                        return Err(FaultKind::MsgDma);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies between two piece lists of equal total length (all direct slices).
+fn copy_pieces(src: &[Piece<'_>], dst: &[Piece<'_>]) {
+    fn slices<'a>(ps: &[Piece<'a>]) -> Vec<VolatileSlice<'a, ()>> {
+        ps.iter()
+            .filter_map(|p| match p {
+                Piece::Slice(s) => Some(*s),
+                Piece::Msg { .. } => None,
+            })
+            .collect()
+    }
+    let (src, dst) = (slices(src), slices(dst));
+    let (mut i, mut io, mut j, mut jo) = (0usize, 0usize, 0usize, 0usize);
+    while let (Some(s), Some(d)) = (src.get(i), dst.get(j)) {
+        let n = (s.len() - io).min(d.len() - jo);
+        if let (Ok(a), Ok(b)) = (s.subslice(io, n), d.subslice(jo, n)) {
+            a.copy_to_volatile_slice(b);
+        }
+        io += n;
+        jo += n;
+        if io == s.len() {
+            i += 1;
+            io = 0;
+        }
+        if jo == d.len() {
+            j += 1;
+            jo = 0;
+        }
+    }
+}

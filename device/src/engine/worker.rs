@@ -1,0 +1,466 @@
+//! The engine thread: poll the doorbell, fetch, execute, complete (hw-spec §6.2-§6.7).
+//!
+//! The thread owns no device state: it takes a job under the engine's lock (ring latched,
+//! not halted, no error, `TAIL != HEAD`), runs it without the lock, and commits the result
+//! under the lock again — unless a reset happened meanwhile (the epoch changed), in which case
+//! the result is dropped. Between chunks it checks the abort flag a reset sets, so a reset waits
+//! at most one chunk.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::desc::{Addr, Aperture, DescError, Descriptor, Op, DESC_SIZE};
+use super::env::{EngineEnv, FaultKind, FaultReport, MemFault, Reach, CHUNK};
+use super::regs::{info, ErrorCode, DOORBELL_STRIDE, ENGINE_VECTOR_BASE, SLEEP_HINT};
+use super::stats::{Counter, JobCounts};
+use super::{Engine, EngineFault, Ring};
+
+/// Spin iterations between two `sched_yield`s.
+const SPIN_YIELD: u32 = 16;
+/// Shortest sleep between polls after the spin window.
+const MIN_SLEEP: Duration = Duration::from_micros(10);
+
+/// A descriptor to run.
+struct Job {
+    ring: Ring,
+    number: u32,
+    epoch: u64,
+}
+
+/// The outcome of one descriptor.
+enum Outcome {
+    Done {
+        counts: JobCounts,
+        irq: bool,
+        fence: Option<u64>,
+    },
+    Fault(EngineFault),
+    Aborted,
+}
+
+/// The thread body.
+pub(super) fn run(engine: &Engine, env: &EngineEnv) {
+    let doorbell = DOORBELL_STRIDE * engine.index as u64;
+    let timing = env.timing();
+    loop {
+        let Some(job) = next_job(engine, env, doorbell, timing) else {
+            return;
+        };
+        let outcome = execute(engine, env, &job);
+        commit(engine, env, &job, outcome);
+    }
+}
+
+/// Waits for a runnable job; `None` on shutdown.
+fn next_job(
+    engine: &Engine,
+    env: &EngineEnv,
+    doorbell: u64,
+    timing: super::env::PollTiming,
+) -> Option<Job> {
+    let mut spun = false;
+    let mut sleeping = false;
+    let mut sleep = MIN_SLEEP;
+    let hint = doorbell + SLEEP_HINT;
+    let mut st = engine.lock();
+    loop {
+        if env.is_shutdown() {
+            return None;
+        }
+        let Some(ring) = st.runnable_ring() else {
+            // Disabled, halted or in error: nothing to poll until a register write.
+            st = engine.wait(st);
+            spun = false;
+            continue;
+        };
+        let tail = env.doorbell().load_u32(doorbell).unwrap_or(st.head);
+        if tail != st.head {
+            let pending = tail.wrapping_sub(st.head);
+            if pending > ring.size {
+                let f = EngineFault {
+                    code: ErrorCode::RingOverflow,
+                    addr: u64::from(tail),
+                    info: 0,
+                    attrs: (false, false),
+                };
+                let report = st.set_error(engine.index, f);
+                engine.stats.add(Counter::Errors, 1);
+                env.report(report);
+                continue;
+            }
+            st.executing = true;
+            if sleeping {
+                env.doorbell().store_u32(hint, 0);
+            }
+            return Some(Job {
+                ring,
+                number: st.head,
+                epoch: st.epoch,
+            });
+        }
+        // Idle: spin (without the lock) for a while after work, then sleep between polls.
+        if !spun && !timing.spin.is_zero() {
+            spun = true;
+            let head = st.head;
+            let seen = engine.kicks.load(Ordering::Acquire);
+            drop(st);
+            let deadline = Instant::now() + timing.spin;
+            let mut n = 0u32;
+            while Instant::now() < deadline
+                && env.doorbell().load_u32(doorbell) == Some(head)
+                && engine.kicks.load(Ordering::Acquire) == seen
+                && !env.is_shutdown()
+            {
+                n = n.wrapping_add(1);
+                if n.is_multiple_of(SPIN_YIELD) {
+                    // Let other runnable threads of this CPU (the event loop, the client) run:
+                    // on a small host a spinning engine must not delay the replies it waits
+                    // for.
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            st = engine.lock();
+            continue;
+        }
+        if !sleeping {
+            // Tell the driver that a doorbell store alone may wait up to one poll interval
+            // (hw-spec §6.4), then look once more: a tail stored before the driver could see
+            // the hint is not missed (store hint / full fence / load tail here, store tail /
+            // full fence / load hint in the driver).
+            sleeping = true;
+            env.doorbell().store_u32(hint, 1);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if env.doorbell().load_u32(doorbell) != Some(st.head) {
+                continue;
+            }
+        }
+        st = engine.wait_timeout(st, sleep);
+        sleep = (sleep * 2).min(timing.max_sleep.max(MIN_SLEEP));
+    }
+}
+
+fn commit(engine: &Engine, env: &EngineEnv, job: &Job, outcome: Outcome) {
+    let mut st = engine.lock();
+    st.executing = false;
+    let mut irq = false;
+    if st.epoch == job.epoch {
+        match outcome {
+            Outcome::Done {
+                counts,
+                irq: want_irq,
+                fence,
+            } => {
+                st.head = st.head.wrapping_add(1);
+                if let Some(v) = fence {
+                    st.last_fence = v;
+                }
+                engine.stats.record_job(&counts);
+                irq = want_irq && st.irq_enabled();
+            }
+            Outcome::Fault(f) => {
+                engine.stats.add(Counter::Errors, 1);
+                // Queued before the lock is released, i.e. before STATUS can show ERROR.
+                env.report(st.set_error(engine.index, f));
+            }
+            Outcome::Aborted => {}
+        }
+    }
+    engine.notify_if_waited(&st);
+    drop(st);
+    if irq {
+        engine.stats.add(Counter::Irqs, 1);
+        env.signal(ENGINE_VECTOR_BASE as usize + engine.index);
+    }
+}
+
+fn attrs(ns: bool, ro: bool) -> &'static str {
+    match (ns, ro) {
+        (false, false) => "-",
+        (true, false) => "NS",
+        (false, true) => "RO",
+        (true, true) => "NS,RO",
+    }
+}
+
+fn target(ap: Aperture, reach: Reach) -> &'static str {
+    match (ap, reach.msg) {
+        (Aperture::Vram, _) => "vram",
+        (Aperture::Sys, false) => "sys",
+        (Aperture::Sys, true) => "sys-msg",
+    }
+}
+
+/// Trace context of one descriptor.
+struct Tx<'a> {
+    env: &'a EngineEnv,
+    engine: usize,
+    slot: u32,
+    op: &'static str,
+    req: (bool, bool),
+    used: (bool, bool),
+}
+
+impl Tx<'_> {
+    fn line(&self, write: bool, at: Addr, size: u64, reach: Reach, ok: bool) {
+        if !self.env.tracing() {
+            return;
+        }
+        let (req, used) = if at.aperture == Aperture::Sys {
+            (
+                attrs(self.req.0, self.req.1),
+                attrs(self.used.0, self.used.1),
+            )
+        } else {
+            (attrs(self.req.0, self.req.1), "-")
+        };
+        self.env.trace_line(format_args!(
+            "eng={} slot={} op={} dir={} target={} addr={:#x} size={} req={} used={} result={}",
+            self.engine,
+            self.slot,
+            self.op,
+            if write { "write" } else { "read" },
+            target(at.aperture, reach),
+            at.addr,
+            size,
+            req,
+            used,
+            if ok { "ok" } else { "fault" }
+        ));
+    }
+}
+
+fn mem_fault(f: MemFault, slot: u32, fetch: bool, attrs: (bool, bool)) -> Outcome {
+    let Some(code) = f.kind.code() else {
+        return Outcome::Aborted;
+    };
+    let mut i = f.at.aperture.raw() | (slot << info::SLOT_SHIFT);
+    if f.write {
+        i |= info::WRITE;
+    }
+    if fetch {
+        i |= info::FETCH;
+    }
+    Outcome::Fault(EngineFault {
+        code,
+        addr: f.at.addr,
+        info: i,
+        attrs: if f.at.aperture == Aperture::Sys {
+            attrs
+        } else {
+            (false, false)
+        },
+    })
+}
+
+fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
+    let slot = job.number & (job.ring.size - 1);
+    let desc_at = Addr {
+        aperture: job.ring.aperture,
+        addr: job
+            .ring
+            .base
+            .wrapping_add(u64::from(slot) * DESC_SIZE as u64),
+    };
+    let abort = &engine.abort;
+    let mut raw = [0u8; DESC_SIZE];
+    let fetch = env.read_bytes(desc_at, &mut raw, abort);
+    let mut tx = Tx {
+        env,
+        engine: engine.index,
+        slot,
+        op: "FETCH",
+        req: (false, false),
+        used: (false, false),
+    };
+    match fetch {
+        Ok(reach) => tx.line(false, desc_at, DESC_SIZE as u64, reach, true),
+        Err(f) => {
+            tx.line(false, desc_at, DESC_SIZE as u64, Reach::default(), false);
+            return mem_fault(f, slot, true, (false, false));
+        }
+    }
+    let desc = match Descriptor::decode(&raw) {
+        Ok(d) => d,
+        Err(e) => {
+            let code = match e {
+                DescError::BadOpcode(_) => ErrorCode::BadOpcode,
+                _ => ErrorCode::BadDescriptor,
+            };
+            return Outcome::Fault(EngineFault {
+                code,
+                addr: desc_at.addr,
+                info: job.ring.aperture.raw() | (slot << info::SLOT_SHIFT),
+                attrs: (false, false),
+            });
+        }
+    };
+    let ctl = env.device_control();
+    let sys = match desc.op {
+        Op::Nop => false,
+        Op::Copy { src, dst, .. } => src.aperture == Aperture::Sys || dst.aperture == Aperture::Sys,
+        Op::Fill { dst, .. } | Op::Fence { dst, .. } | Op::Timestamp { dst } => {
+            dst.aperture == Aperture::Sys
+        }
+    };
+    let ns_used = desc.no_snoop && ctl.no_snoop() && sys;
+    let ro_used = desc.relaxed_ordering && ctl.relaxed_ordering() && sys;
+    tx.op = desc.op.name();
+    tx.req = (desc.no_snoop, desc.relaxed_ordering);
+    tx.used = (ns_used, ro_used);
+    let mut counts = JobCounts {
+        bytes: None,
+        ns: (desc.no_snoop, ns_used),
+        ro: (desc.relaxed_ordering, ro_used),
+        sys_bytes: 0,
+    };
+    let sys_len = |a: Addr, n: u64| if a.aperture == Aperture::Sys { n } else { 0 };
+    let mut fence = None;
+    let result: Result<(), MemFault> = match desc.op {
+        Op::Nop => Ok(()),
+        Op::Copy { src, dst, len } => {
+            let r = copy(env, &tx, src, dst, len, abort);
+            counts.bytes = Some((direction(src.aperture, dst.aperture), len));
+            counts.sys_bytes = sys_len(src, len) + sys_len(dst, len);
+            r
+        }
+        Op::Fill { dst, len, pattern } => {
+            let r = fill(env, &tx, dst, len, pattern, abort);
+            counts.bytes = Some((Counter::Fill, len));
+            counts.sys_bytes = sys_len(dst, len);
+            r
+        }
+        Op::Fence { dst, value } => {
+            let r = env.store_u64(dst, value, abort);
+            tx.line(true, dst, 8, r.unwrap_or_default(), r.is_ok());
+            fence = Some(value);
+            counts.sys_bytes = sys_len(dst, 8);
+            r.map(|_| ())
+        }
+        Op::Timestamp { dst } => {
+            let r = env.store_u64(dst, env.clock_ns(), abort);
+            tx.line(true, dst, 8, r.unwrap_or_default(), r.is_ok());
+            counts.sys_bytes = sys_len(dst, 8);
+            r.map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => Outcome::Done {
+            counts,
+            irq: desc.irq,
+            fence,
+        },
+        Err(f) => mem_fault(f, slot, false, (ns_used, ro_used)),
+    }
+}
+
+fn direction(src: Aperture, dst: Aperture) -> Counter {
+    match (src, dst) {
+        (Aperture::Sys, Aperture::Vram) => Counter::SysToVram,
+        (Aperture::Vram, Aperture::Sys) => Counter::VramToSys,
+        (Aperture::Vram, Aperture::Vram) => Counter::VramToVram,
+        (Aperture::Sys, Aperture::Sys) => Counter::SysToSys,
+    }
+}
+
+fn offset(a: Addr, off: u64) -> Addr {
+    Addr {
+        aperture: a.aperture,
+        addr: a.addr + off,
+    }
+}
+
+fn aborted(abort: &std::sync::atomic::AtomicBool, src: Addr) -> Result<(), MemFault> {
+    if abort.load(Ordering::Acquire) {
+        return Err(MemFault {
+            kind: FaultKind::Aborted,
+            at: src,
+            write: false,
+        });
+    }
+    Ok(())
+}
+
+/// COPY in chunks; one trace line per side.
+fn copy(
+    env: &EngineEnv,
+    tx: &Tx<'_>,
+    src: Addr,
+    dst: Addr,
+    len: u64,
+    abort: &std::sync::atomic::AtomicBool,
+) -> Result<(), MemFault> {
+    let (mut rr, mut wr) = (Reach::default(), Reach::default());
+    let mut off = 0;
+    while off < len {
+        aborted(abort, src)?;
+        let n = (len - off).min(CHUNK);
+        // Descriptor validation guarantees `addr + len` does not overflow.
+        match env.copy_chunk(offset(src, off), offset(dst, off), n, abort) {
+            Ok((r, w)) => {
+                rr.msg |= r.msg;
+                wr.msg |= w.msg;
+            }
+            Err(f) => {
+                let read_ok = f.write;
+                tx.line(false, src, len, rr, read_ok);
+                if read_ok {
+                    tx.line(true, dst, len, wr, false);
+                }
+                return Err(f);
+            }
+        }
+        off += n;
+    }
+    tx.line(false, src, len, rr, true);
+    tx.line(true, dst, len, wr, true);
+    Ok(())
+}
+
+/// FILL in chunks from one pattern buffer (dst and chunk offsets are multiples of 4).
+fn fill(
+    env: &EngineEnv,
+    tx: &Tx<'_>,
+    dst: Addr,
+    len: u64,
+    pattern: u32,
+    abort: &std::sync::atomic::AtomicBool,
+) -> Result<(), MemFault> {
+    let first = len.min(CHUNK) as usize;
+    let buf: Vec<u8> = pattern
+        .to_le_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(first)
+        .collect();
+    let mut wr = Reach::default();
+    let mut off = 0;
+    while off < len {
+        aborted(abort, dst)?;
+        let n = (len - off).min(CHUNK) as usize;
+        match env.write_bytes(offset(dst, off), &buf[..n], abort) {
+            Ok(r) => wr.msg |= r.msg,
+            Err(f) => {
+                tx.line(true, dst, len, wr, false);
+                return Err(f);
+            }
+        }
+        off += n as u64;
+    }
+    tx.line(true, dst, len, wr, true);
+    Ok(())
+}
+
+/// Builds the fault report of an engine error.
+pub(super) fn report_of(engine: usize, f: &EngineFault) -> FaultReport {
+    FaultReport {
+        engine,
+        code: f.code,
+        addr: f.addr,
+        write: f.info & info::WRITE != 0,
+        no_snoop: f.attrs.0,
+        relaxed_ordering: f.attrs.1,
+    }
+}
