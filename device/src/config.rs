@@ -237,7 +237,7 @@ impl ServeArgs {
                         self.msix_vectors
                     ))
                 }
-                Fault::MsixDead(n) => inject.msix_dead = Some(n),
+                Fault::MsixDead(n) => inject.msix_dead.push(n),
             }
         }
         cfg.inject = inject;
@@ -370,6 +370,18 @@ mod tests {
         ])
         .unwrap();
         assert!(t.a.gpu_config().is_err());
+        // --inject is repeatable: every named vector is dead.
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--inject",
+            "msix-dead=3",
+            "--inject",
+            "msix-dead=5",
+        ])
+        .unwrap();
+        assert_eq!(t.a.gpu_config().unwrap().inject.msix_dead, vec![3, 5]);
         assert!(T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "0"]).is_err());
         // Engines need vectors; counts are bounded.
         let t = T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "4"]).unwrap();

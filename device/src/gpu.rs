@@ -121,10 +121,10 @@ pub mod irq_index {
 }
 
 /// Fault injection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Injections {
-    /// This MSI-X vector is never signalled.
-    pub msix_dead: Option<u16>,
+    /// These MSI-X vectors are never signalled.
+    pub msix_dead: Vec<u16>,
 }
 
 /// How to build a [`Gpu`].
@@ -365,7 +365,7 @@ impl Gpu {
     pub fn new(config: &GpuConfig) -> Result<Self, GpuError> {
         let vectors = config.msix_vectors;
         let msix_cap = MsixCap::new(vectors).ok_or(GpuError::BadVectors(vectors))?;
-        if let Some(dead) = config.inject.msix_dead {
+        for &dead in &config.inject.msix_dead {
             if dead >= vectors {
                 return Err(GpuError::BadInjection {
                     vector: dead,
@@ -432,7 +432,7 @@ impl Gpu {
         let (env, msg_rx) = EngineEnv::new(EnvParts {
             vram,
             doorbell,
-            msix: Msix::new(vectors, config.inject.msix_dead),
+            msix: Msix::new(vectors, &config.inject.msix_dead),
             dev_ctl: pcie::device_control(pci.config(), cap_offset::PCIE),
             trace,
             timing: config.engine_timing,

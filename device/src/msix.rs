@@ -53,7 +53,7 @@ pub struct Msix {
     table: Vec<[u32; 4]>,
     pending: Vec<bool>,
     notifiers: Vec<Option<Box<dyn Notifier>>>,
-    dead: Option<u16>,
+    dead: Vec<bool>,
     table_written: bool,
     stats: MsixStats,
 }
@@ -61,14 +61,20 @@ pub struct Msix {
 const RESET_ENTRY: [u32; 4] = [0, 0, 0, VECTOR_MASKED];
 
 impl Msix {
-    /// `count` vectors; vector `dead` (if any) is never signalled.
-    pub fn new(count: u16, dead: Option<u16>) -> Self {
+    /// `count` vectors; the vectors in `dead` are never signalled (out-of-range ones are ignored).
+    pub fn new(count: u16, dead: &[u16]) -> Self {
         let n = usize::from(count);
+        let mut dead_map = vec![false; n];
+        for &d in dead {
+            if let Some(slot) = dead_map.get_mut(usize::from(d)) {
+                *slot = true;
+            }
+        }
         Msix {
             table: vec![RESET_ENTRY; n],
             pending: vec![false; n],
             notifiers: (0..n).map(|_| None).collect(),
-            dead,
+            dead: dead_map,
             table_written: false,
             stats: MsixStats::default(),
         }
@@ -108,7 +114,7 @@ impl Msix {
         if vector >= self.count() {
             return Delivery::Invalid;
         }
-        if self.dead.is_some_and(|d| usize::from(d) == vector) {
+        if self.dead.get(vector).copied().unwrap_or(false) {
             self.stats.suppressed += 1;
             return Delivery::Suppressed;
         }
@@ -250,7 +256,7 @@ mod tests {
     #[test]
     fn signal_goes_to_the_assigned_notifier() {
         let rec = Recorder::default();
-        let mut m = Msix::new(4, None);
+        let mut m = Msix::new(4, &[]);
         m.set_notifier(1, Some(rec.notifier(1)), ON);
         m.set_notifier(2, Some(rec.notifier(2)), ON);
         assert_eq!(m.signal(2, ON), Delivery::Sent);
@@ -263,7 +269,7 @@ mod tests {
     #[test]
     fn no_notifier_sets_pba_and_assignment_delivers() {
         let rec = Recorder::default();
-        let mut m = Msix::new(16, None);
+        let mut m = Msix::new(16, &[]);
         assert_eq!(m.signal(9, ON), Delivery::Pending);
         let mut pba = [0u8; 2];
         m.pba_read(0, &mut pba);
@@ -277,7 +283,7 @@ mod tests {
     #[test]
     fn function_mask_holds_and_unmask_delivers() {
         let rec = Recorder::default();
-        let mut m = Msix::new(4, None);
+        let mut m = Msix::new(4, &[]);
         m.set_notifier(0, Some(rec.notifier(0)), MASKED);
         assert_eq!(m.signal(0, MASKED), Delivery::Pending);
         assert!(rec.take().is_empty());
@@ -290,7 +296,7 @@ mod tests {
     #[test]
     fn unwritten_table_copy_does_not_mask() {
         let rec = Recorder::default();
-        let mut m = Msix::new(2, None);
+        let mut m = Msix::new(2, &[]);
         let mut b = [0u8; 4];
         m.table_read(12, &mut b);
         assert_eq!(u32::from_le_bytes(b), 1, "reset Vector Control: masked");
@@ -305,7 +311,7 @@ mod tests {
     #[test]
     fn written_table_mask_holds_and_unmask_delivers() {
         let rec = Recorder::default();
-        let mut m = Msix::new(2, None);
+        let mut m = Msix::new(2, &[]);
         m.set_notifier(1, Some(rec.notifier(1)), ON);
         // Program entry 1: address, data, keep masked.
         let mut entry = [0u8; 16];
@@ -334,20 +340,22 @@ mod tests {
     #[test]
     fn dead_vector_is_never_signalled() {
         let rec = Recorder::default();
-        let mut m = Msix::new(4, Some(3));
+        let mut m = Msix::new(4, &[3, 1]);
         m.set_notifier(3, Some(rec.notifier(3)), ON);
         m.set_notifier(2, Some(rec.notifier(2)), ON);
+        m.set_notifier(1, Some(rec.notifier(1)), ON);
         assert_eq!(m.signal(3, ON), Delivery::Suppressed);
+        assert_eq!(m.signal(1, ON), Delivery::Suppressed);
         assert_eq!(m.signal(2, ON), Delivery::Sent);
         assert_eq!(rec.take(), vec![2]);
         assert!(!m.is_pending(3));
-        assert_eq!(m.stats().suppressed, 1);
+        assert_eq!(m.stats().suppressed, 2);
     }
 
     #[test]
     fn de_assign_and_clear() {
         let rec = Recorder::default();
-        let mut m = Msix::new(4, None);
+        let mut m = Msix::new(4, &[]);
         m.set_notifier(0, Some(rec.notifier(0)), ON);
         m.set_notifier(0, None, ON);
         assert_eq!(m.signal(0, ON), Delivery::Pending);
@@ -360,7 +368,7 @@ mod tests {
 
     #[test]
     fn pba_read_bounds_and_many_vectors() {
-        let mut m = Msix::new(2048, None);
+        let mut m = Msix::new(2048, &[]);
         m.signal(2047, ON);
         m.signal(0, ON);
         let mut pba = vec![0u8; 256];
@@ -377,7 +385,7 @@ mod tests {
     #[test]
     fn resets() {
         let rec = Recorder::default();
-        let mut m = Msix::new(4, None);
+        let mut m = Msix::new(4, &[]);
         m.set_notifier(0, Some(rec.notifier(0)), ON);
         m.signal(0, ON);
         m.signal(1, ON);

@@ -347,7 +347,7 @@ fn function_mask_in_config_space_holds_delivery() {
 #[test]
 fn msix_dead_injection_suppresses_one_vector() {
     let mut cfg = GpuConfig::new(MIB);
-    cfg.inject.msix_dead = Some(1);
+    cfg.inject.msix_dead = vec![1];
     let mut g = Gpu::new(&cfg).unwrap();
     let (e0, f0) = efd();
     let (e1, f1) = efd();
@@ -357,7 +357,7 @@ fn msix_dead_injection_suppresses_one_vector() {
     assert_eq!(e0.read().unwrap(), 1);
     assert!(e1.read().is_err());
     assert_eq!(rd32(&mut g, 0, u64::from(reg::IRQ_COUNT)), 1);
-    cfg.inject.msix_dead = Some(16);
+    cfg.inject.msix_dead = vec![2, 16];
     assert!(matches!(Gpu::new(&cfg), Err(GpuError::BadInjection { .. })));
 }
 
