@@ -196,6 +196,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     if r.gpus > 0 && !vugpu.is_file() {
         return Err(RunError::Server(servers::ServerError::NoBinary(vugpu)).into());
     }
+    // The servers are started from the run directory: a relative path must not depend on that.
+    let vugpu = std::path::absolute(&vugpu).unwrap_or(vugpu);
     let env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
     say!("{}", env.describe());
     let req = RunRequest {
