@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * vugpu hardware definitions, transcribed from docs/hw-spec.md (version 0.2:
- * §1-§3 complete, §6.3 engine registers; descriptors (§7) and statistics
- * (§8) are not here yet).
+ * §1-§3, §5 error reporting, §6 engine registers, §7 descriptors and §8.1
+ * statistics counters).
  *
  * This header describes the device, not the driver: PCI identity (hw-spec §1),
  * the BAR layout (§2) and the register file (§3).  It is shared by the kernel
@@ -158,6 +158,68 @@
 #define VUGPU_ENG_ERR_VRAM_RANGE	7
 #define VUGPU_ENG_ERR_MSG_DMA_FAILED	8
 
+/* §6.2 / §6.3 ring limits */
+#define VUGPU_RING_SLOTS_MAX		65536
+#define VUGPU_RING_ALIGN		64
+
+/* §7 descriptors: 64 bytes, little-endian. */
+#define VUGPU_DESC_SIZE			64
+#define VUGPU_DESC_OFF_OPCODE		0x00
+#define VUGPU_DESC_OFF_FLAGS		0x01
+#define VUGPU_DESC_OFF_SRC_APERTURE	0x02
+#define VUGPU_DESC_OFF_DST_APERTURE	0x03
+#define VUGPU_DESC_OFF_RSVD0		0x04	/* 4 bytes, must be 0 */
+#define VUGPU_DESC_OFF_SRC		0x08
+#define VUGPU_DESC_OFF_DST		0x10
+#define VUGPU_DESC_OFF_LENGTH		0x18
+#define VUGPU_DESC_OFF_VALUE		0x20
+#define VUGPU_DESC_OFF_RSVD1		0x28	/* 24 bytes, must be 0 */
+#define VUGPU_OP_NOP			0
+#define VUGPU_OP_COPY			1
+#define VUGPU_OP_FILL			2
+#define VUGPU_OP_FENCE			3
+#define VUGPU_OP_TIMESTAMP		4
+#define VUGPU_DESC_F_IRQ		(1U << 0)
+#define VUGPU_DESC_F_NO_SNOOP		(1U << 1)
+#define VUGPU_DESC_F_RELAXED_ORDERING	(1U << 2)
+#define VUGPU_DESC_F_RSVD_MASK		0xf8U
+#define VUGPU_DESC_MAX_LENGTH		0x40000000ULL	/* COPY / FILL: 1 GiB */
+#define VUGPU_FILL_ALIGN		4
+#define VUGPU_FENCE_ALIGN		8
+
+/* §8.1 per-engine 64-bit statistics counters (engine block offsets; _HI at +4). */
+#define VUGPU_ENG_STAT_JOBS		0x40
+#define VUGPU_ENG_STAT_BYTES_S2V	0x48
+#define VUGPU_ENG_STAT_BYTES_V2S	0x50
+#define VUGPU_ENG_STAT_BYTES_V2V	0x58
+#define VUGPU_ENG_STAT_BYTES_S2S	0x60
+#define VUGPU_ENG_STAT_BYTES_FILL	0x68
+#define VUGPU_ENG_STAT_NS_REQUESTED	0x70
+#define VUGPU_ENG_STAT_NS_USED		0x78
+#define VUGPU_ENG_STAT_RO_REQUESTED	0x80
+#define VUGPU_ENG_STAT_RO_USED		0x88
+#define VUGPU_ENG_STAT_BYTES_NS		0x90
+#define VUGPU_ENG_STAT_BYTES_RO		0x98
+#define VUGPU_ENG_STAT_ERRORS		0xa0
+#define VUGPU_ENG_STAT_IRQS		0xa8
+#define VUGPU_ENG_NUM_STATS		((VUGPU_ENG_STATS_END - VUGPU_ENG_STATS_START) / 8)
+
+/* §1.3 PCIe Device Control bits the engines honour (§7.1). */
+#define VUGPU_DEVCTL_RELAX_EN		0x0010	/* bit 4 Enable Relaxed Ordering */
+#define VUGPU_DEVCTL_NOSNOOP_EN		0x0800	/* bit 11 Enable No Snoop */
+
+/* §5 error reporting: config-space bits the device sets on engine errors. */
+#define VUGPU_AER_UNCOR_CA		(1U << 15)	/* Completer Abort */
+#define VUGPU_AER_UNCOR_UR		(1U << 20)	/* Unsupported Request */
+#define VUGPU_AER_UNCOR_UIE		(1U << 22)	/* Uncorrectable Internal Error */
+#define VUGPU_DEVSTA_CED		0x0001
+#define VUGPU_DEVSTA_NFED		0x0002
+#define VUGPU_DEVSTA_FED		0x0004
+#define VUGPU_DEVSTA_URD		0x0008
+#define VUGPU_PCI_STATUS_REC_TARGET_ABORT	0x1000	/* bit 12 */
+#define VUGPU_PCI_STATUS_REC_MASTER_ABORT	0x2000	/* bit 13 */
+#define VUGPU_PCI_STATUS_SIG_SYSTEM_ERROR	0x4000	/* bit 14 */
+
 /* Layout checks: the map in §2 must be self-consistent. */
 _Static_assert(VUGPU_REGFILE_START + VUGPU_REGFILE_SIZE <= VUGPU_MSIX_TABLE_OFFSET,
 	       "register file overlaps the MSI-X table");
@@ -185,5 +247,8 @@ _Static_assert(VUGPU_MSIX_PBA_OFFSET + VUGPU_MSIX_PBA_SIZE <= VUGPU_DOORBELL_PAG
 	       "doorbell page overlaps the MSI-X PBA");
 _Static_assert(VUGPU_DOORBELL_PAGE_OFFSET + VUGPU_DOORBELL_PAGE_SIZE <= VUGPU_BAR0_SIZE,
 	       "doorbell page outside BAR0");
+_Static_assert(VUGPU_DESC_OFF_RSVD1 + 24 == VUGPU_DESC_SIZE, "descriptor fields do not add up to 64 bytes");
+_Static_assert(VUGPU_ENG_STAT_IRQS + 8 == VUGPU_ENG_STATS_END, "statistics counters do not fill +0x40-+0xaf");
+_Static_assert(VUGPU_ENG_NUM_STATS == 14, "§8.1 lists 14 counters");
 
 #endif /* VUGPU_HW_H */

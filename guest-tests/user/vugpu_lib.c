@@ -373,6 +373,68 @@ int vugpu_reset(int fd, unsigned long req, struct vugpu_regs *regs, uint64_t *el
 	return ret;
 }
 
+int vugpu_dma_info(int fd, struct vugpu_dma_info *info)
+{
+	struct vugpu_cmd cmd = { .ptr = (uintptr_t)info, .size = sizeof(*info) };
+
+	return vugpu_cmd(fd, VUGPU_IOCTL_DMA_INFO, &cmd);
+}
+
+int vugpu_dma(int fd, unsigned long req, struct vugpu_dma *d)
+{
+	return ioctl(fd, req, d) < 0 ? -errno : 0;
+}
+
+int vugpu_engine_stats(int fd, unsigned int engine, struct vugpu_engine_stats *st)
+{
+	struct vugpu_cmd cmd = { .ptr = (uintptr_t)st, .size = sizeof(*st), .offset = engine };
+
+	return vugpu_cmd(fd, VUGPU_IOCTL_ENGINE_STATS, &cmd);
+}
+
+int vugpu_error_state(int fd, struct vugpu_error_state *es, bool clear)
+{
+	struct vugpu_cmd cmd = { .ptr = (uintptr_t)es, .size = sizeof(*es),
+				 .value = clear ? VUGPU_ERROR_STATE_CLEAR : 0 };
+
+	return vugpu_cmd(fd, VUGPU_IOCTL_ERROR_STATE, &cmd);
+}
+
+int vugpu_devctl(int fd, uint16_t mask, uint16_t value, uint16_t *after)
+{
+	struct vugpu_cmd cmd = { .offset = mask, .value = value };
+	int ret = vugpu_cmd(fd, VUGPU_IOCTL_DEVCTL, &cmd);
+
+	if (!ret && after)
+		*after = (uint16_t)cmd.count;
+	return ret;
+}
+
+int vugpu_scratch_io(int fd, unsigned long req, uint64_t off, void *buf, size_t len)
+{
+	struct vugpu_cmd cmd = { .ptr = (uintptr_t)buf, .size = len, .offset = off };
+
+	return vugpu_cmd(fd, req, &cmd);
+}
+
+const char *vugpu_eng_err_name(uint32_t code)
+{
+	static const char *const names[] = {
+		"NONE", "RING_CONFIG", "RING_OVERFLOW", "BAD_OPCODE", "BAD_DESCRIPTOR",
+		"SYS_UNMAPPED", "SYS_PERMISSION", "VRAM_RANGE", "MSG_DMA_FAILED",
+	};
+
+	return code < sizeof(names) / sizeof(names[0]) ? names[code] : "UNKNOWN";
+}
+
+const char *vugpu_eng_state_name(uint32_t status)
+{
+	static const char *const names[] = { "DISABLED", "IDLE", "RUNNING", "HALTED", "ERROR" };
+	uint32_t st = status & VUGPU_ENG_STATUS_STATE_MASK;
+
+	return st < sizeof(names) / sizeof(names[0]) ? names[st] : "UNKNOWN";
+}
+
 int vugpu_unbind(const struct vugpu_dev *d)
 {
 	return vugpu_write_file(VUGPU_SYSFS_DRIVER "/unbind", d->bdf);
@@ -472,11 +534,34 @@ void vugpu_fill_pattern(void *buf, size_t len, uint64_t seed)
 	}
 }
 
+void vugpu_fill_pattern64(void *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 0x632be59bd9b4e019ULL, w;
+	uint8_t *p = buf;
+	size_t i = 0;
+
+	for (; i + 8 <= len; i += 8) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w = x * 0x2545f4914f6cdd1dULL;
+		memcpy(p + i, &w, 8);
+	}
+	for (; i < len; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = (uint8_t)(x >> 24);
+	}
+}
+
 long vugpu_first_diff(const void *a, const void *b, size_t len)
 {
 	const uint8_t *x = a, *y = b;
 	size_t i;
 
+	if (!memcmp(a, b, len))
+		return -1;
 	for (i = 0; i < len; i++)
 		if (x[i] != y[i])
 			return (long)i;

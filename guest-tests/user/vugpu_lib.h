@@ -80,6 +80,23 @@ int vugpu_irq_test(int fd, unsigned int vector, struct vugpu_cmd *out);
 int vugpu_vram_io(int fd, unsigned long req, uint64_t off, void *buf, size_t len);
 int vugpu_reset(int fd, unsigned long req, struct vugpu_regs *regs, uint64_t *elapsed_ns);
 
+/*
+ * DMA engines (vugpu_uapi.h 0x10-0x1b).  vugpu_dma() returns 0 or -errno;
+ * for -EIO (engine error) and -ETIMEDOUT the driver still fills @d (result,
+ * engine registers).
+ */
+int vugpu_dma_info(int fd, struct vugpu_dma_info *info);
+int vugpu_dma(int fd, unsigned long req, struct vugpu_dma *d);
+int vugpu_engine_stats(int fd, unsigned int engine, struct vugpu_engine_stats *st);
+int vugpu_error_state(int fd, struct vugpu_error_state *es, bool clear);
+/* Sets the Device Control bits @mask to @value; *after = Device Control (may be NULL). */
+int vugpu_devctl(int fd, uint16_t mask, uint16_t value, uint16_t *after);
+int vugpu_scratch_io(int fd, unsigned long req, uint64_t off, void *buf, size_t len);
+const char *vugpu_eng_err_name(uint32_t code);
+const char *vugpu_eng_state_name(uint32_t status);
+/* Index of a §8.1 counter in struct vugpu_engine_stats.hw from its register offset. */
+#define VUGPU_STAT(off)	(((off) - VUGPU_ENG_STATS_START) / 8)
+
 /* binding and module */
 int vugpu_unbind(const struct vugpu_dev *d);
 int vugpu_bind(const struct vugpu_dev *d);
@@ -96,6 +113,8 @@ int vugpu_dmesg_problems(char *out, size_t len);
 
 /* Deterministic test pattern: byte i of the buffer for (seed, offset). */
 void vugpu_fill_pattern(void *buf, size_t len, uint64_t seed);
+/* The same idea, 8 bytes per step (fast enough for many MiB under TCG). */
+void vugpu_fill_pattern64(void *buf, size_t len, uint64_t seed);
 /* Index of the first differing byte, or -1. */
 long vugpu_first_diff(const void *a, const void *b, size_t len);
 

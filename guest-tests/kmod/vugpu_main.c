@@ -10,19 +10,27 @@
  *
  * Per device:
  *   - BAR0 register file mapped uncached, BAR2 (VRAM) mapped write-combined;
- *   - every MSI-X vector the device has, each with a handler that acks its
- *     IRQ_STATUS bit, counts and completes a waiter;
+ *   - every MSI-X vector the device has, each with a handler that counts and
+ *     completes a waiter; vector 0 also handles engine errors (ERR_CAUSE),
+ *     engine vectors wake the engine's waiters (vugpu_engine.c); IRQ_STATUS
+ *     is read and acked on vector 0, on vectors without an engine, and on
+ *     any vector while IRQ_TEST waits for it;
  *   - /dev/vugpuN: register access, interrupt test, VRAM access through the
  *     BAR (CPU view) and through VRAM_INDEX/VRAM_DATA (device view), FLR and
- *     SOFT_RESET with a register snapshot, and mmap of BAR2.
+ *     SOFT_RESET with a register snapshot, mmap of BAR2, and the DMA engine
+ *     ioctls (vugpu_dma.c), plus Device Control No Snoop / Relaxed Ordering
+ *     enables.
  *
  * Locking: vdev->lock serialises every register sequence, reset and
  * mmap against remove; it is never held while touching user memory (the
  * ioctls bounce through kernel buffers), so mmap (called under mmap_lock)
- * may take it.  Order: device_lock -> vdev->lock.  The FLR ioctl holds
- * vdev->lock and therefore only *tries* the device lock
- * (pci_try_reset_function); a reset started elsewhere (sysfs "reset") takes
- * vdev->lock in reset_prepare and drops it in reset_done.
+ * may take it.  Order: device_lock -> vdev->lock -> engines_rwsem (see
+ * vugpu_drv.h for the DMA side).  The FLR ioctl holds vdev->lock and
+ * therefore only *tries* the device lock (pci_try_reset_function); a reset
+ * started elsewhere (sysfs "reset") takes vdev->lock in reset_prepare and
+ * drops it in reset_done.  Every reset holds engines_rwsem for writing from
+ * prepare to done, so no DMA job runs across it, and programs the engines'
+ * rings again afterwards.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -45,10 +53,7 @@
 #include <linux/uaccess.h>
 #include <linux/dma-mapping.h>
 
-#include "vugpu_hw.h"
-#include "vugpu_uapi.h"
-
-#define VUGPU_DRIVER_NAME	"vugpu"
+#include "vugpu_drv.h"
 #define VUGPU_READY_TIMEOUT_US	1000000
 /* The driver uses only registers of spec 0.1; later minors add, never change. */
 #define VUGPU_DRIVER_MIN_VERSION	0x00000001U
@@ -65,64 +70,19 @@ static uint irq_timeout_ms = 1000;
 module_param(irq_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(irq_timeout_ms, "IRQ_TEST: how long to wait for the handler (default 1000)");
 
+uint vugpu_dma_timeout_ms = 5000;
+module_param_named(dma_timeout_ms, vugpu_dma_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(dma_timeout_ms, "DMA jobs: how long to wait for completion before resetting the engine (default 5000)");
+
+uint vugpu_ring_slots = VUGPU_RING_SLOTS_DEFAULT;
+module_param_named(ring_slots, vugpu_ring_slots, uint, 0444);
+MODULE_PARM_DESC(ring_slots, "DMA engines: descriptors per ring, a power of two 2-65536 (default 1024)");
+
+bool vugpu_ring_vram;
+module_param_named(ring_vram, vugpu_ring_vram, bool, 0444);
+MODULE_PARM_DESC(ring_vram, "DMA engines: put the rings in VRAM instead of system memory (default N)");
+
 static DEFINE_IDA(vugpu_ida);
-
-struct vugpu_device;
-
-/* One MSI-X vector: its handler's bookkeeping. */
-struct vugpu_vector {
-	struct vugpu_device	*vdev;
-	unsigned int		index;
-	int			irq;
-	atomic64_t		count;		/* interrupts handled */
-	u64			stamp_ns;	/* ktime of the last interrupt */
-	u32			status;		/* IRQ_STATUS the last interrupt saw */
-	struct completion	done;
-	char			name[32];
-};
-
-struct vugpu_device {
-	struct pci_dev		*pdev;
-	struct kref		ref;		/* the PCI binding + each open file */
-	struct mutex		lock;		/* see the comment at the top */
-	bool			dead;		/* removed: no hardware access */
-	int			index;		/* N in /dev/vugpuN */
-	char			name[16];
-	struct miscdevice	misc;
-
-	void __iomem		*regs;		/* BAR0 register file */
-	void __iomem		*vram;		/* BAR2, write-combined */
-	resource_size_t		vram_bar_start;
-	resource_size_t		vram_bar_len;
-	u64			vram_size;	/* VRAM_SIZE register */
-
-	u32			num_vectors;
-	struct vugpu_vector	*vectors;
-	unsigned int		irqs_requested;
-
-	/* FLR / SOFT_RESET bookkeeping */
-	struct task_struct	*reset_owner;	/* task holding ->lock across a reset */
-	bool			reset_took_lock;
-	struct vugpu_regs	reset_regs;	/* snapshot taken in reset_done */
-	int			reset_ready_err;
-
-	/*
-	 * Every open file uses the first opener's inode mapping, so all user
-	 * mappings of BAR2 live in one address_space and remove can zap them.
-	 */
-	unsigned int		open_count;
-	struct inode		*map_inode;
-};
-
-static u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
-{
-	return ioread32(vdev->regs + reg);
-}
-
-static void vugpu_wr(struct vugpu_device *vdev, u32 reg, u32 val)
-{
-	iowrite32(val, vdev->regs + reg);
-}
 
 static void vugpu_release_device(struct kref *ref)
 {
@@ -148,9 +108,14 @@ static irqreturn_t vugpu_irq_handler(int irq, void *data)
 {
 	struct vugpu_vector *vec = data;
 	struct vugpu_device *vdev = vec->vdev;
+	struct vugpu_engine *engine = READ_ONCE(vec->engine);
 	u32 status = 0;
 
-	if (vec->index < VUGPU_IRQ_STATUS_VECTORS) {
+	/*
+	 * Engine completions must not cost a trapped register read: IRQ_STATUS
+	 * is only looked at where IRQ_TRIGGER may have set it.
+	 */
+	if (vec->index < VUGPU_IRQ_STATUS_VECTORS && (!engine || atomic_read(&vec->test_armed))) {
 		status = vugpu_rd(vdev, VUGPU_REG_IRQ_STATUS);
 		/* Ack only our own cause bit: other vectors' handlers own theirs. */
 		if (status != VUGPU_REG_BAD_READ && (status & BIT(vec->index)))
@@ -159,6 +124,10 @@ static irqreturn_t vugpu_irq_handler(int irq, void *data)
 	WRITE_ONCE(vec->status, status);
 	WRITE_ONCE(vec->stamp_ns, ktime_get_ns());
 	atomic64_inc(&vec->count);
+	if (vec->index == 0)
+		vugpu_error_irq(vdev);
+	if (engine)
+		vugpu_engine_irq(vec);
 	complete(&vec->done);
 	return IRQ_HANDLED;
 }
@@ -230,6 +199,8 @@ static void vugpu_reset_prepare(struct pci_dev *pdev)
 	vdev->reset_took_lock = READ_ONCE(vdev->reset_owner) != current;
 	if (vdev->reset_took_lock)
 		mutex_lock(&vdev->lock);
+	/* No DMA job across the reset: it stops the engines. */
+	down_write(&vdev->engines_rwsem);
 	vugpu_quiesce_irqs(vdev);
 }
 
@@ -245,7 +216,10 @@ static void vugpu_reset_done(struct pci_dev *pdev)
 			vdev->reset_regs.status);
 	else if (vdev->reset_regs.id != VUGPU_ID_VALUE)
 		dev_err(&pdev->dev, "bad ID %#x after reset\n", vdev->reset_regs.id);
+	if (!vdev->reset_ready_err)
+		vugpu_engines_reinit(vdev);
 	vugpu_resume_irqs(vdev);
+	up_write(&vdev->engines_rwsem);
 	if (vdev->reset_took_lock) {
 		vdev->reset_took_lock = false;
 		mutex_unlock(&vdev->lock);
@@ -345,9 +319,11 @@ static int vugpu_do_irq_test(struct vugpu_device *vdev, struct vugpu_vector *vec
 
 	before = atomic64_read(&vec->count);
 	reinit_completion(&vec->done);
+	atomic_set(&vec->test_armed, 1);
 	start = ktime_get_ns();
 	vugpu_wr(vdev, VUGPU_REG_IRQ_TRIGGER, vec->index);
 	left = wait_for_completion_timeout(&vec->done, msecs_to_jiffies(irq_timeout_ms));
+	atomic_set(&vec->test_armed, 0);
 	if (!left) {
 		dev_warn_ratelimited(&vdev->pdev->dev, "vector %u: no interrupt within %u ms\n",
 				     vec->index, irq_timeout_ms);
@@ -528,11 +504,15 @@ static int vugpu_do_soft_reset(struct vugpu_device *vdev, struct vugpu_regs *reg
 {
 	int ret;
 
+	down_write(&vdev->engines_rwsem);
 	vugpu_quiesce_irqs(vdev);
 	vugpu_wr(vdev, VUGPU_REG_SOFT_RESET, VUGPU_SOFT_RESET_MAGIC);
 	ret = vugpu_wait_ready(vdev);
 	vugpu_snapshot(vdev, regs);
+	if (!ret)
+		vugpu_engines_reinit(vdev);
 	vugpu_resume_irqs(vdev);
+	up_write(&vdev->engines_rwsem);
 	return ret;
 }
 
@@ -562,6 +542,35 @@ static int vugpu_reset(struct vugpu_device *vdev, struct vugpu_cmd *cmd, bool fl
 		 cmd->elapsed_ns / NSEC_PER_USEC);
 	if (copy_to_user(u64_to_user_ptr(cmd->ptr), &regs, sizeof(regs)))
 		return -EFAULT;
+	return 0;
+}
+
+/*
+ * DEVCTL: set / clear Enable No Snoop and Enable Relaxed Ordering (hw-spec
+ * §1.3, §7.1) with pcie_capability_set_word / clear_word.
+ */
+static int vugpu_devctl(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	const u64 allowed = PCI_EXP_DEVCTL_NOSNOOP_EN | PCI_EXP_DEVCTL_RELAX_EN;
+	u16 set = cmd->offset & cmd->value, clear = cmd->offset & ~cmd->value;
+	u16 devctl = 0;
+	int ret;
+
+	if (cmd->offset & ~allowed || cmd->value & ~cmd->offset)
+		return -EINVAL;
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	if (set)
+		ret = pcie_capability_set_word(vdev->pdev, PCI_EXP_DEVCTL, set);
+	if (!ret && clear)
+		ret = pcie_capability_clear_word(vdev->pdev, PCI_EXP_DEVCTL, clear);
+	if (!ret)
+		ret = pcie_capability_read_word(vdev->pdev, PCI_EXP_DEVCTL, &devctl);
+	mutex_unlock(&vdev->lock);
+	if (ret)
+		return pcibios_err_to_errno(ret);
+	cmd->count = devctl;
 	return 0;
 }
 
@@ -618,6 +627,16 @@ static long vugpu_fops_unlocked_ioctl(struct file *filp, unsigned int command, u
 
 	if (!vdev)
 		return -EINVAL;
+	switch (command) {
+	case VUGPU_IOCTL_DMA_COPY:
+	case VUGPU_IOCTL_DMA_FILL:
+	case VUGPU_IOCTL_DMA_FENCE:
+	case VUGPU_IOCTL_DMA_TIMESTAMP:
+	case VUGPU_IOCTL_DMA_RAW_SUBMIT:
+	case VUGPU_IOCTL_ENGINE_RESET:
+		/* struct vugpu_dma, validated there */
+		return vugpu_dma_ioctl(vdev, command, uarg);
+	}
 	if (copy_from_user(&cmd, uarg, sizeof(cmd)))
 		return -EFAULT;
 
@@ -661,6 +680,24 @@ static long vugpu_fops_unlocked_ioctl(struct file *filp, unsigned int command, u
 		break;
 	case VUGPU_IOCTL_SOFT_RESET:
 		ret = vugpu_reset(vdev, &cmd, false);
+		break;
+	case VUGPU_IOCTL_DMA_INFO:
+		ret = vugpu_dma_info(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_ENGINE_STATS:
+		ret = vugpu_engine_stats_ioctl(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_ERROR_STATE:
+		ret = vugpu_error_state(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_DEVCTL:
+		ret = vugpu_devctl(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_SCRATCH_READ:
+		ret = vugpu_scratch_xfer(vdev, &cmd, false);
+		break;
+	case VUGPU_IOCTL_SCRATCH_WRITE:
+		ret = vugpu_scratch_xfer(vdev, &cmd, true);
 		break;
 	default:
 		return -ENOTTY;
@@ -736,6 +773,7 @@ static int vugpu_setup_irqs(struct vugpu_device *vdev)
 		vec->vdev = vdev;
 		vec->index = i;
 		atomic64_set(&vec->count, 0);
+		atomic_set(&vec->test_armed, 0);
 		init_completion(&vec->done);
 		snprintf(vec->name, sizeof(vec->name), "%s-%u", vdev->name, i);
 		vec->irq = pci_irq_vector(pdev, i);
@@ -806,6 +844,7 @@ static int vugpu_check_regs(struct vugpu_device *vdev)
 		return -ENODEV;
 	}
 
+	vdev->version = version;
 	vdev->num_vectors = vugpu_rd(vdev, VUGPU_REG_NUM_VECTORS);
 	msix = pci_msix_vec_count(pdev);
 	if (msix < 0 || vdev->num_vectors == 0 || vdev->num_vectors != (u32)msix) {
@@ -835,6 +874,11 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	vdev->pdev = pdev;
 	kref_init(&vdev->ref);
 	mutex_init(&vdev->lock);
+	init_rwsem(&vdev->engines_rwsem);
+	atomic64_set(&vdev->vec0_irqs, 0);
+	atomic64_set(&vdev->err_irqs, 0);
+	atomic64_set(&vdev->recoveries, 0);
+	atomic64_set(&vdev->timeouts, 0);
 
 	vdev->index = ida_alloc(&vugpu_ida, GFP_KERNEL);
 	if (vdev->index < 0) {
@@ -877,10 +921,20 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		dev_err(&pdev->dev, "no 64-bit DMA: %d\n", ret);
 		goto err_clear_master;
 	}
+	/* A descriptor moves up to 1 GiB: let DMA segments be that long. */
+	dma_set_max_seg_size(&pdev->dev, VUGPU_DESC_MAX_LENGTH);
 
 	ret = vugpu_setup_irqs(vdev);
 	if (ret)
 		goto err_clear_master;
+
+	/*
+	 * Engines that do not come up leave the rest of the device usable: the
+	 * DMA ioctls then fail with the error (DMA_INFO reports it).
+	 */
+	vdev->engines_init_err = vugpu_engines_probe(vdev);
+	if (vdev->engines_init_err)
+		dev_err(&pdev->dev, "DMA engines unusable: %d\n", vdev->engines_init_err);
 
 	pci_set_drvdata(pdev, vdev);
 	vdev->misc.minor = MISC_DYNAMIC_MINOR;
@@ -893,16 +947,18 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_irqs;
 
 	dev_info(&pdev->dev,
-		 "%s: %04x:%04x (sub %04x:%04x) rev %02x, VERSION %#x, BAR0 %pR, BAR2 %pR, VRAM %llu MiB, %u MSI-X vectors\n",
+		 "%s: %04x:%04x (sub %04x:%04x) rev %02x, VERSION %#x, BAR0 %pR, BAR2 %pR, VRAM %llu MiB, %u MSI-X vectors, %u DMA engines\n",
 		 vdev->name, pdev->vendor, pdev->device, pdev->subsystem_vendor,
 		 pdev->subsystem_device, pdev->revision, vugpu_rd(vdev, VUGPU_REG_VERSION),
 		 &pdev->resource[VUGPU_BAR_REGS], &pdev->resource[VUGPU_BAR_VRAM],
-		 vdev->vram_size >> 20, vdev->num_vectors);
+		 vdev->vram_size >> 20, vdev->num_vectors, vdev->engine_count);
 	return 0;
 
 err_irqs:
 	pci_set_drvdata(pdev, NULL);
+	vugpu_engines_stop(vdev);
 	vugpu_teardown_irqs(vdev);
+	vugpu_engines_remove(vdev);
 err_clear_master:
 	pci_clear_master(pdev);
 err_unmap_vram:
@@ -932,8 +988,11 @@ static void vugpu_remove(struct pci_dev *pdev)
 		unmap_mapping_range(vdev->map_inode->i_mapping, 0, 0, 1);
 	mutex_unlock(&vdev->lock);
 
+	/* Engines stop before their interrupts go and before their memory is freed. */
+	vugpu_engines_stop(vdev);
 	vugpu_teardown_irqs(vdev);
 	pci_clear_master(pdev);
+	vugpu_engines_remove(vdev);
 	iounmap(vdev->vram);
 	iounmap(vdev->regs);
 	pci_release_regions(pdev);
@@ -974,5 +1033,5 @@ static void __exit vugpu_exit(void)
 
 module_init(vugpu_init);
 module_exit(vugpu_exit);
-MODULE_DESCRIPTION("vugpu test driver: registers, MSI-X, VRAM BAR, FLR");
+MODULE_DESCRIPTION("vugpu test driver: registers, MSI-X, VRAM BAR, FLR, DMA copy engines");
 MODULE_LICENSE("GPL");

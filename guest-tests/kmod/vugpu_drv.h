@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vugpu driver internals shared by vugpu_main.c (PCI binding, character
+ * device, register/VRAM/reset ioctls), vugpu_engine.c (DMA engines: rings,
+ * doorbells, completion, errors, engine reset) and vugpu_dma.c (DMA jobs:
+ * user memory pinning and mapping, descriptor building, the DMA ioctls).
+ *
+ * Locking (outermost first):
+ *   mmap_lock -> vdev->lock          mmap of BAR2 (fops_mmap)
+ *   vdev->lock -> vdev->engines_rwsem (write)   FLR, sysfs reset, SOFT_RESET
+ *   vdev->engines_rwsem (read) -> engine->lock  one DMA job
+ * A DMA job never takes vdev->lock and never touches user memory while it
+ * holds engines_rwsem: user pages are pinned (and raw descriptors copied)
+ * before, and unpinned after, so the mmap_lock -> vdev->lock -> rwsem ->
+ * mmap_lock cycle cannot form.  Resets and remove take engines_rwsem for
+ * writing, so no job is in flight while an engine is reprogrammed or its
+ * memory freed.
+ */
+#ifndef VUGPU_DRV_H
+#define VUGPU_DRV_H
+
+#include <linux/atomic.h>
+#include <linux/build_bug.h>
+#include <linux/completion.h>
+#include <linux/miscdevice.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/rwsem.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+
+#include "vugpu_hw.h"
+#include "vugpu_uapi.h"
+
+#define VUGPU_DRIVER_NAME	"vugpu"
+
+/* Rings: default size and the per-engine VRAM ring reservation. */
+#define VUGPU_RING_SLOTS_DEFAULT	1024
+#define VUGPU_VRAM_RING_SLOTS_MAX	1024
+#define VUGPU_VRAM_RING_BYTES		(VUGPU_VRAM_RING_SLOTS_MAX * VUGPU_DESC_SIZE)
+
+/* Scratch buffer: [guard][inner][guard], one coherent allocation. */
+#define VUGPU_SCRATCH_GUARD		PAGE_SIZE
+#define VUGPU_SCRATCH_INNER		(64 * 1024)
+
+/* Per-engine coherent page: where the engine writes fences and timestamps. */
+#define VUGPU_SLOT_SEQ			0	/* the driver's completion fence */
+#define VUGPU_SLOT_FENCE		1	/* FENCE with VUGPU_MEM_NONE */
+#define VUGPU_SLOT_TIMESTAMP		2	/* TIMESTAMP with VUGPU_MEM_NONE */
+#define VUGPU_SLOTS			3
+
+/* A hw-spec §7 descriptor as it sits in the ring. */
+struct vugpu_hw_desc {
+	u8	opcode;
+	u8	flags;
+	u8	src_aperture;
+	u8	dst_aperture;
+	__le32	rsvd0;
+	__le64	src;
+	__le64	dst;
+	__le64	length;
+	__le64	value;
+	__le64	rsvd1[3];
+};
+static_assert(sizeof(struct vugpu_hw_desc) == VUGPU_DESC_SIZE);
+static_assert(sizeof(struct vugpu_desc) == VUGPU_DESC_SIZE);
+
+struct vugpu_device;
+struct vugpu_engine;
+
+/* One MSI-X vector: its handler's bookkeeping. */
+struct vugpu_vector {
+	struct vugpu_device	*vdev;
+	struct vugpu_engine	*engine;	/* the engine completing here, or NULL */
+	unsigned int		index;
+	int			irq;
+	atomic64_t		count;		/* interrupts handled */
+	atomic_t		test_armed;	/* IRQ_TEST in flight: read/ack IRQ_STATUS */
+	u64			stamp_ns;	/* ktime of the last interrupt */
+	u32			status;		/* IRQ_STATUS the last interrupt saw */
+	struct completion	done;
+	char			name[32];
+};
+
+/* What one job did (filled by vugpu_engine_run). */
+struct vugpu_job_result {
+	u64			elapsed_ns;	/* doorbell to completion, all batches */
+	u64			seq;		/* last driver fence */
+	u32			descs;		/* data descriptors submitted */
+	u32			fences;		/* driver fences submitted with them */
+	u32			result;		/* VUGPU_DMA_DONE / _ENGINE_ERROR / _TIMEOUT */
+	struct vugpu_engine_regs regs;	/* valid unless result == DONE (or @want_regs) */
+};
+
+struct vugpu_engine {
+	struct vugpu_device	*vdev;
+	unsigned int		index;
+	struct mutex		lock;		/* one job at a time on this engine */
+	void __iomem		*regs;		/* engine register block */
+	void __iomem		*doorbell;	/* this engine's word in the doorbell page */
+
+	/* ring: SYS (coherent) or VRAM (through the BAR2 mapping) */
+	u32			slots;
+	bool			ring_vram;
+	void			*ring_sys;
+	dma_addr_t		ring_sys_dma;
+	u32			ring_sys_slots;	/* size of the current coherent ring */
+	u64			ring_vram_off;
+	u32			tail;		/* descriptors made available (free-running) */
+	bool			ready;		/* enabled, IDLE after the last job */
+	bool			need_reset;	/* stopped in ERROR: reset before the next job */
+
+	/* completion */
+	__le64			*slot;		/* coherent page, VUGPU_SLOT_* */
+	dma_addr_t		slot_dma;
+	u64			seq;		/* last driver fence submitted */
+	wait_queue_head_t	wq;
+	atomic_t		err_pending;	/* vector 0 saw ERR_CAUSE bit i */
+	spinlock_t		irq_err_lock;
+	struct vugpu_engine_regs irq_err;	/* error registers read by vector 0 */
+
+	/* driver statistics (struct vugpu_engine_stats) */
+	atomic64_t		jobs;
+	atomic64_t		descs;
+	atomic64_t		irq_waits;
+	atomic64_t		poll_waits;
+	atomic64_t		completion_irqs;
+	atomic64_t		err_irqs;
+	atomic64_t		errors;
+	atomic64_t		timeouts;
+	atomic64_t		resets;
+};
+
+struct vugpu_device {
+	struct pci_dev		*pdev;
+	struct kref		ref;		/* the PCI binding + each open file */
+	struct mutex		lock;		/* see vugpu_main.c */
+	bool			dead;		/* removed: no hardware access */
+	int			index;		/* N in /dev/vugpuN */
+	char			name[16];
+	struct miscdevice	misc;
+
+	void __iomem		*regs;		/* BAR0 register file */
+	void __iomem		*vram;		/* BAR2, write-combined */
+	resource_size_t		vram_bar_start;
+	resource_size_t		vram_bar_len;
+	u64			vram_size;	/* VRAM_SIZE register */
+	u32			version;
+
+	u32			num_vectors;
+	struct vugpu_vector	*vectors;
+	unsigned int		irqs_requested;
+
+	/* FLR / SOFT_RESET bookkeeping */
+	struct task_struct	*reset_owner;	/* task holding ->lock across a reset */
+	bool			reset_took_lock;
+	struct vugpu_regs	reset_regs;	/* snapshot taken in reset_done */
+	int			reset_ready_err;
+
+	/*
+	 * Every open file uses the first opener's inode mapping, so all user
+	 * mappings of BAR2 live in one address_space and remove can zap them.
+	 */
+	unsigned int		open_count;
+	struct inode		*map_inode;
+
+	/* DMA engines (vugpu_engine.c) */
+	struct rw_semaphore	engines_rwsem;	/* read: a job; write: reset, remove */
+	bool			engines_dead;	/* removed (under engines_rwsem write) */
+	u32			engine_count;	/* ENGINE_COUNT (0 when unsupported) */
+	u32			vector_base;	/* ENGINE_VECTOR_BASE */
+	int			engines_init_err;
+	struct vugpu_engine	*engines;
+	void __iomem		*doorbells;	/* the BAR0 doorbell page */
+	u32			doorbell_stride;
+	u64			vram_ring_base;	/* VRAM reserved for VRAM rings */
+	u64			vram_ring_size;
+	void			*scratch;	/* guard + inner + guard */
+	dma_addr_t		scratch_dma;
+	atomic64_t		vec0_irqs;
+	atomic64_t		err_irqs;
+	atomic64_t		recoveries;
+	atomic64_t		timeouts;
+};
+
+static inline u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
+{
+	return ioread32(vdev->regs + reg);
+}
+
+static inline void vugpu_wr(struct vugpu_device *vdev, u32 reg, u32 val)
+{
+	iowrite32(val, vdev->regs + reg);
+}
+
+/* module parameters (vugpu_main.c) */
+extern uint vugpu_dma_timeout_ms;
+extern uint vugpu_ring_slots;
+extern bool vugpu_ring_vram;
+
+/* vugpu_engine.c */
+int vugpu_engines_probe(struct vugpu_device *vdev);
+void vugpu_engines_stop(struct vugpu_device *vdev);
+void vugpu_engines_remove(struct vugpu_device *vdev);
+void vugpu_engines_reinit(struct vugpu_device *vdev);
+void vugpu_engine_irq(struct vugpu_vector *vec);
+void vugpu_error_irq(struct vugpu_device *vdev);
+void vugpu_engine_read_regs(struct vugpu_engine *eng, struct vugpu_engine_regs *r);
+int vugpu_engine_reset(struct vugpu_engine *eng, u32 slots, bool ring_vram);
+int vugpu_engine_prepare(struct vugpu_engine *eng);
+int vugpu_engine_run(struct vugpu_engine *eng, const struct vugpu_hw_desc *descs,
+		     unsigned int n, u32 flags, struct vugpu_job_result *res);
+void vugpu_engine_stats(struct vugpu_engine *eng, struct vugpu_engine_stats *st);
+u64 vugpu_read_clock(struct vugpu_device *vdev);
+u64 vugpu_scratch_guard_bad(struct vugpu_device *vdev);
+void vugpu_scratch_rearm(struct vugpu_device *vdev);
+void vugpu_desc_init(struct vugpu_hw_desc *d, u8 opcode, u32 dma_flags);
+
+/* vugpu_dma.c */
+long vugpu_dma_ioctl(struct vugpu_device *vdev, unsigned int command, void __user *uarg);
+int vugpu_dma_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
+int vugpu_engine_stats_ioctl(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
+int vugpu_error_state(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
+int vugpu_scratch_xfer(struct vugpu_device *vdev, struct vugpu_cmd *cmd, bool write);
+
+#endif /* VUGPU_DRV_H */
