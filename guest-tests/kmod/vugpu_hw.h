@@ -247,8 +247,10 @@ _Static_assert(VUGPU_MSIX_PBA_OFFSET + VUGPU_MSIX_PBA_SIZE <= VUGPU_DOORBELL_PAG
 	       "doorbell page overlaps the MSI-X PBA");
 _Static_assert(VUGPU_DOORBELL_PAGE_OFFSET + VUGPU_DOORBELL_PAGE_SIZE <= VUGPU_BAR0_SIZE,
 	       "doorbell page outside BAR0");
-_Static_assert(VUGPU_DESC_OFF_RSVD1 + 24 == VUGPU_DESC_SIZE, "descriptor fields do not add up to 64 bytes");
-_Static_assert(VUGPU_ENG_STAT_IRQS + 8 == VUGPU_ENG_STATS_END, "statistics counters do not fill +0x40-+0xaf");
+_Static_assert(VUGPU_DESC_OFF_RSVD1 + 24 == VUGPU_DESC_SIZE,
+	       "descriptor fields do not add up to 64 bytes");
+_Static_assert(VUGPU_ENG_STAT_IRQS + 8 == VUGPU_ENG_STATS_END,
+	       "statistics counters do not fill +0x40-+0xaf");
 _Static_assert(VUGPU_ENG_NUM_STATS == 14, "§8.1 lists 14 counters");
 
 #endif /* VUGPU_HW_H */

@@ -174,8 +174,10 @@ struct vugpu_engine_regs {
  *		RAW_SUBMIT: @src = user pointer to @count struct vugpu_desc).
  * @length:	(in) bytes (COPY, FILL).
  * @value:	(in) FILL pattern (32 bit), FENCE value, ENGINE_RESET ring
- *		slots (0: module default); (out) FENCE / TIMESTAMP: the
- *		value read back from where the engine wrote it.
+ *		slots (0: keep the current size); (out) FENCE / TIMESTAMP: the
+ *		value read back from where the engine wrote it, when the driver
+ *		can read it (NONE, SCRATCH, USER, VRAM inside BAR2); otherwise
+ *		unchanged (FENCE: the requested value; TIMESTAMP: 0).
  * @count:	(in) COPY: number of times the job runs (0 or 1: once; each
  *		run is a separate fenced job, for job-rate measurements);
  *		RAW_SUBMIT: number of descriptors (1-VUGPU_RAW_MAX).
@@ -316,7 +318,8 @@ _Static_assert(sizeof(struct vugpu_engine_regs) == 32, "struct vugpu_engine_regs
 _Static_assert(sizeof(struct vugpu_dma) == 136, "struct vugpu_dma layout changed");
 _Static_assert(sizeof(struct vugpu_desc) == 64, "struct vugpu_desc is not a 64-byte descriptor");
 _Static_assert(sizeof(struct vugpu_dma_info) == 304, "struct vugpu_dma_info layout changed");
-_Static_assert(sizeof(struct vugpu_engine_stats) == 216, "struct vugpu_engine_stats layout changed");
+_Static_assert(sizeof(struct vugpu_engine_stats) == 216,
+	       "struct vugpu_engine_stats layout changed");
 _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_state layout changed");
 
 /*

@@ -13,6 +13,8 @@
 #include "dma.h"
 
 #define STATE(r)	((r).status & VUGPU_ENG_STATUS_STATE_MASK)
+
+static int set_timeout_ms(unsigned int ms);
 #define INFO_SLOT(r)	((r).error_info >> VUGPU_ENG_INFO_SLOT_SHIFT)
 
 /* ---- ioctl validation ------------------------------------------------------------ */
@@ -436,6 +438,29 @@ void rom_window(struct ktap_test *t, void *ctx)
 			  (unsigned long long)(c->rom_end - c->rom_start) >> 10);
 	}
 	buf_free(rom, c->rom_end - c->rom_start);
+
+	/*
+	 * Message DMA must also start when the doorbell was a trapped RING_TAIL
+	 * write (the server is answering that write when the engine needs the
+	 * message); 1 s per job is plenty for 100 bytes.
+	 */
+	{
+		unsigned int k, stuck = 0, orig = c->info.timeout_ms ? c->info.timeout_ms : 5000;
+
+		set_timeout_ms(1000);
+		for (k = 0; k < 12; k++) {
+			ret = dma_copy(c, k % c->info.engine_count,
+				       VUGPU_DMA_DB_REG | (k & 1 ? VUGPU_DMA_IRQ : 0), VUGPU_MEM_BUS,
+				       c->rom_end - 100, VUGPU_MEM_VRAM, VRAM_A + 4096, 100, &d);
+			stuck += ret == -ETIMEDOUT;
+			KTAP_EXPECT(t, ret == 0 || ret == -ETIMEDOUT, "ROM read %u after a RING_TAIL doorbell: %s",
+				    k, err_str(ret));
+		}
+		set_timeout_ms(orig);
+		KTAP_EXPECT(t, stuck == 0,
+			    "%u of 12 ROM reads (message DMA) rung through RING_TAIL never ran (engine RUNNING until the driver's 1 s timeout)",
+			    stuck);
+	}
 
 	/* Writes: a Completer Abort from the host (AER CA, Received Target Abort). */
 	ret = dma_copy(c, e, VUGPU_DMA_IRQ, VUGPU_MEM_VRAM, VRAM_A, VUGPU_MEM_BUS, c->rom_start + 0x100,
