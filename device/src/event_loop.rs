@@ -15,7 +15,10 @@
 //! fd-less windows. Those messages are sent here, between client requests — never while a
 //! region reply is pending — and while waiting for their replies the session keeps answering
 //! the client (`Session::dma_*_serving`), so a vCPU blocked in a trapped access cannot deadlock
-//! with them.
+//! with them. Only this loop acknowledges that eventfd, right before it drains both queues
+//! (`Gpu::ack_engine_events`): a request queued while a client request is being handled keeps
+//! the eventfd readable and is sent as soon as that request's reply is out. Requests whose
+//! engine stopped waiting (reset, shutdown) are dropped unsent.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vugpu_protocol::backend::DeviceBackend;
-use vugpu_protocol::{DmaLayout, ServerConfig, Session, Status};
+use vugpu_protocol::{DmaLayout, ProtocolError, ServerConfig, Session, Status};
 
 use crate::engine::env::{MsgDmaRequest, MsgOp};
 
@@ -283,9 +286,11 @@ impl Server {
         }
     }
 
-    /// Engine faults and DMA message requests.
+    /// Engine faults and DMA message requests: acknowledge the eventfd, then drain both queues
+    /// (see [`Gpu::ack_engine_events`] for why this is the only place that acknowledges it).
     fn engine_events(&mut self, ops: &mut EventOps) {
         loop {
+            self.gpu.ack_engine_events();
             let faults = self.gpu.process_engine_events();
             let Some(req) = self.gpu.next_msg_dma() else {
                 if faults == 0 {
@@ -297,31 +302,69 @@ impl Server {
         }
     }
 
-    fn engine_dma(&mut self, ops: &mut EventOps, req: MsgDmaRequest) {
+    fn engine_dma(&mut self, ops: &mut EventOps, mut req: MsgDmaRequest) {
+        if req.abandoned() {
+            crate::log!(
+                Level::Debug,
+                "engine DMA message dropped: the engine stopped waiting for it"
+            );
+            return;
+        }
         let Some(session) = self.session.as_mut().filter(|s| s.is_negotiated()) else {
             self.stats.engine_dma_failures += 1;
             let _ = req.reply.send(Err("no client".into()));
             return;
         };
         self.stats.engine_dma_messages += 1;
-        let result = match req.op {
-            MsgOp::Read { addr, len } => {
-                let mut buf = vec![0u8; len];
-                session
-                    .dma_read_serving(addr, &mut buf, &mut self.gpu)
-                    .map(|()| buf)
-            }
-            MsgOp::Write { addr, data } => session
-                .dma_write_serving(addr, &data, &mut self.gpu)
-                .map(|()| Vec::new()),
+        let started = std::time::Instant::now();
+        let (what, addr, len) = match &req.op {
+            MsgOp::Read { addr, len } => ("DMA_READ", *addr, *len),
+            MsgOp::Write { addr, data } => ("DMA_WRITE", *addr, data.len()),
         };
+        // One message per call, so that a reset served while a message is in flight (the
+        // session answers client requests while it waits) ends the request before the next
+        // message: no new message after a reset (hw-spec §4).
+        let read = matches!(req.op, MsgOp::Read { .. });
+        let mut data = match &mut req.op {
+            MsgOp::Read { len, .. } => vec![0u8; *len],
+            MsgOp::Write { data, .. } => std::mem::take(data),
+        };
+        let result = session.dma_message_size().and_then(|piece| {
+            let piece = piece.max(1);
+            for (i, part) in data.chunks_mut(piece).enumerate() {
+                if req.abandoned() {
+                    return Ok(false);
+                }
+                let at = addr
+                    .checked_add((i * piece) as u64)
+                    .ok_or_else(|| ProtocolError::Invalid("DMA range overflows".into()))?;
+                if read {
+                    session.dma_read_serving(at, part, &mut self.gpu)?;
+                } else {
+                    session.dma_write_serving(at, part, &mut self.gpu)?;
+                }
+            }
+            Ok(true)
+        });
+        let us = started.elapsed().as_micros();
         match result {
-            Ok(data) => {
+            Ok(true) => {
+                crate::log!(Level::Debug, "engine {what} {addr:#x}+{len:#x} in {us} us");
+                if !read {
+                    data.clear();
+                }
                 let _ = req.reply.send(Ok(data));
             }
+            Ok(false) => crate::log!(
+                Level::Debug,
+                "engine {what} {addr:#x}+{len:#x} stopped after {us} us: the engine stopped waiting"
+            ),
             Err(e) => {
                 self.stats.engine_dma_failures += 1;
-                crate::log!(Level::Debug, "engine DMA message failed: {e}");
+                crate::log!(
+                    Level::Debug,
+                    "engine {what} {addr:#x}+{len:#x} failed after {us} us: {e}"
+                );
                 let _ = req.reply.send(Err(e.to_string()));
                 if e.is_fatal() {
                     self.stats.session_errors += 1;

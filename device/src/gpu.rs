@@ -485,15 +485,28 @@ impl Gpu {
         self.env.events_fd()
     }
 
+    /// Acknowledges the [`engine_events`](Self::engine_events) eventfd.
+    ///
+    /// Only the event loop may call this, and only right before it drains both queues
+    /// ([`process_engine_events`](Self::process_engine_events), then
+    /// [`next_msg_dma`](Self::next_msg_dma) until empty): engines queue first and signal
+    /// after, so every item queued before the acknowledgement is drained and every later one
+    /// leaves the eventfd readable. Nothing reached from a client request acknowledges it: a
+    /// trapped RING_TAIL write used to, and when the engine it woke queued a DMA message in
+    /// that instant, the wakeup was consumed and the message waited for the next engine event.
+    pub fn ack_engine_events(&self) {
+        self.env.clear_events();
+    }
+
     /// The next DMA message an engine waits for (the event loop performs it with the session).
     pub fn next_msg_dma(&self) -> Option<MsgDmaRequest> {
         self.msg_rx.try_recv().ok()
     }
 
     /// Reports queued engine errors (hw-spec §5): config-space error bits, `ERR_CAUSE`,
-    /// vector 0. Returns how many were handled.
+    /// vector 0. Returns how many were handled. Leaves the engine eventfd alone (see
+    /// [`ack_engine_events`](Self::ack_engine_events)), so it is safe from any region access.
     pub fn process_engine_events(&mut self) -> usize {
-        self.env.clear_events();
         let faults = self.env.take_faults();
         for f in &faults {
             self.report_engine_fault(f);

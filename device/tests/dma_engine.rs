@@ -614,30 +614,31 @@ fn fd_less_window_through_dma_messages_in_qemu_10_2_layout() {
     fd_less_window_through_dma_messages(vugpu_protocol::DmaLayout::Qemu);
 }
 
+/// Client memory behind an fd-less window: served through DMA_READ/DMA_WRITE messages.
+struct MsgMem {
+    base: u64,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl vugpu_protocol::DmaHandler for MsgMem {
+    fn dma_read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let m = self.bytes.lock().unwrap();
+        let a = addr.checked_sub(self.base).ok_or(libc::EFAULT)? as usize;
+        buf.copy_from_slice(m.get(a..a + buf.len()).ok_or(libc::EFAULT)?);
+        Ok(())
+    }
+    fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<(), i32> {
+        let mut m = self.bytes.lock().unwrap();
+        let a = addr.checked_sub(self.base).ok_or(libc::EFAULT)? as usize;
+        m.get_mut(a..a + data.len())
+            .ok_or(libc::EFAULT)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+}
+
 fn fd_less_window_through_dma_messages(layout: vugpu_protocol::DmaLayout) {
     use std::sync::{Arc, Mutex};
-    use vugpu_protocol::DmaHandler;
-
-    struct Mem {
-        base: u64,
-        bytes: Arc<Mutex<Vec<u8>>>,
-    }
-    impl DmaHandler for Mem {
-        fn dma_read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
-            let m = self.bytes.lock().unwrap();
-            let a = addr.checked_sub(self.base).ok_or(libc::EFAULT)? as usize;
-            buf.copy_from_slice(m.get(a..a + buf.len()).ok_or(libc::EFAULT)?);
-            Ok(())
-        }
-        fn dma_write(&mut self, addr: u64, data: &[u8]) -> Result<(), i32> {
-            let mut m = self.bytes.lock().unwrap();
-            let a = addr.checked_sub(self.base).ok_or(libc::EFAULT)? as usize;
-            m.get_mut(a..a + data.len())
-                .ok_or(libc::EFAULT)?
-                .copy_from_slice(data);
-            Ok(())
-        }
-    }
     let srv = InProcServer::start_with_layout(GpuConfig::new(64 * MIB), layout);
     let stream = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
     let mut c = vugpu_protocol::Client::with_config(
@@ -653,7 +654,7 @@ fn fd_less_window_through_dma_messages(layout: vugpu_protocol::DmaLayout) {
     let size = 4 * MIB;
     let orig = pattern(77, size as usize);
     let bytes = Arc::new(Mutex::new(orig.clone()));
-    r.c.set_dma_handler(Box::new(Mem {
+    r.c.set_dma_handler(Box::new(MsgMem {
         base,
         bytes: bytes.clone(),
     }));
@@ -735,6 +736,143 @@ fn fd_less_window_through_dma_messages(layout: vugpu_protocol::DmaLayout) {
     assert_eq!(r.reg(0, offset::ERROR_CODE), ErrorCode::MsgDmaFailed as u32);
     assert_eq!(r.reg64(0, offset::ERROR_ADDR_LO), 0x5_0000_0000);
     assert_eq!(r.config32(0x104), 1 << 20);
+}
+
+/// The RING_TAIL stall the guest `dma` suite found: jobs submitted with a trapped RING_TAIL
+/// write whose source is an fd-less window (QEMU's BIOS ROM). While it waits, the client sends
+/// nothing but DMA replies (like a guest driver waiting for the interrupt), so every DMA message
+/// must be sent without any further client message: no job may stall.
+#[test]
+fn trapped_ring_tail_jobs_on_an_fd_less_window_never_stall() {
+    use std::sync::{Arc, Mutex};
+
+    let (_srv, mut r) = rig(GpuConfig::new(64 * MIB), 4 * MIB);
+    let rom = 0xfffc_0000u64;
+    let size = 0x4_0000u64;
+    let orig = pattern(5, size as usize);
+    r.c.set_dma_handler(Box::new(MsgMem {
+        base: rom,
+        bytes: Arc::new(Mutex::new(orig.clone())),
+    }));
+    r.c.dma_map(
+        rom,
+        size,
+        0,
+        vugpu_protocol::backend::DmaProt {
+            read: true,
+            write: false,
+        },
+        None,
+    )
+    .unwrap();
+    r.enable(0);
+    let jobs = 400u64;
+    for i in 0..jobs {
+        let off = (i * 0x2f3d) % (size - 128);
+        let len = 100 + i % 16;
+        let dst = 0x1000 * (i % 64);
+        let d = RawDescriptor::copy(sys(rom + off), vram(dst), len).with_flags(flags::IRQ);
+        r.submit(0, &[d], Doorbell::Register);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while r.vectors[1].read().is_err() {
+            let _ = r.c.serve_one(Duration::from_millis(1));
+            assert!(
+                Instant::now() < deadline,
+                "job {i} stalled: its DMA message was never sent"
+            );
+        }
+        same(
+            &r.vram_read(dst, len as usize),
+            &orig[off as usize..(off + len) as usize],
+            "rom -> vram",
+        );
+    }
+    assert_eq!(r.reg(0, offset::RING_HEAD), jobs as u32);
+    assert_eq!(r.reg64(0, ctr::ERRORS), 0);
+}
+
+/// hw-spec §4: a DMA message already sent when an engine reset arrives may still be executed,
+/// but no new message is sent after the reset. One 256 KiB read from an fd-less window takes
+/// four 64 KiB DMA_READ messages; the reset arrives while the first is unanswered.
+#[test]
+fn no_dma_message_is_sent_after_an_engine_reset() {
+    use std::sync::{Arc, Mutex};
+    use vugpu_device::engine::regs::control;
+    use vugpu_protocol::wire::{flags as wflags, Command, DmaLayout, Header, Writer};
+
+    let (_srv, mut r) = rig(GpuConfig::new(64 * MIB), 4 * MIB);
+    let rom = 0xfffc_0000u64;
+    let size = 0x4_0000u64;
+    let orig = pattern(9, size as usize);
+    r.c.set_dma_handler(Box::new(MsgMem {
+        base: rom,
+        bytes: Arc::new(Mutex::new(orig.clone())),
+    }));
+    r.c.dma_map(
+        rom,
+        size,
+        0,
+        vugpu_protocol::backend::DmaProt {
+            read: true,
+            write: false,
+        },
+        None,
+    )
+    .unwrap();
+    r.enable(0);
+    r.submit(
+        0,
+        &[RawDescriptor::copy(sys(rom), vram(0), size)],
+        Doorbell::Mmap,
+    );
+    let first = r.c.recv_raw().unwrap().unwrap();
+    assert_eq!(first.header.command, Command::DmaRead as u16);
+    let (h, _) = DmaLayout::Spec.decode(&first.body).unwrap();
+    assert_eq!((h.address, h.count), (rom, 64 * 1024));
+    // The reset is answered while the server waits for the DMA reply.
+    r.set_reg(0, offset::CONTROL, control::RESET);
+    assert_eq!(r.reg(0, offset::STATUS), State::Disabled as u32);
+    // The late reply to the message that was in flight...
+    let mut body = Writer::with_capacity(16 + 64 * 1024);
+    DmaLayout::Spec
+        .encode(h, &orig[..64 * 1024], &mut body)
+        .unwrap();
+    let body = body.into_vec();
+    let mut w = Writer::with_capacity(Header::SIZE + body.len());
+    Header {
+        msg_id: first.header.msg_id,
+        command: first.header.command,
+        size: (Header::SIZE + body.len()) as u32,
+        flags: wflags::TYPE_REPLY,
+        error: 0,
+    }
+    .encode(&mut w);
+    w.bytes(&body);
+    r.c.send_raw(&w.into_vec(), &[]).unwrap();
+    // ...and nothing after it.
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        let _ = r.c.serve_one(Duration::from_millis(10));
+    }
+    assert_eq!(
+        r.c.stats().dma_reads,
+        0,
+        "DMA_READ sent after the engine reset"
+    );
+    // The engine works again after the reset.
+    r.tails[0] = 0;
+    r.enable(0);
+    r.submit(
+        0,
+        &[RawDescriptor::copy(sys(rom + 8), vram(0x1000), 64).with_flags(flags::IRQ)],
+        Doorbell::Register,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.vectors[1].read().is_err() {
+        let _ = r.c.serve_one(Duration::from_millis(1));
+        assert!(Instant::now() < deadline, "no completion after the reset");
+    }
+    same(&r.vram_read(0x1000, 64), &orig[8..72], "rom -> vram");
 }
 
 /// Thousands of random descriptors with random addresses against a DMA space with holes: the

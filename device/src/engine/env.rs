@@ -17,7 +17,9 @@ use std::fs::File;
 use std::io::{LineWriter, Write};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
 use std::time::{Duration, Instant};
 
 use vm_memory::VolatileSlice;
@@ -126,6 +128,18 @@ pub struct MsgDmaRequest {
     pub op: MsgOp,
     /// Where the result goes (the engine may have given up: sending can fail, which is fine).
     pub reply: mpsc::SyncSender<Result<Vec<u8>, String>>,
+    /// Alive while the engine waits for the result.
+    waiter: Weak<()>,
+}
+
+impl MsgDmaRequest {
+    /// The engine stopped waiting (aborted by a reset, shut down or timed out): the message
+    /// must not be sent. An engine drops its side before it reports the job finished, so once
+    /// a reset has returned, every request of the aborted job reads as abandoned and no DMA
+    /// message of it reaches the client after the reset.
+    pub fn abandoned(&self) -> bool {
+        self.waiter.strong_count() == 0
+    }
 }
 
 /// An engine error for the device to report in config space and with vector 0 (hw-spec §5).
@@ -600,8 +614,14 @@ impl EngineEnv {
 
     fn msg_request(&self, op: MsgOp, abort: &AtomicBool) -> Result<Vec<u8>, FaultKind> {
         let (reply, rx) = mpsc::sync_channel(1);
+        // Dropped on every return from here (the request then reads as abandoned).
+        let waiting = Arc::new(());
         self.msg_tx
-            .send(MsgDmaRequest { op, reply })
+            .send(MsgDmaRequest {
+                op,
+                reply,
+                waiter: Arc::downgrade(&waiting),
+            })
             .map_err(|_| FaultKind::MsgDma)?;
         self.kick();
         let deadline = Instant::now() + MSG_DMA_TIMEOUT;

@@ -24,6 +24,13 @@ impl Session {
         id
     }
 
+    /// Largest data payload of one DMA_READ/DMA_WRITE message with this client: the negotiated
+    /// `max_data_xfer_size`, capped at [`DMA_MESSAGE_MAX_DATA`]. A caller that must be able to
+    /// stop between messages issues pieces of at most this size, one call each.
+    pub fn dma_message_size(&self) -> Result<usize> {
+        self.dma_chunk()
+    }
+
     pub(super) fn dma_chunk(&self) -> Result<usize> {
         if self.closed {
             return Err(ProtocolError::Disconnected);

@@ -330,7 +330,12 @@ mod tests {
         });
         let mut s = Session::new(a, ServerConfig::default());
         let mut dev = Dev { reads: 0 };
+        assert!(s.dma_message_size().is_err(), "not negotiated yet");
         s.handle_message(&mut dev).unwrap();
+        assert_eq!(
+            s.dma_message_size().unwrap(),
+            crate::server::DMA_MESSAGE_MAX_DATA as usize
+        );
         s.dma_write_serving(100, b"hello", &mut dev).unwrap();
         let mut back = [0u8; 5];
         s.dma_read_serving(100, &mut back, &mut dev).unwrap();
