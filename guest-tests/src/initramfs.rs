@@ -7,6 +7,7 @@
 //! /bin/<test>                 every executable that `make -C guest-tests/user OUT=...` produced
 //! /lib/modules/<name>.ko      every module `make -C guest-tests/kmod KDIR=...` produced (vugpu.ko)
 //! /suites/<name>.sh           guest-tests/suites/*.sh
+//! /suites/lib/<path>          every file under guest-tests/suites/lib/ (sourced by the suites)
 //! /etc/vugpu/env              VUGPU_GPUS=..., sourced by /init (exported to suites)
 //! /etc/vugpu/cmd              the `-- CMD` command line, shell-quoted
 //! /dev/console                so the kernel can open a console before devtmpfs is mounted
@@ -253,11 +254,13 @@ impl TestsDir {
         p.join("Makefile").is_file().then_some(p)
     }
 
-    /// Names of the suites (guest-tests/suites/*.sh without `.sh`), sorted.
+    /// Names of the suites (the regular files guest-tests/suites/*.sh, without `.sh`; nothing
+    /// below suites/, so suites/lib/ is not a suite), sorted.
     pub fn suites(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.path.join("suites"))
             .map(|rd| {
                 rd.flatten()
+                    .filter(|e| e.path().is_file())
                     .filter_map(|e| {
                         e.file_name()
                             .to_string_lossy()
@@ -269,6 +272,51 @@ impl TestsDir {
             .unwrap_or_default();
         v.sort();
         v
+    }
+
+    /// The files the suites source: every file under guest-tests/suites/lib/ (recursively;
+    /// names starting with `.` are left out), as (path relative to lib/, host path), sorted.
+    /// No lib/ directory is no files; a lib/ that cannot be read is an error.
+    pub fn suite_lib(&self) -> Result<Vec<(String, PathBuf)>, InitramfsError> {
+        fn walk(
+            dir: &Path,
+            rel: &str,
+            out: &mut Vec<(String, PathBuf)>,
+        ) -> Result<(), InitramfsError> {
+            let rd = fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))?;
+            for e in rd {
+                let e = e.map_err(io_err(format!("read {}", dir.display())))?;
+                let path = e.path();
+                let name = e
+                    .file_name()
+                    .into_string()
+                    .map_err(|_| InitramfsError::BadEntry(path.display().to_string()))?;
+                if name.starts_with('.') {
+                    continue;
+                }
+                let r = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let ft = e
+                    .file_type()
+                    .map_err(io_err(format!("{}", path.display())))?;
+                if ft.is_dir() {
+                    walk(&path, &r, out)?;
+                } else if path.is_file() {
+                    out.push((r, path));
+                }
+            }
+            Ok(())
+        }
+        let lib = self.path.join("suites/lib");
+        let mut v = Vec::new();
+        if lib.is_dir() {
+            walk(&lib, "", &mut v)?;
+        }
+        v.sort();
+        Ok(v)
     }
 
     /// The /init script (guest-tests/initramfs/init, or the embedded copy).
@@ -518,6 +566,8 @@ pub struct Contents {
     pub bins: Vec<PathBuf>,
     /// Suite scripts for /suites.
     pub suites: Vec<PathBuf>,
+    /// Files for /suites/lib: (path relative to lib/, host file).
+    pub suite_lib: Vec<(String, PathBuf)>,
     /// `-- CMD` words.
     pub cmd: Option<Vec<String>>,
     /// Variables for /etc/vugpu/env.
@@ -607,6 +657,9 @@ fn write_cpio<W: Write>(c: &Contents, out: W) -> Result<(), InitramfsError> {
     }
     for s in &c.suites {
         add_host_file(&mut w, &format!("suites/{}", file_name(s)?), s, 0o755)?;
+    }
+    for (rel, host) in &c.suite_lib {
+        add_host_file(&mut w, &format!("suites/lib/{rel}"), host, 0o644)?;
     }
     let env: String = c
         .env
@@ -755,12 +808,15 @@ mod tests {
         fs::write(&ko, "ko").unwrap();
         let suite = base.join("smoke.sh");
         fs::write(&suite, "echo").unwrap();
+        let lib = base.join("suite.sh");
+        fs::write(&lib, "suite_end() { :; }").unwrap();
         let c = Contents {
             init: b"#!/bin/busybox sh\n".to_vec(),
             busybox: bb,
             modules: vec![ko],
             bins: vec![],
             suites: vec![suite],
+            suite_lib: vec![("suite.sh".into(), lib)],
             cmd: Some(vec!["uname".into(), "-r".into()]),
             env: vec![("VUGPU_GPUS".into(), "2".into())],
         };
@@ -770,10 +826,69 @@ mod tests {
         let get = |n: &str| e.iter().find(|x| x.0 == n).map(|x| x.3.clone());
         assert_eq!(get("lib/modules/vugpu.ko").unwrap(), b"ko");
         assert_eq!(get("suites/smoke.sh").unwrap(), b"echo");
+        assert_eq!(get("suites/lib/suite.sh").unwrap(), b"suite_end() { :; }");
+        let mode = |n: &str| e.iter().find(|x| x.0 == n).map(|x| x.1);
+        assert_eq!(mode("suites/lib"), Some(0o040755), "directory entry first");
+        assert_eq!(mode("suites/lib/suite.sh"), Some(0o100644));
         assert_eq!(get("etc/vugpu/cmd").unwrap(), b"uname -r\n");
         assert_eq!(get("etc/vugpu/env").unwrap(), b"VUGPU_GPUS=2\n");
         assert!(get("init").is_some());
         assert!(get("bin/busybox").is_some());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn suites_are_top_level_scripts_and_lib_is_packed_whole() {
+        let base = std::env::temp_dir().join(format!("vugpu-suites-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let suites = base.join("suites");
+        fs::create_dir_all(suites.join("lib/sub")).unwrap();
+        fs::create_dir_all(suites.join("dir.sh")).unwrap();
+        fs::write(suites.join("smoke.sh"), "s").unwrap();
+        fs::write(suites.join("dma.sh"), "d").unwrap();
+        fs::write(suites.join("README"), "r").unwrap();
+        fs::write(suites.join("lib/suite.sh"), "lib").unwrap();
+        fs::write(suites.join("lib/helpers.awk"), "awk").unwrap();
+        fs::write(suites.join("lib/sub/more.sh"), "more").unwrap();
+        fs::write(suites.join("lib/.suite.sh.swp"), "swap").unwrap();
+        let t = TestsDir { path: base.clone() };
+        assert_eq!(t.suites(), ["dma", "smoke"]);
+        let lib = t.suite_lib().unwrap();
+        let names: Vec<&str> = lib.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["helpers.awk", "sub/more.sh", "suite.sh"]);
+        assert_eq!(lib[2].1, suites.join("lib/suite.sh"));
+
+        let bb = base.join("busybox");
+        fs::write(&bb, "bb").unwrap();
+        let c = Contents {
+            busybox: bb,
+            suites: vec![suites.join("dma.sh")],
+            suite_lib: lib,
+            ..Contents::default()
+        };
+        let mut buf = Vec::new();
+        write_cpio(&c, &mut buf).unwrap();
+        let e = read_cpio(&buf);
+        let get = |n: &str| e.iter().find(|x| x.0 == n).map(|x| x.3.clone());
+        assert_eq!(get("suites/dma.sh").unwrap(), b"d");
+        assert_eq!(get("suites/lib/suite.sh").unwrap(), b"lib");
+        assert_eq!(get("suites/lib/helpers.awk").unwrap(), b"awk");
+        assert_eq!(get("suites/lib/sub/more.sh").unwrap(), b"more");
+        assert!(e.iter().any(|x| x.0 == "suites/lib/sub" && x.1 == 0o040755));
+        assert!(get("suites/lib/.suite.sh.swp").is_none());
+
+        // No lib/ is no files; the repository's own suites have a lib.
+        fs::remove_dir_all(suites.join("lib")).unwrap();
+        assert!(t.suite_lib().unwrap().is_empty());
+        let repo = TestsDir {
+            path: Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(),
+        };
+        assert!(repo
+            .suite_lib()
+            .unwrap()
+            .iter()
+            .any(|(r, _)| r == "suite.sh"));
+        assert!(!repo.suites().iter().any(|s| s == "lib"));
         fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -364,6 +364,7 @@ fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String
         .map(|s| req.tests.path.join("suites").join(format!("{s}.sh")))
         .collect();
     suites.sort();
+    let suite_lib = req.tests.suite_lib()?;
     let mut vars = vec![
         ("VUGPU_GPUS".to_string(), req.gpus.to_string()),
         ("VUGPU_TOPOLOGY".to_string(), req.topology.to_string()),
@@ -389,6 +390,7 @@ fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String
         modules,
         bins,
         suites,
+        suite_lib,
         cmd: match &req.mode {
             Mode::Command(c) => Some(c.clone()),
             Mode::Suite(_) => None,
@@ -398,11 +400,12 @@ fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String
     let out = run_dir.join("initramfs.cpio.gz");
     let size = initramfs::write(&contents, &out)?;
     say!(
-        "initramfs {} KiB: {} module(s), {} program(s), {} suite(s)",
+        "initramfs {} KiB: {} module(s), {} program(s), {} suite(s), {} suite lib file(s)",
         size / 1024,
         contents.modules.len(),
         contents.bins.len(),
-        contents.suites.len()
+        contents.suites.len(),
+        contents.suite_lib.len()
     );
     Ok(qemu_path(env, &out))
 }

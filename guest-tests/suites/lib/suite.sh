@@ -1,0 +1,257 @@
+# SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=sh
+#
+# lib/suite.sh - the steps every vugpu guest suite shares.  Sourced, not run:
+# the runner packs it as /suites/lib/suite.sh next to the suites, and a suite
+# reads it with `. "$(dirname "$0")/lib/suite.sh"`.  POSIX sh (busybox ash).
+#
+# Contract.  A suite's stdout is one KTAP version 1 document and its exit
+# status is 0 only if no test failed.  The suite numbers its results itself
+# (N below), so its header comment and its code show the same numbering; the
+# functions print the results and count failures in SUITE_FAILED.  Order:
+#
+#   suite_init NAME [ARGS]   NAME names the suite in the output and the temp
+#                            dir SUITE_TMP; ARGS (the suite's VUGPU_*_ARGS)
+#                            start SUITE_ARGS, the test program's arguments.
+#                            MODULE (VUGPU_MODULE, default
+#                            /lib/modules/vugpu.ko) and MODULE_PARAMS
+#                            (VUGPU_MODULE_PARAMS) are set.
+#   for word in $(suite_cmdline); do case $word in ... esac; done
+#                            map kernel command line words with
+#                            suite_module_param WORD (vugpu.X=V -> insmod X=V),
+#                            suite_program_arg ARG... (-> SUITE_ARGS) and
+#                            suite_select_function WORD (vugpu.vendor=ID /
+#                            vugpu.device=ID -> both, as --vendor ID).
+#   suite_tests PROGRAM      the program whose tests are spliced in: sets
+#                            SUITE_NTESTS (`PROGRAM --count`, 0 if missing or
+#                            garbage) and SUITE_NSLOTS (results it takes in
+#                            the plan: SUITE_NTESTS, or 1 for its failure).
+#   suite_load_module        insmod MODULE MODULE_PARAMS, wait up to 5 s for
+#                            the driver; SUITE_LOAD_ST 0 ok / 1 failed.  May
+#                            run before or after the plan: it prints nothing.
+#   suite_require_engines [ARGS]
+#                            (DMA suites) sets SUITE_ENGINES from
+#                            `vugpu-dma --engines ARGS`; if the driver loaded
+#                            and the GPU has none, prints `1..0 # SKIP ...`
+#                            and exits 0 (the runner reports skipped, exit 4).
+#   suite_plan TOTAL [EXTRA] "KTAP version 1", the plan, "# vugpu NAME suite
+#                            on RELEASE[EXTRA][, module parameters: ...]";
+#                            sets SUITE_TOTAL.
+#   suite_report_load N      result N insmod_vugpu (with insmod's output and
+#                            the driver's kernel log lines as diagnostics).
+#   suite_splice [--timed] N [ARGS]
+#                            runs PROGRAM --no-header --first N ARGS SUITE_ARGS,
+#                            streaming its KTAP as results N..N+SUITE_NSLOTS-1.
+#                            Results it did not print (crash, kill) are
+#                            reported failed under their --list names; a
+#                            nonzero exit with every result ok counts as one
+#                            failure; no program is one failed result.
+#                            --timed adds "# PROGRAM took S s".
+#   suite_rmmod N            result N rmmod_vugpu (rmmod worked, module gone).
+#   suite_dmesg_check N      result N dmesg_no_warn_bug (no WARNING:, BUG:,
+#                            Oops or Call Trace in the kernel log).
+#   suite_end                "# suite NAME: F failed"; exits 0 only if F is 0.
+#
+# ktap_result N NAME STATUS [DIRECTIVE] and ktap_diag (stdin as "# " lines)
+# are there for suite-specific steps.  Variables and functions starting with
+# SUITE_/suite_/ktap_ and _s_ belong to this file.
+
+# --- KTAP output -----------------------------------------------------------------
+
+# ktap_result N NAME STATUS [DIRECTIVE]: "ok N - NAME[ # DIRECTIVE]" if STATUS
+# is 0, else "not ok N - NAME", counted in SUITE_FAILED.
+ktap_result() {
+	if [ "$3" -eq 0 ]; then
+		echo "ok $1 - $2${4:+ # $4}"
+	else
+		echo "not ok $1 - $2"
+		SUITE_FAILED=$((SUITE_FAILED + 1))
+	fi
+}
+
+# ktap_diag: prefix every line of stdin with "# ".
+ktap_diag() {
+	sed 's/^/# /'
+}
+
+# --- setup ------------------------------------------------------------------------
+
+suite_init() { # suite_init NAME [ARGS]
+	SUITE_NAME=$1
+	SUITE_ARGS=${2:-}
+	SUITE_FAILED=0
+	MODULE=${VUGPU_MODULE:-/lib/modules/vugpu.ko}
+	MODULE_PARAMS=${VUGPU_MODULE_PARAMS:-}
+	SUITE_TMP=${TMPDIR:-/tmp}/vugpu-$SUITE_NAME.$$
+	mkdir -p "$SUITE_TMP"
+}
+
+suite_cmdline() { # the kernel command line's words
+	cat /proc/cmdline 2>/dev/null
+}
+
+suite_module_param() { # suite_module_param vugpu.NAME=VALUE
+	MODULE_PARAMS="$MODULE_PARAMS ${1#vugpu.}"
+}
+
+suite_program_arg() { # suite_program_arg ARG...
+	SUITE_ARGS="$SUITE_ARGS $*"
+}
+
+suite_select_function() { # suite_select_function vugpu.{vendor,device}=ID
+	suite_module_param "$1"
+	_s_opt=${1#vugpu.}
+	suite_program_arg "--${_s_opt%%=*}" "${_s_opt#*=}"
+}
+
+suite_tests() { # suite_tests PROGRAM
+	SUITE_PROGRAM=$1
+	SUITE_NTESTS=0
+	if command -v "$1" >/dev/null 2>&1; then
+		SUITE_NTESTS=$("$1" --count 2>/dev/null)
+		"$1" --list > "$SUITE_TMP/names" 2>/dev/null
+	fi
+	case "$SUITE_NTESTS" in ''|*[!0-9]*) SUITE_NTESTS=0 ;; esac
+	# Without the program its slot is one failed result.
+	SUITE_NSLOTS=$SUITE_NTESTS
+	[ "$SUITE_NSLOTS" -gt 0 ] || SUITE_NSLOTS=1
+}
+
+# --- the driver --------------------------------------------------------------------
+
+suite_load_module() {
+	SUITE_LOAD_ST=0
+	if [ ! -f "$MODULE" ]; then
+		echo "$MODULE not found" > "$SUITE_TMP/insmod"
+		SUITE_LOAD_ST=1
+	elif grep -q '^vugpu ' /proc/modules; then
+		echo "vugpu already loaded" > "$SUITE_TMP/insmod"
+	else
+		# shellcheck disable=SC2086 # parameters are split on purpose
+		insmod "$MODULE" $MODULE_PARAMS > "$SUITE_TMP/insmod" 2>&1 || SUITE_LOAD_ST=1
+	fi
+	if [ "$SUITE_LOAD_ST" -eq 0 ]; then
+		_s_i=0
+		while [ ! -d /sys/bus/pci/drivers/vugpu ] && [ "$_s_i" -lt 50 ]; do
+			sleep 0.1 2>/dev/null || usleep 100000
+			_s_i=$((_s_i + 1))
+		done
+		if [ ! -d /sys/bus/pci/drivers/vugpu ]; then
+			echo "/sys/bus/pci/drivers/vugpu did not appear" >> "$SUITE_TMP/insmod"
+			SUITE_LOAD_ST=1
+		fi
+	fi
+}
+
+suite_driver_log() { # the driver's own kernel log lines (probe summary, or why probe failed)
+	dmesg | grep -E ' vugpu [0-9a-f]+:[0-9a-f]+:' | ktap_diag
+}
+
+suite_require_engines() { # suite_require_engines [ARGS for vugpu-dma --engines]
+	SUITE_ENGINES=unknown
+	if command -v vugpu-dma >/dev/null 2>&1 && [ "$SUITE_LOAD_ST" -eq 0 ]; then
+		SUITE_ENGINES=$(vugpu-dma --engines "$@" 2>/dev/null)
+	fi
+	if [ "$SUITE_LOAD_ST" -eq 0 ] && [ "$SUITE_ENGINES" = 0 ]; then
+		echo "KTAP version 1"
+		suite_driver_log
+		echo "1..0 # SKIP the vugpu GPU has no DMA engines (ENGINE_COUNT 0)"
+		rm -rf "$SUITE_TMP"
+		exit 0
+	fi
+}
+
+# --- results ------------------------------------------------------------------------
+
+suite_plan() { # suite_plan TOTAL [EXTRA header text]
+	SUITE_TOTAL=$1
+	echo "KTAP version 1"
+	echo "1..$SUITE_TOTAL"
+	echo "# vugpu $SUITE_NAME suite on $(uname -r)${2:-}${MODULE_PARAMS:+, module parameters:$MODULE_PARAMS}"
+}
+
+suite_report_load() { # suite_report_load N
+	ktap_diag < "$SUITE_TMP/insmod"
+	suite_driver_log
+	ktap_result "$1" insmod_vugpu "$SUITE_LOAD_ST"
+}
+
+suite_splice() { # suite_splice [--timed] N [ARGS]
+	_s_timed=
+	if [ "$1" = --timed ]; then
+		_s_timed=1
+		shift
+	fi
+	_s_first=$1
+	shift
+	_s_prog=$SUITE_PROGRAM
+	_s_fallback=$(echo "$_s_prog" | tr - _)
+	if [ "$SUITE_NTESTS" -eq 0 ]; then
+		echo "# $_s_prog not found in PATH or does not list its tests"
+		ktap_result "$_s_first" "$_s_fallback" 1
+		return
+	fi
+	_s_start=$(cut -d' ' -f1 /proc/uptime)
+	# Streamed as it runs; the exit status travels through a file.
+	# shellcheck disable=SC2086 # SUITE_ARGS are split on purpose
+	{ "$_s_prog" --no-header --first "$_s_first" "$@" $SUITE_ARGS; echo $? > "$SUITE_TMP/rc"; } |
+		tee "$SUITE_TMP/out"
+	_s_rc=$(cat "$SUITE_TMP/rc" 2>/dev/null)
+	_s_done=$(grep -cE '^(not )?ok [0-9]+ ' "$SUITE_TMP/out")
+	SUITE_FAILED=$((SUITE_FAILED + $(grep -cE '^not ok [0-9]+ ' "$SUITE_TMP/out")))
+	# A crash or kill leaves results missing: report each one as failed.
+	_s_i=$((_s_done + 1))
+	while [ "$_s_i" -le "$SUITE_NTESTS" ]; do
+		_s_name=$(sed -n "${_s_i}p" "$SUITE_TMP/names")
+		echo "# $_s_prog exited (status ${_s_rc:-unknown}) before reporting ${_s_name:-test $_s_i}"
+		ktap_result $((_s_first + _s_i - 1)) "${_s_name:-${_s_fallback}_$_s_i}" 1
+		_s_i=$((_s_i + 1))
+	done
+	if [ "${_s_rc:-1}" -ne 0 ] && ! grep -qE '^not ok ' "$SUITE_TMP/out" &&
+		[ "$_s_done" -eq "$SUITE_NTESTS" ]; then
+		# Everything reported ok but the program still failed: do not pass.
+		echo "# $_s_prog exit status $_s_rc with no failed test"
+		SUITE_FAILED=$((SUITE_FAILED + 1))
+	fi
+	if [ -n "$_s_timed" ]; then
+		echo "# $_s_prog took $(awk -v s="$_s_start" -v e="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", e - s }') s"
+	fi
+}
+
+suite_rmmod() { # suite_rmmod N
+	_s_st=0
+	if grep -q '^vugpu ' /proc/modules; then
+		if ! rmmod vugpu > "$SUITE_TMP/rmmod" 2>&1; then
+			ktap_diag < "$SUITE_TMP/rmmod"
+			_s_st=1
+		elif grep -q '^vugpu ' /proc/modules; then
+			echo "# vugpu still loaded after rmmod"
+			_s_st=1
+		fi
+	else
+		echo "# vugpu is not loaded"
+		_s_st=1
+	fi
+	ktap_result "$1" rmmod_vugpu "$_s_st"
+}
+
+suite_dmesg_check() { # suite_dmesg_check N
+	_s_st=0
+	if dmesg > "$SUITE_TMP/dmesg" 2>&1; then
+		if grep -E 'WARNING:|BUG:|Oops|Call Trace' "$SUITE_TMP/dmesg" > "$SUITE_TMP/bad"; then
+			ktap_diag < "$SUITE_TMP/bad"
+			_s_st=1
+		fi
+	else
+		ktap_diag < "$SUITE_TMP/dmesg"
+		_s_st=1
+	fi
+	ktap_result "$1" dmesg_no_warn_bug "$_s_st"
+}
+
+suite_end() {
+	echo "# suite $SUITE_NAME: $SUITE_FAILED failed"
+	rm -rf "$SUITE_TMP"
+	[ "$SUITE_FAILED" -eq 0 ] || exit 1
+	exit 0
+}
