@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * vugpu hardware definitions, transcribed from docs/hw-spec.md (version 0.2:
- * §1-§3, §5 error reporting, §6 engine registers, §7 descriptors and §8.1
- * statistics counters).
+ * §1-§3, §5 error reporting, §6 engine registers and doorbell words, §7
+ * descriptors and §8.1 statistics counters).
  *
  * This header describes the device, not the driver: PCI identity (hw-spec §1),
  * the BAR layout (§2) and the register file (§3).  It is shared by the kernel
@@ -58,6 +58,9 @@
 #define VUGPU_MSIX_ENTRY_SIZE		16
 #define VUGPU_DOORBELL_PAGE_OFFSET	0x200000	/* §6.4, mmappable */
 #define VUGPU_DOORBELL_PAGE_SIZE	0x001000
+/* §6.4 words of engine i's doorbell area (page offset DOORBELL_STRIDE * i + below). */
+#define VUGPU_DB_TAIL			0x0	/* driver-written ring tail */
+#define VUGPU_DB_SLEEPING		0x4	/* device-written sleep hint: read only */
 #define VUGPU_REG_WIDTH			4	/* every register is 32 bits */
 /* A register read that the device rejects (bad size/alignment). */
 #define VUGPU_REG_BAD_READ		0xffffffffU
@@ -107,7 +110,7 @@
 #define VUGPU_STATUS_READY		(1U << 0)	/* RO */
 #define VUGPU_STATUS_VRAM_INDEX_ERR	(1U << 1)	/* W1C */
 #define VUGPU_STATUS_RESET		VUGPU_STATUS_READY
-#define VUGPU_VRAM_INDEX_IGNORED_BITS	0x3U		/* bits 1:0 of VRAM_INDEX_LO */
+#define VUGPU_VRAM_INDEX_IGNORED_BITS	0x3U		/* VRAM_INDEX_LO bits 1:0: RO 0 */
 #define VUGPU_VRAM_DATA_BAD		0xffffffffU	/* out-of-range VRAM_DATA read */
 #define VUGPU_SOFT_RESET_MAGIC		0x52535421U	/* "!TSR" little-endian */
 #define VUGPU_IRQ_STATUS_VECTORS	32		/* IRQ_STATUS covers vectors 0-31 */
