@@ -24,13 +24,14 @@ use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
     DmaError, DmaPermissions, DmaSpace, Iova, SharedPage, Vram, VramError, VramOffset, VramOptions,
+    WindowBacking,
 };
 use vugpu_protocol::backend::{
     irq_flags, region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping,
     DmaUnmap, IrqAction, IrqData, IrqInfo, IrqSet, RegionInfo, RegionMmap, SparseArea,
 };
 
-use crate::engine::env::{EngineEnv, EnvParts, FaultReport, MsgDmaRequest, PollTiming};
+use crate::engine::env::{EngineEnv, EnvParts, FaultReport, MsgDmaRequest, MsgOp, PollTiming};
 use crate::engine::regs::{
     self as eregs, ErrorCode, DOORBELL_OFFSET, DOORBELL_SIZE, ENGINE_BASE, ENGINE_END, MAX_ENGINES,
 };
@@ -499,8 +500,39 @@ impl Gpu {
     }
 
     /// The next DMA message an engine waits for (the event loop performs it with the session).
+    ///
+    /// An engine resolves its access against the DMA space and then queues the message; a
+    /// DMA_UNMAP served in between (the queue may wait while the event loop answers client
+    /// requests) removes the window without touching the queue. Such a request is failed here
+    /// (the engine stops with `MSG_DMA_FAILED`, as if the client had refused it) and never
+    /// handed out: no DMA message for a window after its DMA_UNMAP returned.
     pub fn next_msg_dma(&self) -> Option<MsgDmaRequest> {
-        self.msg_rx.try_recv().ok()
+        loop {
+            let req = self.msg_rx.try_recv().ok()?;
+            let (addr, len, write) = match &req.op {
+                MsgOp::Read { addr, len } => (*addr, *len, false),
+                MsgOp::Write { addr, data } => (*addr, data.len(), true),
+            };
+            if req.abandoned() || self.msg_dma_allowed(addr, len as u64, write) {
+                return Some(req);
+            }
+            let _ = req.reply.send(Err(format!(
+                "DMA window at {addr:#x}+{len:#x} unmapped before its message was sent"
+            )));
+        }
+    }
+
+    /// Is `[addr, addr + len)` inside one message-only (fd-less) DMA window that grants the
+    /// access: may a DMA message for it be sent now.
+    pub fn msg_dma_allowed(&self, addr: u64, len: u64, write: bool) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        self.dma().find(Iova(addr)).is_some_and(|w| {
+            let allowed = if write { w.perms.write } else { w.perms.read };
+            // `iova + size` does not overflow: DMA_MAP refuses such windows.
+            allowed && w.backing == WindowBacking::MessageOnly && end <= w.iova.raw() + w.size
+        })
     }
 
     /// Reports queued engine errors (hw-spec §5): config-space error bits, `ERR_CAUSE`,
@@ -557,6 +589,7 @@ impl Gpu {
                 self.signal_error();
             }
         }
+        // f.engine < MAX_ENGINES (16): the shift stays inside the u32.
         self.regs.set_bits(spec::offset::ERR_CAUSE, 1 << f.engine);
         self.env.signal(0);
     }
@@ -939,6 +972,21 @@ impl DeviceBackend for Gpu {
             return Err(invalid(format!(
                 "IRQ index {} has {} vectors; {}+{} requested",
                 irqs.index, info.count, irqs.start, irqs.count
+            )));
+        }
+        // One entry per sub-index (the protocol server guarantees it; a longer list would
+        // otherwise reach vectors outside `start..start + count`).
+        let entries = match &irqs.data {
+            IrqData::None => None,
+            IrqData::Bool(b) => Some(b.len()),
+            IrqData::Eventfds(f) => Some(f.len()),
+        };
+        if entries.is_some_and(|n| n != irqs.count as usize) {
+            return Err(invalid(format!(
+                "IRQ index {}: {} data entries for {} vectors",
+                irqs.index,
+                entries.unwrap_or(0),
+                irqs.count
             )));
         }
         if irqs.action != IrqAction::Trigger {

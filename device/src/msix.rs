@@ -119,6 +119,7 @@ impl Msix {
             return Delivery::Suppressed;
         }
         if self.masked(vector, ctl) || !self.has_notifier(vector) {
+            // In bounds: vector < count() = pending.len() (checked above).
             self.pending[vector] = true;
             self.stats.pended += 1;
             return Delivery::Pending;
@@ -130,6 +131,7 @@ impl Msix {
         let Some(Some(n)) = self.notifiers.get(vector) else {
             return Delivery::Invalid;
         };
+        // `pending` has one entry per notifier slot: `vector` is in bounds (get above).
         match n.notify() {
             Ok(()) => {
                 self.stats.sent += 1;

@@ -187,6 +187,16 @@ impl Engine {
         self.cv.notify_all();
     }
 
+    /// Wakes the thread after the shutdown flag was raised. The thread checks the flag while
+    /// holding its lock and then waits on the condvar (which releases it); a notification sent
+    /// between the two would be lost and the thread would wait forever. Taking the lock first
+    /// means the thread is either before its check (and sees the flag) or already waiting.
+    fn wake_for_shutdown(&self) {
+        self.abort.store(true, Ordering::Release);
+        drop(self.lock());
+        self.poke();
+    }
+
     fn doorbell_offset(&self) -> u64 {
         DOORBELL_STRIDE * self.index as u64
     }
@@ -465,11 +475,34 @@ impl Drop for EngineSet {
     fn drop(&mut self) {
         self.env.set_shutdown();
         for e in &self.engines {
-            e.abort.store(true, Ordering::Release);
-            e.poke();
+            e.wake_for_shutdown();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `gpu_regions` fuzz target (a libFuzzer timeout: `EngineSet::drop` joined an
+    /// engine thread forever). The thread's side is played here: it holds its lock, has seen no
+    /// shutdown yet, and is about to wait. The shutdown wakeup sent meanwhile must still reach
+    /// it; it used to be sent without the lock and was lost.
+    #[test]
+    fn shutdown_wakeup_reaches_a_thread_between_its_check_and_its_wait() {
+        let engine = Arc::new(Engine::new(0));
+        let st = engine.lock();
+        let other = engine.clone();
+        let waker = std::thread::spawn(move || other.wake_for_shutdown());
+        // Let the waker run while "the thread" is still between its check and its wait.
+        std::thread::sleep(Duration::from_millis(50));
+        let (st, timeout) = engine.cv.wait_timeout(st, Duration::from_secs(10)).unwrap();
+        drop(st);
+        assert!(!timeout.timed_out(), "the shutdown wakeup was lost");
+        assert!(engine.abort.load(Ordering::Acquire));
+        waker.join().unwrap();
     }
 }

@@ -39,8 +39,8 @@ pub enum Counter {
     Irqs,
 }
 
-/// Number of counters.
-pub const COUNTERS: usize = 14;
+/// Number of counters (one past the last `Counter`, so `counters[c as usize]` is in bounds).
+pub const COUNTERS: usize = Counter::Irqs as usize + 1;
 /// Offset of the first counter in the engine block.
 pub const STATS_BASE: u32 = 0x40;
 /// End of the counters in the engine block.

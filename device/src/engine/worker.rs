@@ -104,7 +104,10 @@ fn next_job(
             let head = st.head;
             let seen = engine.kicks.load(Ordering::Acquire);
             drop(st);
-            let deadline = Instant::now() + timing.spin;
+            // A spin window too long for the clock is capped at 1 s.
+            let deadline = Instant::now()
+                .checked_add(timing.spin)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let mut n = 0u32;
             while Instant::now() < deadline
                 && env.doorbell().load_u32(doorbell) == Some(head)
@@ -137,7 +140,7 @@ fn next_job(
             }
         }
         st = engine.wait_timeout(st, sleep);
-        sleep = (sleep * 2).min(timing.max_sleep.max(MIN_SLEEP));
+        sleep = sleep.saturating_mul(2).min(timing.max_sleep.max(MIN_SLEEP));
     }
 }
 
@@ -167,12 +170,15 @@ fn commit(engine: &Engine, env: &EngineEnv, job: &Job, outcome: Outcome) {
             Outcome::Aborted => {}
         }
     }
-    engine.notify_if_waited(&st);
-    drop(st);
     if irq {
+        // Signalled before the lock is released (the lock order allows MSI-X under it): a
+        // reset, which takes this lock, then either drops the completion (epoch above) or
+        // finds its interrupt already sent, never one arriving after the reset returned.
         engine.stats.add(Counter::Irqs, 1);
         env.signal(ENGINE_VECTOR_BASE as usize + engine.index);
     }
+    engine.notify_if_waited(&st);
+    drop(st);
 }
 
 fn attrs(ns: bool, ro: bool) -> &'static str {
@@ -440,6 +446,7 @@ fn fill(
     while off < len {
         aborted(abort, dst)?;
         let n = (len - off).min(CHUNK) as usize;
+        // In bounds: n <= min(len, CHUNK) = buf.len().
         match env.write_bytes(offset(dst, off), &buf[..n], abort) {
             Ok(r) => wr.msg |= r.msg,
             Err(f) => {

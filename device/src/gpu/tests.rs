@@ -319,6 +319,32 @@ fn set_irqs_rejections() {
         BackendError::Invalid(_)
     ));
     assert!(!g.msix().has_notifier(0));
+    // More data entries than vectors: refused, nothing assigned past the range.
+    let (_e1, f1) = efd();
+    let (_e2, f2) = efd();
+    assert!(matches!(
+        bad(
+            &mut g,
+            2,
+            3,
+            1,
+            IrqAction::Trigger,
+            IrqData::Eventfds(vec![Some(f1), Some(f2)])
+        ),
+        BackendError::Invalid(_)
+    ));
+    assert!(!g.msix().has_notifier(3) && !g.msix().has_notifier(4));
+    assert!(matches!(
+        bad(
+            &mut g,
+            2,
+            0,
+            2,
+            IrqAction::Trigger,
+            IrqData::Bool(vec![true])
+        ),
+        BackendError::Invalid(_)
+    ));
     // INTx disable (sent by QEMU when MSI-X is enabled) is accepted.
     g.set_irqs(IrqSet {
         index: 0,
@@ -707,6 +733,123 @@ mod engines {
         g.vram().read(VramOffset(0x1000), &mut got).unwrap();
         assert!(got.iter().enumerate().all(|(i, b)| usize::from(*b) == i));
         assert!(g.next_msg_dma().is_none());
+    }
+
+    /// Found by the `gpu_regions` fuzz target (IRQ_COUNT 1 right after an FLR): an engine
+    /// advanced HEAD, released its lock and only then signalled the completion vector, so a
+    /// reset served in between returned first and the interrupt (and IRQS counter) of the old
+    /// job landed after it. The completion and its interrupt must be one step under the
+    /// engine lock: while the interrupt cannot be sent (MSI-X held here), nobody may see HEAD
+    /// move.
+    #[test]
+    fn completion_interrupt_is_sent_before_head_is_visible() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+
+        use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap, MmapRegion};
+
+        let mut g = gpu();
+        let ring = 0x10_0000u64;
+        let nop = RawDescriptor::default().with_flags(crate::engine::desc::flags::IRQ);
+        g.vram().write(VramOffset(ring), &nop.to_bytes()).unwrap();
+        wr32(&mut g, 0, ereg(0, eoff::RING_BASE_LO), ring as u32);
+        wr32(&mut g, 0, ereg(0, eoff::RING_SIZE), 2);
+        wr32(&mut g, 0, ereg(0, eoff::RING_APERTURE), 1);
+        let ctl = control::ENABLE | control::IRQ_ENABLE;
+        wr32(&mut g, 0, ereg(0, eoff::CONTROL), ctl);
+        // The doorbell page as a client maps it: a tail store needs no call into the device.
+        let info = g.region_info(0).unwrap();
+        let mmap = info.mmap.unwrap();
+        let file = std::fs::File::from(mmap.fd.try_clone_to_owned().unwrap());
+        let region = MmapRegion::<()>::from_file(FileOffset::new(file, 0x20_0000), 4096).unwrap();
+        let db = GuestRegionMmap::new(region, GuestAddress(0)).unwrap();
+        let monitor = g.engine_monitor();
+        let released = Arc::new(AtomicBool::new(false));
+        let early = Arc::new(AtomicBool::new(false));
+        let (r, e) = (released.clone(), early.clone());
+        let watcher = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if monitor.report()[0].head == 1 {
+                    e.store(!r.load(Ordering::SeqCst), Ordering::SeqCst);
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            false
+        });
+        let held = g.msix();
+        db.write_obj(1u32, vm_memory::MemoryRegionAddress(0))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        released.store(true, Ordering::SeqCst);
+        drop(held);
+        assert!(watcher.join().unwrap(), "the NOP never completed");
+        assert!(
+            !early.load(Ordering::SeqCst),
+            "HEAD advanced before the completion interrupt was signalled"
+        );
+        assert!(
+            g.msix().is_pending(1),
+            "vector 1 signalled (held: no eventfd)"
+        );
+    }
+
+    /// Found by the `gpu_regions` fuzz target: an engine resolved its access against an fd-less
+    /// window and queued a DMA message; the client unmapped the window before the event loop
+    /// took the request. The message must not be sent after DMA_UNMAP returned: the request is
+    /// failed instead and the engine stops with MSG_DMA_FAILED.
+    #[test]
+    fn no_dma_message_for_a_window_unmapped_while_queued() {
+        let mut g = gpu();
+        let rom = 0xfffc_0000u64;
+        let mut m = mapping(rom, 0x40000, None);
+        m.prot.write = false;
+        g.dma_map(m).unwrap();
+        let ring = 0x10_0000u64;
+        let src = Addr {
+            aperture: Aperture::Sys,
+            addr: rom + 0x100,
+        };
+        let d = RawDescriptor::copy(src, vram_at(0x1000), 64);
+        g.vram().write(VramOffset(ring), &d.to_bytes()).unwrap();
+        wr32(&mut g, 0, ereg(0, eoff::RING_BASE_LO), ring as u32);
+        wr32(&mut g, 0, ereg(0, eoff::RING_SIZE), 2);
+        wr32(&mut g, 0, ereg(0, eoff::RING_APERTURE), 1);
+        wr32(&mut g, 0, ereg(0, eoff::CONTROL), control::ENABLE);
+        wr32(&mut g, 0, ereg(0, eoff::RING_TAIL), 1);
+        assert!(
+            readable(g.engine_events(), 5000),
+            "the DMA_READ request is queued"
+        );
+        assert!(g.msg_dma_allowed(rom + 0x100, 64, false));
+        assert!(
+            !g.msg_dma_allowed(rom + 0x100, 64, true),
+            "read-only window"
+        );
+        assert!(
+            !g.msg_dma_allowed(rom + 0x3ffc0, 0x80, false),
+            "past the window"
+        );
+        g.dma_unmap(DmaUnmap::Range {
+            iova: rom,
+            size: 0x40000,
+        })
+        .unwrap();
+        assert!(!g.msg_dma_allowed(rom + 0x100, 64, false));
+        g.ack_engine_events();
+        assert!(g.next_msg_dma().is_none(), "message for an unmapped window");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rd32(&mut g, 0, ereg(0, eoff::STATUS)) != State::Error as u32 {
+            assert!(Instant::now() < deadline, "the engine never failed the job");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            rd32(&mut g, 0, ereg(0, eoff::ERROR_CODE)),
+            8,
+            "MSG_DMA_FAILED"
+        );
+        assert_eq!(rd32(&mut g, 0, ereg(0, eoff::RING_HEAD)), 0);
     }
 
     /// A DMA message request of a job that a reset aborted is abandoned: the event loop must

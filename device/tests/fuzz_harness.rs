@@ -1,0 +1,258 @@
+//! Runs the device fuzz harnesses (`fuzz/harness.rs`) over deterministic pseudo-random inputs
+//! so plain `cargo test` on stable exercises them. `gpu_regions` inputs are hand-encoded
+//! operation sequences (engine rings in VRAM and in guest RAM, descriptors of every opcode,
+//! doorbells, waits) glued with noise and then mutated (byte flips, interesting values,
+//! truncation, splices), which reaches far more of the device than uniform noise; uniform noise
+//! runs too. A panic in any thread (an engine thread included) aborts the test binary.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+#[path = "../fuzz/harness/mod.rs"]
+mod harness;
+
+use std::sync::Once;
+
+/// xorshift64*: tiny, deterministic, good enough to spread mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+/// Engine threads are not joined with a result: make their panics (and any other) fatal.
+fn abort_on_panic() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            std::process::abort();
+        }));
+    });
+}
+
+// Operation encoders matching `harness::World::step` (see the decoder for the meaning of each
+// selector byte).
+
+/// Ring setup for engine `e`: VRAM page `page` (aperture 1) or guest RAM A (aperture 0),
+/// `1 << log2` slots, ENABLE | IRQ_ENABLE.
+fn ring(e: u8, sys: bool, page: u8, log2: u8) -> Vec<u8> {
+    vec![3, e, u8::from(sys), page, 1, log2, 3]
+}
+
+/// A settle of `ms` milliseconds.
+fn settle(ms: u8) -> Vec<u8> {
+    vec![11, ms]
+}
+
+/// Address selectors of `pick_addr`: anchor byte, then `near` selector 2 (+ u8 * 8).
+fn addr(anchor: u8, eighths: u8) -> [u8; 3] {
+    [anchor, 2, eighths]
+}
+
+const VRAM0: u8 = 9;
+const SYS_A: u8 = 0;
+const SYS_B: u8 = 4;
+const SYS_C: u8 = 5;
+const SYS_D: u8 = 6;
+
+/// One descriptor in the encoding of `harness::World::descriptor`.
+fn desc(rng: &mut Rng) -> Vec<u8> {
+    let sources = [VRAM0, VRAM0, SYS_A, SYS_A, SYS_B, SYS_C, SYS_D, 12];
+    // Mostly writable destinations, so that most jobs complete.
+    let dests = [
+        VRAM0, VRAM0, SYS_A, SYS_A, SYS_C, VRAM0, SYS_A, SYS_B, SYS_D, 12,
+    ];
+    let mut v = Vec::new();
+    // mode: `mode % 8` selects the opcode (NOP, COPY, FILL, FENCE, TIMESTAMP); valid flags,
+    // a 32-bit value, no reserved-byte flip (and not `mode % 32 == 0`, raw bytes).
+    v.push([8u8, 1, 1, 3, 3, 5, 6][rng.below(7)]);
+    v.push(rng.byte() & 7);
+    // Source in the first 2 KiB of its anchor, destination 32-48 KiB in: no overlap.
+    v.extend(addr(sources[rng.below(sources.len())], rng.byte()));
+    v.extend([
+        dests[rng.below(dests.len())],
+        3,
+        rng.byte() & 0xf8,
+        0x80 | (rng.byte() & 0x3f),
+    ]);
+    // Length: 4 * (x + 1).
+    v.extend([5, rng.byte()]);
+    v.extend(rng.next().to_le_bytes()[..4].iter());
+    v
+}
+
+/// Submit `n` (1..=4) descriptors to engine `e`, tail + n, through doorbell method `how`.
+fn submit(rng: &mut Rng, e: u8, n: u8) -> Vec<u8> {
+    let mut v = vec![4, e, n - 1];
+    for _ in 0..n {
+        v.extend(desc(rng));
+    }
+    v.extend([2, rng.byte()]);
+    v
+}
+
+/// SET_IRQS: an eventfd for every MSI-X vector (`vectors` of them).
+fn eventfds(vectors: u8) -> Vec<u8> {
+    let mut v = vec![7, 0, 1, 2, 2];
+    v.extend(std::iter::repeat_n(2, usize::from(vectors)));
+    v
+}
+
+/// Engine `e`'s CONTROL.RESET (clears an error), then a new ring.
+fn engine_reset(rng: &mut Rng, e: u8) -> Vec<u8> {
+    let mut v = vec![10, 3 | (e << 3)];
+    v.extend(ring(
+        e,
+        rng.below(2) == 0,
+        rng.byte() % 16,
+        1 + rng.byte() % 6,
+    ));
+    v
+}
+
+fn template(rng: &mut Rng) -> Vec<u8> {
+    let ctl = rng.byte();
+    let mut v = vec![ctl];
+    v.extend(eventfds(5 + ((ctl >> 1) & 7)));
+    for e in 0..4 {
+        v.extend(ring(
+            e,
+            rng.below(2) == 0,
+            rng.byte() % 16,
+            1 + rng.byte() % 6,
+        ));
+    }
+    for _ in 0..1 + rng.below(10) {
+        let e = rng.byte() % 4;
+        if rng.below(3) == 0 {
+            v.extend(engine_reset(rng, e));
+        }
+        let n = 1 + rng.byte() % 4;
+        v.extend(submit(rng, e, n));
+        if rng.below(2) == 0 {
+            v.extend(settle(rng.byte() % 3));
+        }
+        if rng.below(4) == 0 {
+            // Any other operation with random arguments.
+            v.push(rng.byte());
+            for _ in 0..rng.below(16) {
+                v.push(rng.byte());
+            }
+        }
+    }
+    v.extend(settle(2));
+    v
+}
+
+fn mutate(rng: &mut Rng, mut v: Vec<u8>) -> Vec<u8> {
+    for _ in 0..rng.below(8) {
+        if v.len() < 2 {
+            break;
+        }
+        let i = 1 + rng.below(v.len() - 1);
+        v[i] = match rng.below(6) {
+            0 => 0,
+            1 => 0xff,
+            2 => 0x80,
+            3 => v[i] ^ (1 << rng.below(8)),
+            4 => v[i].wrapping_add(1),
+            _ => rng.byte(),
+        };
+    }
+    if rng.below(6) == 0 {
+        let keep = rng.below(v.len()) + 1;
+        v.truncate(keep);
+    }
+    if rng.below(4) == 0 {
+        let at = rng.below(v.len() + 1);
+        let noise: Vec<u8> = (0..rng.below(48)).map(|_| rng.byte()).collect();
+        v.splice(at..at, noise);
+    }
+    v
+}
+
+#[test]
+fn gpu_regions_harness_over_pseudo_random_inputs() {
+    abort_on_panic();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut total = harness::RegionStats::default();
+    let mut add = |s: harness::RegionStats| {
+        for (t, n) in total.ops.iter_mut().zip(s.ops) {
+            *t += n;
+        }
+        total.refused += s.refused;
+        total.jobs += s.jobs;
+        total.engine_errors += s.engine_errors;
+        total.messages += s.messages;
+        total.irqs += s.irqs;
+        total.maps += s.maps;
+    };
+    for _ in 0..600 {
+        let t = template(&mut rng);
+        add(harness::gpu_regions(&mutate(&mut rng, t)));
+    }
+    for _ in 0..300 {
+        let len = rng.below(600);
+        let input: Vec<u8> = (0..len).map(|_| rng.byte()).collect();
+        add(harness::gpu_regions(&input));
+    }
+    eprintln!("gpu_regions totals: {total:?}");
+    // The inputs really reach the device: every kind of operation, engines completing and
+    // failing descriptors, DMA messages, interrupts, refusals.
+    assert!(
+        total.ops.iter().all(|&n| n > 100),
+        "ops per kind {:?}",
+        total.ops
+    );
+    // Engine counts depend on scheduling (bounded waits); the margins are wide (a run on an
+    // idle 2-core host sees about 3x these).
+    assert!(total.jobs > 400, "jobs {}", total.jobs);
+    assert!(
+        total.engine_errors > 300,
+        "engine errors {}",
+        total.engine_errors
+    );
+    assert!(total.messages > 50, "DMA messages {}", total.messages);
+    assert!(total.irqs > 100, "interrupts {}", total.irqs);
+    assert!(total.refused > 500, "refused {}", total.refused);
+    assert!(total.maps > 3000, "maps {}", total.maps);
+}
+
+#[test]
+fn config_space_harness_over_pseudo_random_inputs() {
+    abort_on_panic();
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let mut total = harness::ConfigStats::default();
+    for _ in 0..3000 {
+        let len = rng.below(400);
+        let input: Vec<u8> = (0..len).map(|_| rng.byte()).collect();
+        let s = harness::config_space(&input);
+        total.writes += s.writes;
+        total.refused += s.refused;
+        total.reads += s.reads;
+        total.flrs += s.flrs;
+        total.resizes += s.resizes;
+        total.sizings += s.sizings;
+    }
+    eprintln!("config_space totals: {total:?}");
+    assert!(total.writes > 20_000, "writes {}", total.writes);
+    assert!(total.refused > 1_000, "refused {}", total.refused);
+    assert!(total.reads > 3_000, "reads {}", total.reads);
+    assert!(total.flrs > 50, "FLRs {}", total.flrs);
+    assert!(total.resizes > 1_000, "resizes {}", total.resizes);
+    assert!(total.sizings > 3_000, "sizings {}", total.sizings);
+}
