@@ -41,6 +41,7 @@ struct DeviceReport {
     engines: usize,
     vectors: usize,
     irqs_sent: u64,
+    bus_master: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +65,7 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
                     engines: engines.len(),
                     vectors: monitor.vectors(),
                     irqs_sent: monitor.irqs_sent(),
+                    bus_master: monitor.bus_master(),
                 },
                 engines,
             })

@@ -435,6 +435,7 @@ impl Gpu {
             doorbell,
             msix: Msix::new(vectors, &config.inject.msix_dead),
             dev_ctl: pcie::device_control(pci.config(), cap_offset::PCIE),
+            command: pci.command(),
             trace,
             timing: config.engine_timing,
         })
@@ -609,13 +610,16 @@ impl Gpu {
         pcie::device_control(self.pci.config(), cap_offset::PCIE)
     }
 
+    /// MSI-X Enable, Function Mask and Bus Master Enable, as config space has them now.
     fn msix_control(&self) -> MsixControl {
         msix_cap::msix_control(self.pci.config(), cap_offset::MSIX)
     }
 
-    /// Copies Device Control and the MSI-X control bits to where the engines read them.
+    /// Copies Device Control, Command and the MSI-X control bits to where the engines read
+    /// them.
     fn mirror_config(&self) {
         self.env.set_device_control(self.device_control());
+        self.env.set_command(self.pci.command());
         self.env.set_msix_control(self.msix_control());
     }
 
@@ -718,6 +722,7 @@ impl Gpu {
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) -> BackendResult<()> {
+        let before = self.msix_control();
         let outcome: CapWrite = self
             .pci
             .write(offset, data)
@@ -726,10 +731,16 @@ impl Gpu {
             self.stats.flrs += 1;
             self.function_reset();
         } else {
+            // Mirrors first: an engine that signals from now on sees the new bits, and one
+            // that signalled before is held in the PBA, which the pass below releases.
             self.mirror_config();
-            if outcome.msix_control {
-                let ctl = self.msix_control();
+            let ctl = self.msix_control();
+            if ctl != before {
                 self.env.msix().control_changed(ctl);
+            }
+            if ctl.bus_master && !before.bus_master {
+                // Engines waiting for Bus Master Enable continue (hw-spec §6.7).
+                self.engines.wake_all();
             }
         }
         Ok(())

@@ -3,9 +3,10 @@
 //!
 //! The client assigns one notifier (eventfd) per vector with DEVICE_SET_IRQS index 2. Signalling
 //! vector `n` writes its notifier, unless delivery is held: no notifier assigned, Function Mask
-//! set (config space), or the vector masked in the device's copy of the table. A held message sets
-//! the PBA bit and is sent when the hold goes away (notifier assigned, unmask). A vector disabled
-//! by fault injection is never signalled.
+//! set or Bus Master Enable clear (config space: a message is a memory write), or the vector
+//! masked in the device's copy of the table. A held message sets the PBA bit and is sent when the
+//! hold goes away (notifier assigned, unmask, Bus Master Enable set). A vector disabled by fault
+//! injection is never signalled.
 //!
 //! The table copy: QEMU emulates the MSI-X table itself and never forwards table accesses, so a
 //! table copy that was never written is inert (its reset Mask bits would otherwise block QEMU's
@@ -100,8 +101,10 @@ impl Msix {
         self.pending.get(vector).copied().unwrap_or(false)
     }
 
+    /// Is delivery of `vector` held (masked, or no memory writes allowed).
     fn masked(&self, vector: usize, ctl: MsixControl) -> bool {
-        ctl.function_mask
+        !ctl.bus_master
+            || ctl.function_mask
             || (self.table_written
                 && self
                     .table
@@ -173,7 +176,7 @@ impl Msix {
         self.notifiers.iter_mut().for_each(|n| *n = None);
     }
 
-    /// Enable / Function Mask changed: send what is no longer held.
+    /// Enable / Function Mask / Bus Master Enable changed: send what is no longer held.
     pub fn control_changed(&mut self, ctl: MsixControl) {
         for v in 0..self.count() {
             self.deliver_pending(v, ctl);
@@ -249,10 +252,17 @@ mod tests {
     const ON: MsixControl = MsixControl {
         enabled: true,
         function_mask: false,
+        bus_master: true,
     };
     const MASKED: MsixControl = MsixControl {
         enabled: true,
         function_mask: true,
+        bus_master: true,
+    };
+    const NO_MASTER: MsixControl = MsixControl {
+        enabled: true,
+        function_mask: false,
+        bus_master: false,
     };
 
     #[test]
@@ -293,6 +303,35 @@ mod tests {
         m.control_changed(ON);
         assert_eq!(rec.take(), vec![0]);
         assert!(!m.is_pending(0));
+    }
+
+    #[test]
+    fn bus_master_clear_holds_and_setting_it_delivers() {
+        let rec = Recorder::default();
+        let mut m = Msix::new(4, &[]);
+        m.set_notifier(2, Some(rec.notifier(2)), NO_MASTER);
+        assert_eq!(m.signal(2, NO_MASTER), Delivery::Pending);
+        assert_eq!(m.signal(2, NO_MASTER), Delivery::Pending);
+        assert!(
+            rec.take().is_empty(),
+            "no memory write without Bus Master Enable"
+        );
+        assert!(m.is_pending(2));
+        assert_eq!(m.stats().sent, 0, "held signals are not counted as sent");
+        m.control_changed(NO_MASTER);
+        assert!(rec.take().is_empty());
+        m.control_changed(ON);
+        assert_eq!(rec.take(), vec![2], "two held signals, one message");
+        assert!(!m.is_pending(2));
+        assert_eq!(m.stats().sent, 1);
+        // A vector masked in the table stays held when Bus Master Enable comes back.
+        m.table_write(12, &1u32.to_le_bytes(), NO_MASTER);
+        m.set_notifier(0, Some(rec.notifier(0)), NO_MASTER);
+        assert_eq!(m.signal(0, NO_MASTER), Delivery::Pending);
+        m.control_changed(ON);
+        assert!(rec.take().is_empty(), "still masked in the table");
+        m.table_write(12, &0u32.to_le_bytes(), ON);
+        assert_eq!(rec.take(), vec![0]);
     }
 
     #[test]

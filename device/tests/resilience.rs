@@ -124,6 +124,8 @@ fn disconnect_drops_dma_maps_and_irq_fds() {
             IrqSetArg::Eventfds(&[o.as_fd()]),
         )
         .unwrap();
+        // Bus Master Enable (Command bit 2): MSI-X messages are memory writes.
+        wr32(&mut c, 7, 0x04, 0x6);
         wr32(&mut c, 0, u64::from(reg::IRQ_TRIGGER), 0);
         assert_eq!(wait_event(&e, 2000), 1);
     }

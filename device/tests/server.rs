@@ -150,8 +150,9 @@ fn irq_trigger_fires_the_assigned_eventfd() {
     let borrowed: Vec<_> = owned.iter().map(|o| o.as_fd()).collect();
     c.set_irqs(2, 0, 4, IrqAction::Trigger, IrqSetArg::Eventfds(&borrowed))
         .unwrap();
-    // The guest driver would enable MSI-X in config space.
+    // The guest driver would enable MSI-X and Bus Master in config space.
     c.region_write(7, 0x53, &[0x80]).unwrap();
+    c.region_write(7, 0x04, &[0x06, 0x00]).unwrap();
     for n in [2u32, 0, 3] {
         wr32(&mut c, 0, u64::from(reg::IRQ_TRIGGER), n);
         for (i, e) in efds.iter().enumerate() {
@@ -202,6 +203,7 @@ fn msix_dead_injection_suppresses_one_vector() {
     let borrowed: Vec<_> = owned.iter().map(|o| o.as_fd()).collect();
     c.set_irqs(2, 0, 4, IrqAction::Trigger, IrqSetArg::Eventfds(&borrowed))
         .unwrap();
+    c.region_write(7, 0x04, &[0x06, 0x00]).unwrap();
     wr32(&mut c, 0, u64::from(reg::IRQ_TRIGGER), 2);
     wr32(&mut c, 0, u64::from(reg::IRQ_TRIGGER), 3);
     assert_eq!(wait_event(&efds[3], 2000), 1, "healthy vector fires");

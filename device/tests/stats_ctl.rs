@@ -66,6 +66,7 @@ fn stats_command_control_socket_and_trace() {
     assert_eq!(engines.len(), 2);
     assert_eq!(v["device"]["engines"], 2);
     assert_eq!(v["device"]["vectors"], 16);
+    assert_eq!(v["device"]["bus_master"], true, "the rig set Command bit 2");
     let e1 = &engines[1];
     assert_eq!(e1["index"], 1);
     assert_eq!(e1["state"], "IDLE");
@@ -107,6 +108,20 @@ fn stats_command_control_socket_and_trace() {
         "a silent client is timed out"
     );
     drop(silent);
+
+    // Bus Master Enable cleared: reported, and why engine 1 now sits RUNNING with work pending.
+    r.set_bus_master(false);
+    r.submit(
+        1,
+        &[RawDescriptor::fill(vram(0x1000), 64, 1)],
+        Doorbell::Mmap,
+    );
+    let v = stats(&srv.socket);
+    assert_eq!(v["device"]["bus_master"], false);
+    assert_eq!(v["engines"][1]["state"], "RUNNING");
+    assert_eq!(v["engines"][1]["head"], 2);
+    r.set_bus_master(true);
+    assert!(r.wait_head(1, 3, 5000));
 
     // The trace: fetches, reads and writes with attributes (§8.3).
     let text = std::fs::read_to_string(&trace).unwrap();

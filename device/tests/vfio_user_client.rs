@@ -84,6 +84,8 @@ fn rust_vmm_client_drives_the_gpu() {
         &raw,
     )
     .unwrap();
+    // MSI-X messages are memory writes: Bus Master Enable (Command bit 2) first.
+    write32(&mut c, 7, 0x04, 0x6);
     write32(&mut c, 0, u64::from(reg::IRQ_TRIGGER), 1);
     write32(&mut c, 0, u64::from(reg::IRQ_TRIGGER), 3);
     assert_eq!(wait_event(&efds[1], 2000), 1);

@@ -98,7 +98,7 @@ struct vugpu_engine {
 	unsigned int		index;
 	struct mutex		lock;		/* one job at a time on this engine */
 	void __iomem		*regs;		/* engine register block */
-	void __iomem		*doorbell;	/* this engine's word in the doorbell page */
+	void __iomem		*doorbell;	/* this engine's words in the doorbell page */
 
 	/* ring: SYS (coherent) or VRAM (through the BAR2 mapping) */
 	u32			slots;
@@ -120,6 +120,13 @@ struct vugpu_engine {
 	spinlock_t		irq_err_lock;
 	struct vugpu_engine_regs irq_err;	/* error registers read by vector 0 */
 
+	/*
+	 * The engine has one statistics latch (§8.1): a _LO read latches the
+	 * counter's high half for the next _HI read.  Readers of the counters
+	 * take this, so two never interleave their LO/HI pairs.
+	 */
+	struct mutex		stats_lock;
+
 	/* driver statistics (struct vugpu_engine_stats) */
 	atomic64_t		jobs;
 	atomic64_t		descs;
@@ -130,6 +137,7 @@ struct vugpu_engine {
 	atomic64_t		errors;
 	atomic64_t		timeouts;
 	atomic64_t		resets;
+	atomic64_t		doorbell_wakes;
 };
 
 struct vugpu_device {

@@ -5,8 +5,11 @@
  * Each engine has
  *   - a ring of 64-byte descriptors, in dma_alloc_coherent() memory (SYS
  *     aperture) or, on request, in VRAM written through the BAR2 mapping;
- *   - a doorbell word in the BAR0 doorbell page (mapped with ioremap); the
- *     driver writes the descriptors, issues wmb() and stores the new TAIL;
+ *   - a doorbell area in the BAR0 doorbell page (mapped with ioremap); the
+ *     driver writes the descriptors, issues wmb(), stores the new TAIL there
+ *     and, per §6.4, issues mb() and reads the engine's SLEEPING hint: only
+ *     when it reads 1 does it also write RING_TAIL (one trapped access) to
+ *     wake the engine at once;
  *   - a coherent page where the engine writes the driver's completion fence
  *     (a sequence number), FENCE values and TIMESTAMPs;
  *   - MSI-X vector ENGINE_VECTOR_BASE + i for completions (the handler only
@@ -327,14 +330,31 @@ static void vugpu_ring_put(struct vugpu_engine *eng, const struct vugpu_hw_desc 
 	eng->tail++;
 }
 
-static void vugpu_ring_doorbell(struct vugpu_engine *eng, bool via_register)
+/*
+ * Ring the doorbell (§6.4).  The recommended submission: store TAIL in the
+ * doorbell page, full barrier, read SLEEPING; the engine sets SLEEPING, then
+ * fences and reads TAIL once more before it sleeps, so a TAIL stored before
+ * we read SLEEPING == 0 is always seen, and a sleeping engine (1) is woken
+ * at once by the trapped RING_TAIL write instead of at its next poll.
+ * VUGPU_DMA_DB_REG writes only RING_TAIL; VUGPU_DMA_DB_PAGE_ONLY only
+ * stores TAIL (the engine finds it at its next poll).
+ */
+static void vugpu_ring_doorbell(struct vugpu_engine *eng, u32 flags)
 {
 	/* The descriptors (coherent or write-combined VRAM) before the TAIL store. */
 	wmb();
-	if (via_register)
+	if (flags & VUGPU_DMA_DB_REG) {
 		eng_wr(eng, VUGPU_ENG_RING_TAIL, eng->tail);
-	else
-		iowrite32(eng->tail, eng->doorbell);
+		return;
+	}
+	iowrite32(eng->tail, eng->doorbell + VUGPU_DB_TAIL);
+	if (flags & VUGPU_DMA_DB_PAGE_ONLY)
+		return;
+	mb();
+	if (ioread32(eng->doorbell + VUGPU_DB_SLEEPING) == 1) {
+		eng_wr(eng, VUGPU_ENG_RING_TAIL, eng->tail);
+		atomic64_inc(&eng->doorbell_wakes);
+	}
 }
 
 static bool vugpu_fence_done(struct vugpu_engine *eng, u64 seq)
@@ -461,7 +481,7 @@ int vugpu_engine_run(struct vugpu_engine *eng, const struct vugpu_hw_desc *descs
 		atomic64_add(m + 1, &eng->descs);
 
 		start = ktime_get_ns();
-		vugpu_ring_doorbell(eng, flags & VUGPU_DMA_DB_REG);
+		vugpu_ring_doorbell(eng, flags);
 		ret = vugpu_engine_wait(eng, eng->seq, flags, res);
 		res->elapsed_ns += ktime_get_ns() - start;
 		if (ret)
@@ -472,16 +492,20 @@ int vugpu_engine_run(struct vugpu_engine *eng, const struct vugpu_hw_desc *descs
 	return 0;
 }
 
+/* Caller holds engines_rwsem (read or write): the engine registers are mapped. */
 void vugpu_engine_stats(struct vugpu_engine *eng, struct vugpu_engine_stats *st)
 {
 	unsigned int i;
 
+	/* One latch per engine (§8.1): no other statistics read between LO and HI. */
+	mutex_lock(&eng->stats_lock);
 	for (i = 0; i < VUGPU_ENG_NUM_STATS; i++) {
 		u32 off = VUGPU_ENG_STATS_START + 8 * i;
-		u32 lo = eng_rd(eng, off);	/* snapshots the counter */
+		u32 lo = eng_rd(eng, off);	/* latches the counter's high half */
 
 		st->hw[i] = (u64)eng_rd(eng, off + 4) << 32 | lo;
 	}
+	mutex_unlock(&eng->stats_lock);
 	st->jobs = atomic64_read(&eng->jobs);
 	st->descs = atomic64_read(&eng->descs);
 	st->irq_waits = atomic64_read(&eng->irq_waits);
@@ -491,6 +515,7 @@ void vugpu_engine_stats(struct vugpu_engine *eng, struct vugpu_engine_stats *st)
 	st->errors = atomic64_read(&eng->errors);
 	st->timeouts = atomic64_read(&eng->timeouts);
 	st->resets = atomic64_read(&eng->resets);
+	st->doorbell_wakes = atomic64_read(&eng->doorbell_wakes);
 	spin_lock_irq(&eng->irq_err_lock);
 	st->irq_error = eng->irq_err;
 	spin_unlock_irq(&eng->irq_err_lock);
@@ -512,6 +537,7 @@ static void vugpu_engines_free(struct vugpu_device *vdev, struct vugpu_engine *e
 					  eng->ring_sys, eng->ring_sys_dma);
 		if (eng->slot)
 			dma_free_coherent(dev, PAGE_SIZE, eng->slot, eng->slot_dma);
+		mutex_destroy(&eng->stats_lock);
 		mutex_destroy(&eng->lock);
 	}
 	kfree(engines);
@@ -569,6 +595,7 @@ static int vugpu_engine_alloc(struct vugpu_device *vdev, struct vugpu_engine *en
 	eng->vdev = vdev;
 	eng->index = i;
 	mutex_init(&eng->lock);
+	mutex_init(&eng->stats_lock);
 	init_waitqueue_head(&eng->wq);
 	spin_lock_init(&eng->irq_err_lock);
 	eng->regs = vdev->regs + VUGPU_ENGINE_REGS(i);

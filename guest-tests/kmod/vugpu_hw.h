@@ -211,6 +211,9 @@
 #define VUGPU_DEVCTL_RELAX_EN		0x0010	/* bit 4 Enable Relaxed Ordering */
 #define VUGPU_DEVCTL_NOSNOOP_EN		0x0800	/* bit 11 Enable No Snoop */
 
+/* §1.1 Command bit 2: gates every memory request (engine DMA §6.7, MSI-X §3.1). */
+#define VUGPU_PCI_COMMAND_MASTER	0x0004
+
 /* §5 error reporting: config-space bits the device sets on engine errors. */
 #define VUGPU_AER_UNCOR_CA		(1U << 15)	/* Completer Abort */
 #define VUGPU_AER_UNCOR_UR		(1U << 20)	/* Unsupported Request */

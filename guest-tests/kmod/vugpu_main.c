@@ -19,7 +19,8 @@
  *     BAR (CPU view) and through VRAM_INDEX/VRAM_DATA (device view), FLR and
  *     SOFT_RESET with a register snapshot, mmap of BAR2, and the DMA engine
  *     ioctls (vugpu_dma.c), plus Device Control No Snoop / Relaxed Ordering
- *     enables.
+ *     enables, Bus Master Enable (BUS_MASTER) and per-vector interrupt
+ *     counts (IRQ_COUNTS).
  *
  * Locking: vdev->lock serialises every register sequence, reset and
  * mmap against remove; it is never held while touching user memory (the
@@ -574,6 +575,56 @@ static int vugpu_devctl(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
 	return 0;
 }
 
+/*
+ * BUS_MASTER: clear or set Bus Master Enable (hw-spec §1.1) the way a
+ * driver does at unbind / bind.  While it is 0 the engines start nothing
+ * and MSI-X messages are held (§3.1, §6.7); jobs submitted meanwhile
+ * wait (bounded by dma_timeout_ms).  Command after the change in count.
+ */
+static int vugpu_bus_master(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	u16 command = 0;
+	int ret;
+
+	if (cmd->value > VUGPU_BUS_MASTER_QUERY)
+		return -EINVAL;
+	ret = vugpu_lock_live(vdev);
+	if (ret)
+		return ret;
+	if (cmd->value == VUGPU_BUS_MASTER_SET)
+		pci_set_master(vdev->pdev);
+	else if (cmd->value == VUGPU_BUS_MASTER_CLEAR)
+		pci_clear_master(vdev->pdev);
+	ret = pci_read_config_word(vdev->pdev, PCI_COMMAND, &command);
+	mutex_unlock(&vdev->lock);
+	if (ret)
+		return pcibios_err_to_errno(ret);
+	cmd->count = command;
+	return 0;
+}
+
+/* IRQ_COUNTS: interrupts handled per vector (no hardware access, no trigger). */
+static int vugpu_irq_counts(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	unsigned int i, n;
+	u64 *counts;
+	int ret = 0;
+
+	if (cmd->size < sizeof(u64) || cmd->size % sizeof(u64))
+		return -EINVAL;
+	n = min_t(u64, cmd->size / sizeof(u64), vdev->num_vectors);
+	counts = kcalloc(n, sizeof(*counts), GFP_KERNEL);
+	if (!counts)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		counts[i] = atomic64_read(&vdev->vectors[i].count);
+	if (copy_to_user(u64_to_user_ptr(cmd->ptr), counts, n * sizeof(*counts)))
+		ret = -EFAULT;
+	kfree(counts);
+	cmd->count = vdev->num_vectors;
+	return ret;
+}
+
 /* --- file operations ----------------------------------------------------- */
 
 static int vugpu_fops_open(struct inode *inode, struct file *filp)
@@ -698,6 +749,12 @@ static long vugpu_fops_unlocked_ioctl(struct file *filp, unsigned int command, u
 		break;
 	case VUGPU_IOCTL_SCRATCH_WRITE:
 		ret = vugpu_scratch_xfer(vdev, &cmd, true);
+		break;
+	case VUGPU_IOCTL_BUS_MASTER:
+		ret = vugpu_bus_master(vdev, &cmd);
+		break;
+	case VUGPU_IOCTL_IRQ_COUNTS:
+		ret = vugpu_irq_counts(vdev, &cmd);
 		break;
 	default:
 		return -ENOTTY;

@@ -144,7 +144,9 @@ _Static_assert(sizeof(struct vugpu_regs) == 72, "struct vugpu_regs layout change
 #define VUGPU_DMA_DB_REG	(1U << 3)	/* ring the doorbell through RING_TAIL (trapped) */
 #define VUGPU_DMA_RESET_ON_ERROR (1U << 4)	/* reset the engine right after an error */
 #define VUGPU_DMA_RING_VRAM	(1U << 5)	/* ENGINE_RESET: put the ring in VRAM */
-#define VUGPU_DMA_FLAGS_ALL	0x3fU
+#define VUGPU_DMA_DB_PAGE_ONLY	(1U << 6)	/* doorbell page store only, without the §6.4
+						 * SLEEPING check (for comparisons) */
+#define VUGPU_DMA_FLAGS_ALL	0x7fU
 
 /* struct vugpu_dma.result */
 #define VUGPU_DMA_DONE		0	/* every descriptor completed */
@@ -285,6 +287,8 @@ struct vugpu_engine_stats {
 	__u64 errors;		/* jobs that ended in an engine error */
 	__u64 timeouts;
 	__u64 resets;		/* engine resets (ioctl, recovery, timeout) */
+	__u64 doorbell_wakes;	/* doorbell-page submissions that also wrote RING_TAIL
+				 * because SLEEPING read 1 (§6.4) */
 	struct vugpu_engine_regs irq_error;	/* STATUS, ERROR_* as the vector 0 handler
 						 * read them at the last error (head/tail/
 						 * control not read: 0) */
@@ -318,7 +322,7 @@ _Static_assert(sizeof(struct vugpu_engine_regs) == 32, "struct vugpu_engine_regs
 _Static_assert(sizeof(struct vugpu_dma) == 136, "struct vugpu_dma layout changed");
 _Static_assert(sizeof(struct vugpu_desc) == 64, "struct vugpu_desc is not a 64-byte descriptor");
 _Static_assert(sizeof(struct vugpu_dma_info) == 304, "struct vugpu_dma_info layout changed");
-_Static_assert(sizeof(struct vugpu_engine_stats) == 216,
+_Static_assert(sizeof(struct vugpu_engine_stats) == 224,
 	       "struct vugpu_engine_stats layout changed");
 _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_state layout changed");
 
@@ -339,6 +343,11 @@ _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_stat
  *				(out) count = Device Control after
  * 0x1a	SCRATCH_READ		vugpu_cmd: inner scratch [offset, offset + size) -> ptr
  * 0x1b	SCRATCH_WRITE		vugpu_cmd: ptr -> inner scratch
+ * 0x1c	BUS_MASTER		vugpu_cmd: value VUGPU_BUS_MASTER_* (pci_clear_master /
+ *				pci_set_master / nothing); (out) count = PCI Command after
+ * 0x1d	IRQ_COUNTS		vugpu_cmd: ptr/size -> __u64 per MSI-X vector: interrupts
+ *				handled since the driver bound (min(size / 8, vectors)
+ *				entries); (out) count = number of vectors
  */
 #define VUGPU_IOCTL_DMA_INFO		_IOWR('V', 0x10, struct vugpu_cmd)
 #define VUGPU_IOCTL_DMA_COPY		_IOWR('V', 0x11, struct vugpu_dma)
@@ -352,6 +361,13 @@ _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_stat
 #define VUGPU_IOCTL_DEVCTL		_IOWR('V', 0x19, struct vugpu_cmd)
 #define VUGPU_IOCTL_SCRATCH_READ	_IOWR('V', 0x1a, struct vugpu_cmd)
 #define VUGPU_IOCTL_SCRATCH_WRITE	_IOWR('V', 0x1b, struct vugpu_cmd)
+#define VUGPU_IOCTL_BUS_MASTER		_IOWR('V', 0x1c, struct vugpu_cmd)
+#define VUGPU_IOCTL_IRQ_COUNTS		_IOWR('V', 0x1d, struct vugpu_cmd)
+
+/* BUS_MASTER cmd.value: Command bit 2, Bus Master Enable (hw-spec §1.1, §3.1, §6.7) */
+#define VUGPU_BUS_MASTER_CLEAR	0	/* pci_clear_master() */
+#define VUGPU_BUS_MASTER_SET	1	/* pci_set_master() */
+#define VUGPU_BUS_MASTER_QUERY	2	/* only read Command */
 
 /*
  * mmap(2) of /dev/vugpuN maps BAR2 (VRAM, write-combined); the file offset

@@ -10,7 +10,10 @@
 #   2..N+1   vugpu-dma-bench: engine SYS->VRAM / VRAM->SYS bandwidth at
 #            4 KiB-16 MiB as ratios to memcpy into / out of the mmapped BAR2
 #            and RAM memcpy of the same sizes in the same run; 64-byte job
-#            rates with interrupt and fence-polling completion
+#            rates with interrupt and fence-polling completion, through the
+#            doorbell page (with and without the §6.4 SLEEPING check) and
+#            the trapped RING_TAIL register; pickup latency of one job after
+#            3 ms of idleness per submission mode
 #   N+2      rmmod vugpu
 #   N+3      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # If the driver loads but the GPU has no DMA engines (ENGINE_COUNT 0, e.g. a

@@ -11,7 +11,7 @@
 #            timestamp, completion modes, counters, No Snoop / Relaxed
 #            Ordering, rings, ioctl validation, bad addresses and AER,
 #            descriptor errors, timeouts, concurrent engines, hostile
-#            descriptors, resets), spliced in
+#            descriptors, resets, Bus Master Enable gating), spliced in
 #   N+2      rmmod vugpu (engines stopped and freed with jobs done)
 #   N+3      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # If the driver loads but the GPU has no DMA engines (ENGINE_COUNT 0, e.g. a

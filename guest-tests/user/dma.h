@@ -5,9 +5,10 @@
  * The cases live in dma_copy.c (data movement: every direction, fill,
  * fence, timestamp, completion modes, statistics, No Snoop / Relaxed
  * Ordering, ring placement), dma_err.c (ioctl validation, bad addresses,
- * VRAM range, descriptor errors, timeouts, resets) and dma_stress.c
- * (concurrent engines, the hostile-descriptor test); vugpu-dma.c lists and
- * runs them against the first vugpu function.
+ * VRAM range, descriptor errors, timeouts, resets), dma_stress.c
+ * (concurrent engines, the hostile-descriptor test) and dma_bus.c (Bus
+ * Master Enable gating); vugpu-dma.c lists and runs them against the first
+ * vugpu function.
  */
 #ifndef VUGPU_DMA_TEST_H
 #define VUGPU_DMA_TEST_H
@@ -146,5 +147,8 @@ void dma_across_resets(struct ktap_test *t, void *ctx);
 void concurrent_engines(struct ktap_test *t, void *ctx);
 void hostile_descriptors(struct ktap_test *t, void *ctx);
 void final_state(struct ktap_test *t, void *ctx);
+
+/* dma_bus.c */
+void bus_master_gating(struct ktap_test *t, void *ctx);
 
 #endif /* VUGPU_DMA_TEST_H */

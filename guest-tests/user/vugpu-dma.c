@@ -14,7 +14,9 @@
  *   - errors: ioctl validation; unmapped SYS addresses (SYS_UNMAPPED, AER
  *     UR, Device Status, Received Master Abort, vector 0) and recovery by
  *     engine reset; VRAM out of range; every descriptor error; a job that
- *     times out; DMA across FLR and SOFT_RESET;
+ *     times out; DMA across FLR and SOFT_RESET; Bus Master Enable cleared
+ *     (nothing fetched, written or signalled; the job and a held MSI-X
+ *     message complete once it is set again);
  *   - stress: every engine from its own thread at once, all verified; a
  *     hostile stream of random raw descriptors, after which the engines
  *     recover, the device still copies correctly and the driver's guard
@@ -272,6 +274,7 @@ static const struct ktap_case dma_cases[] = {
 	KTAP_CASE(timeout_recovery),
 	KTAP_CASE(concurrent_engines),
 	KTAP_CASE(dma_across_resets),
+	KTAP_CASE(bus_master_gating),
 	KTAP_CASE(hostile_descriptors),
 	KTAP_CASE(rom_window),
 	KTAP_CASE(final_state),

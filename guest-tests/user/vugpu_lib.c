@@ -417,6 +417,24 @@ int vugpu_scratch_io(int fd, unsigned long req, uint64_t off, void *buf, size_t 
 	return vugpu_cmd(fd, req, &cmd);
 }
 
+int vugpu_bus_master(int fd, unsigned int op, uint16_t *command)
+{
+	struct vugpu_cmd cmd = { .value = op };
+	int ret = vugpu_cmd(fd, VUGPU_IOCTL_BUS_MASTER, &cmd);
+
+	if (!ret && command)
+		*command = (uint16_t)cmd.count;
+	return ret;
+}
+
+int vugpu_irq_counts(int fd, uint64_t *counts, unsigned int n)
+{
+	struct vugpu_cmd cmd = { .ptr = (uintptr_t)counts, .size = (uint64_t)n * sizeof(*counts) };
+	int ret = vugpu_cmd(fd, VUGPU_IOCTL_IRQ_COUNTS, &cmd);
+
+	return ret ? ret : (int)cmd.count;
+}
+
 const char *vugpu_eng_err_name(uint32_t code)
 {
 	static const char *const names[] = {

@@ -92,6 +92,10 @@ int vugpu_error_state(int fd, struct vugpu_error_state *es, bool clear);
 /* Sets the Device Control bits @mask to @value; *after = Device Control (may be NULL). */
 int vugpu_devctl(int fd, uint16_t mask, uint16_t value, uint16_t *after);
 int vugpu_scratch_io(int fd, unsigned long req, uint64_t off, void *buf, size_t len);
+/* BUS_MASTER: @op VUGPU_BUS_MASTER_*; *command = PCI Command after (may be NULL). */
+int vugpu_bus_master(int fd, unsigned int op, uint16_t *command);
+/* IRQ_COUNTS: interrupts handled per vector into counts[0..n); returns the vector count or -errno. */
+int vugpu_irq_counts(int fd, uint64_t *counts, unsigned int n);
 const char *vugpu_eng_err_name(uint32_t code);
 const char *vugpu_eng_state_name(uint32_t status);
 /* Index of a §8.1 counter in struct vugpu_engine_stats.hw from its register offset. */

@@ -10,8 +10,10 @@
 //! - Lock order: engine state → DMA space → MSI-X → fault queue / trace. Nothing waits for an
 //!   engine while holding the DMA space or MSI-X.
 //!
-//! Device Control and the MSI-X control bits live in config space, which the event loop owns; it
-//! mirrors them here after every config write and reset, and engines read the mirrors.
+//! Device Control, the Command register and the MSI-X control bits live in config space, which
+//! the event loop owns; it mirrors them here after every config write and reset, and engines read
+//! the mirrors. Command bit 2 (Bus Master Enable) gates every memory request an engine issues and
+//! every MSI-X message (hw-spec §1.1, §3.1, §6.7).
 
 use std::fs::File;
 use std::io::{LineWriter, Write};
@@ -29,6 +31,7 @@ use vugpu_backend::{DmaError, DmaSpace, Iova, Segment, SharedPage, Vram, VramErr
 use super::desc::{Addr, Aperture};
 use super::regs::ErrorCode;
 use crate::msix::Msix;
+use crate::pci::function::COMMAND_BUS_MASTER;
 use crate::pci::msix_cap::MsixControl;
 use crate::pci::pcie::DeviceControl;
 
@@ -168,6 +171,7 @@ pub struct EngineEnv {
     msix: Mutex<Msix>,
     msix_ctl: AtomicU8,
     dev_ctl: AtomicU16,
+    command: AtomicU16,
     start: Instant,
     faults: Mutex<Vec<FaultReport>>,
     faults_pending: AtomicBool,
@@ -193,6 +197,8 @@ pub struct EnvParts {
     pub msix: Msix,
     /// Initial Device Control.
     pub dev_ctl: DeviceControl,
+    /// Initial Command register.
+    pub command: u16,
     /// Trace file.
     pub trace: Option<File>,
     /// Doorbell polling.
@@ -250,6 +256,7 @@ impl EngineEnv {
             msix: Mutex::new(parts.msix),
             msix_ctl: AtomicU8::new(0),
             dev_ctl: AtomicU16::new(parts.dev_ctl.0),
+            command: AtomicU16::new(parts.command),
             start: Instant::now(),
             faults: Mutex::new(Vec::new()),
             faults_pending: AtomicBool::new(false),
@@ -287,19 +294,32 @@ impl EngineEnv {
         lock(&self.msix)
     }
 
-    /// Updates the MSI-X control mirror.
+    /// Updates the MSI-X control mirror (Enable, Function Mask; Bus Master Enable comes from
+    /// the Command mirror).
     pub fn set_msix_control(&self, ctl: MsixControl) {
         let v = u8::from(ctl.enabled) | (u8::from(ctl.function_mask) << 1);
         self.msix_ctl.store(v, Ordering::Release);
     }
 
-    /// The MSI-X control mirror.
+    /// The MSI-X control mirror, with Bus Master Enable from the Command mirror.
     pub fn msix_control(&self) -> MsixControl {
         let v = self.msix_ctl.load(Ordering::Acquire);
         MsixControl {
             enabled: v & 1 != 0,
             function_mask: v & 2 != 0,
+            bus_master: self.bus_master(),
         }
+    }
+
+    /// Updates the Command register mirror.
+    pub fn set_command(&self, command: u16) {
+        self.command.store(command, Ordering::SeqCst);
+    }
+
+    /// Command bit 2, Bus Master Enable: may the device issue memory requests (engine DMA,
+    /// MSI-X messages).
+    pub fn bus_master(&self) -> bool {
+        self.command.load(Ordering::SeqCst) & COMMAND_BUS_MASTER != 0
     }
 
     /// Updates the Device Control mirror.
@@ -318,9 +338,14 @@ impl EngineEnv {
     }
 
     /// Signals MSI-X vector `vector`.
+    ///
+    /// The control bits are read with the MSI-X state locked: the event loop changes a mirror
+    /// first and then, under the same lock, sends what it no longer holds, so a signal is
+    /// either sent, or held and released by that pass (never held after it).
     pub fn signal(&self, vector: usize) {
+        let mut msix = self.msix();
         let ctl = self.msix_control();
-        self.msix().signal(vector, ctl);
+        msix.signal(vector, ctl);
     }
 
     /// The eventfd that becomes readable when faults or DMA messages wait for the event loop.

@@ -10,6 +10,9 @@
 //! Invariants:
 //! - An engine executes one descriptor at a time, in ring order; `HEAD` advances only after the
 //!   descriptor's writes are done.
+//! - An engine issues memory requests only while Bus Master Enable (Command bit 2, mirrored in
+//!   the [`EngineEnv`]) is set: it waits before a descriptor and before each chunk while it is
+//!   clear, and [`EngineSet::wake_all`] lets it continue (hw-spec §6.7).
 //! - A reset (engine, SOFT_RESET, FLR, DEVICE_RESET) returns only once the engine's thread has
 //!   stopped touching memory: it raises the abort flag, bumps the epoch (so a result computed
 //!   before the reset is dropped) and waits for the thread to leave its descriptor (at most one
@@ -187,14 +190,20 @@ impl Engine {
         self.cv.notify_all();
     }
 
-    /// Wakes the thread after the shutdown flag was raised. The thread checks the flag while
-    /// holding its lock and then waits on the condvar (which releases it); a notification sent
-    /// between the two would be lost and the thread would wait forever. Taking the lock first
-    /// means the thread is either before its check (and sees the flag) or already waiting.
-    fn wake_for_shutdown(&self) {
-        self.abort.store(true, Ordering::Release);
+    /// Wakes the thread after a change made outside its lock (the shutdown and abort flags,
+    /// Bus Master Enable). The thread checks such flags while holding its lock and then waits
+    /// on the condvar (which releases it); a notification sent between the two would be lost
+    /// and the thread would wait forever. Taking the lock first means the thread is either
+    /// before its check (and sees the change) or already waiting.
+    fn wake(&self) {
         drop(self.lock());
         self.poke();
+    }
+
+    /// Raises the abort flag for shutdown and wakes the thread (see [`Engine::wake`]).
+    fn wake_for_shutdown(&self) {
+        self.abort.store(true, Ordering::Release);
+        self.wake();
     }
 
     fn doorbell_offset(&self) -> u64 {
@@ -299,6 +308,11 @@ impl EngineMonitor {
     /// MSI-X messages sent since reset.
     pub fn irqs_sent(&self) -> u64 {
         self.env.msix().stats().sent
+    }
+
+    /// Bus Master Enable (Command bit 2) as the engines see it.
+    pub fn bus_master(&self) -> bool {
+        self.env.bus_master()
     }
 
     /// Number of MSI-X vectors.
@@ -428,7 +442,9 @@ impl EngineSet {
                 }
                 offset::CONTROL => {
                     let new = value & control::RW;
-                    if !enabled && new & control::ENABLE != 0 {
+                    // An engine in ERROR keeps its first error: ENABLE 0->1 neither validates
+                    // nor reports (hw-spec §6.3); only a reset leaves ERROR.
+                    if !enabled && new & control::ENABLE != 0 && st.error.is_none() {
                         match st.validate_ring() {
                             Ok(ring) => st.ring = Some(ring),
                             Err(f) => {
@@ -459,6 +475,13 @@ impl EngineSet {
             }
         }
         true
+    }
+
+    /// Wakes every engine thread: Bus Master Enable was set, engines waiting for it continue.
+    pub fn wake_all(&self) {
+        for e in &self.engines {
+            e.wake();
+        }
     }
 
     /// Resets every engine (SOFT_RESET, FLR, DEVICE_RESET): counters cleared, doorbell page

@@ -5,6 +5,11 @@
 //! under the lock again — unless a reset happened meanwhile (the epoch changed), in which case
 //! the result is dropped. Between chunks it checks the abort flag a reset sets, so a reset waits
 //! at most one chunk.
+//!
+//! Bus Master Enable (hw-spec §6.7): before it takes a descriptor, before the fetch and before
+//! every chunk of data the thread checks the mirrored Command bit 2; while it is clear the
+//! thread waits on the engine's condition variable (a reset still abandons the descriptor) and
+//! [`super::EngineSet::wake_all`] wakes it when the bit is set.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -63,9 +68,18 @@ fn next_job(
     let mut sleep = MIN_SLEEP;
     let hint = doorbell + SLEEP_HINT;
     let mut st = engine.lock();
+    let mut epoch = st.epoch;
     loop {
         if env.is_shutdown() {
             return None;
+        }
+        if st.epoch != epoch {
+            // A reset zeroed SLEEPING: start the spin/sleep cycle afresh, so that SLEEPING
+            // is set again before the next sleep.
+            epoch = st.epoch;
+            spun = false;
+            sleeping = false;
+            sleep = MIN_SLEEP;
         }
         let Some(ring) = st.runnable_ring() else {
             // Disabled, halted or in error: nothing to poll until a register write.
@@ -86,6 +100,12 @@ fn next_job(
                 let report = st.set_error(engine.index, f);
                 engine.stats.add(Counter::Errors, 1);
                 env.report(report);
+                continue;
+            }
+            if !env.bus_master() {
+                // No memory request without Bus Master Enable: wait with the descriptors
+                // pending (STATUS RUNNING) until it is set or a register changes.
+                st = engine.wait(st);
                 continue;
             }
             st.executing = true;
@@ -209,6 +229,19 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// The line of a failed transaction; none for one abandoned by a reset (hw-spec §8.3).
+    /// `reach` covers the chunks before the failing one; a failed DMA message means the
+    /// failing part is in an fd-less window.
+    fn fault(&self, write: bool, at: Addr, size: u64, reach: Reach, f: &MemFault) {
+        if f.kind == FaultKind::Aborted {
+            return;
+        }
+        let reach = Reach {
+            msg: reach.msg || f.kind == FaultKind::MsgDma,
+        };
+        self.line(write, at, size, reach, false);
+    }
+
     fn line(&self, write: bool, at: Addr, size: u64, reach: Reach, ok: bool) {
         if !self.env.tracing() {
             return;
@@ -270,6 +303,9 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             .wrapping_add(u64::from(slot) * DESC_SIZE as u64),
     };
     let abort = &engine.abort;
+    if let Err(f) = gate(engine, env, desc_at) {
+        return mem_fault(f, slot, true, (false, false));
+    }
     let mut raw = [0u8; DESC_SIZE];
     let fetch = env.read_bytes(desc_at, &mut raw, abort);
     let mut tx = Tx {
@@ -283,7 +319,7 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
     match fetch {
         Ok(reach) => tx.line(false, desc_at, DESC_SIZE as u64, reach, true),
         Err(f) => {
-            tx.line(false, desc_at, DESC_SIZE as u64, Reach::default(), false);
+            tx.fault(false, desc_at, DESC_SIZE as u64, Reach::default(), &f);
             return mem_fault(f, slot, true, (false, false));
         }
     }
@@ -326,27 +362,33 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
     let result: Result<(), MemFault> = match desc.op {
         Op::Nop => Ok(()),
         Op::Copy { src, dst, len } => {
-            let r = copy(env, &tx, src, dst, len, abort);
+            let r = copy(engine, env, &tx, src, dst, len);
             counts.bytes = Some((direction(src.aperture, dst.aperture), len));
             counts.sys_bytes = sys_len(src, len) + sys_len(dst, len);
             r
         }
         Op::Fill { dst, len, pattern } => {
-            let r = fill(env, &tx, dst, len, pattern, abort);
+            let r = fill(engine, env, &tx, dst, len, pattern);
             counts.bytes = Some((Counter::Fill, len));
             counts.sys_bytes = sys_len(dst, len);
             r
         }
         Op::Fence { dst, value } => {
-            let r = env.store_u64(dst, value, abort);
-            tx.line(true, dst, 8, r.unwrap_or_default(), r.is_ok());
+            let r = gate(engine, env, dst).and_then(|()| env.store_u64(dst, value, abort));
+            match &r {
+                Ok(reach) => tx.line(true, dst, 8, *reach, true),
+                Err(f) => tx.fault(true, dst, 8, Reach::default(), f),
+            }
             fence = Some(value);
             counts.sys_bytes = sys_len(dst, 8);
             r.map(|_| ())
         }
         Op::Timestamp { dst } => {
-            let r = env.store_u64(dst, env.clock_ns(), abort);
-            tx.line(true, dst, 8, r.unwrap_or_default(), r.is_ok());
+            let r = gate(engine, env, dst).and_then(|()| env.store_u64(dst, env.clock_ns(), abort));
+            match &r {
+                Ok(reach) => tx.line(true, dst, 8, *reach, true),
+                Err(f) => tx.fault(true, dst, 8, Reach::default(), f),
+            }
             counts.sys_bytes = sys_len(dst, 8);
             r.map(|_| ())
         }
@@ -377,30 +419,48 @@ fn offset(a: Addr, off: u64) -> Addr {
     }
 }
 
-fn aborted(abort: &std::sync::atomic::AtomicBool, src: Addr) -> Result<(), MemFault> {
-    if abort.load(Ordering::Acquire) {
-        return Err(MemFault {
-            kind: FaultKind::Aborted,
-            at: src,
-            write: false,
-        });
+/// Before a memory request of a descriptor: a reset (or shutdown) abandons the descriptor
+/// here; while Bus Master Enable is clear the engine waits here (hw-spec §6.7).
+fn gate(engine: &Engine, env: &EngineEnv, at: Addr) -> Result<(), MemFault> {
+    let aborted = || MemFault {
+        kind: FaultKind::Aborted,
+        at,
+        write: false,
+    };
+    if engine.abort.load(Ordering::Acquire) {
+        return Err(aborted());
     }
-    Ok(())
+    if env.bus_master() {
+        return Ok(());
+    }
+    // Resets set `abort` under this lock and then poke; Bus Master Enable is set before a
+    // wake-up that takes this lock: neither can slip between the checks and the wait.
+    let mut st = engine.lock();
+    loop {
+        if engine.abort.load(Ordering::Acquire) || env.is_shutdown() {
+            return Err(aborted());
+        }
+        if env.bus_master() {
+            return Ok(());
+        }
+        st = engine.wait(st);
+    }
 }
 
 /// COPY in chunks; one trace line per side.
 fn copy(
+    engine: &Engine,
     env: &EngineEnv,
     tx: &Tx<'_>,
     src: Addr,
     dst: Addr,
     len: u64,
-    abort: &std::sync::atomic::AtomicBool,
 ) -> Result<(), MemFault> {
+    let abort = &engine.abort;
     let (mut rr, mut wr) = (Reach::default(), Reach::default());
     let mut off = 0;
     while off < len {
-        aborted(abort, src)?;
+        gate(engine, env, src)?;
         let n = (len - off).min(CHUNK);
         // Descriptor validation guarantees `addr + len` does not overflow.
         match env.copy_chunk(offset(src, off), offset(dst, off), n, abort) {
@@ -409,10 +469,11 @@ fn copy(
                 wr.msg |= w.msg;
             }
             Err(f) => {
-                let read_ok = f.write;
-                tx.line(false, src, len, rr, read_ok);
-                if read_ok {
-                    tx.line(true, dst, len, wr, false);
+                if f.write {
+                    tx.line(false, src, len, rr, true);
+                    tx.fault(true, dst, len, wr, &f);
+                } else {
+                    tx.fault(false, src, len, rr, &f);
                 }
                 return Err(f);
             }
@@ -426,13 +487,14 @@ fn copy(
 
 /// FILL in chunks from one pattern buffer (dst and chunk offsets are multiples of 4).
 fn fill(
+    engine: &Engine,
     env: &EngineEnv,
     tx: &Tx<'_>,
     dst: Addr,
     len: u64,
     pattern: u32,
-    abort: &std::sync::atomic::AtomicBool,
 ) -> Result<(), MemFault> {
+    let abort = &engine.abort;
     let first = len.min(CHUNK) as usize;
     let buf: Vec<u8> = pattern
         .to_le_bytes()
@@ -444,13 +506,13 @@ fn fill(
     let mut wr = Reach::default();
     let mut off = 0;
     while off < len {
-        aborted(abort, dst)?;
+        gate(engine, env, dst)?;
         let n = (len - off).min(CHUNK) as usize;
         // In bounds: n <= min(len, CHUNK) = buf.len().
         match env.write_bytes(offset(dst, off), &buf[..n], abort) {
             Ok(r) => wr.msg |= r.msg,
             Err(f) => {
-                tx.line(true, dst, len, wr, false);
+                tx.fault(true, dst, len, wr, &f);
                 return Err(f);
             }
         }

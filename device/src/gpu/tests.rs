@@ -34,6 +34,12 @@ fn wr32(g: &mut Gpu, region: u32, off: u64, v: u32) {
     g.region_write(region, off, &v.to_le_bytes()).unwrap();
 }
 
+/// Command: Memory Space, and Bus Master Enable if `on` (a driver's pci_set_master).
+fn bus_master(g: &mut Gpu, on: bool) {
+    let command: u16 = if on { 0x6 } else { 0x2 };
+    g.region_write(7, 0x04, &command.to_le_bytes()).unwrap();
+}
+
 fn assign(g: &mut Gpu, index: u32, start: u32, fds: Vec<Option<OwnedFd>>) {
     g.set_irqs(IrqSet {
         index,
@@ -209,6 +215,7 @@ fn register_file_through_bar0() {
 #[test]
 fn irq_trigger_fires_the_eventfd_and_counts() {
     let mut g = gpu();
+    bus_master(&mut g, true);
     let (e3, f3) = efd();
     let (e5, f5) = efd();
     assign(&mut g, 2, 3, vec![Some(f3), None, Some(f5)]);
@@ -359,6 +366,7 @@ fn set_irqs_rejections() {
 #[test]
 fn function_mask_in_config_space_holds_delivery() {
     let mut g = gpu();
+    bus_master(&mut g, true);
     let (e, f) = efd();
     assign(&mut g, 2, 0, vec![Some(f)]);
     // Enable + Function Mask.
@@ -375,6 +383,7 @@ fn msix_dead_injection_suppresses_one_vector() {
     let mut cfg = GpuConfig::new(MIB);
     cfg.inject.msix_dead = vec![1];
     let mut g = Gpu::new(&cfg).unwrap();
+    bus_master(&mut g, true);
     let (e0, f0) = efd();
     let (e1, f1) = efd();
     assign(&mut g, 2, 0, vec![Some(f0), Some(f1)]);
@@ -415,8 +424,20 @@ fn flr_via_device_control_restores_power_on_state() {
         0x5a5a_5a5a,
         "VRAM preserved"
     );
+    // FLR cleared Bus Master Enable: the message is held until it is set again.
     wr32(&mut g, 0, u64::from(reg::IRQ_TRIGGER), 0);
+    assert!(e.read().is_err(), "MSI-X sent without Bus Master Enable");
+    assert_eq!(
+        rd32(&mut g, 0, MSIX_PBA_OFFSET as u64),
+        1,
+        "held in the PBA"
+    );
+    g.region_write(7, 0x53, &[0x80]).unwrap();
+    assert!(e.read().is_err(), "MSI-X Enable alone does not release it");
+    assert_eq!(rd32(&mut g, 0, MSIX_PBA_OFFSET as u64), 1);
+    bus_master(&mut g, true);
     assert_eq!(e.read().unwrap(), 1, "eventfds kept across FLR");
+    assert_eq!(rd32(&mut g, 0, MSIX_PBA_OFFSET as u64), 0);
 }
 
 #[test]
@@ -625,6 +646,7 @@ mod engines {
     #[test]
     fn engine_runs_a_vram_ring_and_errors_reach_config_space() {
         let mut g = gpu();
+        bus_master(&mut g, true);
         let ring = 0x10_0000u64;
         let d = RawDescriptor::fill(vram_at(0x20_0000), 64, 0xa5a5_a5a5);
         g.vram().write(VramOffset(ring), &d.to_bytes()).unwrap();
@@ -686,6 +708,7 @@ mod engines {
     fn region_accesses_never_consume_a_dma_message_wakeup() {
         use crate::engine::env::MsgOp;
         let mut g = gpu();
+        bus_master(&mut g, true);
         // The BIOS ROM window QEMU maps without an fd.
         let rom = 0xfffc_0000u64;
         g.dma_map(mapping(rom, 0x40000, None)).unwrap();
@@ -749,6 +772,7 @@ mod engines {
         use vm_memory::{Bytes, FileOffset, GuestAddress, GuestRegionMmap, MmapRegion};
 
         let mut g = gpu();
+        bus_master(&mut g, true);
         let ring = 0x10_0000u64;
         let nop = RawDescriptor::default().with_flags(crate::engine::desc::flags::IRQ);
         g.vram().write(VramOffset(ring), &nop.to_bytes()).unwrap();
@@ -802,6 +826,7 @@ mod engines {
     #[test]
     fn no_dma_message_for_a_window_unmapped_while_queued() {
         let mut g = gpu();
+        bus_master(&mut g, true);
         let rom = 0xfffc_0000u64;
         let mut m = mapping(rom, 0x40000, None);
         m.prot.write = false;
@@ -857,6 +882,7 @@ mod engines {
     #[test]
     fn reset_abandons_a_queued_dma_message() {
         let mut g = gpu();
+        bus_master(&mut g, true);
         let rom = 0xfffc_0000u64;
         g.dma_map(mapping(rom, 0x40000, None)).unwrap();
         let ring = 0x10_0000u64;
@@ -885,4 +911,327 @@ mod engines {
             State::Disabled as u32
         );
     }
+}
+
+/// hw-spec §1.1, §6.7: Bus Master Enable gates the engines: no descriptor starts and no chunk
+/// moves while it is clear; the engine continues by itself when it is set; a reset abandons a
+/// descriptor paused between chunks.
+mod bus_master_gating {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::engine::desc::{Addr, Aperture, RawDescriptor};
+    use crate::engine::env::{MsgDmaRequest, MsgOp};
+    use crate::engine::regs::{control, offset as eoff, State};
+
+    const ROM: u64 = 0x5_0000_0000;
+    const RING: u64 = 0x10_0000;
+    const DST: u64 = 0x20_0000;
+
+    fn ereg(off: u32) -> u64 {
+        0x1000 + u64::from(off)
+    }
+
+    /// One engine whose ring (VRAM) holds a 2-chunk COPY from an fd-less window to VRAM: every
+    /// chunk is a DMA message request the test answers, so it sees each chunk start.
+    fn two_chunk_copy() -> Gpu {
+        let mut cfg = GpuConfig::new(64 * MIB);
+        cfg.engines = 1;
+        let mut g = Gpu::new(&cfg).unwrap();
+        g.dma_map(mapping(ROM, 2 * MIB, None)).unwrap();
+        let d = RawDescriptor::copy(
+            Addr {
+                aperture: Aperture::Sys,
+                addr: ROM,
+            },
+            Addr {
+                aperture: Aperture::Vram,
+                addr: DST,
+            },
+            2 * MIB,
+        );
+        g.vram().write(VramOffset(RING), &d.to_bytes()).unwrap();
+        wr32(&mut g, 0, ereg(eoff::RING_BASE_LO), RING as u32);
+        wr32(&mut g, 0, ereg(eoff::RING_SIZE), 2);
+        wr32(&mut g, 0, ereg(eoff::RING_APERTURE), 1);
+        wr32(&mut g, 0, ereg(eoff::CONTROL), control::ENABLE);
+        g
+    }
+
+    fn next_request(g: &Gpu, ms: u64) -> Option<MsgDmaRequest> {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        loop {
+            if let Some(r) = g.next_msg_dma() {
+                return Some(r);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn expect_read(req: &MsgDmaRequest, at: u64) {
+        assert!(
+            matches!(req.op, MsgOp::Read { addr, len } if addr == at && len as u64 == MIB),
+            "{:?}",
+            req.op
+        );
+    }
+
+    /// Nothing moves: no request, HEAD 0, STATUS RUNNING (a descriptor is pending or paused).
+    fn assert_stalled(g: &mut Gpu, what: &str) {
+        assert!(next_request(g, 100).is_none(), "{what}: a chunk started");
+        assert_eq!(rd32(g, 0, ereg(eoff::RING_HEAD)), 0, "{what}: HEAD");
+        assert_eq!(
+            rd32(g, 0, ereg(eoff::STATUS)),
+            State::Running as u32,
+            "{what}: STATUS"
+        );
+    }
+
+    /// Starts the descriptor with Bus Master Enable set, answers its first chunk after
+    /// clearing it, and waits until that chunk is in VRAM.
+    fn pause_after_first_chunk(g: &mut Gpu) {
+        bus_master(g, true);
+        let first = next_request(g, 5000).expect("first chunk");
+        expect_read(&first, ROM);
+        bus_master(g, false);
+        first.reply.send(Ok(vec![0xab; MIB as usize])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while g.vram().read_u32(VramOffset(DST + MIB - 4)).unwrap() != 0xabab_abab {
+            assert!(Instant::now() < deadline, "the first chunk never landed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn no_descriptor_starts_and_no_chunk_moves_without_it() {
+        let mut g = two_chunk_copy();
+        // Power-on Command is 0: the doorbell alone starts nothing, not even the fetch.
+        assert_eq!(g.pci().command() & 0x4, 0);
+        wr32(&mut g, 0, ereg(eoff::RING_TAIL), 1);
+        assert_stalled(&mut g, "power-on");
+        pause_after_first_chunk(&mut g);
+        assert_stalled(&mut g, "between chunks");
+        assert_eq!(
+            g.vram().read_u32(VramOffset(DST + MIB)).unwrap(),
+            0,
+            "second chunk written"
+        );
+        // Set again: the engine continues by itself (no doorbell).
+        bus_master(&mut g, true);
+        let second = next_request(&g, 5000).expect("second chunk after Bus Master Enable");
+        expect_read(&second, ROM + MIB);
+        second.reply.send(Ok(vec![0xcd; MIB as usize])).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rd32(&mut g, 0, ereg(eoff::RING_HEAD)) != 1 {
+            assert!(Instant::now() < deadline, "the job never finished");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            g.vram().read_u32(VramOffset(DST + 2 * MIB - 4)).unwrap(),
+            0xcdcd_cdcd
+        );
+        assert_eq!(rd32(&mut g, 0, ereg(eoff::STATUS)), State::Idle as u32);
+    }
+
+    #[test]
+    fn a_reset_abandons_a_paused_descriptor() {
+        let mut g = two_chunk_copy();
+        wr32(&mut g, 0, ereg(eoff::RING_TAIL), 1);
+        pause_after_first_chunk(&mut g);
+        let t = Instant::now();
+        wr32(&mut g, 0, ereg(eoff::CONTROL), control::RESET);
+        assert!(t.elapsed() < Duration::from_secs(1), "the reset waited");
+        assert_eq!(rd32(&mut g, 0, ereg(eoff::STATUS)), State::Disabled as u32);
+        assert_eq!(rd32(&mut g, 0, ereg(eoff::RING_HEAD)), 0);
+        bus_master(&mut g, true);
+        assert!(
+            next_request(&g, 100).is_none(),
+            "the abandoned descriptor went on"
+        );
+        assert_eq!(g.vram().read_u32(VramOffset(DST + MIB)).unwrap(), 0);
+    }
+
+    /// FLR clears Bus Master Enable (Command resets to 0) and SOFT_RESET keeps it (§4).
+    #[test]
+    fn flr_clears_it_and_soft_reset_keeps_it() {
+        let mut g = two_chunk_copy();
+        bus_master(&mut g, true);
+        wr32(&mut g, 0, 0x40, 0x5253_5421);
+        assert_ne!(g.pci().command() & 0x4, 0, "SOFT_RESET keeps config space");
+        g.region_write(7, 0x69, &[0x80]).unwrap();
+        assert_eq!(g.pci().command() & 0x4, 0, "FLR clears Command");
+        // Program again after the FLR: nothing runs until the bit is set.
+        let d = RawDescriptor::fill(
+            Addr {
+                aperture: Aperture::Vram,
+                addr: DST,
+            },
+            64,
+            0x1234_5678,
+        );
+        g.vram().write(VramOffset(RING), &d.to_bytes()).unwrap();
+        wr32(&mut g, 0, ereg(eoff::RING_BASE_LO), RING as u32);
+        wr32(&mut g, 0, ereg(eoff::RING_SIZE), 2);
+        wr32(&mut g, 0, ereg(eoff::RING_APERTURE), 1);
+        wr32(&mut g, 0, ereg(eoff::CONTROL), control::ENABLE);
+        wr32(&mut g, 0, ereg(eoff::RING_TAIL), 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(rd32(&mut g, 0, ereg(eoff::RING_HEAD)), 0);
+        assert_eq!(rd32(&mut g, 0, ereg(eoff::STATUS)), State::Running as u32);
+        bus_master(&mut g, true);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rd32(&mut g, 0, ereg(eoff::RING_HEAD)) != 1 {
+            assert!(Instant::now() < deadline, "the FILL never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(g.vram().read_u32(VramOffset(DST)).unwrap(), 0x1234_5678);
+    }
+}
+
+/// hw-spec §6.3: an engine in ERROR keeps its first error; ENABLE 0->1 with bad ring registers
+/// neither overwrites the error registers nor reports (ERRORS, ERR_CAUSE, vector 0) again.
+#[test]
+fn enable_while_in_error_keeps_the_first_error() {
+    let mut cfg = GpuConfig::new(64 * MIB);
+    cfg.engines = 1;
+    let mut g = Gpu::new(&cfg).unwrap();
+    bus_master(&mut g, true);
+    let (e0, f0) = efd();
+    assign(&mut g, 2, 0, vec![Some(f0)]);
+    wr32(&mut g, 0, 0x1000, 0x40);
+    wr32(&mut g, 0, 0x1008, 3);
+    wr32(&mut g, 0, 0x1018, 1);
+    assert_eq!(rd32(&mut g, 0, 0x101c), 4, "ERROR");
+    assert_eq!(rd32(&mut g, 0, 0x1020), 1, "RING_CONFIG");
+    assert_eq!(e0.read().unwrap(), 1, "vector 0");
+    assert_eq!(rd32(&mut g, 0, 0xa0), 1, "ERR_CAUSE");
+    wr32(&mut g, 0, 0xa0, 1);
+    // Disable, other bad ring registers, enable again: still the first error, not reported.
+    wr32(&mut g, 0, 0x1018, 0);
+    wr32(&mut g, 0, 0x1000, 0x80);
+    wr32(&mut g, 0, 0x100c, 3);
+    wr32(&mut g, 0, 0x1018, 1);
+    assert_eq!(rd32(&mut g, 0, 0x101c), 4, "still ERROR");
+    assert_eq!(rd32(&mut g, 0, 0x1020), 1);
+    assert_eq!(
+        rd32(&mut g, 0, 0x1024),
+        0x40,
+        "ERROR_ADDR of the first error"
+    );
+    assert_eq!(rd32(&mut g, 0, 0x102c), 0, "ERROR_INFO of the first error");
+    assert_eq!(rd32(&mut g, 0, 0x10a0), 1, "ERRORS");
+    assert_eq!(rd32(&mut g, 0, 0xa0), 0, "ERR_CAUSE not set again");
+    assert!(e0.read().is_err(), "vector 0 not signalled again");
+    assert_eq!(g.stats().engine_errors, 1);
+    // An engine reset leaves ERROR; the bad registers are then refused as usual.
+    wr32(&mut g, 0, 0x1018, 1 << 31);
+    assert_eq!(rd32(&mut g, 0, 0x101c), 0, "DISABLED");
+}
+
+/// hw-spec §6.4: a reset zeroes SLEEPING; the engine must set it again before it next sleeps,
+/// or a driver following the recommended submission skips the RING_TAIL wake-up.
+mod sleeping_hint {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn one_engine() -> Gpu {
+        let mut cfg = GpuConfig::new(64 * MIB);
+        cfg.engines = 1;
+        Gpu::new(&cfg).unwrap()
+    }
+
+    /// A 16-slot ring at VRAM 0, enabled: the engine idles, spins, then sleeps.
+    fn enable(g: &mut Gpu) {
+        wr32(g, 0, 0x1000, 0);
+        wr32(g, 0, 0x1004, 0);
+        wr32(g, 0, 0x1008, 16);
+        wr32(g, 0, 0x100c, 1);
+        wr32(g, 0, 0x1018, 1);
+    }
+
+    fn sleeping_after(g: &mut Gpu, reset: impl Fn(&mut Gpu)) -> u32 {
+        enable(g);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(rd32(g, 0, 0x20_0004), 1, "SLEEPING before the reset");
+        reset(g);
+        assert_eq!(rd32(g, 0, 0x20_0004), 0, "the reset zeroes SLEEPING");
+        enable(g);
+        // Default spin window 50 µs: long past it, the engine sleeps again.
+        std::thread::sleep(Duration::from_millis(30));
+        rd32(g, 0, 0x20_0004)
+    }
+
+    #[test]
+    fn set_again_after_an_engine_reset() {
+        let mut g = one_engine();
+        assert_eq!(sleeping_after(&mut g, |g| wr32(g, 0, 0x1018, 1 << 31)), 1);
+    }
+
+    #[test]
+    fn set_again_after_soft_reset() {
+        let mut g = one_engine();
+        assert_eq!(sleeping_after(&mut g, |g| wr32(g, 0, 0x40, 0x5253_5421)), 1);
+    }
+}
+
+/// hw-spec §8.3: a failed DMA message is traced as `target=sys-msg`, not `sys`.
+#[test]
+fn failed_dma_message_is_traced_as_sys_msg() {
+    use std::time::{Duration, Instant};
+
+    use crate::engine::desc::{Addr, Aperture, RawDescriptor};
+
+    let dir = std::env::temp_dir().join(format!("vugpu-gpu-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("engines.trace");
+    let mut cfg = GpuConfig::new(64 * MIB);
+    cfg.engines = 1;
+    cfg.trace = Some(trace.clone());
+    let mut g = Gpu::new(&cfg).unwrap();
+    bus_master(&mut g, true);
+    g.dma_map(mapping(0x5_0000_0000, MIB, None)).unwrap();
+    let ring = 0x10_0000u64;
+    let d = RawDescriptor::copy(
+        Addr {
+            aperture: Aperture::Sys,
+            addr: 0x5_0000_0000,
+        },
+        Addr {
+            aperture: Aperture::Vram,
+            addr: 0,
+        },
+        16,
+    );
+    g.vram().write(VramOffset(ring), &d.to_bytes()).unwrap();
+    wr32(&mut g, 0, 0x1000, ring as u32);
+    wr32(&mut g, 0, 0x1008, 2);
+    wr32(&mut g, 0, 0x100c, 1);
+    wr32(&mut g, 0, 0x1018, 1);
+    wr32(&mut g, 0, 0x1014, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(req) = g.next_msg_dma() {
+            let _ = req.reply.send(Err("refused".into()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no DMA message request");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    while rd32(&mut g, 0, 0x101c) != 4 {
+        assert!(Instant::now() < deadline, "engine never stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(rd32(&mut g, 0, 0x1020), 8, "MSG_DMA_FAILED");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        text.contains(
+            "op=COPY dir=read target=sys-msg addr=0x500000000 size=16 req=- used=- result=fault"
+        ),
+        "{text}"
+    );
 }

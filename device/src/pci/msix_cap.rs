@@ -9,6 +9,10 @@
 
 use super::capability::{CapId, CapWrite, Capability};
 use super::config_space::{ConfigSpace, ConfigSpaceError, Register};
+use super::function::COMMAND_BUS_MASTER;
+
+/// Offset of the Command register in the header.
+const COMMAND: u16 = 0x04;
 
 /// Offset of the MSI-X table in BAR0.
 pub const MSIX_TABLE_OFFSET: u32 = 0x0010_0000;
@@ -23,13 +27,17 @@ pub const FUNCTION_MASK: u16 = 1 << 14;
 /// Message Control: MSI-X Enable.
 pub const ENABLE: u16 = 1 << 15;
 
-/// Enable and Function Mask as the device sees them.
+/// What decides MSI-X delivery at the function level (hw-spec §3.1): Enable and Function Mask
+/// from the capability, Bus Master Enable from the Command register (a message is a memory
+/// write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MsixControl {
     /// MSI-X Enable.
     pub enabled: bool,
     /// Function Mask: every vector masked.
     pub function_mask: bool,
+    /// Command bit 2: messages may be sent (0 holds them all, like Function Mask).
+    pub bus_master: bool,
 }
 
 /// The MSI-X capability for `vectors` vectors (1..=2048).
@@ -92,6 +100,7 @@ pub fn msix_control(cs: &ConfigSpace, base: u16) -> MsixControl {
     MsixControl {
         enabled: ctl & ENABLE != 0,
         function_mask: ctl & FUNCTION_MASK != 0,
+        bus_master: cs.get_u16(COMMAND) & COMMAND_BUS_MASTER != 0,
     }
 }
 
@@ -116,7 +125,8 @@ mod tests {
             msix_control(&cs, 0x50),
             MsixControl {
                 enabled: true,
-                function_mask: true
+                function_mask: true,
+                bus_master: false
             }
         );
         let w = cap.write(&mut cs, 0x50, 0x52, &[0xff, 0xff]).unwrap();
@@ -126,9 +136,12 @@ mod tests {
             msix_control(&cs, 0x50),
             MsixControl {
                 enabled: true,
-                function_mask: false
+                function_mask: false,
+                bus_master: false
             }
         );
+        cs.set(COMMAND, 2, u32::from(COMMAND_BUS_MASTER));
+        assert!(msix_control(&cs, 0x50).bus_master, "Command bit 2");
         cap.write(&mut cs, 0x50, 0x54, &[0xff; 8]).unwrap();
         assert_eq!(cs.get_u32(0x54), 0x0010_0000, "table offset RO");
     }

@@ -18,6 +18,10 @@ use vugpu_protocol::{Client, IrqSetArg};
 
 use super::memfd;
 
+/// Command register bits (hw-spec §1.1).
+pub const COMMAND_MEMORY: u16 = 1 << 1;
+pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+
 /// IOVA of guest RAM.
 pub const SYS_IOVA: u64 = 0x1_0000_0000;
 /// Bytes of guest RAM reserved for rings at its start (64 KiB = 1024 slots per engine).
@@ -68,9 +72,17 @@ fn map(file: File, offset: u64, len: u64) -> GuestRegionMmap<()> {
 }
 
 impl Rig {
-    /// Negotiated client `c`; maps `sys_size` bytes of guest RAM at SYS_IOVA (read-write, with
-    /// fd), mmaps the doorbell page and VRAM, assigns an eventfd to every vector.
+    /// Negotiated client `c`; enables Memory Space and Bus Master (as a driver's
+    /// pci_enable_device + pci_set_master), maps `sys_size` bytes of guest RAM at SYS_IOVA
+    /// (read-write, with fd), mmaps the doorbell page and VRAM, assigns an eventfd to every
+    /// vector.
     pub fn new(mut c: Client, sys_size: u64) -> Rig {
+        c.region_write(
+            7,
+            0x04,
+            &(COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes(),
+        )
+        .unwrap();
         let sys_file = memfd(sys_size);
         c.dma_map(
             SYS_IOVA,
@@ -149,6 +161,12 @@ impl Rig {
 
     pub fn set_config16(&mut self, off: u64, v: u16) {
         self.c.region_write(7, off, &v.to_le_bytes()).unwrap();
+    }
+
+    /// Sets or clears Bus Master Enable (Command bit 2), keeping Memory Space on.
+    pub fn set_bus_master(&mut self, on: bool) {
+        let bm = if on { COMMAND_BUS_MASTER } else { 0 };
+        self.set_config16(0x04, COMMAND_MEMORY | bm);
     }
 
     /// IOVA of engine `e`'s ring (in guest RAM).

@@ -231,7 +231,18 @@ impl World {
         for canon in 0..4 {
             w.map_canonical(canon);
         }
+        w.enable_bus_master();
         Some(w)
+    }
+
+    /// Memory Space and Bus Master Enable, as a driver sets them at probe and after a reset
+    /// (engines and MSI-X issue nothing without Bus Master Enable, hw-spec §1.1); fuzzed
+    /// config writes may clear it again.
+    fn enable_bus_master(&mut self) {
+        assert!(
+            self.write(region::CONFIG, 0x04, &[0x06, 0x00]),
+            "Command write refused"
+        );
     }
 
     /// Maps the doorbell page the way QEMU maps the sparse area of BAR0.
@@ -609,6 +620,7 @@ impl World {
             );
         }
         self.check_register_reset(what);
+        self.enable_bus_master();
     }
 
     fn check_register_reset(&mut self, what: &str) {
