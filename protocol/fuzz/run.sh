@@ -1,30 +1,10 @@
 #!/bin/sh
-# Bounded real fuzz run of the protocol harnesses with cargo-fuzz (libFuzzer).
+# Bounded real fuzz run of the protocol harnesses (see scripts/fuzz-run).
 #
 #   protocol/fuzz/run.sh SECONDS [TARGET...]     (targets: decode session; default both)
-#
-# Works on a stable toolchain: cargo-fuzz needs nightly-only flags, which RUSTC_BOOTSTRAP=1
-# unlocks. Install the runner once with `cargo install cargo-fuzz`. Seeds live in seeds/TARGET
-# (checked in); the growing corpus in corpus/TARGET and crashes in artifacts/TARGET
-# (both git-ignored). Exits non-zero if libFuzzer finds a crash, leak or timeout.
 set -eu
-
+here=$(cd "$(dirname "$0")" && pwd)
 secs=${1:?usage: run.sh SECONDS [decode|session ...]}
 shift
-targets=${*:-decode session}
-
-cd "$(dirname "$0")"
-export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-
-for t in $targets; do
-    mkdir -p "corpus/$t" "artifacts/$t"
-    echo "== fuzzing $t for ${secs}s"
-    cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
-        -max_total_time="$secs" \
-        -timeout=10 \
-        -rss_limit_mb=2048 \
-        -max_len=8192 \
-        -print_final_stats=1 \
-        -artifact_prefix="artifacts/$t/"
-done
+[ $# -gt 0 ] || set -- decode session
+exec "$here/../../scripts/fuzz-run" "$here" "$secs" 10 8192 "$@"
