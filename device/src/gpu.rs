@@ -832,43 +832,36 @@ impl DeviceBackend for Gpu {
         }
     }
 
-    fn region_info(&self, index: u32) -> BackendResult<RegionInfo<'_>> {
+    fn region_flags_size(&self, index: u32) -> BackendResult<(u32, u64)> {
         let rw = region_flags::READ | region_flags::WRITE;
-        let absent = RegionInfo {
-            flags: 0,
-            size: 0,
-            mmap: None,
-        };
         Ok(match index {
-            region::BAR0 => RegionInfo {
-                flags: rw | region_flags::MMAP,
-                size: BAR0_SIZE,
-                mmap: Some(RegionMmap {
-                    fd: self.env.doorbell().as_fd(),
-                    file_offset: 0,
-                    sparse_areas: vec![SparseArea {
-                        offset: DOORBELL_OFFSET,
-                        size: DOORBELL_SIZE,
-                    }],
-                }),
-            },
-            region::BAR2 => RegionInfo {
-                flags: rw | region_flags::MMAP,
-                size: self.pci.bar_size(2),
-                mmap: Some(RegionMmap {
-                    fd: self.vram().as_fd(),
-                    file_offset: 0,
-                    sparse_areas: Vec::new(),
-                }),
-            },
-            region::CONFIG => RegionInfo {
-                flags: rw,
-                size: CONFIG_SIZE,
-                mmap: None,
-            },
-            1 | 3..=5 | region::ROM | region::VGA => absent,
+            region::BAR0 => (rw | region_flags::MMAP, BAR0_SIZE),
+            region::BAR2 => (rw | region_flags::MMAP, self.pci.bar_size(2)),
+            region::CONFIG => (rw, CONFIG_SIZE),
+            1 | 3..=5 | region::ROM | region::VGA => (0, 0),
             _ => return Err(invalid(format!("no region {index}"))),
         })
+    }
+
+    fn region_info(&self, index: u32) -> BackendResult<RegionInfo<'_>> {
+        let (flags, size) = self.region_flags_size(index)?;
+        let mmap = match index {
+            region::BAR0 => Some(RegionMmap {
+                fd: self.env.doorbell().as_fd(),
+                file_offset: 0,
+                sparse_areas: vec![SparseArea {
+                    offset: DOORBELL_OFFSET,
+                    size: DOORBELL_SIZE,
+                }],
+            }),
+            region::BAR2 => Some(RegionMmap {
+                fd: self.vram().as_fd(),
+                file_offset: 0,
+                sparse_areas: Vec::new(),
+            }),
+            _ => None,
+        };
+        Ok(RegionInfo { flags, size, mmap })
     }
 
     fn irq_info(&self, index: u32) -> BackendResult<IrqInfo> {

@@ -227,6 +227,14 @@ pub trait DeviceBackend {
     fn device_info(&self) -> DeviceInfo;
     /// DEVICE_GET_REGION_INFO for `index < num_regions`.
     fn region_info(&self, index: u32) -> BackendResult<RegionInfo<'_>>;
+    /// The flags and size of region `index < num_regions`, as `region_info` reports them.
+    ///
+    /// The server calls this on every REGION_READ/WRITE to bound the access, so it is on the MMIO
+    /// hot path; the default builds the whole [`RegionInfo`] (which may allocate its sparse
+    /// areas), and backends should override it with a cheap answer.
+    fn region_flags_size(&self, index: u32) -> BackendResult<(u32, u64)> {
+        self.region_info(index).map(|ri| (ri.flags, ri.size))
+    }
     /// DEVICE_GET_IRQ_INFO for `index < num_irqs`.
     fn irq_info(&self, index: u32) -> BackendResult<IrqInfo>;
     /// REGION_READ: fill `data` from `index` at `offset` (range already checked against the size).

@@ -529,8 +529,7 @@ impl Session {
 
 fn region_flags_size<D: DeviceBackend + ?Sized>(dev: &D, index: u32) -> Result<(u32, u64)> {
     check_region_index(&dev.device_info(), index)?;
-    let ri = dev.region_info(index)?;
-    Ok((ri.flags, ri.size))
+    Ok(dev.region_flags_size(index)?)
 }
 
 /// Build the GET_REGION_INFO reply, honouring the client's `argsz`.
@@ -629,15 +628,8 @@ fn write_multi<D: DeviceBackend + ?Sized>(dev: &mut D, entries: &[WriteMultiEntr
     let info = dev.device_info();
     for e in entries {
         check_region_index(&info, e.region)?;
-        let ri = dev.region_info(e.region)?;
-        check_region_range(
-            e.region,
-            ri.flags,
-            ri.size,
-            e.offset,
-            u64::from(e.count),
-            true,
-        )?;
+        let (flags, size) = dev.region_flags_size(e.region)?;
+        check_region_range(e.region, flags, size, e.offset, u64::from(e.count), true)?;
     }
     for e in entries {
         let data = e

@@ -174,6 +174,29 @@ fn rebar_resize_changes_region_size() {
     assert_eq!(g.region_info(2).unwrap().size, 64 * MIB);
 }
 
+/// The server bounds every region access with `region_flags_size` (no allocation); it must say
+/// exactly what `region_info` says, also after a Resizable BAR change.
+#[test]
+fn region_flags_size_agrees_with_region_info() {
+    let mut g = gpu();
+    let check = |g: &Gpu| {
+        for index in 0..9 {
+            let ri = g.region_info(index).unwrap();
+            assert_eq!(
+                g.region_flags_size(index).unwrap(),
+                (ri.flags, ri.size),
+                "region {index}"
+            );
+        }
+        assert!(g.region_flags_size(9).is_err());
+        assert!(g.region_flags_size(u32::MAX).is_err());
+    };
+    check(&g);
+    g.region_write(7, 0x148 + 9, &[2]).unwrap();
+    assert_eq!(g.region_flags_size(2).unwrap().1, 4 * MIB);
+    check(&g);
+}
+
 #[test]
 fn bar2_region_access_is_vram() {
     let mut g = gpu();
