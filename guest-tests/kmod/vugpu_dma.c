@@ -599,19 +599,32 @@ long vugpu_dma_ioctl(struct vugpu_device *vdev, unsigned int command, void __use
 
 /* --- information ioctls (struct vugpu_cmd) ---------------------------------- */
 
-int vugpu_dma_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+/*
+ * Take engines_rwsem for reading unless the engines are gone (device removed or
+ * engine setup torn down): returns 0 with the lock held, or -ENODEV without it.
+ */
+static int vugpu_engines_read_lock(struct vugpu_device *vdev)
 {
-	struct vugpu_dma_info info;
-	unsigned int i;
-
-	if (cmd->size < sizeof(info) || cmd->value & ~VUGPU_DMA_INFO_REARM)
-		return -EINVAL;
-	memset(&info, 0, sizeof(info));
 	down_read(&vdev->engines_rwsem);
 	if (vdev->engines_dead) {
 		up_read(&vdev->engines_rwsem);
 		return -ENODEV;
 	}
+	return 0;
+}
+
+int vugpu_dma_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	struct vugpu_dma_info info;
+	unsigned int i;
+	int ret;
+
+	if (cmd->size < sizeof(info) || cmd->value & ~VUGPU_DMA_INFO_REARM)
+		return -EINVAL;
+	memset(&info, 0, sizeof(info));
+	ret = vugpu_engines_read_lock(vdev);
+	if (ret)
+		return ret;
 	info.engine_count = vdev->engine_count;
 	info.vector_base = vdev->vector_base;
 	info.init_error = vdev->engines_init_err;
@@ -651,16 +664,19 @@ int vugpu_dma_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
 int vugpu_engine_stats_ioctl(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
 {
 	struct vugpu_engine_stats st;
+	int ret;
 
 	if (cmd->size < sizeof(st))
 		return -EINVAL;
 	if (cmd->offset >= vdev->engine_count)
 		return vdev->engine_count ? -EINVAL : -ENODEV;
 	memset(&st, 0, sizeof(st));
-	down_read(&vdev->engines_rwsem);
-	if (vdev->engines_dead || !vdev->engines) {
+	ret = vugpu_engines_read_lock(vdev);
+	if (ret)
+		return ret;
+	if (!vdev->engines) {
 		up_read(&vdev->engines_rwsem);
-		return vdev->engines_dead ? -ENODEV : -EIO;
+		return -EIO;
 	}
 	vugpu_engine_stats(&vdev->engines[cmd->offset], &st);
 	up_read(&vdev->engines_rwsem);
@@ -697,15 +713,14 @@ int vugpu_error_state(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
 	struct pci_dev *pdev = vdev->pdev;
 	struct vugpu_error_state es;
 	unsigned int i;
+	int ret;
 
 	if (cmd->size < sizeof(es) || cmd->value & ~VUGPU_ERROR_STATE_CLEAR)
 		return -EINVAL;
 	memset(&es, 0, sizeof(es));
-	down_read(&vdev->engines_rwsem);
-	if (vdev->engines_dead) {
-		up_read(&vdev->engines_rwsem);
-		return -ENODEV;
-	}
+	ret = vugpu_engines_read_lock(vdev);
+	if (ret)
+		return ret;
 	es.engine_count = vdev->engine_count;
 	if (vdev->engine_count && vdev->engine_count <= VUGPU_ENGINE_MAX) {
 		es.err_cause = vugpu_rd(vdev, VUGPU_REG_ERR_CAUSE);
