@@ -588,6 +588,11 @@ mod tests {
         f
     }
 
+    /// Maps `len` bytes of `f` (from file offset 0) at `iova`; the test fails if it is refused.
+    fn map_fd(space: &mut DmaSpace, iova: Iova, len: u64, perms: DmaPermissions, f: &File) {
+        space.map(iova, len, 0, perms, Some(fd_of(f))).unwrap();
+    }
+
     fn fd_of(f: &File) -> OwnedFd {
         f.try_clone().unwrap().into()
     }
@@ -628,15 +633,13 @@ mod tests {
     fn rejects_overlap() {
         let f = memfd(8 * PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(4 * PAGE),
-                2 * PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f)),
-            )
-            .unwrap();
+        map_fd(
+            &mut space,
+            Iova(4 * PAGE),
+            2 * PAGE,
+            DmaPermissions::READ_WRITE,
+            &f,
+        );
         for (iova, size) in [
             (4 * PAGE, PAGE),     // same start
             (3 * PAGE, 2 * PAGE), // ends inside
@@ -783,15 +786,7 @@ mod tests {
     fn rejects_access_to_unmapped_and_message_only() {
         let f = memfd(PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(PAGE),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(PAGE), PAGE, DmaPermissions::READ_WRITE, &f);
         space
             .map(Iova(4 * PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
             .unwrap();
@@ -823,24 +818,14 @@ mod tests {
         let f1 = memfd(PAGE);
         let f2 = memfd(PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(0),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f1)),
-            )
-            .unwrap();
-        space
-            .map(
-                Iova(PAGE),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f2)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f1);
+        map_fd(
+            &mut space,
+            Iova(PAGE),
+            PAGE,
+            DmaPermissions::READ_WRITE,
+            &f2,
+        );
         space.write(Iova(PAGE - 2), &[1, 2, 3, 4]).unwrap();
         let mut b = [0u8; 4];
         space.read(Iova(PAGE - 2), &mut b).unwrap();
@@ -855,24 +840,8 @@ mod tests {
         let f1 = memfd(PAGE);
         let f2 = memfd(PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(0),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f1)),
-            )
-            .unwrap();
-        space
-            .map(
-                Iova(PAGE),
-                PAGE,
-                0,
-                DmaPermissions::READ_ONLY,
-                Some(fd_of(&f2)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f1);
+        map_fd(&mut space, Iova(PAGE), PAGE, DmaPermissions::READ_ONLY, &f2);
         assert!(matches!(
             space.write(Iova(PAGE - 2), &[1, 2, 3, 4]),
             Err(DmaError::PermissionDenied { iova: Iova(i), write: true }) if i == PAGE
@@ -892,15 +861,7 @@ mod tests {
     fn resolve_splits_mapped_and_message_windows() {
         let f = memfd(2 * PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(0),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f);
         space
             .map(Iova(PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
             .unwrap();
@@ -951,15 +912,7 @@ mod tests {
     fn store_u64_is_aligned_atomic_and_checked() {
         let f = memfd(PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(0),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f);
         space
             .map(Iova(PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
             .unwrap();
@@ -1012,15 +965,7 @@ mod tests {
     fn unmap_all_and_reuse() {
         let f = memfd(PAGE);
         let mut space = DmaSpace::new();
-        space
-            .map(
-                Iova(0),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f);
         space
             .map(Iova(PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
             .unwrap();
@@ -1031,15 +976,7 @@ mod tests {
             space.read(Iova(0), &mut b),
             Err(DmaError::Unmapped { .. })
         ));
-        space
-            .map(
-                Iova(0),
-                PAGE,
-                0,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f)),
-            )
-            .unwrap();
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f);
         assert_eq!(space.windows().count(), 1);
     }
 
