@@ -317,6 +317,7 @@ impl Server {
         };
         self.stats.engine_dma_messages += 1;
         let started = std::time::Instant::now();
+        let queued_us = started.duration_since(req.queued).as_micros();
         let (what, addr, len) = match &req.op {
             MsgOp::Read { addr, len } => ("DMA_READ", *addr, *len),
             MsgOp::Write { addr, data } => ("DMA_WRITE", *addr, data.len()),
@@ -356,7 +357,10 @@ impl Server {
         let us = started.elapsed().as_micros();
         match result {
             Ok(true) => {
-                crate::log!(Level::Debug, "engine {what} {addr:#x}+{len:#x} in {us} us");
+                crate::log!(
+                    Level::Debug,
+                    "engine {what} {addr:#x}+{len:#x} in {us} us (queued {queued_us} us before)"
+                );
                 if !read {
                     data.clear();
                 }

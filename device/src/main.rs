@@ -47,6 +47,7 @@ enum Command {
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
     log::set_level(args.log_level);
+    log::start_clock();
     let cfg = args.gpu_config()?;
     check_socket_path(&args.socket)?;
     // Before any thread exists, so every thread keeps the signals blocked.

@@ -133,6 +133,8 @@ pub struct MsgDmaRequest {
     pub reply: mpsc::SyncSender<Result<Vec<u8>, String>>,
     /// Alive while the engine waits for the result.
     waiter: Weak<()>,
+    /// When the engine queued it (the event loop logs how long it waited to be sent).
+    pub queued: Instant,
 }
 
 impl MsgDmaRequest {
@@ -646,6 +648,7 @@ impl EngineEnv {
                 op,
                 reply,
                 waiter: Arc::downgrade(&waiting),
+                queued: Instant::now(),
             })
             .map_err(|_| FaultKind::MsgDma)?;
         self.kick();

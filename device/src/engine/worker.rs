@@ -14,6 +14,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::log::Level;
+
 use super::desc::{Addr, Aperture, DescError, Descriptor, Op, DESC_SIZE};
 use super::env::{EngineEnv, FaultKind, FaultReport, MemFault, Reach, CHUNK};
 use super::regs::{info, ErrorCode, DOORBELL_STRIDE, ENGINE_VECTOR_BASE, SLEEP_HINT};
@@ -22,6 +24,8 @@ use super::{Engine, EngineFault, Ring};
 
 /// Spin iterations between two `sched_yield`s.
 const SPIN_YIELD: u32 = 16;
+/// A descriptor or a wait this long is logged (a stall worth a look, never an error).
+const SLOW: Duration = Duration::from_millis(250);
 /// Shortest sleep between polls after the spin window.
 const MIN_SLEEP: Duration = Duration::from_micros(10);
 
@@ -51,7 +55,18 @@ pub(super) fn run(engine: &Engine, env: &EngineEnv) {
         let Some(job) = next_job(engine, env, doorbell, timing) else {
             return;
         };
+        let started = Instant::now();
         let outcome = execute(engine, env, &job);
+        let took = started.elapsed();
+        if took >= SLOW {
+            crate::log!(
+                Level::Warn,
+                "engine {}: descriptor {} took {} ms",
+                engine.index,
+                job.number,
+                took.as_millis()
+            );
+        }
         commit(engine, env, &job, outcome);
     }
 }
