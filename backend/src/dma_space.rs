@@ -1,36 +1,49 @@
 //! The device's DMA address space, built from the client's DMA_MAP requests.
 //!
 //! A DMA_MAP exports a window `[iova, iova + size)` of the client's memory with read and/or write
-//! permission. With a file descriptor the server maps `size` bytes of the file at `file_offset`
-//! (`MAP_SHARED`, so the device and the guest see the same bytes; `PROT_*` from the permissions)
-//! and the device can reach the window directly. Without a file descriptor the window is recorded
-//! as message-only: it is part of the address space, but only DMA_READ/DMA_WRITE messages to the
-//! client reach it, so [`DmaSpace::read`]/[`DmaSpace::write`] refuse it with
-//! [`DmaError::MessageOnly`] and the device decides what to do.
+//! permission. How the device reaches it depends on the file descriptor that comes with it:
+//!
+//! - **Mapped**: an fd sealed against shrinking (`F_SEAL_SHRINK`; QEMU's `memory-backend-memfd`
+//!   seals by default, and vugpu's own VRAM and doorbell memfds are sealed). The server maps
+//!   `size` bytes of the file at `file_offset` (`MAP_SHARED`, so the device and the guest see the
+//!   same bytes; `PROT_*` from the permissions) and the device reaches the window directly,
+//!   through vm-memory's bounds-checked volatile slices. The window lies inside the file at
+//!   DMA_MAP and the seal keeps it there, so no access can raise SIGBUS.
+//! - **File**: any other fd (an unsealed memfd, a tmpfs or disk file). The client could shrink
+//!   the file under a mapping and make the server's next access raise SIGBUS, so the window is
+//!   never mapped: it is read and written with `pread`/`pwrite` ([`FileSlice`], module
+//!   `dma_file`), and an access past the file's current end fails with [`DmaError::Truncated`],
+//!   which the device reports like an access to unmapped memory.
+//! - **Message-only**: no fd. The window is part of the address space, but only
+//!   DMA_READ/DMA_WRITE messages to the client reach it, so [`DmaSpace::read`]/[`DmaSpace::write`]
+//!   refuse it with [`DmaError::MessageOnly`] and the device decides what to do.
 //!
 //! Invariants:
 //! - Windows never overlap; a DMA_MAP that overlaps an existing window is refused
 //!   ([`DmaError::Overlap`], EEXIST on the wire).
+//! - An fd-backed window lies inside its file when it is mapped (`file_offset + size` at most the
+//!   file's length, [`DmaError::FileTooSmall`] otherwise), whatever the access method.
 //! - DMA_UNMAP removes exactly one window with the same start and size; anything else is
 //!   [`DmaError::NotFound`]. Dropping a window drops its mapping (munmap) and its fd.
 //! - An access may span several windows only if they are contiguous, all fd-backed and all grant
-//!   the access; every piece is checked before any byte is copied, so a refused write leaves
-//!   memory untouched.
+//!   the access; coverage and permissions of every piece are checked before any byte is copied,
+//!   so a refused access leaves memory untouched. (A file-accessed piece can still fail while it
+//!   is copied, if the client shrank the file: the pieces before it are then written.)
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-
 use std::sync::atomic::Ordering;
-use vm_memory::mmap::MmapRegionError;
 
+use vm_memory::mmap::MmapRegionError;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryError, GuestMemoryRegion, GuestRegionMmap,
     MemoryRegionAddress, MmapRegion, VolatileSlice,
 };
 
 use crate::addr::Iova;
+use crate::dma_file::{self, Access, FileSlice};
 
 /// Default limit on the number of windows (the `max_dma_maps` a server advertises).
 pub const DEFAULT_MAX_WINDOWS: usize = 65535;
@@ -45,9 +58,35 @@ pub enum DmaError {
     /// The access failed inside vm-memory.
     #[error("DMA access failed: {0}")]
     Access(#[source] GuestMemoryError),
+    /// The fd of a file-accessed window is in append mode, where `pwrite` ignores the offset.
+    #[error("DMA window at {0}: the client's fd is in append mode (O_APPEND)")]
+    Append(Iova),
     /// The window's file could not be inspected.
     #[error("cannot inspect the DMA_MAP fd: {0}")]
     BadFd(#[source] io::Error),
+    /// The fd of a file-accessed window cannot be read or written as the permissions require
+    /// (opened without that access, or a file system without `pread`/`pwrite`, e.g. hugetlbfs).
+    #[error("DMA window at {iova}: the fd cannot be {}: {source}", if *.write { "written" } else { "read" })]
+    FileAccess {
+        /// Window start.
+        iova: Iova,
+        /// Writing was refused (reading otherwise).
+        write: bool,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `pread`/`pwrite` on a file-accessed window failed.
+    #[error("DMA {} at {iova} failed: {source}", if *.write { "write" } else { "read" })]
+    FileIo {
+        /// Address of the piece that failed.
+        iova: Iova,
+        /// The failed access was a write.
+        write: bool,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// `file_offset + size` is past the end of the file.
     #[error("DMA window of {size:#x} bytes at file offset {file_offset:#x} exceeds the {file_len:#x}-byte file")]
     FileTooSmall {
@@ -122,6 +161,12 @@ pub enum DmaError {
     /// The limit on the number of windows is reached.
     #[error("too many DMA windows (limit {0})")]
     TooManyWindows(usize),
+    /// A file-accessed window's file no longer covers the access: the client shrank it.
+    #[error("DMA access at {iova} is past the end of the window's file (shrunk by the client)")]
+    Truncated {
+        /// The first byte past the end of the file.
+        iova: Iova,
+    },
     /// The access touches an address no window covers.
     #[error("DMA access of {len} bytes touches unmapped memory at {iova}")]
     Unmapped {
@@ -130,6 +175,9 @@ pub enum DmaError {
         /// Length.
         len: usize,
     },
+    /// A writable window whose file is sealed against writes.
+    #[error("DMA window at {0} is writable but its file is sealed against writes")]
+    WriteSealed(Iova),
     /// A zero-sized window.
     #[error("zero-sized DMA window at {0}")]
     ZeroSize(Iova),
@@ -160,8 +208,11 @@ impl DmaPermissions {
 /// How a window is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowBacking {
-    /// The server mapped the client's file: direct access.
+    /// The server mapped the client's file (sealed against shrinking): direct access.
     Mapped,
+    /// The server reads and writes the client's file with `pread`/`pwrite` (an fd not sealed
+    /// against shrinking).
+    File,
     /// No fd: only DMA_READ/DMA_WRITE messages reach it.
     MessageOnly,
 }
@@ -177,8 +228,19 @@ pub struct DmaWindow {
     pub file_offset: u64,
     /// Permissions.
     pub perms: DmaPermissions,
-    /// Mapped or message-only.
+    /// Mapped, file-accessed or message-only.
     pub backing: WindowBacking,
+}
+
+/// What holds a window's bytes.
+#[derive(Debug)]
+enum Store {
+    /// The client's file, mapped.
+    Mapped(GuestRegionMmap<()>),
+    /// The client's file, for `pread`/`pwrite`.
+    File(File),
+    /// No fd.
+    Message,
 }
 
 #[derive(Debug)]
@@ -186,8 +248,7 @@ struct Window {
     size: u64,
     file_offset: u64,
     perms: DmaPermissions,
-    /// `None` for message-only windows.
-    region: Option<GuestRegionMmap<()>>,
+    store: Store,
 }
 
 /// The DMA address space: non-overlapping windows keyed by start address.
@@ -206,12 +267,20 @@ impl Default for DmaSpace {
 /// One contiguous part of an access, inside one window (see [`DmaSpace::resolve`]).
 #[derive(Debug)]
 pub enum Segment<'a> {
-    /// An fd-backed window: the bytes, directly.
+    /// A mapped window: the bytes, directly.
     Mapped {
         /// Address of the first byte.
         iova: Iova,
         /// The bytes (bounds-checked volatile access).
         slice: VolatileSlice<'a, ()>,
+    },
+    /// A file-accessed window: the bytes, through `pread`/`pwrite` (which fail, rather than
+    /// raise SIGBUS, if the client shrank the file).
+    File {
+        /// Address of the first byte.
+        iova: Iova,
+        /// The part of the client's file.
+        slice: FileSlice<'a>,
     },
     /// A message-only window: reach it with DMA_READ/DMA_WRITE messages.
     Message {
@@ -227,6 +296,7 @@ impl Segment<'_> {
     pub fn len(&self) -> u64 {
         match self {
             Segment::Mapped { slice, .. } => slice.len() as u64,
+            Segment::File { slice, .. } => slice.len(),
             Segment::Message { len, .. } => *len,
         }
     }
@@ -239,17 +309,11 @@ impl Segment<'_> {
     /// Address of the first byte.
     pub fn iova(&self) -> Iova {
         match self {
-            Segment::Mapped { iova, .. } | Segment::Message { iova, .. } => *iova,
+            Segment::Mapped { iova, .. }
+            | Segment::File { iova, .. }
+            | Segment::Message { iova, .. } => *iova,
         }
     }
-}
-
-/// One contiguous piece of an access, inside one window.
-struct Piece<'a> {
-    region: &'a GuestRegionMmap<()>,
-    window_offset: u64,
-    buf_start: usize,
-    len: usize,
 }
 
 impl DmaSpace {
@@ -287,8 +351,9 @@ impl DmaSpace {
         (iova.raw() - start < w.size).then(|| describe(start, w))
     }
 
-    /// Adds the window `[iova, iova + size)`. With `fd`, maps `size` bytes of it at
-    /// `file_offset`; without, records a message-only window.
+    /// Adds the window `[iova, iova + size)`. With `fd`, the window is `size` bytes of the file
+    /// at `file_offset`, mapped if the file is sealed against shrinking and file-accessed
+    /// otherwise; without, the window is message-only.
     pub fn map(
         &mut self,
         iova: Iova,
@@ -316,17 +381,21 @@ impl DmaSpace {
         if self.windows.len() >= self.max_windows {
             return Err(DmaError::TooManyWindows(self.max_windows));
         }
-        let region = match fd {
-            None => None,
-            Some(fd) => Some(map_file(iova, size, file_offset, perms, fd)?),
+        let store = match fd {
+            None => Store::Message,
+            Some(fd) => open_window(iova, size, file_offset, perms, fd)?,
         };
         self.windows.insert(
             iova.raw(),
             Window {
                 size,
-                file_offset: if region.is_some() { file_offset } else { 0 },
+                file_offset: if matches!(store, Store::Message) {
+                    0
+                } else {
+                    file_offset
+                },
                 perms,
-                region,
+                store,
             },
         );
         Ok(())
@@ -350,39 +419,78 @@ impl DmaSpace {
         self.windows.clear();
     }
 
-    /// Reads `buf.len()` bytes at `iova`.
+    /// Reads `buf.len()` bytes at `iova` (fd-backed windows only).
     pub fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
-        let pieces = self.pieces(iova, buf.len(), false)?;
-        for p in pieces {
-            let dst = buf
-                .get_mut(p.buf_start..p.buf_start + p.len)
-                .ok_or(DmaError::Unmapped { iova, len: p.len })?;
-            p.region
-                .read_slice(dst, MemoryRegionAddress(p.window_offset))
-                .map_err(DmaError::Access)?;
+        let segments = self.resolve_direct(iova, buf.len(), false)?;
+        let mut off = 0usize;
+        for s in &segments {
+            let n = usize::try_from(s.len()).map_err(|_| DmaError::Unmapped {
+                iova,
+                len: buf.len(),
+            })?;
+            let dst = buf.get_mut(off..off + n).ok_or(DmaError::Unmapped {
+                iova: s.iova(),
+                len: n,
+            })?;
+            match s {
+                Segment::Mapped { slice, .. } => {
+                    slice.copy_to(dst);
+                }
+                Segment::File { slice, .. } => slice.read(0, dst)?,
+                Segment::Message { iova, .. } => return Err(DmaError::MessageOnly { iova: *iova }),
+            }
+            off += n;
         }
         Ok(())
     }
 
-    /// Writes `buf` at `iova`.
+    /// Writes `buf` at `iova` (fd-backed windows only).
     pub fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
-        let pieces = self.pieces(iova, buf.len(), true)?;
-        for p in pieces {
-            let src = buf
-                .get(p.buf_start..p.buf_start + p.len)
-                .ok_or(DmaError::Unmapped { iova, len: p.len })?;
-            p.region
-                .write_slice(src, MemoryRegionAddress(p.window_offset))
-                .map_err(DmaError::Access)?;
+        let segments = self.resolve_direct(iova, buf.len(), true)?;
+        let mut off = 0usize;
+        for s in &segments {
+            let n = usize::try_from(s.len()).map_err(|_| DmaError::Unmapped {
+                iova,
+                len: buf.len(),
+            })?;
+            let src = buf.get(off..off + n).ok_or(DmaError::Unmapped {
+                iova: s.iova(),
+                len: n,
+            })?;
+            match s {
+                Segment::Mapped { slice, .. } => slice.copy_from(src),
+                Segment::File { slice, .. } => slice.write(0, src)?,
+                Segment::Message { iova, .. } => return Err(DmaError::MessageOnly { iova: *iova }),
+            }
+            off += n;
         }
         Ok(())
     }
 
-    /// Splits `[iova, iova + len)` into per-window [`Segment`]s for direct access (fd-backed
-    /// windows) or message-based access (fd-less windows). Every piece is checked for coverage
-    /// and for `write`/read permission before anything is returned, so a refused access touches
-    /// nothing. Errors name the first offending byte. The slices borrow `self`: a caller that
-    /// holds them keeps the windows alive (the device's DMA_UNMAP waits for it).
+    /// [`resolve`](Self::resolve), refusing message-only pieces ([`DmaError::MessageOnly`] at
+    /// the first one) before anything is accessed.
+    fn resolve_direct(
+        &self,
+        iova: Iova,
+        len: usize,
+        write: bool,
+    ) -> Result<Vec<Segment<'_>>, DmaError> {
+        let segments = self.resolve(iova, len as u64, write)?;
+        if let Some(Segment::Message { iova, .. }) = segments
+            .iter()
+            .find(|s| matches!(s, Segment::Message { .. }))
+        {
+            return Err(DmaError::MessageOnly { iova: *iova });
+        }
+        Ok(segments)
+    }
+
+    /// Splits `[iova, iova + len)` into per-window [`Segment`]s: direct slices (mapped windows),
+    /// file slices (file-accessed windows) or message-only ranges (fd-less windows). Every piece
+    /// is checked for coverage and for `write`/read permission before anything is returned, so a
+    /// refused access touches nothing. Errors name the first offending byte. The segments borrow
+    /// `self`: a caller that holds them keeps the windows alive (the device's DMA_UNMAP waits for
+    /// it).
     ///
     /// Slices of a read resolution (`write == false`) may map `PROT_READ`-only memory: only
     /// resolve with `write == true` what will be written.
@@ -410,34 +518,45 @@ impl DmaSpace {
                     write,
                 });
             }
-            // `start + w.size` does not overflow: checked at map time.
+            // `start + w.size` and `w.file_offset + w.size` do not overflow: checked at map time.
             let piece_end = end.raw().min(start + w.size);
             let piece_len = piece_end - cur;
-            match &w.region {
-                None => segments.push(Segment::Message {
+            let segment = match &w.store {
+                Store::Message => Segment::Message {
                     iova: Iova(cur),
                     len: piece_len,
-                }),
-                Some(region) => {
+                },
+                Store::Mapped(region) => {
                     let count = usize::try_from(piece_len)
                         .map_err(|_| DmaError::Overflow { iova, size: len })?;
                     let slice = region
                         .get_slice(MemoryRegionAddress(cur - start), count)
                         .map_err(DmaError::Access)?;
-                    segments.push(Segment::Mapped {
+                    Segment::Mapped {
                         iova: Iova(cur),
                         slice,
-                    });
+                    }
                 }
-            }
+                Store::File(file) => Segment::File {
+                    iova: Iova(cur),
+                    slice: FileSlice::new(
+                        file,
+                        Iova(cur),
+                        w.file_offset + (cur - start),
+                        piece_len,
+                    ),
+                },
+            };
+            segments.push(segment);
             cur = piece_end;
         }
         Ok(segments)
     }
 
-    /// Stores `value` little-endian at the 8-byte aligned `iova` with one atomic 8-byte store
-    /// (release ordering), so an observer never sees it torn. The window must be fd-backed
-    /// ([`DmaError::MessageOnly`] otherwise) and writable.
+    /// Stores `value` little-endian at the 8-byte aligned `iova`. The window must be fd-backed
+    /// ([`DmaError::MessageOnly`] otherwise) and writable. In a mapped window this is one atomic
+    /// 8-byte store (release ordering), so an observer never sees it torn; in a file-accessed
+    /// window it is one 8-byte `pwrite`, which an observer mapping the file may see torn.
     pub fn store_u64(&self, iova: Iova, value: u64) -> Result<(), DmaError> {
         if !iova.raw().is_multiple_of(8) {
             return Err(DmaError::Misaligned(iova));
@@ -447,6 +566,7 @@ impl DmaSpace {
             [Segment::Mapped { slice, .. }] => slice
                 .store(value.to_le(), 0, Ordering::Release)
                 .map_err(|e| DmaError::Access(e.into())),
+            [Segment::File { slice, .. }] => slice.write(0, &value.to_le_bytes()),
             [Segment::Message { iova, .. }, ..] => Err(DmaError::MessageOnly { iova: *iova }),
             // Windows are page aligned, so an aligned 8-byte access lies in one window.
             _ => Err(DmaError::Misaligned(iova)),
@@ -463,53 +583,6 @@ impl DmaSpace {
         // Any window starting inside [start, end).
         self.windows.range(start..end).next().map(|(&s, _)| s)
     }
-
-    /// Splits `[iova, iova + len)` into per-window pieces, checking coverage, backing and
-    /// permissions of every piece first.
-    fn pieces(&self, iova: Iova, len: usize, write: bool) -> Result<Vec<Piece<'_>>, DmaError> {
-        let len64 = u64::try_from(len).map_err(|_| DmaError::Unmapped { iova, len })?;
-        let end = iova
-            .checked_add(len64)
-            .ok_or(DmaError::Overflow { iova, size: len64 })?;
-        let mut pieces = Vec::new();
-        let mut cur = iova.raw();
-        while cur < end.raw() {
-            let (&start, w) = self
-                .windows
-                .range(..=cur)
-                .next_back()
-                .filter(|(&s, w)| cur - s < w.size)
-                .ok_or(DmaError::Unmapped {
-                    iova: Iova(cur),
-                    len,
-                })?;
-            let allowed = if write { w.perms.write } else { w.perms.read };
-            if !allowed {
-                return Err(DmaError::PermissionDenied {
-                    iova: Iova(cur),
-                    write,
-                });
-            }
-            let region = w
-                .region
-                .as_ref()
-                .ok_or(DmaError::MessageOnly { iova: Iova(cur) })?;
-            let window_offset = cur - start;
-            let piece_end = end.raw().min(start + w.size);
-            let piece_len =
-                usize::try_from(piece_end - cur).map_err(|_| DmaError::Unmapped { iova, len })?;
-            let buf_start =
-                usize::try_from(cur - iova.raw()).map_err(|_| DmaError::Unmapped { iova, len })?;
-            pieces.push(Piece {
-                region,
-                window_offset,
-                buf_start,
-                len: piece_len,
-            });
-            cur = piece_end;
-        }
-        Ok(pieces)
-    }
 }
 
 fn describe(iova: u64, w: &Window) -> DmaWindow {
@@ -518,21 +591,22 @@ fn describe(iova: u64, w: &Window) -> DmaWindow {
         size: w.size,
         file_offset: w.file_offset,
         perms: w.perms,
-        backing: if w.region.is_some() {
-            WindowBacking::Mapped
-        } else {
-            WindowBacking::MessageOnly
+        backing: match w.store {
+            Store::Mapped(_) => WindowBacking::Mapped,
+            Store::File(_) => WindowBacking::File,
+            Store::Message => WindowBacking::MessageOnly,
         },
     }
 }
 
-fn map_file(
+/// Checks the client's file for the window and decides how it is reached (module docs).
+fn open_window(
     iova: Iova,
     size: u64,
     file_offset: u64,
     perms: DmaPermissions,
     fd: OwnedFd,
-) -> Result<GuestRegionMmap<()>, DmaError> {
+) -> Result<Store, DmaError> {
     if file_offset & (FILE_OFFSET_ALIGN - 1) != 0 {
         return Err(DmaError::MisalignedOffset(file_offset));
     }
@@ -551,6 +625,20 @@ fn map_file(
             file_len: meta.len(),
         });
     }
+    match dma_file::inspect(&file, iova, file_offset, perms)? {
+        Access::Map => map_file(iova, size, file_offset, perms, file).map(Store::Mapped),
+        Access::File => Ok(Store::File(file)),
+    }
+}
+
+/// Maps a window of a file sealed against shrinking (checked to lie inside the file).
+fn map_file(
+    iova: Iova,
+    size: u64,
+    file_offset: u64,
+    perms: DmaPermissions,
+    file: File,
+) -> Result<GuestRegionMmap<()>, DmaError> {
     let map_len = usize::try_from(size).map_err(|_| DmaError::Overflow { iova, size })?;
     let mut prot = 0;
     if perms.read {
@@ -572,34 +660,30 @@ fn map_file(
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::FileExt;
 
     use super::*;
+    use crate::test_fds::{fd_of, map_fd, memfd, sealed_memfd, TempFile};
 
     const PAGE: u64 = 4096;
 
-    fn memfd(len: u64) -> File {
-        // SAFETY: valid C string literal; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"dma-test".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(raw >= 0);
-        // SAFETY: fresh fd owned by nobody else.
-        let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
-        f.set_len(len).unwrap();
-        f
-    }
-
-    /// Maps `len` bytes of `f` (from file offset 0) at `iova`; the test fails if it is refused.
-    fn map_fd(space: &mut DmaSpace, iova: Iova, len: u64, perms: DmaPermissions, f: &File) {
-        space.map(iova, len, 0, perms, Some(fd_of(f))).unwrap();
-    }
-
-    fn fd_of(f: &File) -> OwnedFd {
-        f.try_clone().unwrap().into()
+    /// Both kinds of client memory: (file, how the server must reach it).
+    fn both_kinds(len: u64) -> [(File, WindowBacking); 2] {
+        [
+            (sealed_memfd(len), WindowBacking::Mapped),
+            (memfd(len), WindowBacking::File),
+        ]
     }
 
     #[test]
     fn map_read_write_shares_bytes_with_the_file() {
-        let mut f = memfd(4 * PAGE);
+        for (f, backing) in both_kinds(4 * PAGE) {
+            shares_bytes_with_the_file(f, backing);
+        }
+    }
+
+    fn shares_bytes_with_the_file(mut f: File, backing: WindowBacking) {
         let mut space = DmaSpace::new();
         space
             .map(
@@ -624,7 +708,7 @@ mod tests {
         assert_eq!(&b, b"xyz");
         assert_eq!(space.len(), 1);
         let w = space.find(Iova(0x10_0000 + 2 * PAGE - 1)).unwrap();
-        assert_eq!(w.backing, WindowBacking::Mapped);
+        assert_eq!(w.backing, backing);
         assert_eq!(w.file_offset, PAGE);
         assert!(space.find(Iova(0x10_0000 + 2 * PAGE)).is_none());
     }
@@ -690,15 +774,25 @@ mod tests {
 
     #[test]
     fn rejects_window_past_end_of_file() {
-        let f = memfd(2 * PAGE);
+        for (f, _) in both_kinds(2 * PAGE) {
+            rejects_window_past_end_of(&f);
+        }
+    }
+
+    fn rejects_window_past_end_of(f: &File) {
         let mut space = DmaSpace::new();
+        assert!(matches!(
+            space.map(Iova(0), 3 * PAGE, 0, DmaPermissions::READ_ONLY, Some(fd_of(f))),
+            Err(DmaError::FileTooSmall { file_offset: 0, size, file_len })
+                if size == 3 * PAGE && file_len == 2 * PAGE
+        ));
         assert!(matches!(
             space.map(
                 Iova(0),
                 2 * PAGE,
                 PAGE,
                 DmaPermissions::READ_WRITE,
-                Some(fd_of(&f))
+                Some(fd_of(f))
             ),
             Err(DmaError::FileTooSmall { .. })
         ));
@@ -708,7 +802,7 @@ mod tests {
                 PAGE,
                 u64::MAX - 10,
                 DmaPermissions::READ_WRITE,
-                Some(fd_of(&f))
+                Some(fd_of(f))
             ),
             Err(DmaError::MisalignedOffset(_))
         ));
@@ -718,18 +812,12 @@ mod tests {
                 PAGE,
                 !(PAGE - 1),
                 DmaPermissions::READ_WRITE,
-                Some(fd_of(&f))
+                Some(fd_of(f))
             ),
             Err(DmaError::Overflow { .. })
         ));
         assert!(matches!(
-            space.map(
-                Iova(0),
-                PAGE,
-                1,
-                DmaPermissions::READ_WRITE,
-                Some(fd_of(&f))
-            ),
+            space.map(Iova(0), PAGE, 1, DmaPermissions::READ_WRITE, Some(fd_of(f))),
             Err(DmaError::MisalignedOffset(1))
         ));
         assert!(space.is_empty());
@@ -859,7 +947,7 @@ mod tests {
 
     #[test]
     fn resolve_splits_mapped_and_message_windows() {
-        let f = memfd(2 * PAGE);
+        let f = sealed_memfd(2 * PAGE);
         let mut space = DmaSpace::new();
         map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f);
         space
@@ -910,13 +998,21 @@ mod tests {
 
     #[test]
     fn store_u64_is_aligned_atomic_and_checked() {
-        let f = memfd(PAGE);
+        for (f, _) in both_kinds(PAGE) {
+            store_u64_checks(&f);
+        }
+    }
+
+    fn store_u64_checks(f: &File) {
         let mut space = DmaSpace::new();
-        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, &f);
+        map_fd(&mut space, Iova(0), PAGE, DmaPermissions::READ_WRITE, f);
         space
             .map(Iova(PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None)
             .unwrap();
         space.store_u64(Iova(8), 0x0102_0304_0506_0708).unwrap();
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 8).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 0x0102_0304_0506_0708, "in the file");
         let mut b = [0u8; 8];
         space.read(Iova(8), &mut b).unwrap();
         assert_eq!(u64::from_le_bytes(b), 0x0102_0304_0506_0708);
@@ -997,13 +1093,29 @@ mod tests {
 
     #[test]
     fn rejects_mapping_a_read_only_fd_writable() {
-        let path = std::env::temp_dir().join(format!("vugpu-dma-ro-{}", std::process::id()));
-        std::fs::write(&path, vec![0u8; PAGE as usize]).unwrap();
-        let ro = File::open(&path).unwrap();
+        // A regular file (file-accessed): the zero-length pwrite probe fails with EBADF.
+        let tmp = TempFile::new("ro", PAGE);
+        let ro = File::open(&tmp.0).unwrap();
         let mut space = DmaSpace::new();
         assert!(matches!(
+            space.map(Iova(0), PAGE, 0, DmaPermissions::READ_WRITE, Some(ro.into())),
+            Err(DmaError::FileAccess { write: true, source, .. })
+                if source.raw_os_error() == Some(libc::EBADF)
+        ));
+        let ro = File::open(&tmp.0).unwrap();
+        space
+            .map(Iova(0), PAGE, 0, DmaPermissions::READ_ONLY, Some(ro.into()))
+            .unwrap();
+        assert_eq!(space.find(Iova(0)).unwrap().backing, WindowBacking::File);
+        let mut b = [0xffu8; 4];
+        space.read(Iova(0), &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
+        // A sealed memfd (mapped): mmap(PROT_WRITE) of a read-only fd fails.
+        let f = sealed_memfd(PAGE);
+        let ro = File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        assert!(matches!(
             space.map(
-                Iova(0),
+                Iova(PAGE),
                 PAGE,
                 0,
                 DmaPermissions::READ_WRITE,
@@ -1011,10 +1123,19 @@ mod tests {
             ),
             Err(DmaError::Map { .. })
         ));
-        let ro = File::open(&path).unwrap();
+        let ro = File::open(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
         space
-            .map(Iova(0), PAGE, 0, DmaPermissions::READ_ONLY, Some(ro.into()))
+            .map(
+                Iova(PAGE),
+                PAGE,
+                0,
+                DmaPermissions::READ_ONLY,
+                Some(ro.into()),
+            )
             .unwrap();
-        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            space.find(Iova(PAGE)).unwrap().backing,
+            WindowBacking::Mapped
+        );
     }
 }

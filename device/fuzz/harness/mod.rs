@@ -162,16 +162,37 @@ impl<'a> Input<'a> {
 // Helpers shared by both harnesses
 // ---------------------------------------------------------------------------------------------
 
-fn memfd(len: u64) -> Option<File> {
+/// A memfd of `len` bytes; `sealed` adds F_SEAL_SHRINK | F_SEAL_GROW as QEMU's
+/// memory-backend-memfd does (the server maps such a file; an unsealed one it reads and writes
+/// with pread/pwrite), so both access paths are fuzzed.
+fn memfd(len: u64, sealed: bool) -> Option<File> {
     // SAFETY: a valid NUL-terminated name; memfd_create touches no memory of ours; the result
     // is checked before use.
-    let raw = unsafe { libc::memfd_create(c"vugpu-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    let raw = unsafe {
+        libc::memfd_create(
+            c"vugpu-fuzz".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     if raw < 0 {
         return None;
     }
     // SAFETY: `raw` is a fresh fd that nothing else owns.
     let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     f.set_len(len).ok()?;
+    if sealed {
+        // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours; `f` outlives the call.
+        let rc = unsafe {
+            libc::fcntl(
+                f.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+    }
     Some(f)
 }
 

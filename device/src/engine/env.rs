@@ -3,8 +3,12 @@
 //!
 //! Ownership and locking:
 //! - The DMA space is behind an `RwLock`: engines hold it for reading only while they copy one
-//!   chunk (at most [`CHUNK`] bytes) between directly mapped memory; DMA_UNMAP takes it for
-//!   writing, so it waits for that chunk and never returns while an engine uses the window.
+//!   chunk (at most [`CHUNK`] bytes) between directly mapped memory, or read or write one chunk of
+//!   a file-accessed window (`pread`/`pwrite`); DMA_UNMAP takes it for writing, so it waits for
+//!   that chunk and never returns while an engine uses the window.
+//! - A file-accessed window (an fd not sealed against shrinking, see `vugpu_backend::FileSlice`)
+//!   whose file the client shrank fails like unmapped memory (`SYS_UNMAPPED` at the first byte
+//!   past the end of the file): the client can make the engine fault, never the server crash.
 //! - An engine never holds the DMA space while it waits for a DMA message (fd-less window): the
 //!   event loop, which performs the message, may need the write lock to serve a DMA_UNMAP.
 //! - Lock order: engine state → DMA space → MSI-X → fault queue / trace. Nothing waits for an
@@ -26,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use vm_memory::VolatileSlice;
 use vmm_sys_util::eventfd::EventFd;
-use vugpu_backend::{DmaError, DmaSpace, Iova, Segment, SharedPage, Vram, VramError, VramOffset};
+use vugpu_backend::{
+    DmaError, DmaSpace, FileSlice, Iova, Segment, SharedPage, Vram, VramError, VramOffset,
+};
 
 use super::desc::{Addr, Aperture};
 use super::regs::ErrorCode;
@@ -207,9 +213,11 @@ pub struct EnvParts {
     pub timing: PollTiming,
 }
 
-/// One piece of an access: direct bytes or a message-only range.
+/// One piece of an access: direct bytes, a part of a file-accessed window, or a message-only
+/// range.
 enum Piece<'a> {
     Slice(VolatileSlice<'a, ()>),
+    File(FileSlice<'a>),
     Msg { iova: u64, len: u64 },
 }
 
@@ -217,6 +225,7 @@ impl Piece<'_> {
     fn len(&self) -> u64 {
         match self {
             Piece::Slice(s) => s.len() as u64,
+            Piece::File(f) => f.len(),
             Piece::Msg { len, .. } => *len,
         }
     }
@@ -233,9 +242,13 @@ fn fault(kind: FaultKind, aperture: Aperture, addr: u64, write: bool) -> MemFaul
 fn sys_fault(e: &DmaError, addr: u64, write: bool) -> MemFault {
     let (kind, at) = match *e {
         DmaError::PermissionDenied { iova, .. } => (FaultKind::SysPermission, iova.raw()),
-        DmaError::Unmapped { iova, .. } | DmaError::MessageOnly { iova } => {
-            (FaultKind::SysUnmapped, iova.raw())
-        }
+        // A file-accessed window whose file the client shrank (or whose fd it broke) is
+        // memory that is no longer there.
+        DmaError::Unmapped { iova, .. }
+        | DmaError::MessageOnly { iova }
+        | DmaError::Truncated { iova }
+        | DmaError::Append(iova)
+        | DmaError::FileIo { iova, .. } => (FaultKind::SysUnmapped, iova.raw()),
         _ => (FaultKind::SysUnmapped, addr),
     };
     fault(kind, Aperture::Sys, at, write)
@@ -447,6 +460,7 @@ impl EngineEnv {
                     .into_iter()
                     .map(|s| match s {
                         Segment::Mapped { slice, .. } => Piece::Slice(slice),
+                        Segment::File { slice, .. } => Piece::File(slice),
                         Segment::Message { iova, len } => Piece::Msg {
                             iova: iova.raw(),
                             len,
@@ -485,6 +499,7 @@ impl EngineEnv {
                     Piece::Slice(s) => {
                         s.copy_to(dst);
                     }
+                    Piece::File(f) => f.read(0, dst).map_err(|e| sys_fault(&e, at.addr, false))?,
                     Piece::Msg { iova, .. } => msgs.push((iova, off, n)),
                 }
                 off += n;
@@ -529,6 +544,7 @@ impl EngineEnv {
                     Piece::Slice(s) => {
                         s.copy_from(src);
                     }
+                    Piece::File(f) => f.write(0, src).map_err(|e| sys_fault(&e, at.addr, true))?,
                     Piece::Msg { iova, .. } => msgs.push((iova, off, n)),
                 }
                 off += n;
@@ -552,6 +568,9 @@ impl EngineEnv {
     /// Copies one chunk (`len <= CHUNK`) from `src` to `dst`. Both ranges are checked before a
     /// byte moves; directly mapped memory is copied without a bounce buffer while the DMA space
     /// is held for reading. Returns how each side was reached.
+    ///
+    /// A chunk touching a file-accessed window bounces through a buffer: all of `src` is read
+    /// first, so a source file the client shrank fails the chunk before anything is written.
     pub fn copy_chunk(
         &self,
         src: Addr,
@@ -572,15 +591,17 @@ impl EngineEnv {
                 return Ok((Reach::default(), Reach::default()));
             }
         }
-        // Some part is message-only: bounce through a buffer, without holding the DMA space
-        // while messages are in flight.
+        // Some part is file-accessed or message-only: bounce through a buffer (`pread`/`pwrite`
+        // under the DMA space, as above), without holding the DMA space while messages are in
+        // flight.
         let mut buf = vec![0u8; usize_of(len)];
         let r = self.read_bytes(src, &mut buf, abort)?;
         let w = self.write_bytes(dst, &buf, abort)?;
         Ok((r, w))
     }
 
-    /// One atomic 8-byte store (FENCE, TIMESTAMP); a message-only window gets an 8-byte
+    /// One atomic 8-byte store (FENCE, TIMESTAMP); a file-accessed window gets one 8-byte
+    /// `pwrite` (not atomic for an observer mapping the file), a message-only window an 8-byte
     /// DMA_WRITE.
     pub fn store_u64(&self, at: Addr, value: u64, abort: &AtomicBool) -> Result<Reach, MemFault> {
         match at.aperture {
@@ -676,7 +697,7 @@ fn copy_pieces(src: &[Piece<'_>], dst: &[Piece<'_>]) {
         ps.iter()
             .filter_map(|p| match p {
                 Piece::Slice(s) => Some(*s),
-                Piece::Msg { .. } => None,
+                Piece::File(_) | Piece::Msg { .. } => None,
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::fs::File;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -213,6 +213,31 @@ pub fn memfd(len: u64) -> File {
     // SAFETY: fresh fd owned by nobody else.
     let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     f.set_len(len).unwrap();
+    f
+}
+
+/// A memfd sealed against shrinking and growing, as QEMU's `memory-backend-memfd` makes it.
+pub fn sealed_memfd(len: u64) -> File {
+    // SAFETY: valid C string literal; the result is checked.
+    let raw = unsafe {
+        libc::memfd_create(
+            c"vugpu-sealed".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd owned by nobody else.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    f.set_len(len).unwrap();
+    // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours; `f` outlives the call.
+    let rc = unsafe {
+        libc::fcntl(
+            f.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
+    assert_eq!(rc, 0);
     f
 }
 

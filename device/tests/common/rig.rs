@@ -16,7 +16,7 @@ use vugpu_device::engine::regs::{control, offset, DOORBELL_OFFSET, DOORBELL_STRI
 use vugpu_protocol::backend::{DmaProt, IrqAction};
 use vugpu_protocol::{Client, IrqSetArg};
 
-use super::memfd;
+use super::sealed_memfd;
 
 /// Command register bits (hw-spec §1.1).
 pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -83,7 +83,9 @@ impl Rig {
             &(COMMAND_MEMORY | COMMAND_BUS_MASTER).to_le_bytes(),
         )
         .unwrap();
-        let sys_file = memfd(sys_size);
+        // Sealed like QEMU's memory-backend-memfd: the server maps it (unsealed fds take the
+        // pread/pwrite path, tests/unsealed_dma.rs).
+        let sys_file = sealed_memfd(sys_size);
         c.dma_map(
             SYS_IOVA,
             sys_size,

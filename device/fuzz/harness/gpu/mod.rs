@@ -85,8 +85,8 @@ struct ClientFile {
 }
 
 impl ClientFile {
-    fn new(len: u64, seed: u8) -> Option<Self> {
-        let file = memfd(len)?;
+    fn new(len: u64, seed: u8, sealed: bool) -> Option<Self> {
+        let file = memfd(len, sealed)?;
         let expected: Vec<u8> = (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect();
@@ -206,9 +206,9 @@ impl World {
         let gpu = Gpu::new(&cfg).ok()?;
         let power_on_config = gpu.pci().config().as_bytes().to_vec();
         let files = vec![
-            ClientFile::new(A_LEN, 0x11)?,
-            ClientFile::new(B_LEN, 0x22)?,
-            ClientFile::new(S_LEN, 0x33)?,
+            ClientFile::new(A_LEN, 0x11, true)?,
+            ClientFile::new(B_LEN, 0x22, false)?,
+            ClientFile::new(S_LEN, 0x33, true)?,
         ];
         let num_vectors = cfg.msix_vectors;
         let mut w = World {
