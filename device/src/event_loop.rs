@@ -34,6 +34,9 @@ use crate::engine::env::{MsgDmaRequest, MsgOp};
 use crate::gpu::Gpu;
 use crate::log::Level;
 
+/// Event handling or a DMA message this long (µs) is logged as a warning: a stall worth a look.
+const SLOW_US: u128 = 250_000;
+
 /// What a ready fd is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -358,7 +361,11 @@ impl Server {
         match result {
             Ok(true) => {
                 crate::log!(
-                    Level::Debug,
+                    if us + queued_us >= SLOW_US {
+                        Level::Warn
+                    } else {
+                        Level::Debug
+                    },
                     "engine {what} {addr:#x}+{len:#x} in {us} us (queued {queued_us} us before)"
                 );
                 if !read {
@@ -373,7 +380,7 @@ impl Server {
             Err(e) => {
                 self.stats.engine_dma_failures += 1;
                 crate::log!(
-                    Level::Debug,
+                    Level::Warn,
                     "engine {what} {addr:#x}+{len:#x} failed after {us} us: {e}"
                 );
                 let _ = req.reply.send(Err(e.to_string()));
@@ -427,7 +434,20 @@ impl MutEventSubscriber for Server {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match Token::from_data(events.data()) {
+        let started = std::time::Instant::now();
+        let token = Token::from_data(events.data());
+        self.dispatch(token, events, ops);
+        let us = started.elapsed().as_micros();
+        if us >= SLOW_US {
+            // A stall worth a look: nothing else of this GPU is served meanwhile.
+            crate::log!(Level::Warn, "handling {token:?} took {us} us");
+        }
+    }
+}
+
+impl Server {
+    fn dispatch(&mut self, token: Option<Token>, events: Events, ops: &mut EventOps) {
+        match token {
             Some(Token::Listener) => self.accept(ops),
             Some(Token::Session) => self.serve_client(ops, events.event_set()),
             Some(Token::Stop) => self.read_stop(),
