@@ -60,7 +60,7 @@ pub(super) fn run(engine: &Engine, env: &EngineEnv) {
         let took = started.elapsed();
         if took >= SLOW {
             crate::log!(
-                Level::Warn,
+                Level::Info,
                 "engine {}: descriptor {} took {} ms",
                 engine.index,
                 job.number,
