@@ -248,7 +248,7 @@ impl Server {
         // The peer is gone, so what is left to read is finite: drain it.
         while let Some(session) = self.session.as_mut() {
             match session.handle_message(&mut self.gpu) {
-                Ok(Status::Continue) => {}
+                Ok(Status::Continue | Status::Idle) => {}
                 Ok(Status::Closed) => self.end_session(ops, "closed"),
                 Err(e) if e.is_fatal() => {
                     self.stats.session_errors += 1;
@@ -269,8 +269,12 @@ impl Server {
             return;
         }
         loop {
-            match session.handle_message(&mut self.gpu) {
+            // Never a blocking read here: the readiness that woke us may be stale (a DMA wait
+            // in `engine_dma` serves client requests and may have consumed the message), and
+            // a blocking read would then stall every engine until the client's next message.
+            match session.handle_ready_message(&mut self.gpu) {
                 Ok(Status::Continue) => {}
+                Ok(Status::Idle) => return,
                 Ok(Status::Closed) => {
                     self.end_session(ops, "closed");
                     return;

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::{
     region_flags, BackendError, DeviceBackend, DmaUnmap, IrqData, IrqSet, SparseArea,
@@ -44,13 +44,16 @@ const DEFAULT_PGSIZES: u64 = 4096;
 /// Bound on client requests queued while waiting for a DMA reply.
 const MAX_PENDING_MSGS: usize = 4096;
 
-/// Outcome of [`Session::handle_message`].
+/// Outcome of [`Session::handle_message`] and [`Session::handle_ready_message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// The message was handled; keep going.
     Continue,
     /// The client closed the connection (cleanly, at a message boundary).
     Closed,
+    /// Nothing was there to handle ([`Session::handle_ready_message`] only): no request was
+    /// queued and no message had started to arrive.
+    Idle,
 }
 
 /// Counters of one session.
@@ -207,16 +210,43 @@ impl Session {
     /// arrives. `Ok(Closed)` when the client went away; `Err` for fatal errors. Either way the
     /// caller should then call [`DeviceBackend::client_disconnected`].
     pub fn handle_message<D: DeviceBackend + ?Sized>(&mut self, dev: &mut D) -> Result<Status> {
+        self.handle_one(dev, None)
+    }
+
+    /// Like [`handle_message`](Self::handle_message), but never waits for a message to start:
+    /// `Ok(Idle)` when none is queued and none has begun to arrive (a message that has begun is
+    /// read in full, within the body timeout).
+    ///
+    /// This is the call for an event loop woken by socket readiness. The readiness may be stale:
+    /// a DMA wait that serves client requests ([`Session::dma_read_serving`]) can consume the
+    /// very message that made the socket readable, and a blocking read would then wait for the
+    /// client's next message, which may never come while the client waits for the device.
+    pub fn handle_ready_message<D: DeviceBackend + ?Sized>(
+        &mut self,
+        dev: &mut D,
+    ) -> Result<Status> {
+        self.handle_one(dev, Some(Instant::now()))
+    }
+
+    /// One message; `first_deadline` bounds the wait for its first byte (`None`: forever).
+    fn handle_one<D: DeviceBackend + ?Sized>(
+        &mut self,
+        dev: &mut D,
+        first_deadline: Option<Instant>,
+    ) -> Result<Status> {
         if self.closed {
             return Ok(Status::Closed);
         }
         let msg = match self.pending.pop_front() {
             Some(m) => m,
-            None => match recv_message(self.stream.as_fd(), &self.recv_limits(), None) {
+            None => match recv_message(self.stream.as_fd(), &self.recv_limits(), first_deadline) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     self.closed = true;
                     return Ok(Status::Closed);
+                }
+                Err(ProtocolError::WaitTimeout(_)) if first_deadline.is_some() => {
+                    return Ok(Status::Idle);
                 }
                 Err(e) => {
                     self.closed = true;

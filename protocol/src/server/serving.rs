@@ -295,6 +295,51 @@ mod tests {
         client.join().unwrap();
     }
 
+    /// After a serving DMA wait consumed the request that made the socket readable, the
+    /// event loop's readiness is stale: `handle_ready_message` says Idle at once instead of
+    /// waiting for the client's next message; a message that has begun arriving is read whole.
+    #[test]
+    fn ready_message_never_waits_for_a_message_to_start() {
+        use std::time::{Duration, Instant};
+        let (a, b) = UnixStream::pair().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut c = Client::from_stream(b);
+            c.negotiate().unwrap();
+            go_rx.recv().unwrap();
+            // Half a message, then the rest 100 ms later.
+            let msg = region_read_msg(0x77);
+            c.send_raw(&msg[..10], &[]).unwrap();
+            thread::sleep(Duration::from_millis(100));
+            c.send_raw(&msg[10..], &[]).unwrap();
+            let reply = c.recv_raw().unwrap().unwrap();
+            assert_eq!(reply.header.msg_id, 0x77);
+            go_rx.recv().unwrap();
+        });
+        let mut s = Session::new(a, ServerConfig::default());
+        let mut dev = Dev { reads: 0 };
+        s.handle_message(&mut dev).unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            s.handle_ready_message(&mut dev).unwrap(),
+            super::super::Status::Idle
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+        go_tx.send(()).unwrap();
+        // Once the first byte is there the message is read in full.
+        while s.handle_ready_message(&mut dev).unwrap() == super::super::Status::Idle {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.reads, 1);
+        go_tx.send(()).unwrap();
+        client.join().unwrap();
+        // The client hung up: Closed, not Idle.
+        assert_eq!(
+            s.handle_ready_message(&mut dev).unwrap(),
+            super::super::Status::Closed
+        );
+    }
+
     #[test]
     fn write_serving_through_the_clients_dma_handler() {
         use std::sync::{Arc, Mutex};
