@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vugpu_protocol::backend::{
     region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping, DmaUnmap,
@@ -366,6 +366,19 @@ pub fn session(data: &[u8]) -> SessionStats {
             } else {
                 let _ = s.dma_read(0x1000, &mut buf);
                 let _ = s.dma_write(0x2000, &buf);
+            }
+        }
+    }
+    if ctl & 0x80 != 0 {
+        // The event loop's way: never wait for a message to start (bounded, for slow writers).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match s.handle_ready_message(&mut dev) {
+                Ok(Status::Continue) => {}
+                Ok(Status::Idle) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                _ => break,
             }
         }
     }
