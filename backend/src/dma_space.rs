@@ -421,50 +421,56 @@ impl DmaSpace {
 
     /// Reads `buf.len()` bytes at `iova` (fd-backed windows only).
     pub fn read(&self, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
-        let segments = self.resolve_direct(iova, buf.len(), false)?;
-        let mut off = 0usize;
-        for s in &segments {
-            let n = usize::try_from(s.len()).map_err(|_| DmaError::Unmapped {
-                iova,
-                len: buf.len(),
-            })?;
-            let dst = buf.get_mut(off..off + n).ok_or(DmaError::Unmapped {
+        for (s, at) in self.direct_pieces(iova, buf.len(), false)? {
+            let dst = buf.get_mut(at).ok_or(DmaError::Unmapped {
                 iova: s.iova(),
-                len: n,
+                len: s.len() as usize,
             })?;
-            match s {
+            match &s {
                 Segment::Mapped { slice, .. } => {
                     slice.copy_to(dst);
                 }
                 Segment::File { slice, .. } => slice.read(0, dst)?,
                 Segment::Message { iova, .. } => return Err(DmaError::MessageOnly { iova: *iova }),
             }
-            off += n;
         }
         Ok(())
     }
 
     /// Writes `buf` at `iova` (fd-backed windows only).
     pub fn write(&self, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
-        let segments = self.resolve_direct(iova, buf.len(), true)?;
-        let mut off = 0usize;
-        for s in &segments {
-            let n = usize::try_from(s.len()).map_err(|_| DmaError::Unmapped {
-                iova,
-                len: buf.len(),
-            })?;
-            let src = buf.get(off..off + n).ok_or(DmaError::Unmapped {
+        for (s, at) in self.direct_pieces(iova, buf.len(), true)? {
+            let src = buf.get(at).ok_or(DmaError::Unmapped {
                 iova: s.iova(),
-                len: n,
+                len: s.len() as usize,
             })?;
-            match s {
+            match &s {
                 Segment::Mapped { slice, .. } => slice.copy_from(src),
                 Segment::File { slice, .. } => slice.write(0, src)?,
                 Segment::Message { iova, .. } => return Err(DmaError::MessageOnly { iova: *iova }),
             }
-            off += n;
         }
         Ok(())
+    }
+
+    /// The segments of `[iova, iova + len)` (see [`resolve_direct`](Self::resolve_direct)),
+    /// each with the range of the caller's buffer it covers.
+    fn direct_pieces(
+        &self,
+        iova: Iova,
+        len: usize,
+        write: bool,
+    ) -> Result<Vec<(Segment<'_>, std::ops::Range<usize>)>, DmaError> {
+        let mut off = 0usize;
+        self.resolve_direct(iova, len, write)?
+            .into_iter()
+            .map(|s| {
+                let n = usize::try_from(s.len()).map_err(|_| DmaError::Unmapped { iova, len })?;
+                let at = off..off + n;
+                off += n;
+                Ok((s, at))
+            })
+            .collect()
     }
 
     /// [`resolve`](Self::resolve), refusing message-only pieces ([`DmaError::MessageOnly`] at

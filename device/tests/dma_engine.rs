@@ -853,7 +853,7 @@ fn trapped_ring_tail_jobs_on_an_fd_less_window_never_stall() {
 fn no_dma_message_is_sent_after_an_engine_reset() {
     use std::sync::{Arc, Mutex};
     use vugpu_device::engine::regs::control;
-    use vugpu_protocol::wire::{flags as wflags, Command, DmaLayout, Header, Writer};
+    use vugpu_protocol::wire::{Command, DmaLayout};
 
     let (_srv, mut r) = rig(GpuConfig::new(64 * MIB), 4 * MIB);
     let rom = 0xfffc_0000u64;
@@ -888,22 +888,8 @@ fn no_dma_message_is_sent_after_an_engine_reset() {
     r.set_reg(0, offset::CONTROL, control::RESET);
     assert_eq!(r.reg(0, offset::STATUS), State::Disabled as u32);
     // The late reply to the message that was in flight...
-    let mut body = Writer::with_capacity(16 + 64 * 1024);
-    DmaLayout::Spec
-        .encode(h, &orig[..64 * 1024], &mut body)
+    r.c.send_raw(&common::dma_read_reply(&first, &orig[..64 * 1024]), &[])
         .unwrap();
-    let body = body.into_vec();
-    let mut w = Writer::with_capacity(Header::SIZE + body.len());
-    Header {
-        msg_id: first.header.msg_id,
-        command: first.header.command,
-        size: (Header::SIZE + body.len()) as u32,
-        flags: wflags::TYPE_REPLY,
-        error: 0,
-    }
-    .encode(&mut w);
-    w.bytes(&body);
-    r.c.send_raw(&w.into_vec(), &[]).unwrap();
     // ...and nothing after it.
     let deadline = Instant::now() + Duration::from_millis(300);
     while Instant::now() < deadline {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::rig::{sys, vram, Doorbell, Rig};
-use common::{connect, temp_dir, MIB};
+use common::{connect, dma_read_reply, region_read_msg, temp_dir, MIB};
 use event_manager::{EventManager, SubscriberOps};
 use vugpu_device::engine::desc::{flags, RawDescriptor};
 use vugpu_device::engine::regs::offset;
@@ -29,7 +29,7 @@ use vugpu_device::event_loop::Server;
 use vugpu_device::gpu::{Gpu, GpuConfig};
 use vugpu_device::regs::spec::offset as reg;
 use vugpu_protocol::backend::DmaProt;
-use vugpu_protocol::wire::{flags as wflags, Command, DmaLayout, Header, RegionAccessWire, Writer};
+use vugpu_protocol::wire::Command;
 use vugpu_protocol::ServerConfig;
 
 /// What the test asks of the event-loop thread.
@@ -111,50 +111,6 @@ impl Drop for SteppedLoop {
             let _ = t.join();
         }
     }
-}
-
-/// A REGION_READ of 4 bytes of BAR0 at `off`, encoded by hand so that it can be sent without
-/// waiting for the reply.
-fn region_read_msg(id: u16, off: u64) -> Vec<u8> {
-    let mut body = Writer::with_capacity(RegionAccessWire::SIZE);
-    RegionAccessWire {
-        offset: off,
-        region: 0,
-        count: 4,
-    }
-    .encode(&mut body);
-    let body = body.into_vec();
-    let mut w = Writer::with_capacity(Header::SIZE + body.len());
-    Header {
-        msg_id: id,
-        command: Command::RegionRead as u16,
-        size: (Header::SIZE + body.len()) as u32,
-        flags: wflags::TYPE_COMMAND,
-        error: 0,
-    }
-    .encode(&mut w);
-    w.bytes(&body);
-    w.into_vec()
-}
-
-/// The reply to DMA_READ `req` with `data`.
-fn dma_read_reply(req: &vugpu_protocol::transport::RawMessage, data: &[u8]) -> Vec<u8> {
-    let (h, _) = DmaLayout::Spec.decode(&req.body).unwrap();
-    assert_eq!(h.count as usize, data.len());
-    let mut body = Writer::with_capacity(16 + data.len());
-    DmaLayout::Spec.encode(h, data, &mut body).unwrap();
-    let body = body.into_vec();
-    let mut w = Writer::with_capacity(Header::SIZE + body.len());
-    Header {
-        msg_id: req.header.msg_id,
-        command: req.header.command,
-        size: (Header::SIZE + body.len()) as u32,
-        flags: wflags::TYPE_REPLY,
-        error: 0,
-    }
-    .encode(&mut w);
-    w.bytes(&body);
-    w.into_vec()
 }
 
 #[test]

@@ -17,7 +17,9 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_device::event_loop::{self, Server};
 use vugpu_device::gpu::{Gpu, GpuConfig};
-use vugpu_protocol::{Client, ServerConfig};
+use vugpu_protocol::transport::RawMessage;
+use vugpu_protocol::wire::{flags as wire_flags, Command as Cmd, Header, RegionAccessWire, Writer};
+use vugpu_protocol::{Client, DmaLayout, ServerConfig};
 
 pub mod rig;
 
@@ -263,4 +265,51 @@ pub fn rd32(c: &mut Client, region: u32, off: u64) -> u32 {
 
 pub fn wr32(c: &mut Client, region: u32, off: u64, v: u32) {
     c.region_write(region, off, &v.to_le_bytes()).unwrap();
+}
+
+/// One framed message: header `id`, `command`, `flags` and `body`.
+pub fn frame(id: u16, command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(Header::SIZE + body.len());
+    Header {
+        msg_id: id,
+        command,
+        size: (Header::SIZE + body.len()) as u32,
+        flags,
+        error: 0,
+    }
+    .encode(&mut w);
+    w.bytes(body);
+    w.into_vec()
+}
+
+/// A REGION_READ of 4 bytes of BAR0 at `off`, encoded by hand so that it can be sent without
+/// waiting for the reply (`Client::send_raw`).
+pub fn region_read_msg(id: u16, off: u64) -> Vec<u8> {
+    let mut body = Writer::with_capacity(RegionAccessWire::SIZE);
+    RegionAccessWire {
+        offset: off,
+        region: 0,
+        count: 4,
+    }
+    .encode(&mut body);
+    frame(
+        id,
+        Cmd::RegionRead as u16,
+        wire_flags::TYPE_COMMAND,
+        &body.into_vec(),
+    )
+}
+
+/// The reply to DMA_READ `req` (spec layout) with `data`.
+pub fn dma_read_reply(req: &RawMessage, data: &[u8]) -> Vec<u8> {
+    let (h, _) = DmaLayout::Spec.decode(&req.body).unwrap();
+    assert_eq!(h.count as usize, data.len());
+    let mut body = Writer::with_capacity(16 + data.len());
+    DmaLayout::Spec.encode(h, data, &mut body).unwrap();
+    frame(
+        req.header.msg_id,
+        req.header.command,
+        wire_flags::TYPE_REPLY,
+        &body.into_vec(),
+    )
 }
