@@ -121,6 +121,17 @@ pub fn print_context(run_dir: &Path) {
     };
     show("the console", &run_dir.join("console.log"));
     show("QEMU's stderr", &run_dir.join("qemu.log"));
+    for l in server_logs(run_dir) {
+        let name = l
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        show(&format!("the {name} server log"), &l);
+    }
+}
+
+/// The server logs (`gpuK.log`) of a run directory, in order.
+fn server_logs(run_dir: &Path) -> Vec<PathBuf> {
     let mut logs: Vec<PathBuf> = fs::read_dir(run_dir)
         .map(|rd| {
             rd.flatten()
@@ -134,12 +145,44 @@ pub fn print_context(run_dir: &Path) {
         })
         .unwrap_or_default();
     logs.sort();
-    for l in logs {
+    logs
+}
+
+/// Most warning lines quoted per server.
+const WARNINGS_SHOWN: usize = 5;
+
+/// The warning and error lines of one server log (stalls the server noticed, failed DMA
+/// messages, protocol errors): `(count, the first few)`.
+pub fn server_warnings(log: &Path) -> (usize, Vec<String>) {
+    let Ok(text) = fs::read_to_string(log) else {
+        return (0, Vec::new());
+    };
+    let hits: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("[Warn]") || l.contains("[Error]"))
+        .collect();
+    let shown = hits
+        .iter()
+        .take(WARNINGS_SHOWN)
+        .map(|l| l.to_string())
+        .collect();
+    (hits.len(), shown)
+}
+
+/// Says how many warnings each server logged, quoting the first few: a pass with a stalled
+/// model is worth knowing about.
+fn report_server_warnings(run_dir: &Path) {
+    for l in server_logs(run_dir) {
+        let (n, shown) = server_warnings(&l);
+        if n == 0 {
+            continue;
+        }
         let name = l
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        show(&format!("the {name} server log"), &l);
+        say!("{name} server logged {n} warning(s) ({}):", l.display());
+        eprintln!("{}", indent(&shown));
     }
 }
 
@@ -213,7 +256,9 @@ pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
             exit::TIMEOUT
         }
     };
-    if code != exit::PASS {
+    if code == exit::PASS {
+        report_server_warnings(run_dir);
+    } else {
         print_context(run_dir);
     }
     code
@@ -242,6 +287,28 @@ mod tests {
         assert_eq!(c.feed(Source::Console, "VUGPU-BEGIN\r"), Fed::Begin);
         assert_eq!(c.feed(Source::Results, "ok 1 x"), Fed::Ignored);
         assert_eq!(c.feed(Source::Console, "VUGPU-END rc=oops"), Fed::End(255));
+    }
+
+    #[test]
+    fn server_warnings_are_counted_and_quoted() {
+        let dir = std::env::temp_dir().join(format!("vugpu-report-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("gpu0.log");
+        let mut text = String::from("vugpu 0.1 [Info] serving\n");
+        for i in 0..7 {
+            text.push_str(&format!(
+                "vugpu 1.{i} [Warn] handling Some(Session) took 5000000 us\n"
+            ));
+        }
+        text.push_str("vugpu 9.0 [Error] something\n");
+        fs::write(&log, text).unwrap();
+        let (n, shown) = server_warnings(&log);
+        assert_eq!(n, 8);
+        assert_eq!(shown.len(), WARNINGS_SHOWN);
+        assert!(shown[0].contains("1.0 [Warn]"));
+        assert_eq!(server_logs(&dir), vec![log.clone()]);
+        assert_eq!(server_warnings(&dir.join("missing.log")), (0, Vec::new()));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
