@@ -26,8 +26,12 @@ const DATA: u64 = SYS_IOVA + RING_AREA;
 /// A FENCE target in guest RAM that no ring uses (engine 15's ring area; 4 engines here).
 const FENCE_AT: u64 = SYS_IOVA + RING_AREA - 4096;
 const SIZES: [u64; 4] = [4 << 10, 64 << 10, 1 << 20, 16 << 20];
+/// A second window of system memory, backed by an unsealed memfd: the server reaches it with
+/// pread/pwrite instead of a mapping (ARCHITECTURE.md §5), the price measured here.
+const FILE_IOVA: u64 = 0x2_0000_0000;
+const FILE_SIZE: u64 = 16 * MIB;
 
-fn setup() -> (InProcServer, Rig) {
+fn setup() -> (InProcServer, Rig, std::fs::File) {
     let srv = InProcServer::start(GpuConfig::new(64 * MIB));
     let c = srv.client();
     let mut r = Rig::new(c, 48 * MIB);
@@ -35,7 +39,20 @@ fn setup() -> (InProcServer, Rig) {
     // Touch every page once so neither side pays first-touch faults in the measurements.
     r.sys_write(DATA, &vec![1u8; 40 * MIB as usize]);
     r.vram_write(0, &vec![2u8; 64 * MIB as usize]);
-    (srv, r)
+    let file = common::memfd(FILE_SIZE);
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![4u8; FILE_SIZE as usize], 0).unwrap();
+    r.c.dma_map(
+        FILE_IOVA,
+        FILE_SIZE,
+        0,
+        vugpu_protocol::backend::DmaProt {
+            read: true,
+            write: true,
+        },
+        Some(std::os::fd::AsFd::as_fd(&file)),
+    )
+    .unwrap();
+    (srv, r, file)
 }
 
 /// Blocks until the eventfd fires.
@@ -70,7 +87,7 @@ fn wait_fence(r: &Rig, value: u64) {
 }
 
 fn copy_bandwidth(c: &mut Criterion) {
-    let (_srv, mut r) = setup();
+    let (_srv, mut r, _file) = setup();
     let mut fence = 0u64;
     let mut g = c.benchmark_group("copy_bandwidth");
     for size in SIZES {
@@ -86,6 +103,8 @@ fn copy_bandwidth(c: &mut Criterion) {
         for (name, src, dst) in [
             ("engine_sys_to_vram", sys(DATA), vram(0)),
             ("engine_vram_to_sys", vram(0), sys(DATA)),
+            ("engine_unsealed_to_vram", sys(FILE_IOVA), vram(0)),
+            ("engine_vram_to_unsealed", vram(0), sys(FILE_IOVA)),
         ] {
             g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &n| {
                 b.iter(|| {
@@ -108,7 +127,7 @@ fn copy_bandwidth(c: &mut Criterion) {
 
 /// How a driver learns about completion: polling a FENCE in memory vs the MSI-X eventfd.
 fn completion(c: &mut Criterion) {
-    let (_srv, mut r) = setup();
+    let (_srv, mut r, _file) = setup();
     let mut fence = 0u64;
     let mut g = c.benchmark_group("completion");
     g.bench_function("nop_fence_poll", |b| {
@@ -136,7 +155,7 @@ fn completion(c: &mut Criterion) {
 }
 
 fn small_jobs(c: &mut Criterion) {
-    let (_srv, mut r) = setup();
+    let (_srv, mut r, _file) = setup();
     let mut fence = 0u64;
     let mut g = c.benchmark_group("small_jobs");
     let batch = 256u64;
@@ -180,7 +199,7 @@ fn small_jobs(c: &mut Criterion) {
 /// `--engine-poll-us`), through the mmapped page or the trapped RING_TAIL (which wakes the
 /// engine at once, after a socket round trip).
 fn wakeup(c: &mut Criterion) {
-    let (_srv, mut r) = setup();
+    let (_srv, mut r, _file) = setup();
     let mut fence = 0u64;
     let mut g = c.benchmark_group("wakeup");
     g.bench_function("back_to_back_mmap", |b| {
