@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Guest vCPUs.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub smp: u32,
+    /// Back guest RAM with an unsealed memfd (`seal=off`): the server then reaches guest RAM
+    /// with pread/pwrite instead of a mapping, the path it takes for any fd a client could
+    /// shrink (slower; for testing that path).
+    #[arg(long)]
+    pub unsealed_ram: bool,
     /// Extra kernel command line (may be repeated).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Vec<String>,

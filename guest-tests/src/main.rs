@@ -212,6 +212,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         timeout: Duration::from_secs(r.timeout),
         memory_mib,
         smp: r.smp,
+        ram_sealed: !r.unsealed_ram,
         append: r.append.join(" "),
         tests,
         keep: r.keep,

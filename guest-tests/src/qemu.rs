@@ -1,7 +1,9 @@
 //! QEMU: version and capability probing, accelerator choice, and the command line.
 //!
 //! The command line always backs guest RAM with a shared memfd (`memory-backend-memfd,share=on`),
-//! so vfio-user DMA_MAP messages carry file descriptors the server can mmap. Two serial ports:
+//! so vfio-user DMA_MAP messages carry file descriptors. QEMU seals it against shrinking, so the
+//! server mmaps it; `seal=off` (the runner's `--unsealed-ram`) makes the server reach guest RAM
+//! with `pread`/`pwrite` instead (ARCHITECTURE.md §5), which the suites can then exercise. Two serial ports:
 //! ttyS0 is the kernel console (QEMU's stdout, captured by the runner), ttyS1 is the results
 //! channel (a UNIX socket the runner listens on), so kernel messages never interleave with KTAP.
 
@@ -136,6 +138,8 @@ pub struct QemuConfig {
     pub memory_mib: u64,
     /// vCPUs.
     pub smp: u32,
+    /// Guest RAM memfd sealed against shrinking (QEMU's default): the server maps it.
+    pub ram_sealed: bool,
     /// Kernel image as QEMU sees it.
     pub kernel: String,
     /// Initramfs as QEMU sees it.
@@ -170,7 +174,10 @@ pub fn args(c: &QemuConfig) -> Vec<String> {
         "-m",
         &mem,
         "-object",
-        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        &format!(
+            "memory-backend-memfd,id=mem,size={mem},share=on{}",
+            if c.ram_sealed { "" } else { ",seal=off" }
+        ),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -241,6 +248,7 @@ mod tests {
             accel,
             memory_mib: 2048,
             smp: 2,
+            ram_sealed: true,
             kernel: "/k".into(),
             initrd: "/run/vugpu-1/initramfs.cpio.gz".into(),
             append: "console=ttyS0 x".into(),
@@ -288,5 +296,15 @@ mod tests {
             ["q35,accel=kvm,memory-backend=mem"]
         );
         assert_eq!(value_of(&a, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn unsealed_guest_ram() {
+        let mut c = cfg(Accel::Tcg);
+        c.ram_sealed = false;
+        assert_eq!(
+            value_of(&args(&c), "-object"),
+            ["memory-backend-memfd,id=mem,size=2048M,share=on,seal=off"]
+        );
     }
 }

@@ -68,6 +68,8 @@ pub struct RunRequest {
     pub memory_mib: u64,
     /// vCPUs.
     pub smp: u32,
+    /// Guest RAM memfd sealed (QEMU's default; `--unsealed-ram` clears it).
+    pub ram_sealed: bool,
     /// Extra kernel command line.
     pub append: String,
     /// guest-tests/.
@@ -532,6 +534,7 @@ fn attempt(
         accel,
         memory_mib: req.memory_mib,
         smp: req.smp,
+        ram_sealed: req.ram_sealed,
         kernel: kernel.to_string(),
         initrd: initrd.to_string(),
         append,
