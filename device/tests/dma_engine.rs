@@ -713,17 +713,7 @@ fn fd_less_window_through_dma_messages(layout: vugpu_protocol::DmaLayout) {
         base,
         bytes: bytes.clone(),
     }));
-    r.c.dma_map(
-        base,
-        size,
-        0,
-        vugpu_protocol::backend::DmaProt {
-            read: true,
-            write: true,
-        },
-        None,
-    )
-    .unwrap();
+    r.map_fd_less(base, size, true);
     r.enable(0);
     // msg window -> VRAM (2.5 MiB: several chunks and messages), VRAM -> msg window, a fence
     // into the msg window, and a copy spanning guest RAM (fd) into... VRAM.
@@ -767,17 +757,7 @@ fn fd_less_window_through_dma_messages(layout: vugpu_protocol::DmaLayout) {
     same(&r.sys_read(DATA, 4096), &orig[16..16 + 4096], "msg -> sys");
     assert!(r.c.stats().dma_reads > 0 && r.c.stats().dma_writes > 0);
     // A message the client refuses (outside its memory): MSG_DMA_FAILED -> UR.
-    r.c.dma_map(
-        0x5_0000_0000,
-        MIB,
-        0,
-        vugpu_protocol::backend::DmaProt {
-            read: true,
-            write: true,
-        },
-        None,
-    )
-    .unwrap();
+    r.map_fd_less(0x5_0000_0000, MIB, true);
     r.submit(
         0,
         &[RawDescriptor::copy(sys(0x5_0000_0000), vram(0), 16)],
@@ -809,17 +789,7 @@ fn trapped_ring_tail_jobs_on_an_fd_less_window_never_stall() {
         base: rom,
         bytes: Arc::new(Mutex::new(orig.clone())),
     }));
-    r.c.dma_map(
-        rom,
-        size,
-        0,
-        vugpu_protocol::backend::DmaProt {
-            read: true,
-            write: false,
-        },
-        None,
-    )
-    .unwrap();
+    r.map_fd_less(rom, size, false);
     r.enable(0);
     let jobs = 400u64;
     for i in 0..jobs {
@@ -863,17 +833,7 @@ fn no_dma_message_is_sent_after_an_engine_reset() {
         base: rom,
         bytes: Arc::new(Mutex::new(orig.clone())),
     }));
-    r.c.dma_map(
-        rom,
-        size,
-        0,
-        vugpu_protocol::backend::DmaProt {
-            read: true,
-            write: false,
-        },
-        None,
-    )
-    .unwrap();
+    r.map_fd_less(rom, size, false);
     r.enable(0);
     r.submit(
         0,

@@ -28,7 +28,6 @@ use vugpu_device::engine::regs::offset;
 use vugpu_device::event_loop::Server;
 use vugpu_device::gpu::{Gpu, GpuConfig};
 use vugpu_device::regs::spec::offset as reg;
-use vugpu_protocol::backend::DmaProt;
 use vugpu_protocol::wire::Command;
 use vugpu_protocol::ServerConfig;
 
@@ -122,17 +121,7 @@ fn a_request_consumed_by_a_dma_wait_does_not_block_the_loop() {
     let mut r = Rig::new(connect(&socket), 4 * MIB);
     // An fd-less, read-only window like QEMU's BIOS ROM: reached through DMA_READ messages.
     let rom = 0xfffc_0000u64;
-    r.c.dma_map(
-        rom,
-        0x4_0000,
-        0,
-        DmaProt {
-            read: true,
-            write: false,
-        },
-        None,
-    )
-    .unwrap();
+    r.map_fd_less(rom, 0x4_0000, false);
     r.enable(0);
     // Idle iterations before the pause: an fd that epoll reported level-triggered stays on its
     // ready list until the next epoll_wait finds it not ready, and would keep its place ahead

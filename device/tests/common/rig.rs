@@ -129,6 +129,14 @@ impl Rig {
         }
     }
 
+    /// DMA_MAPs `[iova, iova + size)` without an fd (like QEMU's BIOS ROM): the server reaches
+    /// it only through DMA_READ/DMA_WRITE messages, which the client's DMA handler serves.
+    pub fn map_fd_less(&mut self, iova: u64, size: u64, write: bool) {
+        self.c
+            .dma_map(iova, size, 0, DmaProt { read: true, write }, None)
+            .unwrap();
+    }
+
     pub fn reg(&mut self, engine: usize, off: u32) -> u32 {
         let mut b = [0u8; 4];
         self.c
