@@ -11,9 +11,11 @@ use crate::topology::{Peer, Topology, MAX_GPUS};
 /// command in it. Provisions QEMU >= 10.1 and a guest kernel on first use (cached under
 /// $VUGPU_CACHE, default /var/cache/vugpu). Must run as root.
 ///
-/// Exit codes: 0 pass; 1 a test failed (or the plan/rc was wrong); 2 usage error; 3 the guest
-/// died before reporting; 4 nothing passed (all skipped); 124 timeout; 125 host-side error
-/// (provisioning, build, QEMU or server start). With `-- CMD`: CMD's own exit code, or 124/125.
+/// Exit codes: 0 pass; 1 a test failed (or the plan/rc was wrong, or a GPU was not bound); 2
+/// usage error; 3 the guest died before reporting; 4 nothing passed (every skip expected); 5 a
+/// test skipped that the suite does not list as an expected skip; 124 timeout; 125 host-side
+/// error (provisioning, build, QEMU or server start). With `-- CMD`: CMD's own exit code, or
+/// 124/125.
 #[derive(Debug, Parser)]
 #[command(
     name = "vugpu-vm",
@@ -78,9 +80,9 @@ pub struct RunArgs {
     /// Run guest-tests/suites/NAME.sh in the guest and check its KTAP output.
     #[arg(long, value_name = "NAME", conflicts_with = "command")]
     pub suite: Option<String>,
-    /// Number of vugpu GPUs to attach.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=MAX_GPUS as i64))]
-    pub gpus: u16,
+    /// Number of vugpu GPUs to attach (default: what the suite declares; 0 with -- CMD).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=MAX_GPUS as i64))]
+    pub gpus: Option<u16>,
     /// The vugpu server binary (default: `vugpu` next to this executable).
     #[arg(long, value_name = "PATH")]
     pub vugpu: Option<PathBuf>,
@@ -92,12 +94,12 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub server_args: String,
-    /// PCIe topology of the GPUs.
-    #[arg(long, value_enum, default_value_t = Topology::Rootports)]
-    pub topology: Topology,
-    /// An emulated P2P peer next to the GPUs.
-    #[arg(long, value_enum, default_value_t = Peer::None)]
-    pub peer: Peer,
+    /// PCIe topology of the GPUs (default: the suite's, else rootports).
+    #[arg(long, value_enum)]
+    pub topology: Option<Topology>,
+    /// An emulated P2P peer next to the GPUs (default: the suite's, else none).
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
     /// Controller Memory Buffer size of the nvme-cmb peer, MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub cmb_mb: u32,
@@ -107,9 +109,9 @@ pub struct RunArgs {
     /// Bound for one boot, in seconds (from QEMU start to VUGPU-END).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: u64,
-    /// Guest RAM (e.g. 2G, 4096M).
-    #[arg(long, default_value = "2G")]
-    pub memory: String,
+    /// Guest RAM (e.g. 2G, 4096M; default: the suite's declared minimum, else 2G).
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Guest vCPUs.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub smp: u32,
@@ -130,6 +132,9 @@ pub struct RunArgs {
     /// Echo the guest console (kernel log) on stderr while it runs.
     #[arg(long)]
     pub console: bool,
+    /// Also write the suite's results as JUnit XML to FILE (what it ran on in <properties>).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// Environment options.
     #[command(flatten)]
     pub env: EnvArgs,
@@ -220,7 +225,7 @@ mod tests {
             "cat /sys/bus/pci/devices/*/vendor",
         ])
         .unwrap();
-        assert_eq!(c.run.gpus, 1);
+        assert_eq!(c.run.gpus, Some(1));
         assert_eq!(
             c.run.command,
             ["sh", "-c", "cat /sys/bus/pci/devices/*/vendor"]
@@ -232,11 +237,17 @@ mod tests {
     fn suite_and_defaults() {
         let c = parse(&["--suite", "smoke"]).unwrap();
         assert_eq!(c.run.suite.as_deref(), Some("smoke"));
-        assert_eq!(c.run.topology, Topology::Rootports);
+        // Unset: the suite's declaration decides.
+        assert_eq!(c.run.gpus, None);
+        assert_eq!(c.run.topology, None);
+        assert_eq!(c.run.peer, None);
+        assert_eq!(c.run.memory, None);
+        assert_eq!(c.run.junit, None);
         assert_eq!(c.run.accel, AccelChoice::Auto);
         assert_eq!(c.run.timeout, 300);
         assert_eq!(c.run.smp, 2);
-        assert_eq!(c.run.peer, Peer::None);
+        let c = parse(&["--suite", "smoke", "--junit", "/tmp/j.xml"]).unwrap();
+        assert_eq!(c.run.junit, Some(PathBuf::from("/tmp/j.xml")));
     }
 
     #[test]
@@ -274,8 +285,8 @@ mod tests {
             "true",
         ])
         .unwrap();
-        assert_eq!(c.run.topology, Topology::Switch);
-        assert_eq!(c.run.peer, Peer::NvmeCmb);
+        assert_eq!(c.run.topology, Some(Topology::Switch));
+        assert_eq!(c.run.peer, Some(Peer::NvmeCmb));
         assert_eq!(c.run.accel, AccelChoice::Tcg);
         assert!(parse(&["--gpus", "17", "--", "true"]).is_err());
         assert!(parse(&["--topology", "ring", "--", "true"]).is_err());

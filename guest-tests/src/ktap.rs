@@ -22,6 +22,9 @@
 //! Counting: a test with subtests counts through its leaves; a parent that failed although none
 //! of its children failed also counts as a failure. SKIP counts as skipped whether the line says
 //! `ok` or `not ok`; TODO/XFAIL count as expected failures (neither pass nor failure).
+//!
+//! A skip is never a silent pass: the verdict takes the suite's expected skips, and any other skip
+//! (or a `1..0 # SKIP` plan) makes the run [`Verdict::UnexpectedSkip`].
 
 use std::fmt;
 
@@ -69,6 +72,8 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Output after the last top-level result.
     pub trailing: Vec<String>,
+    /// Reason of a top-level `1..0 # SKIP reason` plan: the whole document skipped.
+    pub plan_skip: Option<String>,
 }
 
 /// Counts over the leaves of a report.
@@ -84,6 +89,8 @@ pub struct Summary {
     pub xfail: usize,
     /// Slash-separated names of failed tests (`parent/child`).
     pub failures: Vec<String>,
+    /// Skipped tests: (`parent/child`, reason).
+    pub skips: Vec<(String, String)>,
 }
 
 /// Verdict of a suite run.
@@ -93,6 +100,8 @@ pub enum Verdict {
     Pass,
     /// Nothing failed, but nothing passed either (all skipped, or an empty plan).
     AllSkipped,
+    /// Nothing failed, but these skips (`path: reason`) are not expected.
+    UnexpectedSkip(Vec<String>),
     /// Reasons why the run failed.
     Fail(Vec<String>),
 }
@@ -269,6 +278,7 @@ impl Level {
 pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Report {
     let mut stack: Vec<Level> = Vec::new();
     let mut problems = Vec::new();
+    let mut plan_skip = None;
     for raw in lines {
         let line = raw.trim_end_matches(['\r', '\n']).trim_end();
         let content = line.trim_start();
@@ -313,6 +323,7 @@ pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Report {
         if stack.last().is_some_and(|l| indent > l.indent) {
             stack.push(Level::new(indent));
         }
+        let stack_depth = stack.len();
         let Some(top) = stack.last_mut() else {
             continue;
         };
@@ -331,6 +342,9 @@ pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Report {
                     top.plan = Some(count);
                     if let Some(reason) = skip {
                         top.pending_output.push(format!("# plan skipped: {reason}"));
+                        if stack_depth == 1 {
+                            plan_skip = Some(reason.trim().to_string());
+                        }
                     }
                 }
             }
@@ -405,6 +419,7 @@ pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Report {
         tests: top.results,
         problems,
         trailing: top.pending_output,
+        plan_skip,
     }
 }
 
@@ -424,7 +439,7 @@ impl Report {
     }
 
     /// The verdict for a suite whose script exited with `rc`.
-    pub fn verdict(&self, rc: i32) -> Verdict {
+    pub fn verdict(&self, rc: i32, expected_skip: &dyn Fn(&str) -> bool) -> Verdict {
         let s = self.summary();
         let mut reasons = Vec::new();
         if rc != 0 {
@@ -434,8 +449,22 @@ impl Report {
         if s.failed > 0 {
             reasons.push(format!("{} failed: {}", s.failed, s.failures.join(", ")));
         }
+        let mut unexpected: Vec<String> = s
+            .skips
+            .iter()
+            .filter(|(path, _)| !expected_skip(path))
+            .map(|(path, why)| format!("{path}: {why}"))
+            .collect();
+        if let Some(why) = &self.plan_skip {
+            if !expected_skip("*") {
+                unexpected.push(format!("the whole suite (1..0): {why}"));
+            }
+        }
         if !reasons.is_empty() {
+            reasons.extend(unexpected.iter().map(|u| format!("unexpected skip: {u}")));
             Verdict::Fail(reasons)
+        } else if !unexpected.is_empty() {
+            Verdict::UnexpectedSkip(unexpected)
         } else if s.passed == 0 {
             Verdict::AllSkipped
         } else {
@@ -463,7 +492,10 @@ fn count(tests: &[TestResult], prefix: &str, s: &mut Summary) {
         if t.subtests.is_empty() {
             match t.outcome {
                 Outcome::Pass => s.passed += 1,
-                Outcome::Skip => s.skipped += 1,
+                Outcome::Skip => {
+                    s.skipped += 1;
+                    s.skips.push((path, t.reason.clone().unwrap_or_default()));
+                }
                 Outcome::XFail => s.xfail += 1,
                 Outcome::Fail => {
                     s.failed += 1;
@@ -514,6 +546,11 @@ impl fmt::Display for Summary {
 mod tests {
     use super::*;
 
+    /// No skip is expected.
+    const NONE: fn(&str) -> bool = |_| false;
+    /// Every skip is expected.
+    const ALL: fn(&str) -> bool = |_| true;
+
     fn p(text: &str) -> Report {
         parse(text.lines())
     }
@@ -525,7 +562,7 @@ mod tests {
         assert_eq!(r.plan, Some(2));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(r.summary().passed, 2);
-        assert_eq!(r.verdict(0), Verdict::Pass);
+        assert_eq!(r.verdict(0, &NONE), Verdict::Pass);
     }
 
     #[test]
@@ -535,7 +572,7 @@ mod tests {
         assert_eq!((s.passed, s.failed, s.skipped), (2, 1, 0));
         assert_eq!(s.failures, vec!["b".to_string()]);
         assert_eq!(r.tests[1].output, vec!["# boom at step 3".to_string()]);
-        assert!(matches!(r.verdict(0), Verdict::Fail(_)));
+        assert!(matches!(r.verdict(0, &NONE), Verdict::Fail(_)));
     }
 
     #[test]
@@ -545,52 +582,66 @@ mod tests {
         assert_eq!((s.passed, s.failed, s.skipped), (0, 0, 2));
         assert_eq!(r.tests[0].reason.as_deref(), Some("no device"));
         assert_eq!(r.tests[0].name, "a");
-        assert_eq!(r.verdict(0), Verdict::AllSkipped);
+        assert_eq!(r.verdict(0, &ALL), Verdict::AllSkipped);
+        assert_eq!(
+            r.verdict(0, &NONE),
+            Verdict::UnexpectedSkip(vec!["a: no device".into(), "b: why".into()])
+        );
+        assert_eq!(
+            r.verdict(0, &|p: &str| p == "a"),
+            Verdict::UnexpectedSkip(vec!["b: why".into()])
+        );
     }
 
     #[test]
-    fn mixed_skip_and_pass_passes() {
+    fn mixed_skip_and_pass_passes_only_when_the_skip_is_expected() {
         let r = p("KTAP version 1\n1..2\nok 1 a # SKIP x\nok 2 b\n");
-        assert_eq!(r.verdict(0), Verdict::Pass);
+        assert_eq!(r.verdict(0, &|p: &str| p == "a"), Verdict::Pass);
+        assert_eq!(
+            r.verdict(0, &NONE),
+            Verdict::UnexpectedSkip(vec!["a: x".into()])
+        );
         assert_eq!(r.summary().skipped, 1);
     }
 
     #[test]
-    fn empty_plan_is_all_skipped() {
+    fn empty_plan_is_all_skipped_or_unexpected() {
         let r = p("KTAP version 1\n1..0 # SKIP no tests here\n");
         assert!(r.problems.is_empty(), "{:?}", r.problems);
-        assert_eq!(r.verdict(0), Verdict::AllSkipped);
+        assert_eq!(r.plan_skip.as_deref(), Some("no tests here"));
+        assert_eq!(r.verdict(0, &ALL), Verdict::AllSkipped);
+        assert!(matches!(r.verdict(0, &NONE), Verdict::UnexpectedSkip(_)));
     }
 
     #[test]
     fn plan_mismatch_fails() {
         let r = p("KTAP version 1\n1..3\nok 1 a\nok 2 b\n");
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-        assert!(matches!(r.verdict(0), Verdict::Fail(_)));
+        assert!(matches!(r.verdict(0, &NONE), Verdict::Fail(_)));
     }
 
     #[test]
     fn missing_plan_fails() {
         let r = p("KTAP version 1\nok 1 a\n");
-        assert!(matches!(r.verdict(0), Verdict::Fail(_)));
+        assert!(matches!(r.verdict(0, &NONE), Verdict::Fail(_)));
     }
 
     #[test]
     fn plan_at_end_is_accepted() {
         let r = p("TAP version 13\nok 1 a\nok 2 b\n1..2\n");
-        assert_eq!(r.verdict(0), Verdict::Pass);
+        assert_eq!(r.verdict(0, &NONE), Verdict::Pass);
     }
 
     #[test]
     fn nonzero_rc_fails_even_if_all_ok() {
         let r = p("KTAP version 1\n1..1\nok 1 a\n");
-        assert!(matches!(r.verdict(1), Verdict::Fail(_)));
+        assert!(matches!(r.verdict(1, &NONE), Verdict::Fail(_)));
     }
 
     #[test]
     fn no_output_fails() {
         let r = p("");
-        assert!(matches!(r.verdict(0), Verdict::Fail(_)));
+        assert!(matches!(r.verdict(0, &NONE), Verdict::Fail(_)));
     }
 
     #[test]
@@ -610,7 +661,7 @@ mod tests {
         let r = p("TAP version 14\n1..2\nok 1 - dashed name\nnot ok 2 known # TODO later\n");
         assert_eq!(r.tests[0].name, "dashed name");
         assert_eq!(r.tests[1].outcome, Outcome::XFail);
-        assert_eq!(r.verdict(0), Verdict::Pass);
+        assert_eq!(r.verdict(0, &NONE), Verdict::Pass);
     }
 
     #[test]
@@ -654,6 +705,8 @@ ok 2 pci
         let s = r.summary();
         assert_eq!((s.passed, s.failed, s.skipped), (2, 1, 1));
         assert_eq!(s.failures, vec!["hmm/migrate".to_string()]);
+        assert_eq!(s.skips.len(), 1);
+        assert!(s.skips[0].0.starts_with("hmm/"), "{:?}", s.skips);
         let failed = r.failed_tests();
         assert_eq!(failed.len(), 1);
         assert_eq!(
@@ -679,7 +732,7 @@ ok 2 pci
     #[test]
     fn leading_noise_and_crlf_are_tolerated() {
         let r = p("random boot noise\r\nKTAP version 1\r\n1..1\r\nok 1 a\r\n");
-        assert_eq!(r.verdict(0), Verdict::Pass);
+        assert_eq!(r.verdict(0, &NONE), Verdict::Pass);
         assert_eq!(r.tests[0].output, vec!["random boot noise".to_string()]);
     }
 
@@ -700,9 +753,14 @@ ok 2 hmm.gup # SKIP GUP_TEST not set
 # Totals: pass:1 fail:0 xfail:0 xpass:0 skip:1 error:0
 ";
         let r = p(text);
-        assert_eq!(r.verdict(0), Verdict::Pass);
+        assert_eq!(r.verdict(0, &|p: &str| p == "hmm.gup"), Verdict::Pass);
+        assert!(matches!(r.verdict(0, &NONE), Verdict::UnexpectedSkip(_)));
         let s = r.summary();
         assert_eq!((s.passed, s.skipped), (1, 1));
+        assert_eq!(
+            s.skips,
+            vec![("hmm.gup".to_string(), "GUP_TEST not set".to_string())]
+        );
         assert_eq!(r.trailing.len(), 2);
     }
 

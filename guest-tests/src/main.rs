@@ -12,6 +12,7 @@ pub(crate) use say;
 
 mod cli;
 mod initramfs;
+mod junit;
 mod kernel;
 mod ktap;
 mod process;
@@ -21,6 +22,7 @@ mod report;
 mod root;
 mod run;
 mod servers;
+mod suite;
 mod topology;
 
 use std::path::PathBuf;
@@ -31,9 +33,10 @@ use clap::Parser;
 
 use crate::cli::{Cli, EnvArgs, Sub};
 use crate::initramfs::TestsDir;
-use crate::kernel::ModuleBuild;
+use crate::kernel::{KernelConfig, ModuleBuild};
 use crate::provision::{KernelChoice, ProvisionError, ProvisionOptions, QemuBinary};
 use crate::run::{Mode, RunError, RunRequest};
+use crate::suite::{Requested, Resolved, SuiteSpec};
 
 /// Exit codes (documented in README.md and `--help`).
 pub mod exit {
@@ -45,8 +48,11 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// The guest died (panic, oops, QEMU exit) before VUGPU-END (suite mode).
     pub const GUEST_DIED: i32 = 3;
-    /// Nothing passed: every test skipped, or an empty plan.
+    /// Nothing passed: every test skipped (each skip expected), or an empty plan.
     pub const SKIPPED: i32 = 4;
+    /// A test skipped that the suite does not declare as an expected skip (or the suite
+    /// cannot run on this kernel): not a pass.
+    pub const UNEXPECTED_SKIP: i32 = 5;
     /// No VUGPU-END within --timeout.
     pub const TIMEOUT: i32 = 124;
     /// Host-side failure: provisioning, building, starting QEMU or a server.
@@ -139,6 +145,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         println!("kernel:  {}", env.kernel.release);
         println!("image:   {}", env.kernel.image.display());
         println!("config:  {}", env.kernel.config_path.display());
+        let kconfig = KernelConfig::read(&env.kernel.config_path).map_err(ProvisionError::from)?;
+        for (opt, why) in kernel::FEATURE_OPTIONS {
+            let have = kconfig.get(opt).unwrap_or("n");
+            println!("feature: CONFIG_{opt}={have} ({why})");
+        }
         match &env.kernel.modules {
             ModuleBuild::InRoot { kdir, cc } => println!(
                 "modules: built in the root against {kdir} with {}",
@@ -183,7 +194,32 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             )));
         }
     }
-    let memory_mib = qemu::parse_memory_mib(&r.memory).map_err(Error::Usage)?;
+    let requested = Requested {
+        gpus: r.gpus,
+        topology: r.topology,
+        peer: r.peer,
+        memory_mib: r
+            .memory
+            .as_deref()
+            .map(qemu::parse_memory_mib)
+            .transpose()
+            .map_err(Error::Usage)?,
+    };
+    let spec = match &mode {
+        Mode::Suite(name) => {
+            Some(SuiteSpec::load(&tests.path, name).map_err(|e| Error::Usage(e.to_string()))?)
+        }
+        Mode::Command(_) => None,
+    };
+    let boot = match &spec {
+        Some(s) => s.resolve(&requested).map_err(Error::Usage)?,
+        None => Resolved {
+            gpus: requested.gpus.unwrap_or(0),
+            topology: requested.topology.unwrap_or_default(),
+            peer: requested.peer.unwrap_or_default(),
+            memory_mib: requested.memory_mib.unwrap_or(suite::DEFAULT_MEMORY_MIB),
+        },
+    };
     let server_args = cli::split_words(&r.server_args)
         .map_err(|e| Error::Usage(format!("--server-args: {e}")))?;
     let vugpu = match &r.vugpu {
@@ -193,24 +229,61 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             .and_then(|e| e.parent().map(|d| d.join("vugpu")))
             .unwrap_or_else(|| PathBuf::from("vugpu")),
     };
-    if r.gpus > 0 && !vugpu.is_file() {
+    if boot.gpus > 0 && !vugpu.is_file() {
         return Err(RunError::Server(servers::ServerError::NoBinary(vugpu)).into());
     }
     // The servers are started from the run directory: a relative path must not depend on that.
     let vugpu = std::path::absolute(&vugpu).unwrap_or(vugpu);
     let env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
     say!("{}", env.describe());
+    let kconfig = KernelConfig::read(&env.kernel.config_path).map_err(ProvisionError::from)?;
+    let mut watched: Vec<String> = kernel::REPORTED_OPTIONS
+        .iter()
+        .map(|o| o.to_string())
+        .collect();
+    if let Some(s) = &spec {
+        for o in &s.kernel_config {
+            if !watched.contains(o) {
+                watched.push(o.clone());
+            }
+        }
+    }
+    let facts = run::RunFacts {
+        kernel_release: env.kernel.release.clone(),
+        kernel_options: kconfig.summary(&watched),
+        qemu: env.qemu.version().to_string(),
+    };
+    let expected_skips = spec
+        .as_ref()
+        .map(|s| s.expected_on(&kconfig))
+        .unwrap_or_default();
+    if let Some(s) = &spec {
+        let missing = s.missing_config(&kconfig);
+        if !missing.is_empty() {
+            let why = format!(
+                "suite {} cannot run on kernel {}: its config lacks {} (declared with `vugpu-vm: kernel-config`); nothing was run",
+                s.name,
+                env.kernel.release,
+                missing.join(" ")
+            );
+            say!("{why}");
+            if let Some(path) = &r.junit {
+                run::write_junit(path, &s.name, None, &[], &facts, None, vec![why], 0.0);
+            }
+            return Ok(exit::UNEXPECTED_SKIP);
+        }
+    }
     let req = RunRequest {
         mode,
-        gpus: usize::from(r.gpus),
+        gpus: usize::from(boot.gpus),
         vugpu,
         server_args,
-        topology: r.topology,
-        peer: r.peer,
+        topology: boot.topology,
+        peer: boot.peer,
         cmb_mb: r.cmb_mb,
         accel: r.accel,
         timeout: Duration::from_secs(r.timeout),
-        memory_mib,
+        memory_mib: boot.memory_mib,
         smp: r.smp,
         ram_sealed: !r.unsealed_ram,
         append: r.append.join(" "),
@@ -218,6 +291,9 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         keep: r.keep,
         console: r.console,
         qemu_args: r.qemu_arg,
+        expected_skips,
+        junit: r.junit,
+        facts,
     };
     Ok(run::run(&env, &req)?)
 }

@@ -173,6 +173,15 @@ pub struct Env {
     pub kernel: GuestKernel,
 }
 
+impl QemuBinary {
+    /// Its version.
+    pub fn version(&self) -> &QemuVersion {
+        match self {
+            QemuBinary::Host { version, .. } | QemuBinary::InRoot { version } => version,
+        }
+    }
+}
+
 impl Env {
     /// One-line description.
     pub fn describe(&self) -> String {

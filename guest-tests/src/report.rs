@@ -3,11 +3,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::exit;
 use crate::ktap::{self, Verdict};
 use crate::process::{indent, tail_lines};
-use crate::run::{Mode, RunRequest};
+use crate::qemu::Accel;
+use crate::run::{write_junit, Mode, RunRequest};
+use crate::suite::ExpectedSkip;
 
 /// Lines of console and server logs shown on failure.
 const TAIL: usize = 40;
@@ -186,38 +189,122 @@ fn report_server_warnings(run_dir: &Path) {
     }
 }
 
-/// Exit code for a suite whose script exited with `rc` and printed `lines`, and the report.
-pub fn suite_outcome(lines: &[String], rc: i32) -> (i32, ktap::Report, Verdict) {
+/// The line `suite_report_load` (suites/lib/suite.sh) prints: how many functions the driver bound.
+const BOUND_LINE: &str = "# vugpu functions bound to the driver: ";
+
+/// How many functions the suite says the driver bound, if it said so.
+fn bound_reported(lines: &[String]) -> Option<usize> {
+    lines.iter().find_map(|l| {
+        l.trim()
+            .strip_prefix(BOUND_LINE.trim_start())
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    })
+}
+
+/// Exit code for a suite whose script exited with `rc` and printed `lines` with `gpus` GPUs
+/// attached, the report and the verdict. Skips not in `expected` make it
+/// [`Verdict::UnexpectedSkip`]; a driver bound to fewer or more functions than were attached
+/// (or a suite that never says) fails it.
+pub fn suite_outcome(
+    lines: &[String],
+    rc: i32,
+    expected: &[ExpectedSkip],
+    gpus: usize,
+) -> (i32, ktap::Report, Verdict) {
     let report = ktap::parse(lines.iter().map(String::as_str));
-    let verdict = report.verdict(rc);
+    let mut verdict = report.verdict(rc, &|path: &str| expected.iter().any(|e| e.matches(path)));
+    if gpus > 0 {
+        let problem = match bound_reported(lines) {
+            Some(n) if n == gpus => None,
+            Some(n) => Some(format!(
+                "the vugpu driver is bound to {n} function(s) but {gpus} GPU(s) are attached"
+            )),
+            None if report.plan_skip.is_some() => None,
+            None => Some(format!(
+                "the suite never reported how many vugpu functions the driver bound ({gpus} attached)"
+            )),
+        };
+        if let Some(p) = problem {
+            verdict = match verdict {
+                Verdict::Fail(mut r) => {
+                    r.push(p);
+                    Verdict::Fail(r)
+                }
+                _ => Verdict::Fail(vec![p]),
+            };
+        }
+    }
     let code = match verdict {
         Verdict::Pass => exit::PASS,
         Verdict::AllSkipped => exit::SKIPPED,
+        Verdict::UnexpectedSkip(_) => exit::UNEXPECTED_SKIP,
         Verdict::Fail(_) => exit::FAIL,
     };
     (code, report, verdict)
 }
 
-/// Prints the outcome and returns the exit code.
-pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
+/// Lists the skips that were expected, with the suite's reasons.
+fn say_expected_skips(report: &ktap::Report, expected: &[ExpectedSkip]) {
+    for (path, why) in report.summary().skips {
+        if let Some(e) = expected.iter().find(|e| e.matches(&path)) {
+            say!("  expected skip: {path}: {why} ({})", e.reason);
+        }
+    }
+}
+
+/// Prints the outcome (and writes `--junit`) and returns the exit code.
+pub fn report(
+    req: &RunRequest,
+    finish: &Finish,
+    run_dir: &Path,
+    accel: Accel,
+    elapsed: Duration,
+) -> i32 {
+    let ran_on = req.facts.line(Some(accel));
+    let mut junit_report = None;
+    let mut run_errors = Vec::new();
     let code = match (finish, &req.mode) {
         (Finish::Completed { rc, lines }, Mode::Suite(name)) => {
-            let (code, report, verdict) = suite_outcome(lines, *rc);
+            let (code, report, verdict) = suite_outcome(lines, *rc, &req.expected_skips, req.gpus);
             let summary = report.summary();
             if report.version.is_none() && !lines.is_empty() {
                 say!("warning: suite {name} printed no KTAP version line");
             }
             match &verdict {
-                Verdict::Pass => say!("suite {name}: PASS ({summary})"),
-                Verdict::AllSkipped => say!(
-                    "suite {name}: NOTHING PASSED ({summary}); exit code {}",
-                    exit::SKIPPED
-                ),
+                Verdict::Pass => {
+                    say!("suite {name}: PASS ({summary}) on {ran_on}");
+                    say_expected_skips(&report, &req.expected_skips);
+                }
+                Verdict::AllSkipped => {
+                    say!(
+                        "suite {name}: NOTHING PASSED ({summary}) on {ran_on}; exit code {}",
+                        exit::SKIPPED
+                    );
+                    say_expected_skips(&report, &req.expected_skips);
+                }
+                Verdict::UnexpectedSkip(skips) => {
+                    say!(
+                        "suite {name}: FAIL, {} unexpected skip(s) ({summary}) on {ran_on}; exit code {}",
+                        skips.len(),
+                        exit::UNEXPECTED_SKIP
+                    );
+                    for s in skips {
+                        say!("  - unexpected skip: {s}");
+                    }
+                    say_expected_skips(&report, &req.expected_skips);
+                    say!("  (a suite lists the skips it expects with `# vugpu-vm: expect-skip NAME: REASON`)");
+                }
                 Verdict::Fail(reasons) => {
-                    say!("suite {name}: FAIL ({summary})");
+                    say!("suite {name}: FAIL ({summary}) on {ran_on}");
                     for r in reasons {
                         say!("  - {r}");
                     }
+                    run_errors = reasons
+                        .iter()
+                        .filter(|r| !r.contains(" failed: "))
+                        .cloned()
+                        .collect();
                     for (path, t) in report.failed_tests().iter().take(20) {
                         let out: Vec<String> =
                             t.output.iter().rev().take(15).rev().cloned().collect();
@@ -228,6 +315,7 @@ pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
                     }
                 }
             }
+            junit_report = Some(report);
             code
         }
         (Finish::Completed { rc, .. }, Mode::Command(_)) => {
@@ -237,7 +325,8 @@ pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
             (*rc).clamp(0, 255)
         }
         (Finish::Died { reason }, mode) => {
-            say!("guest died: {reason}");
+            say!("guest died: {reason} (on {ran_on})");
+            run_errors.push(format!("guest died: {reason}"));
             if matches!(mode, Mode::Suite(_)) {
                 exit::GUEST_DIED
             } else {
@@ -246,6 +335,7 @@ pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
         }
         (Finish::Interrupted(sig), _) => {
             say!("interrupted by signal {sig}; QEMU and the servers were stopped");
+            run_errors.push(format!("interrupted by signal {sig}"));
             128 + sig
         }
         (Finish::TimedOut, _) => {
@@ -253,9 +343,25 @@ pub fn report(req: &RunRequest, finish: &Finish, run_dir: &Path) -> i32 {
                 "timeout: no VUGPU-END within {}s (raise --timeout?)",
                 req.timeout.as_secs()
             );
+            run_errors.push(format!(
+                "timeout: no VUGPU-END within {}s",
+                req.timeout.as_secs()
+            ));
             exit::TIMEOUT
         }
     };
+    if let (Some(path), Mode::Suite(name)) = (&req.junit, &req.mode) {
+        write_junit(
+            path,
+            name,
+            junit_report.as_ref(),
+            &req.expected_skips,
+            &req.facts,
+            Some((req, accel)),
+            run_errors,
+            elapsed.as_secs_f64(),
+        );
+    }
     if code == exit::PASS {
         report_server_warnings(run_dir);
     } else {
@@ -314,26 +420,77 @@ mod tests {
     #[test]
     fn suite_exit_codes() {
         let l = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        let out = |s: &str, rc: i32| suite_outcome(&l(s), rc, &[], 0).0;
+        assert_eq!(out("KTAP version 1\n1..1\nok 1 a", 0), exit::PASS);
+        assert_eq!(out("KTAP version 1\n1..1\nnot ok 1 a", 0), exit::FAIL);
         assert_eq!(
-            suite_outcome(&l("KTAP version 1\n1..1\nok 1 a"), 0).0,
-            exit::PASS
+            out("KTAP version 1\n1..1\nok 1 a # SKIP no gpu", 0),
+            exit::UNEXPECTED_SKIP
         );
+        assert_eq!(out("KTAP version 1\n1..1\nok 1 a", 1), exit::FAIL);
+        assert_eq!(out("KTAP version 1\n1..2\nok 1 a", 0), exit::FAIL);
+        assert_eq!(suite_outcome(&[], 0, &[], 0).0, exit::FAIL);
+    }
+
+    #[test]
+    fn an_undeclared_skip_fails_and_a_declared_one_passes() {
+        let l = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        let text = l("KTAP version 1\n1..3\nok 1 a\nok 2 hmm_gup_test # SKIP no GUP_TEST\nok 3 c # SKIP not enough VRAM");
+        let gup = ExpectedSkip {
+            pattern: "hmm_gup_test".into(),
+            unless: Some("CONFIG_GUP_TEST".into()),
+            reason: "needs GUP_TEST".into(),
+        };
+        let (code, _, v) = suite_outcome(&text, 0, std::slice::from_ref(&gup), 0);
+        assert_eq!(code, exit::UNEXPECTED_SKIP);
         assert_eq!(
-            suite_outcome(&l("KTAP version 1\n1..1\nnot ok 1 a"), 0).0,
-            exit::FAIL
+            v,
+            Verdict::UnexpectedSkip(vec!["c: not enough VRAM".into()])
         );
+        let any_c = ExpectedSkip {
+            pattern: "c".into(),
+            unless: None,
+            reason: "small BAR".into(),
+        };
+        assert_eq!(suite_outcome(&text, 0, &[gup, any_c], 0).0, exit::PASS);
+        // Every skip expected but nothing passed: still not a pass.
+        let all = ExpectedSkip {
+            pattern: "*".into(),
+            unless: None,
+            reason: "r".into(),
+        };
+        let skipped = l("KTAP version 1\n1..1\nok 1 a # SKIP x");
         assert_eq!(
-            suite_outcome(&l("KTAP version 1\n1..1\nok 1 a # SKIP no gpu"), 0).0,
+            suite_outcome(&skipped, 0, std::slice::from_ref(&all), 0).0,
             exit::SKIPPED
         );
+        let whole = l("KTAP version 1\n1..0 # SKIP no engines");
+        assert_eq!(suite_outcome(&whole, 0, &[], 1).0, exit::UNEXPECTED_SKIP);
+        assert_eq!(suite_outcome(&whole, 0, &[all], 1).0, exit::SKIPPED);
+    }
+
+    #[test]
+    fn a_missing_gpu_fails_the_run() {
+        let l = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        let ok = |bound: &str| {
+            l(&format!(
+                "KTAP version 1\n1..1\n# vugpu functions bound to the driver: {bound} attached\nok 1 insmod_vugpu"
+            ))
+        };
+        assert_eq!(suite_outcome(&ok("2 of 2"), 0, &[], 2).0, exit::PASS);
+        let (code, _, v) = suite_outcome(&ok("1 of 2"), 0, &[], 2);
+        assert_eq!(code, exit::FAIL);
         assert_eq!(
-            suite_outcome(&l("KTAP version 1\n1..1\nok 1 a"), 1).0,
-            exit::FAIL
+            v,
+            Verdict::Fail(vec![
+                "the vugpu driver is bound to 1 function(s) but 2 GPU(s) are attached".into()
+            ])
         );
-        assert_eq!(
-            suite_outcome(&l("KTAP version 1\n1..2\nok 1 a"), 0).0,
-            exit::FAIL
-        );
-        assert_eq!(suite_outcome(&[], 0).0, exit::FAIL);
+        let silent = l("KTAP version 1\n1..1\nok 1 a");
+        let (code, _, v) = suite_outcome(&silent, 0, &[], 1);
+        assert_eq!(code, exit::FAIL);
+        assert!(format!("{v:?}").contains("never reported"), "{v:?}");
+        // With no GPU attached nothing is required.
+        assert_eq!(suite_outcome(&silent, 0, &[], 0).0, exit::PASS);
     }
 }

@@ -25,6 +25,7 @@ use crate::provision::{secs, Env, QemuBinary};
 use crate::qemu::{self, Accel, AccelChoice, QemuConfig};
 use crate::report::{report, Collector, Fed, Finish, Source};
 use crate::servers::{ServerError, Servers};
+use crate::suite::ExpectedSkip;
 use crate::topology::{self, Peer, Topology, TopologyError, TopologySpec};
 
 /// Under `--accel auto`, KVM must reach /init within this time or TCG takes over.
@@ -80,6 +81,83 @@ pub struct RunRequest {
     pub console: bool,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
+    /// Skips the suite expects on this kernel.
+    pub expected_skips: Vec<ExpectedSkip>,
+    /// `--junit FILE`.
+    pub junit: Option<PathBuf>,
+    /// What the run runs on.
+    pub facts: RunFacts,
+}
+
+/// What a run runs on, reported in the KTAP header, the summary and the JUnit properties.
+#[derive(Clone, Debug, Default)]
+pub struct RunFacts {
+    /// `uname -r` of the guest kernel.
+    pub kernel_release: String,
+    /// Its relevant options, `NAME=value ...`.
+    pub kernel_options: String,
+    /// QEMU version.
+    pub qemu: String,
+}
+
+impl RunFacts {
+    /// One line for the summary.
+    pub fn line(&self, accel: Option<Accel>) -> String {
+        format!(
+            "kernel {} ({}), QEMU {}{}",
+            self.kernel_release,
+            self.kernel_options,
+            self.qemu,
+            accel.map(|a| format!(", accel {a}")).unwrap_or_default()
+        )
+    }
+}
+
+/// Writes the JUnit file of a suite run; a write error is reported, not fatal.
+#[allow(clippy::too_many_arguments)]
+pub fn write_junit(
+    path: &Path,
+    suite: &str,
+    report: Option<&crate::ktap::Report>,
+    expected: &[ExpectedSkip],
+    facts: &RunFacts,
+    boot: Option<(&RunRequest, Accel)>,
+    run_errors: Vec<String>,
+    seconds: f64,
+) {
+    let mut properties = vec![
+        ("vugpu.suite".to_string(), suite.to_string()),
+        ("kernel.release".to_string(), facts.kernel_release.clone()),
+        ("kernel.config".to_string(), facts.kernel_options.clone()),
+        ("qemu.version".to_string(), facts.qemu.clone()),
+    ];
+    if let Some((req, accel)) = boot {
+        properties.extend([
+            ("accel".to_string(), accel.to_string()),
+            ("gpus".to_string(), req.gpus.to_string()),
+            ("topology".to_string(), req.topology.to_string()),
+            ("peer".to_string(), req.peer.to_string()),
+            ("memory_mib".to_string(), req.memory_mib.to_string()),
+        ]);
+    }
+    for e in expected {
+        properties.push((format!("expected-skip.{}", e.pattern), e.reason.clone()));
+    }
+    let facts = crate::junit::RunFacts {
+        properties,
+        run_errors,
+        seconds,
+    };
+    let lookup = |name: &str| {
+        expected
+            .iter()
+            .find(|e| e.matches(name))
+            .map(|e| e.reason.clone())
+    };
+    match crate::junit::write(path, suite, report, &lookup, &facts) {
+        Ok(()) => say!("JUnit written to {}", path.display()),
+        Err(e) => say!("warning: cannot write JUnit to {}: {e}", path.display()),
+    }
 }
 
 /// Errors that stop a run before the guest could report (host-side problems).
@@ -177,9 +255,34 @@ impl Drop for RunDir {
     }
 }
 
-/// Removes run directories whose runner is gone and that are older than a day.
+/// Kept run directories (failed runs, `--keep`) of finished runners beyond this many are removed,
+/// oldest first (`VUGPU_KEEP_RUNS` overrides it).
+const KEPT_RUNS: usize = 10;
+
+/// A run directory seen at start-up: path, whether its runner is alive, age.
+struct SeenRun {
+    path: PathBuf,
+    alive: bool,
+    age: Duration,
+}
+
+/// Which run directories to remove: those of finished runners older than a day, and beyond the
+/// newest `keep` of finished runners.
+fn stale_runs(mut seen: Vec<SeenRun>, keep: usize) -> Vec<PathBuf> {
+    seen.retain(|r| !r.alive);
+    seen.sort_by_key(|r| r.age);
+    seen.into_iter()
+        .enumerate()
+        .filter(|(i, r)| *i >= keep || r.age > STALE_RUN_DIR)
+        .map(|(_, r)| r.path)
+        .collect()
+}
+
+/// Removes run directories of finished runners that are older than a day or beyond the newest
+/// [`KEPT_RUNS`], so failed runs do not pile up.
 fn remove_stale(base: &Path) {
     let Ok(rd) = fs::read_dir(base) else { return };
+    let mut seen = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
@@ -189,16 +292,23 @@ fn remove_stale(base: &Path) {
         else {
             continue;
         };
-        let alive = Path::new(&format!("/proc/{pid}")).exists();
-        let old = e
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_RUN_DIR);
-        if !alive && old {
-            let _ = fs::remove_dir_all(e.path());
-        }
+        seen.push(SeenRun {
+            path: e.path(),
+            alive: Path::new(&format!("/proc/{pid}")).exists(),
+            age: e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default(),
+        });
+    }
+    let keep = std::env::var("VUGPU_KEEP_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KEPT_RUNS);
+    for p in stale_runs(seen, keep) {
+        let _ = fs::remove_dir_all(p);
     }
 }
 
@@ -306,6 +416,7 @@ fn run_in(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<i32, RunError> 
     say!("initramfs ready in {}", secs(t_build.elapsed()));
     let kernel = kernel_for_qemu(env, run_dir)?;
     let mut accel = first_accel(env, req.accel)?;
+    let t_run = Instant::now();
     let finish = loop {
         let t = Instant::now();
         say!(
@@ -337,7 +448,7 @@ fn run_in(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<i32, RunError> 
             Attempt::KvmFailed(reason) => return Err(RunError::Kvm(reason)),
         }
     };
-    Ok(report(req, &finish, run_dir))
+    Ok(report(req, &finish, run_dir, accel, t_run.elapsed()))
 }
 
 fn kernel_for_qemu(env: &Env, run_dir: &Path) -> Result<String, RunError> {
@@ -376,6 +487,11 @@ fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String
             initramfs::shell_quote(&req.server_args),
         ),
         ("VUGPU_KERNEL".to_string(), env.kernel.release.clone()),
+        (
+            "VUGPU_KCONFIG".to_string(),
+            req.facts.kernel_options.clone(),
+        ),
+        ("VUGPU_QEMU".to_string(), req.facts.qemu.clone()),
     ];
     if modules
         .iter()
@@ -522,7 +638,7 @@ fn attempt(
         peer: req.peer,
         cmb_mb: req.cmb_mb,
     })?;
-    let mut append = qemu::BASE_APPEND.to_string();
+    let mut append = format!("{} vugpu_vm.accel={accel}", qemu::BASE_APPEND);
     if let Mode::Suite(name) = &req.mode {
         append.push_str(&format!(" vugpu.suite={name}"));
     }
@@ -788,5 +904,25 @@ mod tests {
         ));
         assert!(alarm("[ 3.0] WARNING: CPU: 0 PID: 1 at mm/memremap.c:1"));
         assert!(!alarm("[ 0.0] Linux version 7.2.12"));
+    }
+
+    #[test]
+    fn kept_runs_are_bounded() {
+        let r = |n: &str, alive: bool, secs: u64| SeenRun {
+            path: PathBuf::from(n),
+            alive,
+            age: Duration::from_secs(secs),
+        };
+        let seen = vec![
+            r("old", false, 2 * 24 * 3600),
+            r("a", false, 10),
+            r("live", true, 3 * 24 * 3600),
+            r("b", false, 20),
+            r("c", false, 30),
+        ];
+        let mut gone = stale_runs(seen, 2);
+        gone.sort();
+        assert_eq!(gone, vec![PathBuf::from("c"), PathBuf::from("old")]);
+        assert!(stale_runs(vec![r("a", false, 5)], 10).is_empty());
     }
 }

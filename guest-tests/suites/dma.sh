@@ -1,6 +1,11 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 #
+# Needs (read by vugpu-vm, see guest-tests/README.md "Suite declarations"):
+# vugpu-vm: gpus 1+
+# vugpu-vm: topology any
+# vugpu-vm: peer any
+#
 # dma.sh - DMA copy engine suite for vugpu GPUs (docs/hw-spec.md §5-§8).
 #
 # Run by the guest's /init as `sh /suites/dma.sh` (busybox applets in PATH;
@@ -16,7 +21,7 @@
 #   N+3      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # If the driver loads but the GPU has no DMA engines (ENGINE_COUNT 0, e.g. a
 # server without engine support) the whole document is `1..0 # SKIP`, which
-# the runner reports as skipped (exit 4), not passed.
+# the runner fails as an unexpected skip (exit 5), never a pass.
 # The steps themselves are lib/suite.sh's (its header is their contract).
 #
 # Kernel command line (vugpu-vm --append): vugpu.vendor=ID, vugpu.device=ID,

@@ -1,6 +1,11 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 #
+# Needs (read by vugpu-vm, see guest-tests/README.md "Suite declarations"):
+# vugpu-vm: gpus 1+
+# vugpu-vm: topology any
+# vugpu-vm: peer any
+#
 # smoke.sh - first-contact suite for vugpu GPUs.
 #
 # Run by the guest's /init as `sh /suites/smoke.sh` (busybox applets in PATH;
@@ -11,7 +16,8 @@
 #            unbind/rebind, rmmod/insmod, kernel log), spliced in
 #   N+2      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # stdout is a single KTAP version 1 document; exit status 0 only if no test
-# failed (skips are reported as "ok ... # SKIP reason" and do not fail it).
+# failed (a skip is reported as "ok ... # SKIP reason"; the runner fails the
+# run on any skip not declared below with `vugpu-vm: expect-skip`).
 # The steps themselves are lib/suite.sh's (its header is their contract).
 #
 # Kernel command line (e.g. vugpu-vm --append): vugpu.vendor=ID, vugpu.device=ID

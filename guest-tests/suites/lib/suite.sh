@@ -33,12 +33,19 @@
 #                            (DMA suites) sets SUITE_ENGINES from
 #                            `vugpu-dma --engines ARGS`; if the driver loaded
 #                            and the GPU has none, prints `1..0 # SKIP ...`
-#                            and exits 0 (the runner reports skipped, exit 4).
+#                            and exits 0 (the runner fails it as an
+#                            unexpected skip, exit 5).
 #   suite_plan TOTAL [EXTRA] "KTAP version 1", the plan, "# vugpu NAME suite
-#                            on RELEASE[EXTRA][, module parameters: ...]";
+#                            on RELEASE[EXTRA][, module parameters: ...]"
+#                            and "# ran on: kernel ..., QEMU ..., accel ..."
+#                            (VUGPU_KCONFIG, VUGPU_QEMU, vugpu_vm.accel=);
 #                            sets SUITE_TOTAL.
 #   suite_report_load N      result N insmod_vugpu (with insmod's output and
-#                            the driver's kernel log lines as diagnostics).
+#                            the driver's kernel log lines as diagnostics);
+#                            fails unless the driver is bound to exactly
+#                            VUGPU_GPUS functions, and prints "# vugpu
+#                            functions bound to the driver: B of N attached",
+#                            which the runner checks as well.
 #   suite_splice [--timed] N [ARGS]
 #                            runs PROGRAM --no-header --first N ARGS SUITE_ARGS,
 #                            streaming its KTAP as results N..N+SUITE_NSLOTS-1.
@@ -165,15 +172,32 @@ suite_require_engines() { # suite_require_engines [ARGS for vugpu-dma --engines]
 
 suite_plan() { # suite_plan TOTAL [EXTRA header text]
 	SUITE_TOTAL=$1
+	_s_accel=
+	for _s_w in $(suite_cmdline); do
+		case "$_s_w" in vugpu_vm.accel=*) _s_accel=${_s_w#*=} ;; esac
+	done
 	echo "KTAP version 1"
 	echo "1..$SUITE_TOTAL"
 	echo "# vugpu $SUITE_NAME suite on $(uname -r)${2:-}${MODULE_PARAMS:+, module parameters:$MODULE_PARAMS}"
+	echo "# ran on: kernel $(uname -r) (${VUGPU_KCONFIG:-config unknown}), QEMU ${VUGPU_QEMU:-unknown}, accel ${_s_accel:-unknown}, ${VUGPU_GPUS:-0} GPU(s) attached, topology ${VUGPU_TOPOLOGY:-unknown}, peer ${VUGPU_PEER:-none}"
+}
+
+suite_bound() { # how many PCI functions the vugpu driver is bound to
+	ls -d /sys/bus/pci/drivers/vugpu/[0-9a-f]*:* 2>/dev/null | wc -l
 }
 
 suite_report_load() { # suite_report_load N
 	ktap_diag < "$SUITE_TMP/insmod"
 	suite_driver_log
-	ktap_result "$1" insmod_vugpu "$SUITE_LOAD_ST"
+	_s_st=$SUITE_LOAD_ST
+	_s_bound=$(suite_bound)
+	# The runner checks this line too: a GPU that is attached but not bound fails the run.
+	echo "# vugpu functions bound to the driver: $_s_bound of ${VUGPU_GPUS:-0} attached"
+	if [ "$_s_bound" -ne "${VUGPU_GPUS:-0}" ]; then
+		echo "# the driver is bound to $_s_bound function(s) but ${VUGPU_GPUS:-0} GPU(s) are attached"
+		_s_st=1
+	fi
+	ktap_result "$1" insmod_vugpu "$_s_st"
 }
 
 suite_splice() { # suite_splice [--timed] N [ARGS]
