@@ -5,7 +5,10 @@
  *
  * A job's memory operands (struct vugpu_mem) are
  *   USER	user memory: pinned with pin_user_pages_fast(FOLL_LONGTERM, plus
- *		FOLL_WRITE when the engine writes it) before any driver lock,
+ *		FOLL_WRITE when the engine writes it) before any driver lock
+ *		(with VUGPU_DMA_P2PDMA: FOLL_PCI_P2PDMA instead of FOLL_LONGTERM,
+ *		so a peer's p2pmem may be the operand; a P2P range the p2pdma
+ *		core refuses to map is bounced through system memory),
  *		mapped with sg_alloc_table_from_pages_segment() + dma_map_sgtable()
  *		while the device is known to be bound, one descriptor per DMA
  *		segment, unmapped after completion and unpinned (dirtied when
@@ -21,6 +24,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/dma-mapping.h>
+#include <linux/highmem.h>
 #include <linux/io.h>
 #include <linux/mm.h>
 #include <linux/overflow.h>
@@ -28,6 +32,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/vmalloc.h>
 
 #include "vugpu_drv.h"
 
@@ -37,10 +42,16 @@ struct vugpu_mem {
 	u64			addr;		/* user address, VRAM offset or bus address */
 	u64			len;
 	/* USER */
+	bool			p2pdma;		/* VUGPU_DMA_P2PDMA: FOLL_PCI_P2PDMA */
 	struct page		**pages;
 	unsigned int		npages;		/* pinned */
 	struct sg_table		sgt;
 	bool			mapped;
+	/* USER whose P2P pages the device may not reach: the bounce buffer it uses instead */
+	void			*bounce;
+	struct page		**bounce_pages;
+	bool			copy_out;	/* the job completed: bounce -> P2P pages */
+	bool			p2p_bus;	/* mapped to PCI bus addresses */
 };
 
 /* Walks a memory operand's DMA segments. */
@@ -96,7 +107,9 @@ static int vugpu_mem_check(struct vugpu_device *vdev, struct vugpu_mem *m, u32 t
 static int vugpu_mem_pin(struct vugpu_mem *m)
 {
 	unsigned long start = m->addr & PAGE_MASK;
-	unsigned int gup = FOLL_LONGTERM | (m->device_writes ? FOLL_WRITE : 0);
+	/* The kernel refuses FOLL_LONGTERM with FOLL_PCI_P2PDMA (p2pmem may be unplugged). */
+	unsigned int gup = (m->p2pdma ? FOLL_PCI_P2PDMA : FOLL_LONGTERM) |
+			   (m->device_writes ? FOLL_WRITE : 0);
 	unsigned long n;
 	int ret;
 
@@ -134,6 +147,73 @@ static enum dma_data_direction vugpu_mem_dir(const struct vugpu_mem *m)
 	return m->device_writes ? DMA_FROM_DEVICE : DMA_TO_DEVICE;
 }
 
+/* Copy between a bounced operand's pinned pages and its bounce buffer. */
+static void vugpu_p2p_copy(struct vugpu_mem *m, bool to_pages)
+{
+	u64 done = 0, off = offset_in_page(m->addr);
+	unsigned int i;
+
+	for (i = 0; i < m->npages && done < m->len; i++) {
+		size_t n = min_t(u64, PAGE_SIZE - off, m->len - done);
+		void *p = kmap_local_page(m->pages[i]);
+
+		if (to_pages)
+			memcpy(p + off, m->bounce + done, n);
+		else
+			memcpy(m->bounce + done, p + off, n);
+		kunmap_local(p);
+		done += n;
+		off = 0;
+	}
+}
+
+/* Whether dma_map_sgtable() gave any segment a PCI bus address (P2P below a switch). */
+static bool vugpu_sgt_has_p2p(struct sg_table *sgt)
+{
+	struct scatterlist *sg;
+	unsigned int i;
+
+	for_each_sgtable_dma_sg(sgt, sg, i)
+		if (sg_dma_is_bus_address(sg))
+			return true;
+	return false;
+}
+
+/*
+ * The device may not reach this operand's P2P pages (pci_p2pdma refused the
+ * path, e.g. no common switch and the host bridge is not whitelisted): give it
+ * a system-memory bounce buffer of the same length instead.  A source is copied
+ * in now; a destination is copied out by vugpu_mem_unbounce() after the job.
+ */
+static int vugpu_mem_bounce(struct vugpu_device *vdev, struct vugpu_mem *m)
+{
+	struct device *dev = &vdev->pdev->dev;
+	unsigned int i, n = DIV_ROUND_UP(m->len, PAGE_SIZE);
+	int ret;
+
+	m->bounce = vmalloc(array_size(n, PAGE_SIZE));
+	m->bounce_pages = kvmalloc_array(n, sizeof(*m->bounce_pages), GFP_KERNEL);
+	if (!m->bounce || !m->bounce_pages)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		m->bounce_pages[i] = vmalloc_to_page(m->bounce + (size_t)i * PAGE_SIZE);
+	if (!m->device_writes)
+		vugpu_p2p_copy(m, false);
+	ret = sg_alloc_table_from_pages_segment(&m->sgt, m->bounce_pages, n, 0, m->len,
+						dma_get_max_seg_size(dev), GFP_KERNEL);
+	if (ret)
+		return ret;
+	ret = dma_map_sgtable(dev, &m->sgt, vugpu_mem_dir(m), 0);
+	if (ret) {
+		sg_free_table(&m->sgt);
+		return ret;
+	}
+	m->mapped = true;
+	dev_info_ratelimited(dev, "%s: P2P %s %#llx+%#llx not reachable by this GPU (pci_p2pdma refused the path): bouncing through system memory\n",
+			     vdev->name, m->device_writes ? "destination" : "source", m->addr, m->len);
+	return 0;
+}
+
 /* Map a USER operand for the device; resolve SCRATCH to bus addresses. */
 static int vugpu_mem_map(struct vugpu_device *vdev, struct vugpu_mem *m)
 {
@@ -155,19 +235,32 @@ static int vugpu_mem_map(struct vugpu_device *vdev, struct vugpu_mem *m)
 	ret = dma_map_sgtable(dev, &m->sgt, vugpu_mem_dir(m), 0);
 	if (ret) {
 		sg_free_table(&m->sgt);
+		/* -EREMOTEIO: P2P pages on a path pci_p2pdma does not support. */
+		if (ret == -EREMOTEIO && m->p2pdma)
+			return vugpu_mem_bounce(vdev, m);
 		return ret;
 	}
 	m->mapped = true;
+	m->p2p_bus = m->p2pdma && vugpu_sgt_has_p2p(&m->sgt);
 	return 0;
 }
 
 static void vugpu_mem_unmap(struct vugpu_device *vdev, struct vugpu_mem *m)
 {
-	if (!m->mapped)
-		return;
-	dma_unmap_sgtable(&vdev->pdev->dev, &m->sgt, vugpu_mem_dir(m), 0);
-	sg_free_table(&m->sgt);
-	m->mapped = false;
+	if (m->mapped) {
+		dma_unmap_sgtable(&vdev->pdev->dev, &m->sgt, vugpu_mem_dir(m), 0);
+		sg_free_table(&m->sgt);
+		m->mapped = false;
+	}
+	if (m->bounce) {
+		/* The device wrote the bounce buffer: hand the data to the P2P pages. */
+		if (m->device_writes && m->copy_out)
+			vugpu_p2p_copy(m, true);
+		vfree(m->bounce);
+		m->bounce = NULL;
+	}
+	kvfree(m->bounce_pages);
+	m->bounce_pages = NULL;
 }
 
 static unsigned int vugpu_mem_segments(const struct vugpu_mem *m)
@@ -312,6 +405,7 @@ static int vugpu_dma_copy(struct vugpu_device *vdev, struct vugpu_dma *req)
 		ret = vugpu_mem_check(vdev, &dst, req->dst_type, req->dst, req->length, 1, true);
 	if (ret)
 		return ret;
+	src.p2pdma = dst.p2pdma = req->flags & VUGPU_DMA_P2PDMA;
 	/* The engine refuses overlapping ranges in one aperture (§7); say so early. */
 	if (req->src_type == req->dst_type && req->src_type != VUGPU_MEM_BUS &&
 	    vugpu_ranges_overlap(req->src, req->dst, req->length))
@@ -330,6 +424,11 @@ static int vugpu_dma_copy(struct vugpu_device *vdev, struct vugpu_dma *req)
 		ret = vugpu_mem_map(vdev, &dst);
 	if (!ret)
 		ret = vugpu_do_copy(vdev, eng, req, &src, &dst);
+	dst.copy_out = !ret;
+	if (src.bounce || dst.bounce)
+		req->out_flags |= VUGPU_DMA_OUT_BOUNCED;
+	if (src.p2p_bus || dst.p2p_bus)
+		req->out_flags |= VUGPU_DMA_OUT_P2P_BUS;
 	vugpu_mem_unmap(vdev, &dst);
 	vugpu_mem_unmap(vdev, &src);
 	vugpu_job_end(vdev, eng);
@@ -563,7 +662,7 @@ long vugpu_dma_ioctl(struct vugpu_device *vdev, unsigned int command, void __use
 	req.clock_after = 0;
 	req.descs = 0;
 	req.fences = 0;
-	req.pad = 0;
+	req.out_flags = 0;
 	req.result = VUGPU_DMA_DONE;
 	memset(&req.regs, 0, sizeof(req.regs));
 

@@ -150,9 +150,11 @@ struct vugpu_device {
 	struct miscdevice	misc;
 
 	void __iomem		*regs;		/* BAR0 register file */
-	void __iomem		*vram;		/* BAR2, write-combined */
+	void __iomem		*vram;		/* the CPU window of BAR2, write-combined */
 	resource_size_t		vram_bar_start;
-	resource_size_t		vram_bar_len;
+	resource_size_t		vram_bar_size;	/* all of BAR2 */
+	resource_size_t		vram_bar_len;	/* the CPU window: BAR2 below p2pmem */
+	resource_size_t		p2p_size;	/* top of BAR2 registered as p2pmem (p2pmem_mb) */
 	u64			vram_size;	/* VRAM_SIZE register */
 	u32			version;
 

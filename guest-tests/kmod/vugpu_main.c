@@ -49,6 +49,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
+#include <linux/pci-p2pdma.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
@@ -83,7 +84,13 @@ bool vugpu_ring_vram;
 module_param_named(ring_vram, vugpu_ring_vram, bool, 0444);
 MODULE_PARM_DESC(ring_vram, "DMA engines: put the rings in VRAM instead of system memory (default N)");
 
+static uint p2pmem_mb;
+module_param(p2pmem_mb, uint, 0444);
+MODULE_PARM_DESC(p2pmem_mb, "Register the top N MiB of BAR2 (at most half of it) as peer-to-peer DMA memory and publish it (default 0: none)");
+
 static DEFINE_IDA(vugpu_ida);
+
+static int vugpu_p2p_distance(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
 
 static void vugpu_release_device(struct kref *ref)
 {
@@ -254,7 +261,7 @@ static int vugpu_get_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
 	info.bar0_start = pci_resource_start(pdev, VUGPU_BAR_REGS);
 	info.bar0_size = pci_resource_len(pdev, VUGPU_BAR_REGS);
 	info.bar2_start = vdev->vram_bar_start;
-	info.bar2_size = vdev->vram_bar_len;
+	info.bar2_size = vdev->vram_bar_size;
 	strscpy(info.pci_name, pci_name(pdev), sizeof(info.pci_name));
 
 	ret = vugpu_lock_live(vdev);
@@ -756,6 +763,9 @@ static long vugpu_fops_unlocked_ioctl(struct file *filp, unsigned int command, u
 	case VUGPU_IOCTL_IRQ_COUNTS:
 		ret = vugpu_irq_counts(vdev, &cmd);
 		break;
+	case VUGPU_IOCTL_P2P_DISTANCE:
+		ret = vugpu_p2p_distance(vdev, &cmd);
+		break;
 	default:
 		return -ENOTTY;
 	}
@@ -880,6 +890,49 @@ static int vugpu_check_bars(struct pci_dev *pdev)
 	return 0;
 }
 
+/* P2P_DISTANCE: what the p2pdma core says about a provider -> this GPU path. */
+static int vugpu_p2p_distance(struct vugpu_device *vdev, struct vugpu_cmd *cmd)
+{
+	struct pci_dev *provider;
+	u64 a = cmd->offset;
+
+	if (a >> 32)
+		return -EINVAL;
+	provider = pci_get_domain_bus_and_slot(a >> 16, (a >> 8) & 0xff, a & 0xff);
+	if (!provider)
+		return -ENODEV;
+	cmd->value = (u64)(s64)pci_p2pdma_distance(provider, &vdev->pdev->dev, true);
+	pci_dev_put(provider);
+	return 0;
+}
+
+/*
+ * Register the top p2p_size bytes of BAR2 with the p2pdma core and publish
+ * them: /sys/bus/pci/devices/<bdf>/p2pmem/ appears, userspace can mmap
+ * p2pmem/allocate, and pci_p2pmem_find_many() can hand the memory to other
+ * drivers (NVMe, RDMA).  The pages are devres-managed: the core unmaps them
+ * when the driver unbinds, before our BAR mappings and regions go.
+ */
+static int vugpu_p2pmem_setup(struct vugpu_device *vdev)
+{
+	struct pci_dev *pdev = vdev->pdev;
+	int ret;
+
+	if (!vdev->p2p_size)
+		return 0;
+	ret = pci_p2pdma_add_resource(pdev, VUGPU_BAR_VRAM, vdev->p2p_size, vdev->vram_bar_len);
+	if (ret) {
+		dev_err(&pdev->dev, "p2pmem_mb=%u: cannot register BAR2 [+%#llx, %llu MiB] as p2pmem: %d\n",
+			p2pmem_mb, (u64)vdev->vram_bar_len, (u64)vdev->p2p_size >> 20, ret);
+		return ret;
+	}
+	pci_p2pmem_publish(pdev, true);
+	dev_info(&pdev->dev, "%s: BAR2 [+%#llx, %llu MiB] published as p2pmem (VRAM offsets %#llx-%#llx)\n",
+		 vdev->name, (u64)vdev->vram_bar_len, (u64)vdev->p2p_size >> 20,
+		 (u64)vdev->vram_bar_len, (u64)(vdev->vram_bar_size - 1));
+	return 0;
+}
+
 /* Check ID, VERSION, NUM_VECTORS and VRAM_SIZE against hw-spec §3. */
 static int vugpu_check_regs(struct vugpu_device *vdev)
 {
@@ -912,9 +965,9 @@ static int vugpu_check_regs(struct vugpu_device *vdev)
 
 	vdev->vram_size = (u64)vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_HI) << 32 |
 			  vugpu_rd(vdev, VUGPU_REG_VRAM_SIZE_LO);
-	if (vdev->vram_size < vdev->vram_bar_len) {
+	if (vdev->vram_size < vdev->vram_bar_size) {
 		dev_err(&pdev->dev, "VRAM_SIZE %#llx smaller than BAR2 (%pa)\n", vdev->vram_size,
-			&vdev->vram_bar_len);
+			&vdev->vram_bar_size);
 		return -ENODEV;
 	}
 	return 0;
@@ -944,33 +997,46 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 	snprintf(vdev->name, sizeof(vdev->name), VUGPU_DRIVER_NAME "%d", vdev->index);
 
-	ret = pci_enable_device_mem(pdev);
+	/*
+	 * Managed (pcim/devm) resources: they are released after remove() in
+	 * reverse order, so the p2pdma pages registered last go first, before
+	 * the mappings, the regions and the enable count.
+	 */
+	ret = pcim_enable_device(pdev);
 	if (ret)
 		goto err_ida;
-	ret = pci_request_regions(pdev, VUGPU_DRIVER_NAME);
-	if (ret)
-		goto err_disable;
 	ret = vugpu_check_bars(pdev);
 	if (ret)
-		goto err_release;
+		goto err_ida;
+	ret = pcim_request_region(pdev, VUGPU_BAR_REGS, VUGPU_DRIVER_NAME);
+	if (!ret)
+		ret = pcim_request_region(pdev, VUGPU_BAR_VRAM, VUGPU_DRIVER_NAME);
+	if (ret)
+		goto err_ida;
 
 	/* Only the register file: the MSI-X table/PBA belong to the PCI core. */
-	vdev->regs = ioremap(pci_resource_start(pdev, VUGPU_BAR_REGS), VUGPU_REGFILE_SIZE);
+	vdev->regs = devm_ioremap(&pdev->dev, pci_resource_start(pdev, VUGPU_BAR_REGS),
+				  VUGPU_REGFILE_SIZE);
 	if (!vdev->regs) {
 		ret = -ENOMEM;
-		goto err_release;
+		goto err_ida;
 	}
 	vdev->vram_bar_start = pci_resource_start(pdev, VUGPU_BAR_VRAM);
-	vdev->vram_bar_len = pci_resource_len(pdev, VUGPU_BAR_VRAM);
-	vdev->vram = ioremap_wc(vdev->vram_bar_start, vdev->vram_bar_len);
+	vdev->vram_bar_size = pci_resource_len(pdev, VUGPU_BAR_VRAM);
+	if (p2pmem_mb)
+		vdev->p2p_size = min_t(resource_size_t, (resource_size_t)p2pmem_mb << 20,
+				       vdev->vram_bar_size / 2);
+	/* The CPU window: BAR2 below the p2pmem range (which the p2pdma core maps itself). */
+	vdev->vram_bar_len = vdev->vram_bar_size - vdev->p2p_size;
+	vdev->vram = devm_ioremap_wc(&pdev->dev, vdev->vram_bar_start, vdev->vram_bar_len);
 	if (!vdev->vram) {
 		ret = -ENOMEM;
-		goto err_unmap_regs;
+		goto err_ida;
 	}
 
 	ret = vugpu_check_regs(vdev);
 	if (ret)
-		goto err_unmap_vram;
+		goto err_ida;
 
 	pci_set_master(pdev);
 	ret = dma_set_mask_and_coherent(&pdev->dev, DMA_BIT_MASK(64));
@@ -1003,6 +1069,10 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret)
 		goto err_irqs;
 
+	ret = vugpu_p2pmem_setup(vdev);
+	if (ret)
+		goto err_misc;
+
 	dev_info(&pdev->dev,
 		 "%s: %04x:%04x (sub %04x:%04x) rev %02x, VERSION %#x, BAR0 %pR, BAR2 %pR, VRAM %llu MiB, %u MSI-X vectors, %u DMA engines\n",
 		 vdev->name, pdev->vendor, pdev->device, pdev->subsystem_vendor,
@@ -1011,6 +1081,8 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 vdev->vram_size >> 20, vdev->num_vectors, vdev->engine_count);
 	return 0;
 
+err_misc:
+	misc_deregister(&vdev->misc);
 err_irqs:
 	pci_set_drvdata(pdev, NULL);
 	vugpu_engines_stop(vdev);
@@ -1018,14 +1090,6 @@ err_irqs:
 	vugpu_engines_remove(vdev);
 err_clear_master:
 	pci_clear_master(pdev);
-err_unmap_vram:
-	iounmap(vdev->vram);
-err_unmap_regs:
-	iounmap(vdev->regs);
-err_release:
-	pci_release_regions(pdev);
-err_disable:
-	pci_disable_device(pdev);
 err_ida:
 	ida_free(&vugpu_ida, vdev->index);
 err_free:
@@ -1050,10 +1114,9 @@ static void vugpu_remove(struct pci_dev *pdev)
 	vugpu_teardown_irqs(vdev);
 	pci_clear_master(pdev);
 	vugpu_engines_remove(vdev);
-	iounmap(vdev->vram);
-	iounmap(vdev->regs);
-	pci_release_regions(pdev);
-	pci_disable_device(pdev);
+	/* The p2pmem pages, mappings, regions and enable count are devres: released after this. */
+	if (vdev->p2p_size)
+		pci_p2pmem_publish(pdev, false);
 	ida_free(&vugpu_ida, vdev->index);
 	pci_set_drvdata(pdev, NULL);
 	dev_info(&pdev->dev, "%s removed\n", vdev->name);

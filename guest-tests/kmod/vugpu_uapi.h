@@ -130,7 +130,8 @@ _Static_assert(sizeof(struct vugpu_regs) == 72, "struct vugpu_regs layout change
  * dma_timeout_ms): jobs on one engine are serialised, engines are
  * independent.  Memory operands are described by a type and an address:
  */
-#define VUGPU_MEM_USER		0	/* user virtual address: pinned (FOLL_LONGTERM), dma_map_sg */
+#define VUGPU_MEM_USER		0	/* user virtual address: pinned (FOLL_LONGTERM, or
+					 * FOLL_PCI_P2PDMA with VUGPU_DMA_P2PDMA), dma_map_sg */
 #define VUGPU_MEM_VRAM		1	/* VRAM byte offset (device view, whole VRAM) */
 #define VUGPU_MEM_SCRATCH	2	/* offset into the driver's guarded coherent scratch buffer */
 #define VUGPU_MEM_BUS		3	/* raw SYS bus address, unchecked (test driver: bad-address tests) */
@@ -146,7 +147,21 @@ _Static_assert(sizeof(struct vugpu_regs) == 72, "struct vugpu_regs layout change
 #define VUGPU_DMA_RING_VRAM	(1U << 5)	/* ENGINE_RESET: put the ring in VRAM */
 #define VUGPU_DMA_DB_PAGE_ONLY	(1U << 6)	/* doorbell page store only, without the §6.4
 						 * SLEEPING check (for comparisons) */
-#define VUGPU_DMA_FLAGS_ALL	0x7fU
+#define VUGPU_DMA_P2PDMA	(1U << 7)	/* COPY: USER operands may be PCI P2PDMA memory (a peer's
+						 * p2pmem mapped by the process): pinned with
+						 * FOLL_PCI_P2PDMA (not FOLL_LONGTERM, which the kernel
+						 * refuses with it) and mapped to bus addresses when
+						 * pci_p2pdma allows the path, else bounced through
+						 * system memory (out_flags BOUNCED). Without the flag
+						 * such memory is refused (-EREMOTEIO) */
+#define VUGPU_DMA_FLAGS_ALL	0xffU
+
+/* struct vugpu_dma.out_flags */
+#define VUGPU_DMA_OUT_BOUNCED	(1U << 0)	/* a P2P operand the device may not reach directly
+						 * (pci_p2pdma refused the path) went through a
+						 * system-memory bounce buffer */
+#define VUGPU_DMA_OUT_P2P_BUS	(1U << 1)	/* a P2P operand was mapped to PCI bus addresses
+						 * (peer-to-peer below a switch) */
 
 /* struct vugpu_dma.result */
 #define VUGPU_DMA_DONE		0	/* every descriptor completed */
@@ -194,6 +209,7 @@ struct vugpu_engine_regs {
  * @result:	(out) VUGPU_DMA_DONE / _ENGINE_ERROR / _TIMEOUT.
  * @regs:	(out) engine registers after the job (read on error, on
  *		timeout before the reset, and always for RAW_SUBMIT).
+ * @out_flags:	(out) VUGPU_DMA_OUT_*: how P2P operands were reached.
  *
  * The struct is copied back on success and also when the ioctl fails with
  * -EIO (engine error) or -ETIMEDOUT, so the caller sees @result and @regs.
@@ -216,7 +232,7 @@ struct vugpu_dma {
 	__u32 result;
 	struct vugpu_engine_regs regs;
 	__u32 fences;
-	__u32 pad;
+	__u32 out_flags;
 };
 
 /* A raw hw-spec §7 descriptor (RAW_SUBMIT copies it to the ring unchanged). */
@@ -345,6 +361,9 @@ _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_stat
  * 0x1b	SCRATCH_WRITE		vugpu_cmd: ptr -> inner scratch
  * 0x1c	BUS_MASTER		vugpu_cmd: value VUGPU_BUS_MASTER_* (pci_clear_master /
  *				pci_set_master / nothing); (out) count = PCI Command after
+ * 0x1e	P2P_DISTANCE		vugpu_cmd: offset = provider's PCI address (domain << 16 |
+ *				bus << 8 | devfn) -> value = pci_p2pdma_distance(provider,
+ *				this GPU) as a signed 64-bit number (< 0: refused)
  * 0x1d	IRQ_COUNTS		vugpu_cmd: ptr/size -> __u64 per MSI-X vector: interrupts
  *				handled since the driver bound (min(size / 8, vectors)
  *				entries); (out) count = number of vectors
@@ -363,6 +382,7 @@ _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_stat
 #define VUGPU_IOCTL_SCRATCH_WRITE	_IOWR('V', 0x1b, struct vugpu_cmd)
 #define VUGPU_IOCTL_BUS_MASTER		_IOWR('V', 0x1c, struct vugpu_cmd)
 #define VUGPU_IOCTL_IRQ_COUNTS		_IOWR('V', 0x1d, struct vugpu_cmd)
+#define VUGPU_IOCTL_P2P_DISTANCE	_IOWR('V', 0x1e, struct vugpu_cmd)
 
 /* BUS_MASTER cmd.value: Command bit 2, Bus Master Enable (hw-spec §1.1, §3.1, §6.7) */
 #define VUGPU_BUS_MASTER_CLEAR	0	/* pci_clear_master() */

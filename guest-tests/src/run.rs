@@ -637,6 +637,7 @@ fn attempt(
         gpu_sockets: sockets,
         peer: req.peer,
         cmb_mb: req.cmb_mb,
+        peer_namespaces: peer_namespaces(env, req, run_dir)?,
     })?;
     let mut append = format!("{} vugpu_vm.accel={accel}", qemu::BASE_APPEND);
     if let Mode::Suite(name) = &req.mode {
@@ -688,6 +689,26 @@ fn attempt(
     drain(&rx, 3usize.saturating_sub(w.closed), Duration::from_secs(2));
     let _ = fs::remove_file(&results_sock);
     outcome
+}
+
+/// Namespaces of the NVMe peer and the size of each backing file (sparse, in the run directory).
+const PEER_NAMESPACES: usize = 2;
+const PEER_NAMESPACE_BYTES: u64 = 64 << 20;
+
+/// Creates the NVMe peer's namespace backing files (zeroed, sparse); their paths as QEMU sees them.
+fn peer_namespaces(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<Vec<String>, RunError> {
+    if req.peer != Peer::NvmeCmb {
+        return Ok(Vec::new());
+    }
+    (1..=PEER_NAMESPACES)
+        .map(|nsid| {
+            let f = run_dir.join(format!("peer0-ns{nsid}.img"));
+            File::create(&f)
+                .and_then(|file| file.set_len(PEER_NAMESPACE_BYTES))
+                .map_err(io_err(format!("create {}", f.display())))?;
+            Ok(qemu_path(env, &f))
+        })
+        .collect()
 }
 
 /// Consumes remaining events until every reader closed or `limit` passed.

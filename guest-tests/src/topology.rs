@@ -86,6 +86,8 @@ pub struct TopologySpec {
     pub peer: Peer,
     /// CMB size of the NVMe peer in MiB.
     pub cmb_mb: u32,
+    /// Backing files (as QEMU sees them) of the NVMe peer's namespaces, nsid 1, 2, ...
+    pub peer_namespaces: Vec<String>,
 }
 
 /// The QEMU id of GPU `k` (also the name of its socket and log files).
@@ -165,17 +167,29 @@ pub fn device_args(spec: &TopologySpec) -> Result<Vec<String>, TopologyError> {
         });
         devs.push(dev.to_string());
     }
+    let mut drives = Vec::new();
     if has_peer {
         if let Some(bus) = buses.last() {
             devs.push(format!(
                 "nvme,id=peer0,serial=vugpu-peer0,cmb_size_mb={},bus={bus}",
                 spec.cmb_mb
             ));
+            for (i, file) in spec.peer_namespaces.iter().enumerate() {
+                if file.contains(',') || !file.starts_with('/') {
+                    return Err(TopologyError::BadSocketPath(file.clone()));
+                }
+                let nsid = i + 1;
+                drives.push(format!(
+                    "file={file},if=none,id=peer0ns{nsid},format=raw,cache=none,aio=threads"
+                ));
+                devs.push(format!("nvme-ns,drive=peer0ns{nsid},bus=peer0,nsid={nsid}"));
+            }
         }
     }
-    Ok(devs
+    Ok(drives
         .into_iter()
-        .flat_map(|d| ["-device".to_string(), d])
+        .flat_map(|d| ["-drive".to_string(), d])
+        .chain(devs.into_iter().flat_map(|d| ["-device".to_string(), d]))
         .collect())
 }
 
@@ -191,6 +205,7 @@ mod tests {
                 .collect(),
             peer,
             cmb_mb: 64,
+            peer_namespaces: Vec::new(),
         }
     }
 
@@ -289,5 +304,28 @@ mod tests {
         let a = device_args(&s).unwrap();
         let g: serde_json::Value = serde_json::from_str(&a[3]).unwrap();
         assert_eq!(g["socket"]["path"], "/run/a\"b/gpu0.sock");
+    }
+
+    #[test]
+    fn nvme_peer_namespaces() {
+        let mut sp = spec(Topology::Switch, 2, Peer::NvmeCmb);
+        sp.peer_namespaces = vec!["/run/vugpu-1/ns1.img".into(), "/run/vugpu-1/ns2.img".into()];
+        let a = device_args(&sp).unwrap();
+        assert_eq!(a[0], "-drive");
+        assert!(a[1].starts_with("file=/run/vugpu-1/ns1.img,if=none,id=peer0ns1,format=raw"));
+        assert_eq!(a[2], "-drive");
+        let devs: Vec<&str> = a
+            .chunks(2)
+            .filter(|c| c[0] == "-device")
+            .map(|c| c[1].as_str())
+            .collect();
+        let nvme = devs
+            .iter()
+            .position(|d| d.starts_with("nvme,id=peer0"))
+            .unwrap();
+        assert_eq!(devs[nvme + 1], "nvme-ns,drive=peer0ns1,bus=peer0,nsid=1");
+        assert_eq!(devs[nvme + 2], "nvme-ns,drive=peer0ns2,bus=peer0,nsid=2");
+        sp.peer_namespaces = vec!["/x,y".into()];
+        assert!(device_args(&sp).is_err());
     }
 }

@@ -317,19 +317,6 @@ static void discover(struct dma_ctx *c, unsigned int vendor, unsigned int device
 			  c->d->bdf);
 }
 
-static int parse_u64(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 0);
-	if (errno || *end || end == s)
-		return -1;
-	*out = v;
-	return 0;
-}
-
 static void usage(void)
 {
 	fprintf(stderr, "usage: vugpu-dma [--vendor ID] [--device ID] [--hostile N] [--seed N]\n"
@@ -385,7 +372,7 @@ int main(int argc, char **argv)
 		} else if (!strcmp(opt, "--seed")) {
 			num = &c.seed;
 		}
-		if (!num || !val || parse_u64(val, num) || vendor > 0xffff || device > 0xffff ||
+		if (!num || !val || vugpu_parse_u64(val, num) || vendor > 0xffff || device > 0xffff ||
 		    first > 100000) {
 			usage();
 			return 2;

@@ -494,6 +494,32 @@ bool vugpu_module_loaded(void)
 	return vugpu_path_exists("/sys/module/" VUGPU_MODULE_NAME);
 }
 
+int vugpu_dmesg(char *buf, size_t len)
+{
+	int n;
+
+	if (!len)
+		return -EINVAL;
+	n = klogctl(SYSLOG_ACTION_READ_ALL, buf, len > INT32_MAX ? INT32_MAX : (int)len - 1);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	return n;
+}
+
+int vugpu_parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 0);
+	if (errno || *end || end == s)
+		return -1;
+	*out = v;
+	return 0;
+}
+
 int vugpu_dmesg_problems(char *out, size_t len)
 {
 	static const char *const needles[] = { "WARNING:", "BUG:", "Oops", "Call Trace" };
@@ -507,14 +533,11 @@ int vugpu_dmesg_problems(char *out, size_t len)
 	buf = malloc((size_t)size + 1);
 	if (!buf)
 		return -ENOMEM;
-	n = klogctl(SYSLOG_ACTION_READ_ALL, buf, size);
+	n = vugpu_dmesg(buf, (size_t)size + 1);
 	if (n < 0) {
-		int err = -errno;
-
 		free(buf);
-		return err;
+		return n;
 	}
-	buf[n] = '\0';
 	if (len)
 		out[0] = '\0';
 	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {

@@ -114,6 +114,10 @@ bool vugpu_module_loaded(void);
  * were, or -errno.
  */
 int vugpu_dmesg_problems(char *out, size_t len);
+/* The kernel log into @buf (NUL-terminated); returns its length or -errno. */
+int vugpu_dmesg(char *buf, size_t len);
+/* Parses a decimal or 0x-hex number; 0 or -1. */
+int vugpu_parse_u64(const char *s, uint64_t *out);
 
 /* Deterministic test pattern: byte i of the buffer for (seed, offset). */
 void vugpu_fill_pattern(void *buf, size_t len, uint64_t seed);

@@ -54,6 +54,10 @@
 #                            nonzero exit with every result ok counts as one
 #                            failure; no program is one failed result.
 #                            --timed adds "# PROGRAM took S s".
+#   suite_modprobe N MOD [PATH...]
+#                            result N load_MOD: modprobe MOD (a distro module
+#                            the suite declares with `vugpu-vm: modules`),
+#                            then wait up to 10 s for each PATH.
 #   suite_rmmod N            result N rmmod_vugpu (rmmod worked, module gone).
 #   suite_dmesg_check N      result N dmesg_no_warn_bug (no WARNING:, BUG:,
 #                            Oops or Call Trace in the kernel log).
@@ -148,6 +152,30 @@ suite_load_module() {
 			SUITE_LOAD_ST=1
 		fi
 	fi
+}
+
+suite_modprobe() { # suite_modprobe N MODULE [PATH...]: result N load_MODULE
+	# The kernel's own module (packed with its dependencies by vugpu-vm from
+	# the suite's `modules` declaration), then wait up to 10 s for each PATH.
+	_s_n=$1 _s_mod=$2
+	shift 2
+	_s_st=0
+	if ! modprobe "$_s_mod" > "$SUITE_TMP/modprobe" 2>&1; then
+		ktap_diag < "$SUITE_TMP/modprobe"
+		_s_st=1
+	fi
+	for _s_p in "$@"; do
+		_s_i=0
+		while [ ! -e "$_s_p" ] && [ "$_s_i" -lt 100 ]; do
+			sleep 0.1 2>/dev/null || usleep 100000
+			_s_i=$((_s_i + 1))
+		done
+		if [ ! -e "$_s_p" ]; then
+			echo "# $_s_p did not appear after modprobe $_s_mod"
+			_s_st=1
+		fi
+	done
+	ktap_result "$_s_n" "load_$_s_mod" "$_s_st"
 }
 
 suite_driver_log() { # the driver's own kernel log lines (probe summary, or why probe failed)

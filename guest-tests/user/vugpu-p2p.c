@@ -1,0 +1,609 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vugpu-p2p - peer-to-peer DMA tests for vugpu GPUs in a guest, as KTAP.
+ *
+ * Needs two vugpu functions bound to vugpu.ko loaded with p2pmem_mb=N (GPU A
+ * is the first function, GPU B the second: B's VRAM is the p2pmem provider,
+ * A's engines the client) and, for the NVMe cases, QEMU's NVMe controller with
+ * two namespaces bound to the kernel's nvme driver.  Through the kernel's own
+ * interfaces: the p2pdma core's sysfs files and p2pmem/allocate mapping,
+ * pin_user_pages(FOLL_PCI_P2PDMA) and dma_map_sgtable() in the driver (the
+ * VUGPU_DMA_P2PDMA flag), pci_p2pdma_distance() (P2P_DISTANCE), and O_DIRECT
+ * block I/O whose user buffer is p2pmem.
+ *
+ * Two plans, chosen by VUGPU_P2P_MODE (so that --count and --list agree with
+ * the run):
+ *   switch   (default) the GPUs and the NVMe share one PCIe switch: P2P is
+ *            mapped to bus addresses; data crosses GPU <-> GPU and NVMe ->
+ *            GPU p2pmem directly, checked on both sides;
+ *   refused  the GPUs sit on separate root ports of q35, whose host bridge
+ *            is not on the kernel's whitelist: pci_p2pdma_distance() refuses,
+ *            and the driver bounces through system memory and says so.
+ *
+ * Usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list]
+ * Exit status: 0 when no test failed, 1 otherwise, 2 on bad usage.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ktap.h"
+#include "vugpu_lib.h"
+
+#define BUF_LEN		(1U << 20)	/* bytes moved per P2P case */
+#define NVME_LEN	(4U << 20)	/* bytes moved per NVMe case */
+
+struct p2p_ctx {
+	struct vugpu_dev devs[VUGPU_MAX_DEVS];
+	int ndevs;
+	struct vugpu_dev *a, *b;	/* client, provider */
+	uint64_t p2pmem_mb;		/* what the driver was asked to publish */
+	bool refused;			/* VUGPU_P2P_MODE=refused */
+	char nvme_bdf[32];		/* the NVMe controller bound to nvme, "" if none */
+	char nvme_ns[2][32];		/* /dev/nvme0n1, /dev/nvme0n2 */
+};
+
+static const char *err_str(int ret)
+{
+	return strerror(ret < 0 ? -ret : ret);
+}
+
+/* Maps @len bytes of the p2pmem that @bdf publishes (its p2pmem/allocate file). */
+static void *p2pmem_map(const char *bdf, size_t len, int *err)
+{
+	char path[160];
+	void *p;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s/p2pmem/allocate", VUGPU_SYSFS_PCI, bdf);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		*err = -errno;
+		return NULL;
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	*err = p == MAP_FAILED ? -errno : 0;
+	close(fd);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static void *sys_buf(size_t len)
+{
+	void *p = NULL;
+
+	return posix_memalign(&p, 4096, len) ? NULL : p;
+}
+
+static uint64_t pci_addr(const char *bdf)
+{
+	unsigned int dom, bus, dev, fn;
+
+	if (sscanf(bdf, "%x:%x:%x.%x", &dom, &bus, &dev, &fn) != 4)
+		return ~0ULL;
+	return (uint64_t)dom << 16 | bus << 8 | dev << 3 | fn;
+}
+
+static int p2p_distance(struct vugpu_dev *client, const char *provider, int64_t *dist)
+{
+	struct vugpu_cmd cmd = { .offset = pci_addr(provider) };
+	int ret = vugpu_cmd(client->fd, VUGPU_IOCTL_P2P_DISTANCE, &cmd);
+
+	*dist = (int64_t)cmd.value;
+	return ret;
+}
+
+/* GPU A's engine 0 copies @len bytes between two user buffers. */
+static int gpu_copy(struct vugpu_dev *d, uint32_t flags, uint32_t src_type, uint64_t src,
+		    uint32_t dst_type, uint64_t dst, uint64_t len, struct vugpu_dma *out)
+{
+	*out = (struct vugpu_dma){ .engine = 0, .flags = flags | VUGPU_DMA_IRQ,
+				   .src_type = src_type, .dst_type = dst_type,
+				   .src = src, .dst = dst, .length = len };
+	return vugpu_dma(d->fd, VUGPU_IOCTL_DMA_COPY, out);
+}
+
+/* Offset of the first mismatch, or -1. */
+static long mismatch(const void *a, const void *b, size_t len)
+{
+	const uint8_t *x = a, *y = b;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (x[i] != y[i])
+			return (long)i;
+	return -1;
+}
+
+/*
+ * GPU B's own view: its engine copies its whole p2pmem range of VRAM into
+ * system memory; @want must be found there at a page boundary.
+ */
+static int provider_holds(struct p2p_ctx *c, const void *want, size_t len, uint64_t *found)
+{
+	uint64_t size = c->p2pmem_mb << 20, base = c->b->info.bar2_size - size, off;
+	struct vugpu_dma d;
+	uint8_t *view = sys_buf(size);
+	int ret;
+
+	if (!view)
+		return -ENOMEM;
+	ret = 0;
+	for (off = 0; off < size && !ret; off += 16U << 20) {
+		uint64_t n = size - off < (16U << 20) ? size - off : 16U << 20;
+
+		ret = gpu_copy(c->b, 0, VUGPU_MEM_VRAM, base + off, VUGPU_MEM_USER,
+			       (uintptr_t)view + off, n, &d);
+	}
+	if (!ret) {
+		ret = -ENOENT;
+		for (off = 0; off + len <= size; off += 4096) {
+			if (!memcmp(view + off, want, len)) {
+				*found = base + off;
+				ret = 0;
+				break;
+			}
+		}
+	}
+	free(view);
+	return ret;
+}
+
+#define REQUIRE_GPUS(t, c)							\
+	do {									\
+		KTAP_ASSERT(t, (c)->ndevs >= 2,					\
+			    "need 2 vugpu functions, found %d", (c)->ndevs);	\
+		KTAP_ASSERT(t, (c)->a->fd >= 0 && (c)->b->fd >= 0,		\
+			    "%s / %s: /dev/vugpuN not open (driver not bound)",	\
+			    (c)->a->bdf, (c)->b->bdf);				\
+	} while (0)
+
+/* ---- cases ------------------------------------------------------------------ */
+
+static void p2pmem_published(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	int i;
+
+	REQUIRE_GPUS(t, c);
+	for (i = 0; i < c->ndevs; i++) {
+		char path[240], buf[64];
+		unsigned long long size = 0, avail = 0;
+		int published = -1;
+
+		snprintf(path, sizeof(path), "%s/%s/p2pmem/size", VUGPU_SYSFS_PCI, c->devs[i].bdf);
+		KTAP_ASSERT(t, vugpu_read_file(path, buf, sizeof(buf)) > 0,
+			    "%s: no p2pmem/size: the driver did not register p2pmem", c->devs[i].bdf);
+		size = strtoull(buf, NULL, 0);
+		snprintf(path, sizeof(path), "%s/%s/p2pmem/available", VUGPU_SYSFS_PCI, c->devs[i].bdf);
+		if (vugpu_read_file(path, buf, sizeof(buf)) > 0)
+			avail = strtoull(buf, NULL, 0);
+		snprintf(path, sizeof(path), "%s/%s/p2pmem/published", VUGPU_SYSFS_PCI, c->devs[i].bdf);
+		if (vugpu_read_file(path, buf, sizeof(buf)) > 0)
+			published = atoi(buf);
+		printf("# %s: p2pmem size %llu available %llu published %d\n", c->devs[i].bdf,
+		       size, avail, published);
+		KTAP_EXPECT(t, size == c->p2pmem_mb << 20, "%s: p2pmem size %llu, expected %llu",
+			    c->devs[i].bdf, size, (unsigned long long)(c->p2pmem_mb << 20));
+		KTAP_EXPECT(t, avail > 0 && avail <= size, "%s: p2pmem available %llu",
+			    c->devs[i].bdf, avail);
+		KTAP_EXPECT(t, published == 1, "%s: p2pmem published %d", c->devs[i].bdf,
+			    published);
+	}
+}
+
+static void p2p_distance_gpus(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	int64_t ab = 0, ba = 0;
+	int ret;
+
+	REQUIRE_GPUS(t, c);
+	ret = p2p_distance(c->a, c->b->bdf, &ab);
+	KTAP_ASSERT(t, !ret, "P2P_DISTANCE: %s", err_str(ret));
+	ret = p2p_distance(c->b, c->a->bdf, &ba);
+	KTAP_ASSERT(t, !ret, "P2P_DISTANCE: %s", err_str(ret));
+	printf("# pci_p2pdma_distance %s -> %s: %lld, back: %lld\n", c->b->bdf, c->a->bdf,
+	       (long long)ab, (long long)ba);
+	if (c->refused) {
+		KTAP_EXPECT(t, ab < 0 && ba < 0,
+			    "separate root ports: the kernel must refuse P2P (distance %lld/%lld)",
+			    (long long)ab, (long long)ba);
+	} else {
+		/* Downstream port - upstream port - downstream port: 4 (drivers/pci/p2pdma.c). */
+		KTAP_EXPECT(t, ab == 4 && ba == 4, "behind one switch: distance %lld/%lld, expected 4",
+			    (long long)ab, (long long)ba);
+	}
+}
+
+static void p2pmem_cpu_view(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *p, *want;
+	uint64_t at = 0;
+	int err = 0, ret;
+
+	REQUIRE_GPUS(t, c);
+	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
+	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	want = sys_buf(BUF_LEN);
+	KTAP_ASSERT(t, want, "no memory");
+	vugpu_fill_pattern(want, BUF_LEN, 0x9a9a0001);
+	memcpy(p, want, BUF_LEN);
+	KTAP_EXPECT(t, mismatch(p, want, BUF_LEN) < 0, "CPU read-back of p2pmem differs");
+	/* The provider sees the CPU's stores in its VRAM (the BAR is its VRAM). */
+	ret = provider_holds(c, want, BUF_LEN, &at);
+	KTAP_EXPECT(t, !ret, "%s: the CPU's data is not in its p2pmem VRAM range: %s",
+		    c->b->bdf, err_str(ret));
+	if (!ret)
+		printf("# found at VRAM offset %#llx of %s\n", (unsigned long long)at, c->b->bdf);
+	munmap(p, BUF_LEN);
+	free(want);
+}
+
+/* GPU A's engine writes into GPU B's p2pmem (user mapping, FOLL_PCI_P2PDMA). */
+static void gpu_a_writes_gpu_b(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *p, *src;
+	struct vugpu_dma d;
+	uint64_t at = 0;
+	int err = 0, ret;
+
+	REQUIRE_GPUS(t, c);
+	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
+	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	src = sys_buf(BUF_LEN);
+	KTAP_ASSERT(t, src, "no memory");
+	memset(p, 0, BUF_LEN);
+	vugpu_fill_pattern(src, BUF_LEN, 0xa2b0001);
+	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)src, VUGPU_MEM_USER,
+		       (uintptr_t)p, BUF_LEN, &d);
+	KTAP_ASSERT(t, !ret, "%s COPY system -> %s p2pmem: %s (result %u, engine error %#x at %#llx)",
+		    c->a->bdf, c->b->bdf, err_str(ret), d.result, d.regs.error_code,
+		    (unsigned long long)d.regs.error_addr);
+	printf("# out_flags %#x (%s), %u descriptor(s), %llu ns\n", d.out_flags,
+	       d.out_flags & VUGPU_DMA_OUT_BOUNCED ? "bounced" :
+	       d.out_flags & VUGPU_DMA_OUT_P2P_BUS ? "bus address" : "?",
+	       d.descs, (unsigned long long)d.elapsed_ns);
+	if (c->refused)
+		KTAP_EXPECT(t, d.out_flags & VUGPU_DMA_OUT_BOUNCED && !(d.out_flags & VUGPU_DMA_OUT_P2P_BUS),
+			    "refused path: expected a bounce, out_flags %#x", d.out_flags);
+	else
+		KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS,
+			    "switch path: expected a direct bus-address transfer, out_flags %#x",
+			    d.out_flags);
+	KTAP_EXPECT(t, mismatch(p, src, BUF_LEN) < 0, "CPU view of %s p2pmem differs at %ld",
+		    c->b->bdf, mismatch(p, src, BUF_LEN));
+	ret = provider_holds(c, src, BUF_LEN, &at);
+	KTAP_EXPECT(t, !ret, "%s's engine does not find the data in its own VRAM: %s", c->b->bdf,
+		    err_str(ret));
+	munmap(p, BUF_LEN);
+	free(src);
+}
+
+/* GPU A's engine reads GPU B's p2pmem into A's VRAM. */
+static void gpu_a_reads_gpu_b(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *p, *back;
+	struct vugpu_dma d;
+	int err = 0, ret;
+
+	REQUIRE_GPUS(t, c);
+	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
+	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	back = sys_buf(BUF_LEN);
+	KTAP_ASSERT(t, back, "no memory");
+	vugpu_fill_pattern(p, BUF_LEN, 0xb2a0002);
+	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)p, VUGPU_MEM_VRAM,
+		       0x100000, BUF_LEN, &d);
+	KTAP_ASSERT(t, !ret, "%s COPY %s p2pmem -> VRAM: %s (result %u, engine error %#x at %#llx)",
+		    c->a->bdf, c->b->bdf, err_str(ret), d.result, d.regs.error_code,
+		    (unsigned long long)d.regs.error_addr);
+	KTAP_EXPECT(t, !!(d.out_flags & VUGPU_DMA_OUT_BOUNCED) == c->refused,
+		    "out_flags %#x (%s path)", d.out_flags, c->refused ? "refused" : "switch");
+	ret = vugpu_vram_io(c->a->fd, VUGPU_IOCTL_VRAM_READ, 0x100000, back, BUF_LEN);
+	KTAP_ASSERT(t, !ret, "VRAM_READ: %s", err_str(ret));
+	KTAP_EXPECT(t, mismatch(back, p, BUF_LEN) < 0, "%s VRAM differs from %s p2pmem at %ld",
+		    c->a->bdf, c->b->bdf, mismatch(back, p, BUF_LEN));
+	munmap(p, BUF_LEN);
+	free(back);
+}
+
+/*
+ * Without FOLL_PCI_P2PDMA the kernel refuses to pin p2pmem: GUP's
+ * try_grab_folio() fails P2PDMA folios with -EREMOTEIO.  p2pmem is the source
+ * here: a FOLL_LONGTERM | FOLL_WRITE pin of this shared sysfs mapping would be
+ * refused earlier, with -EFAULT, for a different reason (it needs dirty tracking).
+ */
+static void pin_needs_foll_pci_p2pdma(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *p, *dst;
+	struct vugpu_dma d;
+	int err = 0, ret;
+
+	REQUIRE_GPUS(t, c);
+	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
+	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	dst = sys_buf(4096);
+	KTAP_ASSERT(t, dst, "no memory");
+	memset(p, 0x5a, 4096);
+	memset(dst, 0, 4096);
+	ret = gpu_copy(c->a, 0, VUGPU_MEM_USER, (uintptr_t)p, VUGPU_MEM_USER, (uintptr_t)dst,
+		       4096, &d);
+	KTAP_EXPECT(t, ret == -EREMOTEIO,
+		    "COPY from p2pmem without VUGPU_DMA_P2PDMA: %s, expected EREMOTEIO (GUP must refuse P2PDMA pages without FOLL_PCI_P2PDMA)",
+		    ret ? err_str(ret) : "succeeded");
+	KTAP_EXPECT(t, dst[0] == 0, "the refused copy still moved data");
+	/* And with the flag the same copy goes through. */
+	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)p, VUGPU_MEM_USER,
+		       (uintptr_t)dst, 4096, &d);
+	KTAP_EXPECT(t, !ret && dst[0] == 0x5a && dst[4095] == 0x5a, "with FOLL_PCI_P2PDMA: %s",
+		    ret ? err_str(ret) : "data not copied");
+	munmap(p, BUF_LEN);
+	free(dst);
+}
+
+/* The driver said why it bounced, in the kernel log. */
+static void bounce_is_logged(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	char *log = malloc(1 << 20);
+	int n;
+
+	REQUIRE_GPUS(t, c);
+	KTAP_ASSERT(t, log, "no memory");
+	n = vugpu_dmesg(log, 1 << 20);
+	KTAP_ASSERT(t, n > 0, "cannot read the kernel log: %s", err_str(n));
+	KTAP_EXPECT(t, strstr(log, "bouncing through system memory") != NULL,
+		    "no 'bouncing through system memory' line from vugpu in the kernel log");
+	free(log);
+}
+
+/* ---- NVMe ------------------------------------------------------------------- */
+
+static int find_nvme(struct p2p_ctx *c)
+{
+	char target[300];
+	const char *slash;
+	ssize_t n;
+	int i;
+
+	n = readlink("/sys/class/nvme/nvme0/device", target, sizeof(target) - 1);
+	if (n <= 0)
+		return -ENODEV;
+	target[n] = 0;
+	slash = strrchr(target, '/');
+	snprintf(c->nvme_bdf, sizeof(c->nvme_bdf), "%.31s", slash ? slash + 1 : target);
+	for (i = 0; i < 2; i++)
+		snprintf(c->nvme_ns[i], sizeof(c->nvme_ns[i]), "/dev/nvme0n%d", i + 1);
+	return 0;
+}
+
+static int nvme_io(const char *dev, bool write, void *buf, size_t len)
+{
+	int fd = open(dev, (write ? O_WRONLY : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write ? pwrite(fd, buf, len, 0) : pread(fd, buf, len, 0);
+	if (n < 0)
+		n = -errno;
+	else if ((size_t)n != len)
+		n = -EIO;
+	if (write && n >= 0 && fsync(fd))
+		n = -errno;
+	close(fd);
+	return n < 0 ? (int)n : 0;
+}
+
+#define REQUIRE_NVME(t, c)							\
+	do {									\
+		REQUIRE_GPUS(t, c);						\
+		KTAP_ASSERT(t, (c)->nvme_bdf[0],				\
+			    "no NVMe controller bound to the nvme driver (/sys/class/nvme/nvme0)"); \
+		KTAP_ASSERT(t, vugpu_path_exists((c)->nvme_ns[1]),		\
+			    "%s: no second namespace", (c)->nvme_ns[1]);	\
+	} while (0)
+
+/* NVMe reads straight into GPU B's p2pmem (O_DIRECT, the user buffer is p2pmem). */
+static void nvme_reads_into_gpu_p2pmem(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *p, *data;
+	uint64_t at = 0;
+	int err = 0, ret;
+
+	REQUIRE_NVME(t, c);
+	data = sys_buf(NVME_LEN);
+	KTAP_ASSERT(t, data, "no memory");
+	vugpu_fill_pattern(data, NVME_LEN, 0xe1e10001);
+	ret = nvme_io(c->nvme_ns[0], true, data, NVME_LEN);
+	KTAP_ASSERT(t, !ret, "write %s from system memory: %s", c->nvme_ns[0], err_str(ret));
+	p = p2pmem_map(c->b->bdf, NVME_LEN, &err);
+	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	memset(p, 0, NVME_LEN);
+	ret = nvme_io(c->nvme_ns[0], false, p, NVME_LEN);
+	KTAP_ASSERT(t, !ret, "O_DIRECT read %s into %s p2pmem: %s", c->nvme_ns[0], c->b->bdf,
+		    err_str(ret));
+	KTAP_EXPECT(t, mismatch(p, data, NVME_LEN) < 0, "p2pmem differs from the data at %ld",
+		    mismatch(p, data, NVME_LEN));
+	ret = provider_holds(c, data, 1 << 20, &at);
+	KTAP_EXPECT(t, !ret, "%s's engine does not find the NVMe data in its VRAM: %s", c->b->bdf,
+		    err_str(ret));
+	munmap(p, NVME_LEN);
+	free(data);
+}
+
+/* NVMe writes straight from GPU B's p2pmem; read back through system memory. */
+static void nvme_writes_from_gpu_p2pmem(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *p, *back;
+	int err = 0, ret;
+
+	REQUIRE_NVME(t, c);
+	p = p2pmem_map(c->b->bdf, NVME_LEN, &err);
+	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	back = sys_buf(NVME_LEN);
+	KTAP_ASSERT(t, back, "no memory");
+	vugpu_fill_pattern(p, NVME_LEN, 0xe2e20002);
+	ret = nvme_io(c->nvme_ns[1], true, p, NVME_LEN);
+	KTAP_ASSERT(t, !ret, "O_DIRECT write %s from %s p2pmem: %s", c->nvme_ns[1], c->b->bdf,
+		    err_str(ret));
+	memset(back, 0, NVME_LEN);
+	ret = nvme_io(c->nvme_ns[1], false, back, NVME_LEN);
+	KTAP_ASSERT(t, !ret, "read %s into system memory: %s", c->nvme_ns[1], err_str(ret));
+	KTAP_EXPECT(t, mismatch(back, p, NVME_LEN) < 0, "namespace 2 differs from p2pmem at %ld",
+		    mismatch(back, p, NVME_LEN));
+	munmap(p, NVME_LEN);
+	free(back);
+}
+
+/* GPU A's engine writes into the NVMe's CMB, published as p2pmem, and reads it back. */
+static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
+{
+	struct p2p_ctx *c = ctx;
+	uint8_t *cmb, *src;
+	struct vugpu_dma d;
+	int64_t dist = 0;
+	int err = 0, ret;
+
+	REQUIRE_NVME(t, c);
+	ret = p2p_distance(c->a, c->nvme_bdf, &dist);
+	KTAP_ASSERT(t, !ret, "P2P_DISTANCE %s: %s", c->nvme_bdf, err_str(ret));
+	printf("# pci_p2pdma_distance %s -> %s: %lld\n", c->nvme_bdf, c->a->bdf, (long long)dist);
+	KTAP_EXPECT(t, dist == 4, "NVMe behind the same switch: distance %lld, expected 4",
+		    (long long)dist);
+	cmb = p2pmem_map(c->nvme_bdf, BUF_LEN, &err);
+	KTAP_ASSERT(t, cmb, "mmap %s (NVMe CMB) p2pmem/allocate: %s", c->nvme_bdf, err_str(err));
+	src = sys_buf(BUF_LEN);
+	KTAP_ASSERT(t, src, "no memory");
+	vugpu_fill_pattern(src, BUF_LEN, 0xc3b0003);
+	memset(cmb, 0, BUF_LEN);
+	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)src, VUGPU_MEM_USER,
+		       (uintptr_t)cmb, BUF_LEN, &d);
+	KTAP_ASSERT(t, !ret, "%s COPY system -> NVMe CMB: %s (result %u, engine error %#x at %#llx)",
+		    c->a->bdf, err_str(ret), d.result, d.regs.error_code,
+		    (unsigned long long)d.regs.error_addr);
+	KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS, "out_flags %#x", d.out_flags);
+	KTAP_EXPECT(t, mismatch(cmb, src, BUF_LEN) < 0, "CMB differs at %ld",
+		    mismatch(cmb, src, BUF_LEN));
+	/* And back: CMB -> GPU A's VRAM. */
+	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)cmb, VUGPU_MEM_VRAM,
+		       0x300000, BUF_LEN, &d);
+	KTAP_ASSERT(t, !ret, "COPY NVMe CMB -> VRAM: %s", err_str(ret));
+	memset(src, 0, BUF_LEN);
+	ret = vugpu_vram_io(c->a->fd, VUGPU_IOCTL_VRAM_READ, 0x300000, src, BUF_LEN);
+	KTAP_ASSERT(t, !ret, "VRAM_READ: %s", err_str(ret));
+	KTAP_EXPECT(t, mismatch(src, cmb, BUF_LEN) < 0, "VRAM differs from the CMB at %ld",
+		    mismatch(src, cmb, BUF_LEN));
+	munmap(cmb, BUF_LEN);
+	free(src);
+}
+
+static const struct ktap_case switch_cases[] = {
+	KTAP_CASE(p2pmem_published),
+	KTAP_CASE(p2p_distance_gpus),
+	KTAP_CASE(p2pmem_cpu_view),
+	KTAP_CASE(gpu_a_writes_gpu_b),
+	KTAP_CASE(gpu_a_reads_gpu_b),
+	KTAP_CASE(pin_needs_foll_pci_p2pdma),
+	KTAP_CASE(nvme_reads_into_gpu_p2pmem),
+	KTAP_CASE(nvme_writes_from_gpu_p2pmem),
+	KTAP_CASE(gpu_writes_nvme_cmb),
+};
+
+static const struct ktap_case refused_cases[] = {
+	KTAP_CASE(p2pmem_published),
+	KTAP_CASE(p2p_distance_gpus),
+	KTAP_CASE(p2pmem_cpu_view),
+	KTAP_CASE(gpu_a_writes_gpu_b),
+	KTAP_CASE(gpu_a_reads_gpu_b),
+	KTAP_CASE(pin_needs_foll_pci_p2pdma),
+	KTAP_CASE(bounce_is_logged),
+};
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list]\n"
+			"  VUGPU_P2P_MODE=switch|refused selects the plan\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct p2p_ctx c = { .p2pmem_mb = 32 };
+	const char *mode = getenv("VUGPU_P2P_MODE");
+	const struct ktap_case *cases = switch_cases;
+	unsigned int n = KTAP_ARRAY_SIZE(switch_cases), i, failed;
+	struct ktap_totals tot = { 0 };
+	uint64_t first = 1;
+	bool header = true;
+	int a;
+
+	if (mode && !strcmp(mode, "refused")) {
+		c.refused = true;
+		cases = refused_cases;
+		n = KTAP_ARRAY_SIZE(refused_cases);
+	} else if (mode && strcmp(mode, "switch")) {
+		usage();
+		return 2;
+	}
+	for (a = 1; a < argc; a++) {
+		const char *opt = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
+		uint64_t *num = NULL;
+
+		if (!strcmp(opt, "--count")) {
+			printf("%u\n", n);
+			return 0;
+		} else if (!strcmp(opt, "--list")) {
+			for (i = 0; i < n; i++)
+				printf("%s\n", cases[i].name);
+			return 0;
+		} else if (!strcmp(opt, "--no-header")) {
+			header = false;
+			continue;
+		} else if (!strcmp(opt, "--first")) {
+			num = &first;
+		} else if (!strcmp(opt, "--p2pmem-mb")) {
+			num = &c.p2pmem_mb;
+		}
+		if (!num || !val || vugpu_parse_u64(val, num) || first > 100000 || !c.p2pmem_mb ||
+		    c.p2pmem_mb > 4096) {
+			usage();
+			return 2;
+		}
+		a++;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (header)
+		ktap_print_header(n);
+	c.ndevs = vugpu_find_devs(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID, c.devs, VUGPU_MAX_DEVS);
+	if (c.ndevs < 0)
+		c.ndevs = 0;
+	for (a = 0; a < c.ndevs; a++) {
+		int ret = vugpu_open(&c.devs[a], 2000);
+
+		if (ret)
+			printf("# %s: cannot open its /dev/vugpuN: %s\n", c.devs[a].bdf, err_str(ret));
+	}
+	c.a = &c.devs[0];
+	c.b = &c.devs[c.ndevs > 1 ? 1 : 0];
+	if (c.ndevs == 0)
+		c.devs[0].fd = -1;
+	find_nvme(&c);
+	failed = ktap_run(cases, n, (unsigned int)first, &c, &tot);
+	if (header)
+		ktap_print_totals(&tot);
+	for (a = 0; a < c.ndevs; a++)
+		vugpu_close(&c.devs[a]);
+	return failed ? 1 : 0;
+}
