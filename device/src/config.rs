@@ -76,7 +76,9 @@ pub struct ServeArgs {
     /// offset 12).
     #[arg(long, value_enum, default_value = "spec")]
     pub dma_layout: DmaLayoutArg,
-    /// Fault injection. `msix-dead=N`: MSI-X vector N is never signalled. Repeatable.
+    /// Fault injection, repeatable. `msix-dead=N`: MSI-X vector N is never signalled.
+    /// `cfg-stuck=OFFSET`: client writes never change the config-space dword at OFFSET (dword
+    /// aligned, decimal or 0x hex), e.g. `cfg-stuck=0x114` (AER Correctable Mask).
     #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
     pub inject: Vec<Fault>,
     /// Log verbosity.
@@ -120,6 +122,8 @@ pub fn parse_engines(text: &str) -> Result<usize, String> {
 pub enum Fault {
     /// `msix-dead=N`.
     MsixDead(u16),
+    /// `cfg-stuck=OFFSET`.
+    CfgStuck(u16),
 }
 
 const UNITS: &[(char, u32)] = &[('K', 10), ('M', 20), ('G', 30), ('T', 40)];
@@ -189,7 +193,15 @@ pub fn parse_inject(text: &str) -> Result<Fault, String> {
             .parse::<u16>()
             .map(Fault::MsixDead)
             .map_err(|_| format!("msix-dead needs a vector number, got '{n}'")),
-        _ => Err(format!("unknown fault '{text}' (known: msix-dead=N)")),
+        Some(("cfg-stuck", off)) => match parse_u64(off) {
+            Ok(o) if o < 4096 && o % 4 == 0 => Ok(Fault::CfgStuck(o as u16)),
+            _ => Err(format!(
+                "cfg-stuck needs a dword-aligned config-space offset below 0x1000, got '{off}'"
+            )),
+        },
+        _ => Err(format!(
+            "unknown fault '{text}' (known: msix-dead=N, cfg-stuck=OFFSET)"
+        )),
     }
 }
 
@@ -238,6 +250,7 @@ impl ServeArgs {
                     ))
                 }
                 Fault::MsixDead(n) => inject.msix_dead.push(n),
+                Fault::CfgStuck(off) => inject.cfg_stuck.push(off),
             }
         }
         cfg.inject = inject;
@@ -317,6 +330,23 @@ mod tests {
         assert!(parse_inject("msix-dead=x").is_err());
         assert!(parse_inject("bogus=1").is_err());
         assert!(parse_inject("msix-dead").is_err());
+        assert_eq!(
+            parse_inject("cfg-stuck=0x114").unwrap(),
+            Fault::CfgStuck(0x114)
+        );
+        assert_eq!(
+            parse_inject("cfg-stuck=276").unwrap(),
+            Fault::CfgStuck(0x114)
+        );
+        assert!(
+            parse_inject("cfg-stuck=0x115").is_err(),
+            "not dword aligned"
+        );
+        assert!(
+            parse_inject("cfg-stuck=0x1000").is_err(),
+            "past config space"
+        );
+        assert!(parse_inject("cfg-stuck=x").is_err());
     }
 
     #[test]

@@ -126,6 +126,10 @@ pub mod irq_index {
 pub struct Injections {
     /// These MSI-X vectors are never signalled.
     pub msix_dead: Vec<u16>,
+    /// Config-space dwords (dword-aligned offsets below 4096) whose stored value no client write
+    /// changes: a register stuck at its value, for proving that guest write/read-back checks
+    /// fail. Side effects of the write (FLR, BAR resize, MSI-X control) still happen.
+    pub cfg_stuck: Vec<u16>,
 }
 
 /// How to build a [`Gpu`].
@@ -186,6 +190,9 @@ pub enum GpuError {
         /// Vectors.
         vectors: u16,
     },
+    /// `--inject cfg-stuck=OFFSET` is not a dword-aligned config-space offset.
+    #[error("cfg-stuck={0:#x}: not a dword-aligned offset below 0x1000")]
+    BadConfigInjection(u16),
     /// Vector count outside 1..=2048.
     #[error("invalid MSI-X vector count {0}: must be 1..=2048")]
     BadVectors(u16),
@@ -256,6 +263,7 @@ pub struct Gpu {
     msg_rx: Receiver<MsgDmaRequest>,
     vectors: u16,
     err_irq: bool,
+    cfg_stuck: Vec<u16>,
     stats: GpuStats,
 }
 
@@ -374,6 +382,14 @@ impl Gpu {
                 });
             }
         }
+        if let Some(&off) = config
+            .inject
+            .cfg_stuck
+            .iter()
+            .find(|&&off| off % 4 != 0 || off >= 4096)
+        {
+            return Err(GpuError::BadConfigInjection(off));
+        }
         if config.engines > MAX_ENGINES {
             return Err(GpuError::TooManyEngines(config.engines));
         }
@@ -452,6 +468,7 @@ impl Gpu {
             msg_rx,
             vectors,
             err_irq: config.err_irq,
+            cfg_stuck: config.inject.cfg_stuck.clone(),
             stats: GpuStats::default(),
         })
     }
@@ -723,10 +740,18 @@ impl Gpu {
 
     fn config_write(&mut self, offset: u64, data: &[u8]) -> BackendResult<()> {
         let before = self.msix_control();
+        let stuck: Vec<(u16, u32)> = self
+            .cfg_stuck
+            .iter()
+            .map(|&off| (off, self.pci.config().get_u32(off)))
+            .collect();
         let outcome: CapWrite = self
             .pci
             .write(offset, data)
             .map_err(|e| BackendError::Fault(e.to_string()))?;
+        for (off, value) in stuck {
+            self.pci.config_mut().set(off, 4, value);
+        }
         if outcome.flr {
             self.stats.flrs += 1;
             self.function_reset();

@@ -40,8 +40,28 @@
 #define VUGPU_ECAP_AER_OFFSET		0x100
 #define VUGPU_ECAP_REBAR_OFFSET		0x148
 #define VUGPU_ECAP_DSN_OFFSET		0x154
-#define VUGPU_AER_UNCOR_SEVER_RESET	0x00462030
-#define VUGPU_AER_COR_MASK_RESET	0x00002000
+
+/*
+ * Writable bits of the config registers the guest OS owns (§1.1-§1.4); the
+ * other bits of each are RO or RsvdZ.  The OS may write these registers at
+ * any time (Linux 7.3's AER driver clears the Correctable Mask at boot), so
+ * guest tests check them by write / read back / restore and never assert
+ * their values; the reset values are host unit tests of the model
+ * (guest-tests/README.md, "What guest tests may assert").
+ */
+#define VUGPU_PCI_COMMAND_RW		0x0546	/* Memory, Bus Master, PER, SERR#, INTx Dis. */
+#define VUGPU_PCI_CACHE_LINE_RW		0xff
+#define VUGPU_PMCSR_POWER_STATE		0x0003	/* RW D0/D3hot; D1/D2 writes ignored */
+#define VUGPU_PMCSR_NO_SOFT_RESET	0x0008	/* RO 1 */
+#define VUGPU_MSIX_CTRL_RW		0xc000	/* Enable, Function Mask */
+#define VUGPU_DEVCTL_RW			0x78ff	/* bit 15: write 1 = FLR */
+#define VUGPU_DEVCTL_FLR		0x8000
+#define VUGPU_LNKCTL_RW			0x004b
+#define VUGPU_DEVCTL2_RW		0x105f
+#define VUGPU_LNKCTL2_RW		0x000f	/* Target Link Speed */
+#define VUGPU_AER_UNCOR_BITS		0x005ff030	/* Mask, Severity RW; Status W1C */
+#define VUGPU_AER_COR_BITS		0x0000f1c1	/* Mask RW; Status W1C */
+#define VUGPU_REBAR_CTRL_SIZE		0x00003f00
 
 /* §2 BAR0 layout. */
 #define VUGPU_REGFILE_START		0x000000

@@ -650,6 +650,15 @@ static uint16_t sysfs_devctl(struct dma_ctx *c)
 		     (unsigned long long)(a).bytes_ns, (unsigned long long)(a).ro_req,		\
 		     (unsigned long long)(a).ro_used, (unsigned long long)(a).bytes_ro
 
+/* A failed check of attrs_ns_ro: record it and go restore Device Control. */
+#define NSRO_ASSERT(t, cond, ...)						\
+	do {									\
+		if (!(cond)) {							\
+			ktap_fail_at((t), KTAP_FILE, __LINE__, __VA_ARGS__);	\
+			goto restore;						\
+		}								\
+	} while (0)
+
 void attrs_ns_ro(struct ktap_test *t, void *ctx)
 {
 	struct dma_ctx *c = ctx;
@@ -673,13 +682,13 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 
 	/* Both enabled: every SYS descriptor that requests them uses them. */
 	ret = vugpu_devctl(c->fd, NSRO, NSRO, &now);
-	KTAP_ASSERT(t, !ret && (now & NSRO) == NSRO, "DEVCTL set: %s, now %#x", err_str(ret), now);
+	NSRO_ASSERT(t, !ret && (now & NSRO) == NSRO, "DEVCTL set: %s, now %#x", err_str(ret), now);
 	sys = sysfs_devctl(c);
 	KTAP_EXPECT(t, (sys & NSRO) == NSRO, "sysfs config shows Device Control %#x after setting NS|RO",
 		    sys);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_USER, (uintptr_t)buf,
 		       VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == k && a.ro_req == k && a.ro_used == k &&
 		    a.bytes_ns == len && a.bytes_ro == len,
 		    "enabled, SYS->VRAM %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
@@ -688,7 +697,7 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 	/* SYS->SYS moves every byte twice over the link. */
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP, VUGPU_MEM_USER, (uintptr_t)buf, VUGPU_MEM_USER,
 		       (uintptr_t)buf + len / 2, len / 2, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == k && a.bytes_ns == len && a.ro_req == 0 &&
 		    a.ro_used == 0 && a.bytes_ro == 0,
 		    "enabled, SYS->SYS NS only, %u descriptors, %llu bytes: " ATTR_FMT, k,
@@ -697,24 +706,24 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 	/* VRAM->VRAM never leaves the device: requested, not used. */
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_VRAM, VRAM_A,
 		       VUGPU_MEM_VRAM, VRAM_B, 4096, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, a.ns_req == 1 && a.ro_req == 1 && a.ns_used == 0 && a.ro_used == 0 &&
 		    a.bytes_ns == 0 && a.bytes_ro == 0, "enabled, VRAM->VRAM: " ATTR_FMT, ATTR_ARGS(a));
 
 	/* Not requested: nothing counted. */
 	ret = attr_job(c, 0, VUGPU_MEM_USER, (uintptr_t)buf, VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, !a.ns_req && !a.ns_used && !a.ro_req && !a.ro_used && !a.bytes_ns && !a.bytes_ro,
 		    "enabled, not requested: " ATTR_FMT, ATTR_ARGS(a));
 
 	/* Both disabled: requested grows, used stays. */
 	ret = vugpu_devctl(c->fd, NSRO, 0, &now);
-	KTAP_ASSERT(t, !ret && !(now & NSRO), "DEVCTL clear: %s, now %#x", err_str(ret), now);
+	NSRO_ASSERT(t, !ret && !(now & NSRO), "DEVCTL clear: %s, now %#x", err_str(ret), now);
 	sys = sysfs_devctl(c);
 	KTAP_EXPECT(t, !(sys & NSRO), "sysfs config shows Device Control %#x after clearing NS|RO", sys);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_USER, (uintptr_t)buf,
 		       VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, a.ns_req == k && a.ro_req == k && a.ns_used == 0 && a.ro_used == 0 &&
 		    a.bytes_ns == 0 && a.bytes_ro == 0,
 		    "disabled, SYS->VRAM %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
@@ -722,27 +731,31 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 
 	/* Only No Snoop enabled: each attribute follows its own bit. */
 	ret = vugpu_devctl(c->fd, NSRO, VUGPU_DEVCTL_NOSNOOP_EN, &now);
-	KTAP_ASSERT(t, !ret && (now & NSRO) == VUGPU_DEVCTL_NOSNOOP_EN, "DEVCTL NS only: %s, now %#x",
+	NSRO_ASSERT(t, !ret && (now & NSRO) == VUGPU_DEVCTL_NOSNOOP_EN, "DEVCTL NS only: %s, now %#x",
 		    err_str(ret), now);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_VRAM, VRAM_A,
 		       VUGPU_MEM_USER, (uintptr_t)buf, len, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == k && a.bytes_ns == len && a.ro_req == k &&
 		    a.ro_used == 0 && a.bytes_ro == 0,
 		    "NS only, VRAM->SYS %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
 
 	/* And only Relaxed Ordering. */
 	ret = vugpu_devctl(c->fd, NSRO, VUGPU_DEVCTL_RELAX_EN, &now);
-	KTAP_ASSERT(t, !ret && (now & NSRO) == VUGPU_DEVCTL_RELAX_EN, "DEVCTL RO only: %s, now %#x",
+	NSRO_ASSERT(t, !ret && (now & NSRO) == VUGPU_DEVCTL_RELAX_EN, "DEVCTL RO only: %s, now %#x",
 		    err_str(ret), now);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_USER, (uintptr_t)buf,
 		       VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	KTAP_ASSERT(t, !ret, "copy: %s", err_str(ret));
+	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
 	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == 0 && a.bytes_ns == 0 && a.ro_req == k &&
 		    a.ro_used == k && a.bytes_ro == len,
 		    "RO only, SYS->VRAM %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
 
-	/* Restore what the kernel had set. */
+	/*
+	 * Restore what the kernel had set, also after a failure above: Device
+	 * Control is the kernel's, and the later tests must not inherit ours.
+	 */
+restore:
 	ret = vugpu_devctl(c->fd, NSRO, orig & NSRO, &now);
 	KTAP_EXPECT(t, !ret && (now & NSRO) == (orig & NSRO), "restoring Device Control %#x: %s, now %#x",
 		    orig, err_str(ret), now);

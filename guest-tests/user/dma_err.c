@@ -233,6 +233,36 @@ static void expect_header_log(struct ktap_test *t, struct dma_ctx *c, const char
 		    (uint32_t)addr & ~3u);
 }
 
+/*
+ * W1C from any writer, here userspace through sysfs (the driver's ERROR_STATE
+ * clear is the other): writing 0 over the @bits an error set keeps them,
+ * writing 1 to them clears exactly them.
+ */
+static void expect_w1c(struct ktap_test *t, struct dma_ctx *c, const char *what, const char *name,
+		       unsigned int off, unsigned int width, uint32_t bits)
+{
+	uint32_t v0 = 0, v1 = 0, v2 = 0;
+	int ret;
+
+	ret = vugpu_config_read(c->d, off, width, &v0);
+	KTAP_EXPECT(t, !ret && (v0 & bits) == bits, "%s: %s %#x lacks %#x (%s)", what, name, v0,
+		    bits, ret ? err_str(ret) : "not set");
+	if (ret || (v0 & bits) != bits)
+		return;
+	ret = vugpu_config_write(c->d, off, width, 0);
+	if (!ret)
+		ret = vugpu_config_read(c->d, off, width, &v1);
+	KTAP_EXPECT(t, !ret && v1 == v0,
+		    "%s: %s %#x after writing 0 over %#x (W1C: expected no change) %s", what, name,
+		    v1, v0, ret ? err_str(ret) : "");
+	ret = vugpu_config_write(c->d, off, width, bits);
+	if (!ret)
+		ret = vugpu_config_read(c->d, off, width, &v2);
+	KTAP_EXPECT(t, !ret && v2 == (v0 & ~bits),
+		    "%s: %s %#x after writing %#x over %#x, expected %#x %s", what, name, v2, bits,
+		    v0, v0 & ~bits, ret ? err_str(ret) : "");
+}
+
 static void expect_errors_clear(struct ktap_test *t, struct dma_ctx *c, const char *what)
 {
 	struct vugpu_error_state es;
@@ -354,6 +384,21 @@ void bad_sys_address(struct ktap_test *t, void *ctx)
 			    VUGPU_PCI_STATUS_REC_MASTER_ABORT);
 	expect_header_log(t, c, "write to unmapped SYS", e, VUGPU_AER_UNCOR_UR, UNMAPPED_HIGH + 0x1000,
 			  true);
+	/* The three status registers it set are W1C from userspace too. */
+	if (!vugpu_read_config(c->d)) {
+		unsigned int aer = vugpu_find_ext_cap(c->d, 0x0001);
+		unsigned int exp = vugpu_find_cap(c->d, 0x10);
+
+		KTAP_EXPECT(t, aer && exp, "sysfs config: AER at %#x, PCIe at %#x", aer, exp);
+		if (aer)
+			expect_w1c(t, c, "write to unmapped SYS", "AER Uncorrectable Status",
+				   aer + 4, 4, VUGPU_AER_UNCOR_UR);
+		if (exp)
+			expect_w1c(t, c, "write to unmapped SYS", "Device Status", exp + 0x0a, 2,
+				   VUGPU_DEVSTA_URD);
+		expect_w1c(t, c, "write to unmapped SYS", "Status", 0x06, 2,
+			   VUGPU_PCI_STATUS_REC_MASTER_ABORT);
+	}
 	expect_errors_clear(t, c, "write to unmapped SYS");
 	engine_works(t, c, e, "after the driver's own recovery");
 	KTAP_EXPECT(t, !vugpu_dma_info(c->fd, &i1) && i1.recoveries > i0.recoveries,

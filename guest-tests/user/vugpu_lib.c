@@ -286,6 +286,53 @@ uint32_t vugpu_cfg32(const struct vugpu_dev *d, unsigned int off)
 	return (uint32_t)vugpu_cfg16(d, off) | (uint32_t)vugpu_cfg16(d, off + 2) << 16;
 }
 
+/* One aligned access of @width bytes: the kernel turns it into one config cycle. */
+static int config_access(const struct vugpu_dev *d, unsigned int off, unsigned int width,
+			 uint32_t *val, bool write)
+{
+	uint8_t b[4] = { 0 };
+	char path[200];
+	unsigned int i;
+	ssize_t n;
+	int fd, err = 0;
+
+	if ((width != 1 && width != 2 && width != 4) || off % width ||
+	    off + width > VUGPU_CONFIG_SPACE_SIZE)
+		return -EINVAL;
+	snprintf(path, sizeof(path), "%s/config", d->sysfs);
+	fd = open(path, (write ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write) {
+		for (i = 0; i < width; i++)
+			b[i] = (uint8_t)(*val >> (8 * i));
+		n = pwrite(fd, b, width, off);
+	} else {
+		n = pread(fd, b, width, off);
+	}
+	if (n < 0)
+		err = -errno;
+	else if ((size_t)n != width)
+		err = -EIO;
+	close(fd);
+	if (!err && !write)
+		for (*val = 0, i = 0; i < width; i++)
+			*val |= (uint32_t)b[i] << (8 * i);
+	return err;
+}
+
+int vugpu_config_read(const struct vugpu_dev *d, unsigned int off, unsigned int width,
+		      uint32_t *val)
+{
+	return config_access(d, off, width, val, false);
+}
+
+int vugpu_config_write(const struct vugpu_dev *d, unsigned int off, unsigned int width,
+		       uint32_t val)
+{
+	return config_access(d, off, width, &val, true);
+}
+
 unsigned int vugpu_find_cap(const struct vugpu_dev *d, uint8_t id)
 {
 	unsigned int pos, ttl = 48;	/* at most 48 capabilities fit in 192 bytes */

@@ -68,6 +68,15 @@ int vugpu_bound_driver(const struct vugpu_dev *d, char *buf, size_t len);
 uint8_t vugpu_cfg8(const struct vugpu_dev *d, unsigned int off);
 uint16_t vugpu_cfg16(const struct vugpu_dev *d, unsigned int off);
 uint32_t vugpu_cfg32(const struct vugpu_dev *d, unsigned int off);
+/*
+ * Live config space through sysfs (not d->config): one aligned access of
+ * @width 1, 2 or 4 bytes at @off.  Writing needs root; the kernel's view of
+ * the function (saved state, driver) is not told about the write.
+ */
+int vugpu_config_read(const struct vugpu_dev *d, unsigned int off, unsigned int width,
+		      uint32_t *val);
+int vugpu_config_write(const struct vugpu_dev *d, unsigned int off, unsigned int width,
+		       uint32_t val);
 /* Offset of a standard / extended capability, 0 if absent (loops are bounded). */
 unsigned int vugpu_find_cap(const struct vugpu_dev *d, uint8_t id);
 unsigned int vugpu_find_ext_cap(const struct vugpu_dev *d, uint16_t id);

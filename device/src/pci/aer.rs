@@ -128,7 +128,10 @@ mod tests {
         assert_eq!(cs.get_u32(0x100), 0x0002_0001, "ID 1, v2, next 0");
         assert_eq!(cs.get_u32(0x10c), 0x0046_2030);
         assert_eq!(cs.get_u32(0x114), 0x0000_2000);
-        assert_eq!(cs.get_u32(0x104), 0);
+        assert_eq!(cs.get_u32(0x104), 0, "Uncorrectable Status");
+        assert_eq!(cs.get_u32(0x108), 0, "Uncorrectable Mask");
+        assert_eq!(cs.get_u32(0x110), 0, "Correctable Status");
+        assert_eq!(cs.get_u32(0x118), 0, "First Error Pointer 0, no ECRC");
     }
 
     #[test]
@@ -139,6 +142,20 @@ mod tests {
         assert_eq!(cs.get_u32(0x108), UNCOR_BITS);
         aer.write(&mut cs, 0x100, 0x114, &[0xff; 4]).unwrap();
         assert_eq!(cs.get_u32(0x114), COR_BITS);
+        aer.write(&mut cs, 0x100, 0x10c, &[0xff; 4]).unwrap();
+        assert_eq!(
+            cs.get_u32(0x10c),
+            UNCOR_BITS,
+            "Severity: implemented bits only"
+        );
+        aer.write(&mut cs, 0x100, 0x10c, &[0; 4]).unwrap();
+        assert_eq!(cs.get_u32(0x10c), 0);
+        aer.write(&mut cs, 0x100, 0x114, &[0; 4]).unwrap();
+        assert_eq!(
+            cs.get_u32(0x114),
+            0,
+            "Correctable Mask clears (Linux 7.3 does)"
+        );
         aer.write(&mut cs, 0x100, 0x118, &[0xff; 4]).unwrap();
         assert_eq!(cs.get_u32(0x118), 0, "ECRC bits and FEP RO");
         aer.write(&mut cs, 0x100, 0x104, &[0xff; 4]).unwrap();
