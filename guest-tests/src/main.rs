@@ -12,6 +12,7 @@ pub(crate) use say;
 
 mod cli;
 mod initramfs;
+mod kbuild;
 mod kernel;
 mod ktap;
 mod process;
@@ -123,9 +124,25 @@ fn provision_options(
 }
 
 fn real_main(cli: Cli) -> Result<i32, Error> {
+    if let Some(Sub::BuildKernel(b)) = &cli.sub {
+        let env_args = EnvArgs {
+            tests_dir: b.tests_dir.clone(),
+            ..EnvArgs::default()
+        };
+        let tests = tests_dir(&env_args);
+        let env = provision::provision(&provision_options(&env_args, &tests, false, false))?;
+        kbuild::print_build(&env, &tests, &b.spec).map_err(ProvisionError::from)?;
+        return Ok(exit::PASS);
+    }
     if let Some(Sub::Provision(p)) = cli.sub {
         let tests = tests_dir(&p.env);
-        let env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        let mut env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        kbuild::prepare(
+            &mut env,
+            &tests,
+            p.env.build_kernel.as_ref(),
+            &p.env.modules,
+        )?;
         println!("cache:   {}", env.cache.display());
         println!("root:    {}", env.root.path().display());
         match &env.qemu {
@@ -198,7 +215,13 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     }
     // The servers are started from the run directory: a relative path must not depend on that.
     let vugpu = std::path::absolute(&vugpu).unwrap_or(vugpu);
-    let env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    let mut env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    kbuild::prepare(
+        &mut env,
+        &tests,
+        r.env.build_kernel.as_ref(),
+        &r.env.modules,
+    )?;
     say!("{}", env.describe());
     let req = RunRequest {
         mode,
