@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::kbuild::KernelSpec;
 use crate::qemu::AccelChoice;
 use crate::topology::{Peer, Topology, MAX_GPUS};
 
@@ -38,6 +39,22 @@ pub enum Sub {
     /// Create or verify the cached environment (QEMU, kernel, headers, toolchain) and print it.
     /// Refreshes apt lists older than a day and re-runs the (cheap) apt installs.
     Provision(ProvisionArgs),
+    /// Build a guest kernel from Debian's linux-source-X.Y (or take it from the cache) and print
+    /// where it is: SPEC is 6.12, 6.12-debug, newest or newest-debug (see --build-kernel).
+    /// Reinstalls the source package first if apt has a newer one.
+    BuildKernel(BuildKernelArgs),
+}
+
+/// `build-kernel` options.
+#[derive(Debug, Args)]
+pub struct BuildKernelArgs {
+    /// Which kernel: X.Y (a linux-source-X.Y package, e.g. 6.12) or newest (trixie-backports'
+    /// newest), optionally with -debug.
+    #[arg(value_name = "SPEC")]
+    pub spec: KernelSpec,
+    /// The guest-tests directory (kernel/ holds the config fragments).
+    #[arg(long, value_name = "DIR")]
+    pub tests_dir: Option<PathBuf>,
 }
 
 /// `provision` options.
@@ -65,6 +82,16 @@ pub struct EnvArgs {
     /// vmlinuz-VER image).
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub kernel_config: Option<PathBuf>,
+    /// Build the guest kernel from Debian's linux-source-X.Y with guest-tests/kernel/*.config
+    /// and boot it (cached by source version, variant and fragment): 6.12, 6.12-debug, newest,
+    /// newest-debug.
+    #[arg(long, value_name = "SPEC", conflicts_with = "kernel")]
+    pub build_kernel: Option<KernelSpec>,
+    /// Pack these kernel modules (comma-separated names, e.g. nvme) with their dependencies
+    /// into the initramfs; /init loads them at boot. Debian's kernel: from linux-modules-KVER
+    /// (installed on demand); --build-kernel: from its modules_install.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub modules: Vec<String>,
     /// Use this QEMU binary (host path; must be >= 10.1 with vfio-user-pci) instead of the host's
     /// qemu-system-x86_64 or the one in the trixie root.
     #[arg(long, value_name = "PATH")]
@@ -305,7 +332,7 @@ mod tests {
         let c = parse(&["provision", "--refresh"]).unwrap();
         match c.sub {
             Some(Sub::Provision(p)) => assert!(p.refresh),
-            None => panic!("no subcommand"),
+            _ => panic!("not provision"),
         }
         let c = parse(&["provision", "--kernel", "/k"]).unwrap();
         assert!(matches!(
@@ -318,6 +345,28 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn build_kernel_and_modules() {
+        let c = parse(&[
+            "--build-kernel",
+            "6.12-debug",
+            "--modules",
+            "nvme,test_hmm",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(c.run.env.build_kernel.unwrap().to_string(), "6.12-debug");
+        assert_eq!(c.run.env.modules, ["nvme", "test_hmm"]);
+        assert!(parse(&["--build-kernel", "6.x", "--", "true"]).is_err());
+        assert!(parse(&["--build-kernel", "newest", "--kernel", "/k", "--", "true"]).is_err());
+        let c = parse(&["build-kernel", "newest"]).unwrap();
+        assert!(
+            matches!(c.sub, Some(Sub::BuildKernel(b)) if b.spec.series == crate::kbuild::Series::Newest)
+        );
+        assert!(parse(&["build-kernel"]).is_err());
     }
 
     #[test]

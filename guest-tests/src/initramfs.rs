@@ -572,6 +572,9 @@ pub struct Contents {
     pub cmd: Option<Vec<String>>,
     /// Variables for /etc/vugpu/env.
     pub env: Vec<(String, String)>,
+    /// Further entries (archive path, content), e.g. `--modules` under
+    /// /lib/modules/RELEASE/ and their load order /etc/vugpu/modules.
+    pub extra: Vec<(String, Vec<u8>)>,
 }
 
 fn add_host_file<W: Write>(
@@ -668,6 +671,9 @@ fn write_cpio<W: Write>(c: &Contents, out: W) -> Result<(), InitramfsError> {
         .collect();
     w.file("etc/vugpu/env", 0o644, env.as_bytes())
         .map_err(e("etc/vugpu/env"))?;
+    for (name, data) in &c.extra {
+        w.file(name, 0o644, data).map_err(e(name))?;
+    }
     if let Some(cmd) = &c.cmd {
         let line = format!("{}\n", shell_quote(cmd));
         w.file("etc/vugpu/cmd", 0o644, line.as_bytes())
@@ -819,6 +825,7 @@ mod tests {
             suite_lib: vec![("suite.sh".into(), lib)],
             cmd: Some(vec!["uname".into(), "-r".into()]),
             env: vec![("VUGPU_GPUS".into(), "2".into())],
+            extra: vec![("etc/vugpu/modules".into(), b"/lib/modules/x.ko\n".to_vec())],
         };
         let mut buf = Vec::new();
         write_cpio(&c, &mut buf).unwrap();
@@ -832,6 +839,7 @@ mod tests {
         assert_eq!(mode("suites/lib/suite.sh"), Some(0o100644));
         assert_eq!(get("etc/vugpu/cmd").unwrap(), b"uname -r\n");
         assert_eq!(get("etc/vugpu/env").unwrap(), b"VUGPU_GPUS=2\n");
+        assert_eq!(get("etc/vugpu/modules").unwrap(), b"/lib/modules/x.ko\n");
         assert!(get("init").is_some());
         assert!(get("bin/busybox").is_some());
         fs::remove_dir_all(&base).unwrap();

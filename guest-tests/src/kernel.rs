@@ -74,6 +74,11 @@ pub struct GuestKernel {
     pub config_path: PathBuf,
     /// Module build.
     pub modules: ModuleBuild,
+    /// Host path of the kernel's own module tree (`lib/modules/RELEASE`, with modules.dep), for
+    /// `--modules`; None when unknown (a user's `--kernel`).
+    pub module_tree: Option<PathBuf>,
+    /// Extra initramfs entries (archive path, content): `--modules` and their load order.
+    pub initramfs_extra: Vec<(String, Vec<u8>)>,
 }
 
 /// Errors about a guest kernel.
@@ -319,6 +324,8 @@ pub fn custom_kernel(
         image,
         config_path,
         modules,
+        module_tree: None,
+        initramfs_extra: Vec::new(),
     })
 }
 

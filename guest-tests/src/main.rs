@@ -13,6 +13,7 @@ pub(crate) use say;
 mod cli;
 mod initramfs;
 mod junit;
+mod kbuild;
 mod kernel;
 mod ktap;
 mod process;
@@ -129,9 +130,25 @@ fn provision_options(
 }
 
 fn real_main(cli: Cli) -> Result<i32, Error> {
+    if let Some(Sub::BuildKernel(b)) = &cli.sub {
+        let env_args = EnvArgs {
+            tests_dir: b.tests_dir.clone(),
+            ..EnvArgs::default()
+        };
+        let tests = tests_dir(&env_args);
+        let env = provision::provision(&provision_options(&env_args, &tests, false, false))?;
+        kbuild::print_build(&env, &tests, &b.spec).map_err(ProvisionError::from)?;
+        return Ok(exit::PASS);
+    }
     if let Some(Sub::Provision(p)) = cli.sub {
         let tests = tests_dir(&p.env);
-        let env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        let mut env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        kbuild::prepare(
+            &mut env,
+            &tests,
+            p.env.build_kernel.as_ref(),
+            &p.env.modules,
+        )?;
         println!("cache:   {}", env.cache.display());
         println!("root:    {}", env.root.path().display());
         match &env.qemu {
@@ -234,7 +251,15 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     }
     // The servers are started from the run directory: a relative path must not depend on that.
     let vugpu = std::path::absolute(&vugpu).unwrap_or(vugpu);
-    let env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    let mut env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    // Distro modules: what --modules asks for plus what the suite declares.
+    let mut modules = r.env.modules.clone();
+    for m in spec.iter().flat_map(|s| &s.modules) {
+        if !modules.contains(m) {
+            modules.push(m.clone());
+        }
+    }
+    kbuild::prepare(&mut env, &tests, r.env.build_kernel.as_ref(), &modules)?;
     say!("{}", env.describe());
     let kconfig = KernelConfig::read(&env.kernel.config_path).map_err(ProvisionError::from)?;
     let mut watched: Vec<String> = kernel::REPORTED_OPTIONS

@@ -39,7 +39,7 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Debian release of the root.
 const SUITE: &str = "trixie";
 /// Where QEMU >= 10.1 and the 7.x kernels come from.
-const BACKPORTS: &str = "trixie-backports";
+pub const BACKPORTS: &str = "trixie-backports";
 /// Apt lists older than this are refreshed by `vugpu-vm provision`.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Bound for one debootstrap or apt step.
@@ -100,6 +100,9 @@ pub enum ProvisionError {
     /// Something still missing after installation.
     #[error("after installation the root still lacks: {0}")]
     StillMissing(String),
+    /// Building a kernel (`--build-kernel`) or packing modules (`--modules`) failed.
+    #[error(transparent)]
+    Kbuild(#[from] crate::kbuild::KbuildError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ProvisionError {
@@ -287,6 +290,37 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Env, ProvisionError> {
         qemu,
         kernel,
     })
+}
+
+/// Installs `pkgs` in a provisioned root (`apt-get install -t trixie-backports`, then `apt-get
+/// clean`), holding the cache lock like provisioning does. For packages only some runs need
+/// (kernel sources and build tools for `--build-kernel`, linux-modules-KVER for `--modules`).
+pub fn install_in_root(cache: &Path, root: &Root, pkgs: &[String]) -> Result<(), ProvisionError> {
+    if pkgs.is_empty() {
+        return Ok(());
+    }
+    let opts = ProvisionOptions {
+        cache: cache.to_path_buf(),
+        mirror: String::new(),
+        explicit: false,
+        refresh: false,
+        kernel: KernelChoice::Debian,
+        qemu: None,
+        extra_packages: Vec::new(),
+    };
+    let logs = cache.join("logs");
+    fs::create_dir_all(&logs).map_err(io_err(format!("create {}", logs.display())))?;
+    let _lock = lock_cache(cache)?;
+    let mut p = Provisioner {
+        opts: &opts,
+        root: root.clone(),
+        logs,
+        lists_updated: false,
+        host_apt_updated: false,
+        start: Instant::now(),
+    };
+    p.apt_update(false)?;
+    p.apt_install(pkgs)
 }
 
 impl Provisioner<'_> {
@@ -794,6 +828,8 @@ impl Provisioner<'_> {
                 kdir: format!("/usr/lib/modules/{kver}/build"),
                 cc: config.gcc_command(),
             },
+            module_tree: Some(self.root.host_path(&format!("/usr/lib/modules/{kver}"))),
+            initramfs_extra: Vec::new(),
         })
     }
 }

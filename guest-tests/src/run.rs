@@ -514,6 +514,7 @@ fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String
             Mode::Suite(_) => None,
         },
         env: vars,
+        extra: env.kernel.initramfs_extra.clone(),
     };
     let out = run_dir.join("initramfs.cpio.gz");
     let size = initramfs::write(&contents, &out)?;
