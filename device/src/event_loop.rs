@@ -527,6 +527,7 @@ impl Drop for SocketFile {
 /// Runs the server until its stop fd is readable (forever without one); returns the server, so
 /// callers (tests) can inspect the device.
 pub fn run(server: Server) -> Result<Server, ServeError> {
+    crate::log::set_thread_gpu(server.gpu().name());
     let mut em =
         EventManager::<Server>::new().map_err(|e| ServeError::EventManager(format!("{e:?}")))?;
     let id = em.add_subscriber(server);
