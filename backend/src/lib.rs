@@ -41,6 +41,6 @@ mod vram;
 pub use addr::{Iova, VramOffset};
 pub use dma_file::FileSlice;
 pub use dma_space::{DmaError, DmaPermissions, DmaSpace, DmaWindow, Segment, WindowBacking};
-pub use p2p::{BarDecode, Fabric, FabricError, FabricView, PeerId, PeerTraffic, Route};
+pub use p2p::{BarDecode, ClientId, Fabric, FabricError, FabricView, PeerId, PeerTraffic, Route};
 pub use shared_page::{SharedPage, PAGE_SIZE as SHARED_PAGE_SIZE};
 pub use vram::{Vram, VramError, VramOptions};

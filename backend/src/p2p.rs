@@ -15,6 +15,10 @@
 //! - A [`BarDecode`] is a size-aligned power-of-two range that does not wrap: `base + size` fits
 //!   in 64 bits (a BAR whose last byte is the last byte of the address space does not decode),
 //!   and `base != 0` (an unassigned BAR never decodes).
+//! - Routing connects only members served to the **same client** (the same QEMU process, told by
+//!   the device with [`Fabric::set_client`]): GPUs of one server attached to different VMs live in
+//!   different guest-physical address spaces, so one VM's bus address must never reach another
+//!   VM's VRAM. A member without a client is reachable by nobody and reaches nobody.
 //! - Decoding BARs of different members may overlap only if the guest programs them so; routing
 //!   then picks the member with the lowest [`PeerId`] (a misprogrammed bus is the guest's bug, the
 //!   server stays in bounds either way).
@@ -100,7 +104,13 @@ struct Member {
     name: String,
     vram: Arc<Vram>,
     bar: Option<BarDecode>,
+    client: Option<ClientId>,
 }
+
+/// Who a member is served to (e.g. the client process's pid): members route to each other only
+/// when it is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(pub u64);
 
 /// Bytes one member moved through the fabric to or from one member's VRAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +173,7 @@ impl Fabric {
             name: name.to_string(),
             vram,
             bar: None,
+            client: None,
         });
         Ok(PeerId(m.len() - 1))
     }
@@ -189,6 +200,14 @@ impl Fabric {
             }
         }
         member.bar = bar;
+        Ok(())
+    }
+
+    /// Sets the client `peer` is served to (`None`: no client). Waits for accesses in progress
+    /// (module documentation).
+    pub fn set_client(&self, peer: PeerId, client: Option<ClientId>) -> Result<(), FabricError> {
+        let mut m = self.members.write().unwrap_or_else(PoisonError::into_inner);
+        m.get_mut(peer.0).ok_or(FabricError::NoMember(peer))?.client = client;
         Ok(())
     }
 
@@ -273,11 +292,18 @@ pub struct FabricView<'a> {
 }
 
 impl FabricView<'_> {
-    /// Whose BAR holds bus address `addr`.
-    pub fn route(&self, addr: u64) -> Route {
+    /// Whose BAR holds bus address `addr`, for an access issued by member `from`: only members
+    /// served to the same client count.
+    pub fn route(&self, from: PeerId, addr: u64) -> Route {
         let mut next: Option<u64> = None;
+        let client = self.members.get(from.0).and_then(|m| m.client);
+        if client.is_none() {
+            return Route::Miss { next: None };
+        }
         for (i, m) in self.members.iter().enumerate() {
-            let Some(bar) = m.bar else { continue };
+            let Some(bar) = m.bar.filter(|_| m.client == client) else {
+                continue;
+            };
             if bar.contains(addr) {
                 // `addr - base < size <= VRAM size`: the offset is inside VRAM.
                 return Route::Peer {
@@ -310,7 +336,9 @@ impl FabricView<'_> {
 
     /// Any member's BAR decodes (a fast path can skip routing otherwise).
     pub fn any_decoding(&self) -> bool {
-        self.members.iter().any(|m| m.bar.is_some())
+        self.members
+            .iter()
+            .any(|m| m.bar.is_some() && m.client.is_some())
     }
 }
 
@@ -327,6 +355,8 @@ mod tests {
         let b = Arc::new(Vram::new(&VramOptions::memfd(4 * MIB)).unwrap());
         assert_eq!(f.join("gpu0", a.clone()).unwrap(), PeerId(0));
         assert_eq!(f.join("gpu1", b.clone()).unwrap(), PeerId(1));
+        f.set_client(PeerId(0), Some(ClientId(7))).unwrap();
+        f.set_client(PeerId(1), Some(ClientId(7))).unwrap();
         (f, a, b)
     }
 
@@ -348,7 +378,10 @@ mod tests {
     #[test]
     fn routes_inside_decoding_bars_only() {
         let (f, _, b) = two();
-        assert_eq!(f.view().route(0x1_0000_0000), Route::Miss { next: None });
+        assert_eq!(
+            f.view().route(PeerId(0), 0x1_0000_0000),
+            Route::Miss { next: None }
+        );
         f.set_bar(PeerId(1), BarDecode::new(0x2000_0000, 4 * MIB))
             .unwrap();
         f.set_bar(PeerId(0), BarDecode::new(0x1000_0000, 2 * MIB))
@@ -356,7 +389,7 @@ mod tests {
         let v = f.view();
         assert!(v.any_decoding());
         assert_eq!(
-            v.route(0x2000_0010),
+            v.route(PeerId(0), 0x2000_0010),
             Route::Peer {
                 peer: PeerId(1),
                 offset: VramOffset(0x10),
@@ -364,18 +397,18 @@ mod tests {
             }
         );
         assert_eq!(
-            v.route(0x0fff_ffff),
+            v.route(PeerId(0), 0x0fff_ffff),
             Route::Miss {
                 next: Some(0x1000_0000)
             }
         );
         assert_eq!(
-            v.route(0x1020_0000),
+            v.route(PeerId(0), 0x1020_0000),
             Route::Miss {
                 next: Some(0x2000_0000)
             }
         );
-        assert_eq!(v.route(0x2040_0000), Route::Miss { next: None });
+        assert_eq!(v.route(PeerId(0), 0x2040_0000), Route::Miss { next: None });
         v.slice(PeerId(1), VramOffset(0x10), 4)
             .unwrap()
             .copy_from(&[1u8, 2, 3, 4]);
@@ -388,7 +421,34 @@ mod tests {
         assert!(f.view().slice(PeerId(7), VramOffset(0), 4).is_err());
         // Memory Space off: nothing decodes.
         f.set_bar(PeerId(1), None).unwrap();
-        assert_eq!(f.view().route(0x2000_0010), Route::Miss { next: None });
+        assert_eq!(
+            f.view().route(PeerId(0), 0x2000_0010),
+            Route::Miss { next: None }
+        );
+    }
+
+    #[test]
+    fn routes_only_between_members_of_the_same_client() {
+        let (f, _, _) = two();
+        f.set_bar(PeerId(1), BarDecode::new(0x2000_0000, 4 * MIB))
+            .unwrap();
+        let hit = |from| f.view().route(from, 0x2000_0000);
+        assert!(matches!(hit(PeerId(0)), Route::Peer { .. }));
+        // gpu1 now serves another VM: its BAR address means nothing to gpu0's client.
+        f.set_client(PeerId(1), Some(ClientId(8))).unwrap();
+        assert_eq!(hit(PeerId(0)), Route::Miss { next: None });
+        assert!(
+            matches!(hit(PeerId(1)), Route::Peer { .. }),
+            "its own client"
+        );
+        // No client: neither reachable nor reaching.
+        f.set_client(PeerId(1), None).unwrap();
+        assert!(!f.view().any_decoding());
+        assert_eq!(hit(PeerId(1)), Route::Miss { next: None });
+        assert!(matches!(
+            f.set_client(PeerId(3), None),
+            Err(FabricError::NoMember(_))
+        ));
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
-    BarDecode, DmaError, DmaPermissions, DmaSpace, Fabric, FabricError, Iova, PeerId, SharedPage,
-    Vram, VramError, VramOffset, VramOptions, WindowBacking,
+    BarDecode, ClientId, DmaError, DmaPermissions, DmaSpace, Fabric, FabricError, Iova, PeerId,
+    SharedPage, Vram, VramError, VramOffset, VramOptions, WindowBacking,
 };
 use vugpu_protocol::backend::{
     irq_flags, region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping,
@@ -660,6 +660,12 @@ impl Gpu {
         BarDecode::new((hi << 32) | lo, self.pci.bar_size(2))
     }
 
+    /// A client connected: peer-to-peer routing connects this GPU only with GPUs served to the
+    /// same client (`client`, e.g. its pid; `None` if unknown: no peer routing), hw-spec §6.9.
+    pub fn client_connected(&mut self, client: Option<ClientId>) {
+        let _ = self.env.fabric().set_client(self.env.peer_id(), client);
+    }
+
     /// The GPU's name.
     pub fn name(&self) -> &str {
         self.env.name()
@@ -1080,6 +1086,7 @@ impl DeviceBackend for Gpu {
 
     fn client_disconnected(&mut self) {
         self.stats.disconnects += 1;
+        let _ = self.env.fabric().set_client(self.env.peer_id(), None);
         self.env.dma_mut().unmap_all();
         self.env.msix().clear_notifiers();
         self.err_notifier = None;
@@ -1090,6 +1097,7 @@ impl Drop for Gpu {
     fn drop(&mut self) {
         // The fabric keeps the VRAM; it must no longer route the BAR of a device that is gone.
         let _ = self.env.fabric().set_bar(self.env.peer_id(), None);
+        let _ = self.env.fabric().set_client(self.env.peer_id(), None);
     }
 }
 

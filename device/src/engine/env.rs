@@ -552,7 +552,7 @@ impl EngineEnv {
         let mut pieces = Vec::new();
         let mut cur = addr;
         while cur < end {
-            match fabric.route(cur) {
+            match fabric.route(self.me, cur) {
                 Route::Peer {
                     peer,
                     offset,
