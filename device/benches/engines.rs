@@ -178,6 +178,43 @@ fn p2p_copy(c: &mut Criterion) {
         }
     }
     g.finish();
+    // Criterion's means swing with the host's load (2 shared cores): the ratios come from
+    // interleaved runs instead, local / to peer / from peer one after the other, medians.
+    for (size, rounds) in [(64u64 << 10, 300), (1 << 20, 150), (16 << 20, 40)] {
+        let variants = [
+            (vram(0), vram(32 * MIB)),
+            (vram(0), sys(PEER_BAR + 32 * MIB)),
+            (sys(PEER_BAR), vram(32 * MIB)),
+        ];
+        let mut times: [Vec<Duration>; 3] = Default::default();
+        for _ in 0..rounds {
+            for (k, &(src, dst)) in variants.iter().enumerate() {
+                fence += 1;
+                let t = Instant::now();
+                r.submit(
+                    0,
+                    &[
+                        RawDescriptor::copy(src, dst, size),
+                        RawDescriptor::fence(sys(FENCE_AT), fence),
+                    ],
+                    Doorbell::Mmap,
+                );
+                wait_fence(&r, fence);
+                times[k].push(t.elapsed());
+            }
+        }
+        let gib_s = |v: &mut Vec<Duration>| {
+            v.sort();
+            size as f64 / v[v.len() / 2].as_secs_f64() / f64::from(1u32 << 30)
+        };
+        let [local, to, from] = times.each_mut().map(gib_s);
+        eprintln!(
+            "p2p interleaved {size} B x{rounds}: local VRAM->VRAM {local:.2} GiB/s, VRAM->peer \
+             {to:.2} GiB/s (ratio {:.2}), peer->VRAM {from:.2} GiB/s (ratio {:.2})",
+            to / local,
+            from / local
+        );
+    }
 }
 
 /// How a driver learns about completion: polling a FENCE in memory vs the MSI-X eventfd.
