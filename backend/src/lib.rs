@@ -1,6 +1,7 @@
 //! Where vugpu's bytes live: VRAM storage and the guest DMA address space.
 //!
-//! Two address spaces are modelled here, and nothing else (no message parsing, no device logic):
+//! Two address spaces and the routing between GPUs are modelled here, and nothing else (no message
+//! parsing, no device logic):
 //!
 //! - **VRAM** ([`Vram`]): the GPU's local memory. It is a shared file (an anonymous `memfd` by
 //!   default, or a file, e.g. on hugetlbfs) mapped `MAP_SHARED` into the server. The same file is
@@ -15,6 +16,9 @@
 //!   DMA_READ/DMA_WRITE messages, which is the device's business, not this crate's). Addresses are
 //!   typed ([`Iova`]). [`DmaSpace::resolve`] splits an access into per-window [`Segment`]s (direct
 //!   slices, file slices or message-only ranges) after checking all of it.
+//! - **Peer-to-peer routing** ([`Fabric`]): the GPUs served by one process, each with its VRAM
+//!   (shared) and where its VRAM BAR decodes on the bus; a device access to a bus address inside
+//!   a member's BAR reaches that member's VRAM directly ([`FabricView::route`]).
 //! - **Shared pages** ([`SharedPage`]): a page of a sealed memfd that the client mmaps as part of
 //!   a register BAR (the doorbell page); the device polls it with atomic loads.
 //!
@@ -28,6 +32,7 @@
 mod addr;
 mod dma_file;
 mod dma_space;
+mod p2p;
 mod shared_page;
 #[cfg(test)]
 mod test_fds;
@@ -36,5 +41,6 @@ mod vram;
 pub use addr::{Iova, VramOffset};
 pub use dma_file::FileSlice;
 pub use dma_space::{DmaError, DmaPermissions, DmaSpace, DmaWindow, Segment, WindowBacking};
+pub use p2p::{BarDecode, ClientId, Fabric, FabricError, FabricView, PeerId, PeerTraffic, Route};
 pub use shared_page::{SharedPage, PAGE_SIZE as SHARED_PAGE_SIZE};
 pub use vram::{Vram, VramError, VramOptions};

@@ -17,9 +17,23 @@ use crate::pci::dsn::serial_from;
 /// Options of `vugpu serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// UNIX socket to listen on (created; must not exist; its directory must exist).
-    #[arg(long, value_name = "PATH")]
-    pub socket: PathBuf,
+    /// UNIX socket to listen on (created; must not exist; its directory must exist). Repeat it
+    /// to serve several GPUs in this process, peers of each other (gpu0 on the first socket,
+    /// gpu1 on the second, ...); every other option applies to each GPU.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "socket_dir",
+        conflicts_with = "socket_dir"
+    )]
+    pub socket: Vec<PathBuf>,
+    /// Serve --gpus GPUs on DIR/gpu0.sock, DIR/gpu1.sock, ... (instead of --socket).
+    #[arg(long, value_name = "DIR", requires = "gpus")]
+    pub socket_dir: Option<PathBuf>,
+    /// Number of GPUs with --socket-dir (1-16).
+    #[arg(long, value_name = "N", requires = "socket_dir",
+          value_parser = clap::value_parser!(u16).range(1..=MAX_GPUS as i64))]
+    pub gpus: Option<u16>,
     /// VRAM size and VRAM BAR (BAR2) size: a power of two >= 1M, with suffix K, M, G or T
     /// (e.g. 256M, 16G). Untouched VRAM uses no memory.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_vram_size)]
@@ -85,6 +99,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: Level,
 }
+
+/// Most GPUs one process serves.
+pub const MAX_GPUS: usize = 16;
 
 /// `--dma-layout` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -228,8 +245,57 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
 }
 
 impl ServeArgs {
-    /// The device configuration these options describe.
+    /// The sockets to serve, one per GPU (gpu0 first).
+    pub fn sockets(&self) -> Vec<PathBuf> {
+        match (&self.socket_dir, self.gpus) {
+            (Some(dir), Some(n)) => (0..n).map(|i| dir.join(format!("gpu{i}.sock"))).collect(),
+            _ => self.socket.clone(),
+        }
+    }
+
+    /// The configuration of every GPU these options describe (named `gpu0`, `gpu1`, ... in socket
+    /// order). Each GPU's serial number is derived from its socket path, or `--serial` + index.
+    pub fn gpu_configs(&self) -> Result<Vec<GpuConfig>, String> {
+        if self.gpus.is_some() != self.socket_dir.is_some() {
+            return Err("--gpus and --socket-dir go together".into());
+        }
+        let sockets = self.sockets();
+        if sockets.is_empty() || sockets.len() > MAX_GPUS {
+            return Err(format!("serve 1 to {MAX_GPUS} GPUs, not {}", sockets.len()));
+        }
+        if sockets.len() > 1 && self.vram_file.is_some() {
+            return Err(
+                "--vram-file backs one GPU's VRAM; it cannot be used with several GPUs".into(),
+            );
+        }
+        for (i, a) in sockets.iter().enumerate() {
+            if sockets[..i].contains(a) {
+                return Err(format!("socket {} given twice", a.display()));
+            }
+        }
+        sockets
+            .iter()
+            .enumerate()
+            .map(|(i, socket)| {
+                let mut cfg = self.gpu_config_for(socket)?;
+                cfg.name = format!("gpu{i}");
+                if let Some(serial) = self.serial {
+                    cfg.serial = serial.wrapping_add(i as u64);
+                }
+                Ok(cfg)
+            })
+            .collect()
+    }
+
+    /// The configuration of the first GPU (the only one with a single `--socket`).
     pub fn gpu_config(&self) -> Result<GpuConfig, String> {
+        self.gpu_configs()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no socket".to_string())
+    }
+
+    fn gpu_config_for(&self, socket: &Path) -> Result<GpuConfig, String> {
         let mut cfg = GpuConfig::new(self.vram);
         cfg.vram.file = self.vram_file.clone();
         cfg.msix_vectors = self.msix_vectors;
@@ -239,7 +305,7 @@ impl ServeArgs {
         cfg.identity.subsystem_id = self.subsystem_id;
         cfg.serial = self
             .serial
-            .unwrap_or_else(|| serial_from(&self.socket.to_string_lossy()));
+            .unwrap_or_else(|| serial_from(&socket.to_string_lossy()));
         let mut inject = Injections::default();
         for f in &self.inject {
             match *f {
@@ -448,6 +514,66 @@ mod tests {
         assert_eq!(DmaLayout::from(t.a.dma_layout), DmaLayout::Qemu);
         assert_eq!(t.a.gpu_config().unwrap().engine_timing.spin, Duration::ZERO);
         assert!(T::try_parse_from(["t", "--socket", "s", "--vram", "3M"]).is_err());
+    }
+
+    #[test]
+    fn several_gpus() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ServeArgs,
+        }
+        let t = T::try_parse_from(["t", "--socket", "/r/a.sock", "--socket", "/r/b.sock"]).unwrap();
+        let cfgs = t.a.gpu_configs().unwrap();
+        assert_eq!(
+            t.a.sockets(),
+            [Path::new("/r/a.sock"), Path::new("/r/b.sock")]
+        );
+        assert_eq!(
+            (cfgs[0].name.as_str(), cfgs[1].name.as_str()),
+            ("gpu0", "gpu1")
+        );
+        assert_eq!(cfgs[1].serial, serial_from("/r/b.sock"));
+        assert_ne!(cfgs[0].serial, cfgs[1].serial);
+        let t = T::try_parse_from([
+            "t",
+            "--socket-dir",
+            "/r",
+            "--gpus",
+            "3",
+            "--serial",
+            "100",
+            "--vram",
+            "1G",
+        ])
+        .unwrap();
+        assert_eq!(t.a.sockets()[2], Path::new("/r/gpu2.sock"));
+        let cfgs = t.a.gpu_configs().unwrap();
+        assert_eq!(cfgs.len(), 3);
+        assert_eq!(cfgs[2].serial, 102, "--serial + index");
+        assert!(
+            cfgs.iter().all(|c| c.vram.size == 1 << 30),
+            "options apply to every GPU"
+        );
+        // Exactly one way to name sockets; --gpus needs --socket-dir.
+        assert!(T::try_parse_from(["t"]).is_err());
+        assert!(
+            T::try_parse_from(["t", "--socket", "a", "--socket-dir", "/r", "--gpus", "2"]).is_err()
+        );
+        assert!(T::try_parse_from(["t", "--socket-dir", "/r"]).is_err());
+        assert!(T::try_parse_from(["t", "--socket", "a", "--gpus", "2"])
+            .map_err(|e| e.to_string())
+            .and_then(|t| t.a.gpu_configs())
+            .is_err());
+        assert!(T::try_parse_from(["t", "--socket-dir", "/r", "--gpus", "0"]).is_err());
+        assert!(T::try_parse_from(["t", "--socket-dir", "/r", "--gpus", "17"]).is_err());
+        // One VRAM file cannot back two GPUs; a socket cannot serve two.
+        let t = T::try_parse_from(["t", "--socket", "a", "--socket", "b", "--vram-file", "/f"])
+            .unwrap();
+        assert!(t.a.gpu_configs().unwrap_err().contains("--vram-file"));
+        let t = T::try_parse_from(["t", "--socket", "a", "--socket", "a"]).unwrap();
+        assert!(t.a.gpu_configs().unwrap_err().contains("twice"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::engine::{EngineMonitor, EngineReport};
+use crate::engine::{EngineMonitor, EngineReport, P2pReport};
 use crate::log::Level;
 
 /// Longest request line accepted.
@@ -42,12 +42,14 @@ struct DeviceReport {
     vectors: usize,
     irqs_sent: u64,
     bus_master: bool,
+    name: String,
 }
 
 #[derive(Debug, Serialize)]
 struct StatsReply {
     engines: Vec<EngineReport>,
     device: DeviceReport,
+    p2p: Vec<P2pReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,12 +64,14 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
             let engines = monitor.report();
             serde_json::to_string(&StatsReply {
                 device: DeviceReport {
+                    name: monitor.name().to_string(),
                     engines: engines.len(),
                     vectors: monitor.vectors(),
                     irqs_sent: monitor.irqs_sent(),
                     bus_master: monitor.bus_master(),
                 },
                 engines,
+                p2p: monitor.p2p(),
             })
         }
         _ => serde_json::to_string(&ErrorReply {
@@ -137,7 +141,10 @@ impl CtlServer {
         };
         let thread = std::thread::Builder::new()
             .name("vugpu-ctl".into())
-            .spawn(move || serve(&listener, &theirs, &monitor));
+            .spawn(move || {
+                crate::log::set_thread_gpu(monitor.name());
+                serve(&listener, &theirs, &monitor);
+            });
         match thread {
             Ok(t) => Ok(CtlServer {
                 path: path.to_path_buf(),

@@ -26,6 +26,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use vugpu_backend::ClientId;
 use vugpu_protocol::backend::DeviceBackend;
 use vugpu_protocol::{DmaLayout, ProtocolError, ServerConfig, Session, Status};
 
@@ -188,6 +189,7 @@ impl Server {
                 crate::log!(Level::Warn, "cannot configure client socket: {e}");
                 continue;
             }
+            let client = peer_pid(&stream);
             let mut session = Session::new(stream, self.config.clone());
             session.set_dma_layout(self.dma_layout);
             if let Err(e) = ops.add(Events::with_data(
@@ -199,7 +201,14 @@ impl Server {
                 continue;
             }
             self.stats.clients += 1;
-            crate::log!(Level::Info, "client {} connected", self.stats.clients);
+            self.gpu
+                .client_connected(client.map(|pid| ClientId(u64::from(pid))));
+            crate::log!(
+                Level::Info,
+                "client {} connected (pid {})",
+                self.stats.clients,
+                client.map_or_else(|| "unknown".to_string(), |p| p.to_string())
+            );
             self.session = Some(session);
         }
     }
@@ -464,6 +473,26 @@ impl Server {
     }
 }
 
+/// The pid of the process at the other end of a UNIX stream (SO_PEERCRED), which identifies the
+/// client for peer-to-peer routing (hw-spec §6.9).
+fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    // SAFETY: ucred is plain data; all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes for the duration of the call and `len` holds
+    // the size of `cred`; the fd is owned by `stream`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then(|| cred.pid.unsigned_abs())
+}
+
 /// Blocks SIGINT and SIGTERM for this thread (and threads it spawns later) and returns a
 /// signalfd that reports them. Call before spawning threads.
 pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
@@ -527,6 +556,7 @@ impl Drop for SocketFile {
 /// Runs the server until its stop fd is readable (forever without one); returns the server, so
 /// callers (tests) can inspect the device.
 pub fn run(server: Server) -> Result<Server, ServeError> {
+    crate::log::set_thread_gpu(server.gpu().name());
     let mut em =
         EventManager::<Server>::new().map_err(|e| ServeError::EventManager(format!("{e:?}")))?;
     let id = em.add_subscriber(server);

@@ -23,8 +23,8 @@ use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
-    DmaError, DmaPermissions, DmaSpace, Iova, SharedPage, Vram, VramError, VramOffset, VramOptions,
-    WindowBacking,
+    BarDecode, ClientId, DmaError, DmaPermissions, DmaSpace, Fabric, FabricError, Iova, PeerId,
+    SharedPage, Vram, VramError, VramOffset, VramOptions, WindowBacking,
 };
 use vugpu_protocol::backend::{
     irq_flags, region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping,
@@ -70,6 +70,8 @@ pub const DEFAULT_ENGINES: usize = 4;
 pub const BAR0_SIZE: u64 = 16 << 20;
 /// Config space region size.
 pub const CONFIG_SIZE: u64 = 4096;
+/// Config-space offset of BAR2 (low dword; the high dword follows).
+const BAR2_OFFSET: u16 = 0x18;
 /// End of the PBA window in BAR0.
 pub const MSIX_PBA_END: u64 = MSIX_PBA_OFFSET as u64 + 0x1000;
 
@@ -135,6 +137,8 @@ pub struct Injections {
 /// How to build a [`Gpu`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuConfig {
+    /// Name in logs, the trace, statistics and the fabric (`gpu0`, `gpu1`, ...).
+    pub name: String,
     /// VRAM size and backing.
     pub vram: VramOptions,
     /// Number of MSI-X vectors (1..=2048).
@@ -159,6 +163,7 @@ impl GpuConfig {
     /// Defaults of hw-spec §1 with `vram_size` bytes of memfd VRAM.
     pub fn new(vram_size: u64) -> Self {
         GpuConfig {
+            name: "gpu0".to_string(),
             vram: VramOptions::memfd(vram_size),
             msix_vectors: DEFAULT_MSIX_VECTORS,
             identity: PciIdentity {
@@ -222,6 +227,9 @@ pub enum GpuError {
     /// Engine threads or their event fd could not be created.
     #[error("cannot start the DMA engines: {0}")]
     Engines(#[source] std::io::Error),
+    /// The GPU could not join the fabric.
+    #[error(transparent)]
+    Fabric(#[from] FabricError),
     /// The trace file could not be opened.
     #[error("cannot open trace file {path}: {source}")]
     Trace {
@@ -275,10 +283,10 @@ struct RegCtx<'a> {
 
 impl RegisterContext for RegCtx<'_> {
     fn vram_read_u32(&mut self, offset: u64) -> Option<u32> {
-        self.env.vram().read_u32(VramOffset(offset)).ok()
+        self.env.vram_read_u32(offset)
     }
     fn vram_write_u32(&mut self, offset: u64, value: u32) -> bool {
-        self.env.vram().write_u32(VramOffset(offset), value).is_ok()
+        self.env.vram_write_u32(offset, value)
     }
     fn signal(&mut self, vector: u32) {
         self.env.msix().signal(vector as usize, self.ctl);
@@ -370,8 +378,15 @@ fn invalid(msg: impl Into<String>) -> BackendError {
 }
 
 impl Gpu {
-    /// Builds the device in its power-on state.
+    /// Builds the device in its power-on state, alone in a fabric of its own (its own BAR is
+    /// still routed, hw-spec §6.9).
     pub fn new(config: &GpuConfig) -> Result<Self, GpuError> {
+        Self::in_fabric(config, &Fabric::new(1))
+    }
+
+    /// Builds the device in its power-on state as a member of `fabric`: DMA to the bus address
+    /// of another member's VRAM BAR reaches that member's VRAM directly (hw-spec §6.9).
+    pub fn in_fabric(config: &GpuConfig, fabric: &Arc<Fabric>) -> Result<Self, GpuError> {
         let vectors = config.msix_vectors;
         let msix_cap = MsixCap::new(vectors).ok_or(GpuError::BadVectors(vectors))?;
         for &dead in &config.inject.msix_dead {
@@ -399,7 +414,7 @@ impl Gpu {
                 vectors,
             });
         }
-        let vram = Vram::new(&config.vram)?;
+        let vram = Arc::new(Vram::new(&config.vram)?);
         let rebar = ResizableBar::new(2, vram.size()).ok_or(GpuError::VramSize(vram.size()))?;
         let bars = vec![
             Bar::new(
@@ -446,8 +461,12 @@ impl Gpu {
             vram_size: vram.size(),
             engines: config.engines as u32,
         });
+        let me = fabric.join(&config.name, vram.clone())?;
         let (env, msg_rx) = EngineEnv::new(EnvParts {
             vram,
+            fabric: fabric.clone(),
+            me,
+            name: config.name.clone(),
             doorbell,
             msix: Msix::new(vectors, &config.inject.msix_dead),
             dev_ctl: pcie::device_control(pci.config(), cap_offset::PCIE),
@@ -633,11 +652,45 @@ impl Gpu {
     }
 
     /// Copies Device Control, Command and the MSI-X control bits to where the engines read
-    /// them.
+    /// them, and tells the fabric where BAR2 decodes now.
     fn mirror_config(&self) {
         self.env.set_device_control(self.device_control());
         self.env.set_command(self.pci.command());
         self.env.set_msix_control(self.msix_control());
+        // Never larger than VRAM (Resizable BAR offers only sizes up to it): cannot fail.
+        let _ = self
+            .env
+            .fabric()
+            .set_bar(self.env.peer_id(), self.bar2_decode());
+    }
+
+    /// Where BAR2 decodes on the bus: its programmed address and current (resized) size while
+    /// Memory Space Enable is set; `None` while it is clear, the BAR is unassigned (address 0)
+    /// or its last byte would be the last byte of the 64-bit space (hw-spec §6.9).
+    pub fn bar2_decode(&self) -> Option<BarDecode> {
+        if self.pci.command() & function::COMMAND_MEMORY == 0 {
+            return None;
+        }
+        let cs = self.pci.config();
+        let lo = u64::from(cs.get_u32(BAR2_OFFSET) & !0xf);
+        let hi = u64::from(cs.get_u32(BAR2_OFFSET + 4));
+        BarDecode::new((hi << 32) | lo, self.pci.bar_size(2))
+    }
+
+    /// A client connected: peer-to-peer routing connects this GPU only with GPUs served to the
+    /// same client (`client`, e.g. its pid; `None` if unknown: no peer routing), hw-spec §6.9.
+    pub fn client_connected(&mut self, client: Option<ClientId>) {
+        let _ = self.env.fabric().set_client(self.env.peer_id(), client);
+    }
+
+    /// The GPU's name.
+    pub fn name(&self) -> &str {
+        self.env.name()
+    }
+
+    /// This GPU in its fabric.
+    pub fn peer_id(&self) -> PeerId {
+        self.env.peer_id()
     }
 
     /// Function Level Reset / DEVICE_RESET: power-on state; VRAM, DMA maps and client fds kept.
@@ -1058,9 +1111,18 @@ impl DeviceBackend for Gpu {
 
     fn client_disconnected(&mut self) {
         self.stats.disconnects += 1;
+        let _ = self.env.fabric().set_client(self.env.peer_id(), None);
         self.env.dma_mut().unmap_all();
         self.env.msix().clear_notifiers();
         self.err_notifier = None;
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // The fabric keeps the VRAM; it must no longer route the BAR of a device that is gone.
+        let _ = self.env.fabric().set_bar(self.env.peer_id(), None);
+        let _ = self.env.fabric().set_client(self.env.peer_id(), None);
     }
 }
 

@@ -17,3 +17,4 @@ pub mod msix;
 pub mod pci;
 pub mod probe;
 pub mod regs;
+pub mod serve;

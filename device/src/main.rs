@@ -4,12 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vugpu_device::config::{check_socket_path, qemu_device_arg, ServeArgs};
-use vugpu_device::ctl::{ctl_path, request, CtlServer};
-use vugpu_device::event_loop::{self, Server, SocketFile};
-use vugpu_device::gpu::Gpu;
-use vugpu_device::log::{self, Level};
-use vugpu_protocol::ServerConfig;
+use vugpu_device::config::{qemu_device_arg, ServeArgs};
+use vugpu_device::ctl::{ctl_path, request};
+use vugpu_device::event_loop;
+use vugpu_device::log;
+use vugpu_device::serve::ServePlan;
 
 /// vugpu: an out-of-process PCIe GPU model that speaks vfio-user, for QEMU's vfio-user-pci.
 #[derive(Debug, Parser)]
@@ -21,8 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve one GPU on a vfio-user UNIX socket until SIGINT/SIGTERM. Clients are served one at a
-    /// time; a client that disconnects (or misbehaves) is dropped and the next one is accepted.
+    /// Serve one GPU per vfio-user UNIX socket until SIGINT/SIGTERM; several GPUs in one process
+    /// are peers (DMA to a peer's VRAM BAR goes straight to its VRAM). Each socket serves one
+    /// client at a time; a client that disconnects (or misbehaves) is dropped and the next one is
+    /// accepted.
     Serve(ServeArgs),
     /// Connect to a running server as a client and print the device it exposes: protocol
     /// capabilities, device info, regions, IRQs and the decoded config space.
@@ -48,35 +49,18 @@ enum Command {
 fn serve(args: &ServeArgs) -> Result<(), String> {
     log::set_level(args.log_level);
     log::start_clock();
-    let cfg = args.gpu_config()?;
-    check_socket_path(&args.socket)?;
+    let plan = ServePlan {
+        gpus: args
+            .gpu_configs()?
+            .into_iter()
+            .zip(args.sockets())
+            .collect(),
+        dma_layout: args.dma_layout.into(),
+    };
     // Before any thread exists, so every thread keeps the signals blocked.
     let signals = event_loop::shutdown_signalfd()
         .map_err(|e| event_loop::ServeError::Signals(e).to_string())?;
-    let gpu = Gpu::new(&cfg).map_err(|e| e.to_string())?;
-    let _ctl = CtlServer::start(&ctl_path(&args.socket), gpu.engine_monitor())
-        .map_err(|e| e.to_string())?;
-    let (listener, _guard) = SocketFile::bind(&args.socket).map_err(|e| e.to_string())?;
-    let mut server = Server::new(listener, gpu, ServerConfig::default(), Some(signals))
-        .map_err(|e| e.to_string())?;
-    server.set_dma_layout(args.dma_layout.into());
-    vugpu_device::log!(
-        Level::Info,
-        "serving {:04x}:{:04x} with {} MiB VRAM, {} MSI-X vectors, {} DMA engines on {}",
-        cfg.identity.vendor_id,
-        cfg.identity.device_id,
-        cfg.vram.size >> 20,
-        cfg.msix_vectors,
-        cfg.engines,
-        args.socket.display()
-    );
-    let server = event_loop::run(server).map_err(|e| e.to_string())?;
-    vugpu_device::log!(
-        Level::Info,
-        "stopped after {} clients",
-        server.stats().clients
-    );
-    Ok(())
+    vugpu_device::serve::serve(&plan, signals)
 }
 
 fn main() -> ExitCode {

@@ -28,10 +28,11 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use vm_memory::VolatileSlice;
+use vm_memory::{Bytes, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
-    DmaError, DmaSpace, FileSlice, Iova, Segment, SharedPage, Vram, VramError, VramOffset,
+    DmaError, DmaSpace, Fabric, FabricView, FileSlice, Iova, PeerId, Route, Segment, SharedPage,
+    Vram, VramError, VramOffset,
 };
 
 use super::desc::{Addr, Aperture};
@@ -108,6 +109,18 @@ pub struct MemFault {
 pub struct Reach {
     /// At least one part went through DMA messages.
     pub msg: bool,
+    /// A part was a GPU's VRAM reached through its BAR's bus address (the first such GPU).
+    pub peer: Option<PeerId>,
+}
+
+impl Reach {
+    /// Both reaches together.
+    pub fn merge(self, other: Reach) -> Reach {
+        Reach {
+            msg: self.msg || other.msg,
+            peer: self.peer.or(other.peer),
+        }
+    }
 }
 
 /// One DMA message an engine asks the event loop to perform.
@@ -174,7 +187,10 @@ pub struct FaultReport {
 #[derive(Debug)]
 pub struct EngineEnv {
     dma: RwLock<DmaSpace>,
-    vram: Vram,
+    vram: Arc<Vram>,
+    fabric: Arc<Fabric>,
+    me: PeerId,
+    name: String,
     doorbell: SharedPage,
     msix: Mutex<Msix>,
     msix_ctl: AtomicU8,
@@ -197,8 +213,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The parts of an [`EngineEnv`].
 #[derive(Debug)]
 pub struct EnvParts {
-    /// VRAM.
-    pub vram: Vram,
+    /// VRAM (shared with the fabric).
+    pub vram: Arc<Vram>,
+    /// The fabric this GPU is a member of.
+    pub fabric: Arc<Fabric>,
+    /// This GPU in the fabric.
+    pub me: PeerId,
+    /// The GPU's name (logs, trace, statistics).
+    pub name: String,
     /// Doorbell page.
     pub doorbell: SharedPage,
     /// MSI-X state.
@@ -213,22 +235,38 @@ pub struct EnvParts {
     pub timing: PollTiming,
 }
 
-/// One piece of an access: direct bytes, a part of a file-accessed window, or a message-only
-/// range.
+/// One piece of an access (what the translation seam, [`EngineEnv::resolve`], hands out):
+/// direct bytes (a mapped guest RAM window, this GPU's VRAM through its aperture, or a member
+/// of the fabric's VRAM through its BAR: `peer`), a part of a file-accessed window, or a
+/// message-only range.
 enum Piece<'a> {
-    Slice(VolatileSlice<'a, ()>),
+    Slice {
+        slice: VolatileSlice<'a, ()>,
+        peer: Option<PeerId>,
+    },
     File(FileSlice<'a>),
-    Msg { iova: u64, len: u64 },
+    Msg {
+        iova: u64,
+        len: u64,
+    },
 }
 
 impl Piece<'_> {
     fn len(&self) -> u64 {
         match self {
-            Piece::Slice(s) => s.len() as u64,
+            Piece::Slice { slice, .. } => slice.len() as u64,
             Piece::File(f) => f.len(),
             Piece::Msg { len, .. } => *len,
         }
     }
+}
+
+/// What an access holds while it uses its pieces: the DMA space and the fabric's member table,
+/// read-locked (so DMA_UNMAP, a BAR move and a Memory Space Enable change wait for it). Lock
+/// order: DMA space, then fabric.
+struct Held<'a> {
+    dma: Option<RwLockReadGuard<'a, DmaSpace>>,
+    fabric: Option<FabricView<'a>>,
 }
 
 fn fault(kind: FaultKind, aperture: Aperture, addr: u64, write: bool) -> MemFault {
@@ -267,6 +305,9 @@ impl EngineEnv {
         let env = EngineEnv {
             dma: RwLock::new(DmaSpace::new()),
             vram: parts.vram,
+            fabric: parts.fabric,
+            me: parts.me,
+            name: parts.name,
             doorbell: parts.doorbell,
             msix: Mutex::new(parts.msix),
             msix_ctl: AtomicU8::new(0),
@@ -424,17 +465,56 @@ impl EngineEnv {
     pub fn trace_line(&self, line: std::fmt::Arguments<'_>) {
         if let Some(t) = &self.trace {
             let mut w = lock(t);
-            let _ = writeln!(w, "{} {line}", self.clock_ns());
+            let _ = writeln!(w, "{} gpu={} {line}", self.clock_ns(), self.name);
         }
     }
 
-    fn pieces<'a>(
-        &'a self,
-        dma: Option<&'a DmaSpace>,
+    /// The GPU's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The fabric this GPU belongs to.
+    pub fn fabric(&self) -> &Arc<Fabric> {
+        &self.fabric
+    }
+
+    /// This GPU in the fabric.
+    pub fn peer_id(&self) -> PeerId {
+        self.me
+    }
+
+    /// Takes what an access of these apertures needs (nothing for VRAM alone).
+    fn hold(&self, sys: bool) -> Held<'_> {
+        if sys {
+            Held {
+                dma: Some(self.dma()),
+                fabric: Some(self.fabric.view()),
+            }
+        } else {
+            Held {
+                dma: None,
+                fabric: None,
+            }
+        }
+    }
+
+    /// The translation seam: every memory access the device makes resolves `[at, at + len)`
+    /// here into pieces it may touch, after checking all of it (hw-spec §6.1, §6.9).
+    ///
+    /// - VRAM aperture: this GPU's VRAM (`VRAM_RANGE` past its end).
+    /// - SYS aperture (a bus address): first the fabric (a GPU's VRAM BAR that decodes, this
+    ///   GPU's own included, wins over any DMA_MAP window, fd-less ones included), then the
+    ///   client's DMA_MAP windows (mapped, file-accessed or message-only, with their
+    ///   permissions). Bytes outside both are a bus error (`SYS_UNMAPPED` at the first such
+    ///   byte), as before peers existed.
+    fn resolve<'h>(
+        &'h self,
+        held: &'h Held<'h>,
         at: Addr,
         len: u64,
         write: bool,
-    ) -> Result<Vec<Piece<'a>>, MemFault> {
+    ) -> Result<Vec<Piece<'h>>, MemFault> {
         match at.aperture {
             Aperture::Vram => {
                 let slice = self
@@ -447,35 +527,79 @@ impl EngineEnv {
                         };
                         fault(FaultKind::VramRange, Aperture::Vram, addr, write)
                     })?;
-                Ok(vec![Piece::Slice(slice)])
+                Ok(vec![Piece::Slice { slice, peer: None }])
             }
-            Aperture::Sys => {
-                let Some(dma) = dma else {
-                    return Err(fault(FaultKind::SysUnmapped, Aperture::Sys, at.addr, write));
-                };
-                let segs = dma
-                    .resolve(Iova(at.addr), len, write)
-                    .map_err(|e| sys_fault(&e, at.addr, write))?;
-                Ok(segs
-                    .into_iter()
-                    .map(|s| match s {
-                        Segment::Mapped { slice, .. } => Piece::Slice(slice),
-                        Segment::File { slice, .. } => Piece::File(slice),
-                        Segment::Message { iova, len } => Piece::Msg {
-                            iova: iova.raw(),
-                            len,
-                        },
-                    })
-                    .collect())
-            }
+            Aperture::Sys => self.resolve_bus(held, at.addr, len, write),
         }
     }
 
-    fn dma_if(&self, sys: bool) -> Option<RwLockReadGuard<'_, DmaSpace>> {
-        sys.then(|| self.dma())
+    fn resolve_bus<'h>(
+        &'h self,
+        held: &'h Held<'h>,
+        addr: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<Piece<'h>>, MemFault> {
+        let unmapped = |at: u64| fault(FaultKind::SysUnmapped, Aperture::Sys, at, write);
+        let (Some(dma), Some(fabric)) = (held.dma.as_deref(), held.fabric.as_ref()) else {
+            return Err(unmapped(addr));
+        };
+        if !fabric.any_decoding() {
+            // The common case: no GPU BAR decodes; only the DMA_MAP windows.
+            return dma_pieces(dma, addr, len, write);
+        }
+        let end = addr.checked_add(len).ok_or_else(|| unmapped(addr))?;
+        let mut pieces = Vec::new();
+        let mut cur = addr;
+        while cur < end {
+            match fabric.route(self.me, cur) {
+                Route::Peer {
+                    peer,
+                    offset,
+                    avail,
+                } => {
+                    let n = avail.min(end - cur);
+                    // In bounds: the fabric never lets a BAR decode more than its VRAM.
+                    let slice = fabric
+                        .slice(peer, offset, usize_of(n))
+                        .map_err(|_| unmapped(cur))?;
+                    pieces.push(Piece::Slice {
+                        slice,
+                        peer: Some(peer),
+                    });
+                    cur += n;
+                }
+                Route::Miss { next } => {
+                    let stop = next.map_or(end, |n| n.min(end));
+                    pieces.extend(dma_pieces(dma, cur, stop - cur, write)?);
+                    cur = stop;
+                }
+            }
+        }
+        Ok(pieces)
     }
 
-    /// Reads `buf.len()` bytes at `at` (descriptor fetches, bounce buffers).
+    /// How `pieces` reached memory; counts the bytes that went through the fabric.
+    fn account(&self, pieces: &[Piece<'_>], write: bool) -> Reach {
+        let mut reach = Reach::default();
+        for p in pieces {
+            match p {
+                Piece::Msg { .. } => reach.msg = true,
+                Piece::Slice {
+                    slice,
+                    peer: Some(peer),
+                } => {
+                    reach.peer = reach.peer.or(Some(*peer));
+                    self.fabric
+                        .record(self.me, *peer, write, slice.len() as u64);
+                }
+                Piece::Slice { peer: None, .. } | Piece::File(_) => {}
+            }
+        }
+        reach
+    }
+
+    /// Reads `buf.len()` bytes at `at` (descriptor fetches, bounce buffers, the VRAM window).
     pub fn read_bytes(
         &self,
         at: Addr,
@@ -483,11 +607,11 @@ impl EngineEnv {
         abort: &AtomicBool,
     ) -> Result<Reach, MemFault> {
         let mut msgs = Vec::new();
-        {
-            let guard = self.dma_if(at.aperture == Aperture::Sys);
-            let pieces = self.pieces(guard.as_deref(), at, buf.len() as u64, false)?;
+        let reach = {
+            let held = self.hold(at.aperture == Aperture::Sys);
+            let pieces = self.resolve(&held, at, buf.len() as u64, false)?;
             let mut off = 0usize;
-            for p in pieces {
+            for p in &pieces {
                 let n = usize_of(p.len());
                 let dst = buf.get_mut(off..off + n).ok_or(fault(
                     FaultKind::SysUnmapped,
@@ -496,17 +620,15 @@ impl EngineEnv {
                     false,
                 ))?;
                 match p {
-                    Piece::Slice(s) => {
-                        s.copy_to(dst);
+                    Piece::Slice { slice, .. } => {
+                        slice.copy_to(dst);
                     }
                     Piece::File(f) => f.read(0, dst).map_err(|e| sys_fault(&e, at.addr, false))?,
-                    Piece::Msg { iova, .. } => msgs.push((iova, off, n)),
+                    Piece::Msg { iova, .. } => msgs.push((*iova, off, n)),
                 }
                 off += n;
             }
-        }
-        let reach = Reach {
-            msg: !msgs.is_empty(),
+            self.account(&pieces, false)
         };
         for (iova, off, n) in msgs {
             let dst = buf.get_mut(off..off + n).ok_or(fault(
@@ -528,11 +650,11 @@ impl EngineEnv {
         abort: &AtomicBool,
     ) -> Result<Reach, MemFault> {
         let mut msgs = Vec::new();
-        {
-            let guard = self.dma_if(at.aperture == Aperture::Sys);
-            let pieces = self.pieces(guard.as_deref(), at, data.len() as u64, true)?;
+        let reach = {
+            let held = self.hold(at.aperture == Aperture::Sys);
+            let pieces = self.resolve(&held, at, data.len() as u64, true)?;
             let mut off = 0usize;
-            for p in pieces {
+            for p in &pieces {
                 let n = usize_of(p.len());
                 let src = data.get(off..off + n).ok_or(fault(
                     FaultKind::SysUnmapped,
@@ -541,17 +663,15 @@ impl EngineEnv {
                     true,
                 ))?;
                 match p {
-                    Piece::Slice(s) => {
-                        s.copy_from(src);
+                    Piece::Slice { slice, .. } => {
+                        slice.copy_from(src);
                     }
                     Piece::File(f) => f.write(0, src).map_err(|e| sys_fault(&e, at.addr, true))?,
-                    Piece::Msg { iova, .. } => msgs.push((iova, off, n)),
+                    Piece::Msg { iova, .. } => msgs.push((*iova, off, n)),
                 }
                 off += n;
             }
-        }
-        let reach = Reach {
-            msg: !msgs.is_empty(),
+            self.account(&pieces, true)
         };
         for (iova, off, n) in msgs {
             let src = data.get(off..off + n).ok_or(fault(
@@ -566,8 +686,9 @@ impl EngineEnv {
     }
 
     /// Copies one chunk (`len <= CHUNK`) from `src` to `dst`. Both ranges are checked before a
-    /// byte moves; directly mapped memory is copied without a bounce buffer while the DMA space
-    /// is held for reading. Returns how each side was reached.
+    /// byte moves; directly reachable memory (mapped windows, this GPU's and peers' VRAM) is
+    /// copied without a bounce buffer while the DMA space and the fabric are held for reading.
+    /// Returns how each side was reached.
     ///
     /// A chunk touching a file-accessed window bounces through a buffer: all of `src` is read
     /// first, so a source file the client shrank fails the chunk before anything is written.
@@ -579,16 +700,16 @@ impl EngineEnv {
         abort: &AtomicBool,
     ) -> Result<(Reach, Reach), MemFault> {
         {
-            let guard = self.dma_if(src.aperture == Aperture::Sys || dst.aperture == Aperture::Sys);
-            let sp = self.pieces(guard.as_deref(), src, len, false)?;
-            let dp = self.pieces(guard.as_deref(), dst, len, true)?;
+            let held = self.hold(src.aperture == Aperture::Sys || dst.aperture == Aperture::Sys);
+            let sp = self.resolve(&held, src, len, false)?;
+            let dp = self.resolve(&held, dst, len, true)?;
             let direct = sp
                 .iter()
                 .chain(dp.iter())
-                .all(|p| matches!(p, Piece::Slice(_)));
+                .all(|p| matches!(p, Piece::Slice { .. }));
             if direct {
                 copy_pieces(&sp, &dp);
-                return Ok((Reach::default(), Reach::default()));
+                return Ok((self.account(&sp, false), self.account(&dp, true)));
             }
         }
         // Some part is file-accessed or message-only: bounce through a buffer (`pread`/`pwrite`
@@ -600,35 +721,77 @@ impl EngineEnv {
         Ok((r, w))
     }
 
-    /// One atomic 8-byte store (FENCE, TIMESTAMP); a file-accessed window gets one 8-byte
-    /// `pwrite` (not atomic for an observer mapping the file), a message-only window an 8-byte
-    /// DMA_WRITE.
+    /// One atomic 8-byte store (FENCE, TIMESTAMP) at the 8-byte aligned `at`, resolved like
+    /// every other access; a file-accessed window gets one 8-byte `pwrite` (not atomic for an
+    /// observer mapping the file), a message-only window an 8-byte DMA_WRITE.
     pub fn store_u64(&self, at: Addr, value: u64, abort: &AtomicBool) -> Result<Reach, MemFault> {
-        match at.aperture {
-            Aperture::Vram => {
-                self.vram
-                    .store_u64(VramOffset(at.addr), value)
-                    .map_err(|_| {
-                        fault(
-                            FaultKind::VramRange,
-                            Aperture::Vram,
-                            at.addr.max(self.vram.size()),
-                            true,
-                        )
-                    })?;
-                Ok(Reach::default())
+        let misaligned = || {
+            let addr = match at.aperture {
+                Aperture::Vram => at.addr.max(self.vram.size()),
+                Aperture::Sys => at.addr,
+            };
+            let kind = match at.aperture {
+                Aperture::Vram => FaultKind::VramRange,
+                Aperture::Sys => FaultKind::SysUnmapped,
+            };
+            fault(kind, at.aperture, addr, true)
+        };
+        if !at.addr.is_multiple_of(8) {
+            return Err(misaligned());
+        }
+        let reach = {
+            let held = self.hold(at.aperture == Aperture::Sys);
+            let pieces = self.resolve(&held, at, 8, true)?;
+            match pieces.as_slice() {
+                [Piece::Slice { slice, .. }] => slice
+                    .store(value.to_le(), 0, std::sync::atomic::Ordering::Release)
+                    .map_err(|_| misaligned())?,
+                [Piece::File(f)] => f
+                    .write(0, &value.to_le_bytes())
+                    .map_err(|e| sys_fault(&e, at.addr, true))?,
+                // Message-only: one DMA_WRITE below, without holding the DMA space.
+                [Piece::Msg { .. }] => {}
+                // Windows are page aligned and BARs at least 1 MiB: an aligned 8-byte store
+                // lies in one piece.
+                _ => return Err(misaligned()),
             }
-            Aperture::Sys => {
-                let r = self.dma().store_u64(Iova(at.addr), value);
-                match r {
-                    Ok(()) => Ok(Reach::default()),
-                    Err(DmaError::MessageOnly { .. }) => {
-                        self.write_bytes(at, &value.to_le_bytes(), abort)
-                    }
-                    Err(e) => Err(sys_fault(&e, at.addr, true)),
-                }
+            if matches!(pieces.as_slice(), [Piece::Msg { .. }]) {
+                None
+            } else {
+                Some(self.account(&pieces, true))
+            }
+        };
+        match reach {
+            Some(r) => Ok(r),
+            None => {
+                self.msg_write(at.addr, &value.to_le_bytes(), abort)?;
+                Ok(Reach {
+                    msg: true,
+                    peer: None,
+                })
             }
         }
+    }
+
+    /// A dword of this GPU's VRAM for the `VRAM_DATA` window (hw-spec §3), through the seam.
+    pub fn vram_read_u32(&self, offset: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        let at = Addr {
+            aperture: Aperture::Vram,
+            addr: offset,
+        };
+        self.read_bytes(at, &mut b, &AtomicBool::new(false)).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+
+    /// Writes a dword of this GPU's VRAM for the `VRAM_DATA` window, through the seam.
+    pub fn vram_write_u32(&self, offset: u64, value: u32) -> bool {
+        let at = Addr {
+            aperture: Aperture::Vram,
+            addr: offset,
+        };
+        self.write_bytes(at, &value.to_le_bytes(), &AtomicBool::new(false))
+            .is_ok()
     }
 
     fn msg_read(&self, iova: u64, buf: &mut [u8], abort: &AtomicBool) -> Result<(), MemFault> {
@@ -691,12 +854,35 @@ impl EngineEnv {
     }
 }
 
+/// The pieces of `[addr, addr + len)` in the client's DMA_MAP windows.
+fn dma_pieces<'h>(
+    dma: &'h DmaSpace,
+    addr: u64,
+    len: u64,
+    write: bool,
+) -> Result<Vec<Piece<'h>>, MemFault> {
+    let segs = dma
+        .resolve(Iova(addr), len, write)
+        .map_err(|e| sys_fault(&e, addr, write))?;
+    Ok(segs
+        .into_iter()
+        .map(|s| match s {
+            Segment::Mapped { slice, .. } => Piece::Slice { slice, peer: None },
+            Segment::File { slice, .. } => Piece::File(slice),
+            Segment::Message { iova, len } => Piece::Msg {
+                iova: iova.raw(),
+                len,
+            },
+        })
+        .collect())
+}
+
 /// Copies between two piece lists of equal total length (all direct slices).
 fn copy_pieces(src: &[Piece<'_>], dst: &[Piece<'_>]) {
     fn slices<'a>(ps: &[Piece<'a>]) -> Vec<VolatileSlice<'a, ()>> {
         ps.iter()
             .filter_map(|p| match p {
-                Piece::Slice(s) => Some(*s),
+                Piece::Slice { slice, .. } => Some(*slice),
                 Piece::File(_) | Piece::Msg { .. } => None,
             })
             .collect()

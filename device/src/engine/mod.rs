@@ -319,6 +319,45 @@ impl EngineMonitor {
     pub fn vectors(&self) -> usize {
         self.env.msix().count()
     }
+
+    /// The GPU's name.
+    pub fn name(&self) -> &str {
+        self.env.name()
+    }
+
+    /// Peer-to-peer traffic between this GPU and every member of its fabric (itself included:
+    /// DMA to its own BAR's bus address), hw-spec §8.2.
+    pub fn p2p(&self) -> Vec<P2pReport> {
+        let fabric = self.env.fabric();
+        let me = self.env.peer_id();
+        fabric
+            .traffic_from(me)
+            .into_iter()
+            .zip(fabric.traffic_to(me))
+            .map(|(out, inb)| P2pReport {
+                peer: out.peer,
+                read: out.read,
+                written: out.written,
+                peer_read: inb.read,
+                peer_written: inb.written,
+            })
+            .collect()
+    }
+}
+
+/// Peer-to-peer bytes between this GPU and one member of its fabric (hw-spec §8.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct P2pReport {
+    /// The member's name.
+    pub peer: String,
+    /// Bytes this GPU's engines read from the member's VRAM.
+    pub read: u64,
+    /// Bytes this GPU's engines wrote into the member's VRAM.
+    pub written: u64,
+    /// Bytes the member's engines read from this GPU's VRAM.
+    pub peer_read: u64,
+    /// Bytes the member's engines wrote into this GPU's VRAM.
+    pub peer_written: u64,
 }
 
 /// The engines of a device and their threads.
@@ -344,7 +383,10 @@ impl EngineSet {
             let (e, env) = (engine.clone(), set.env.clone());
             let t = std::thread::Builder::new()
                 .name(format!("vugpu-engine-{i}"))
-                .spawn(move || worker::run(&e, &env))?;
+                .spawn(move || {
+                    crate::log::set_thread_gpu(env.name());
+                    worker::run(&e, &env);
+                })?;
             set.engines.push(engine);
             set.threads.push(t);
         }

@@ -225,11 +225,12 @@ fn attrs(ns: bool, ro: bool) -> &'static str {
     }
 }
 
-fn target(ap: Aperture, reach: Reach) -> &'static str {
-    match (ap, reach.msg) {
-        (Aperture::Vram, _) => "vram",
-        (Aperture::Sys, false) => "sys",
-        (Aperture::Sys, true) => "sys-msg",
+fn target(env: &EngineEnv, ap: Aperture, reach: Reach) -> std::borrow::Cow<'static, str> {
+    match (ap, reach.msg, reach.peer) {
+        (Aperture::Vram, _, _) => "vram".into(),
+        (Aperture::Sys, _, Some(peer)) => format!("peer:{}", env.fabric().name(peer)).into(),
+        (Aperture::Sys, false, None) => "sys".into(),
+        (Aperture::Sys, true, None) => "sys-msg".into(),
     }
 }
 
@@ -253,6 +254,7 @@ impl Tx<'_> {
         }
         let reach = Reach {
             msg: reach.msg || f.kind == FaultKind::MsgDma,
+            peer: reach.peer,
         };
         self.line(write, at, size, reach, false);
     }
@@ -275,7 +277,7 @@ impl Tx<'_> {
             self.slot,
             self.op,
             if write { "write" } else { "read" },
-            target(at.aperture, reach),
+            target(self.env, at.aperture, reach),
             at.addr,
             size,
             req,
@@ -480,8 +482,8 @@ fn copy(
         // Descriptor validation guarantees `addr + len` does not overflow.
         match env.copy_chunk(offset(src, off), offset(dst, off), n, abort) {
             Ok((r, w)) => {
-                rr.msg |= r.msg;
-                wr.msg |= w.msg;
+                rr = rr.merge(r);
+                wr = wr.merge(w);
             }
             Err(f) => {
                 if f.write {
@@ -525,7 +527,7 @@ fn fill(
         let n = (len - off).min(CHUNK) as usize;
         // In bounds: n <= min(len, CHUNK) = buf.len().
         match env.write_bytes(offset(dst, off), &buf[..n], abort) {
-            Ok(r) => wr.msg |= r.msg,
+            Ok(r) => wr = wr.merge(r),
             Err(f) => {
                 tx.fault(true, dst, len, wr, &f);
                 return Err(f);

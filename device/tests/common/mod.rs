@@ -143,13 +143,25 @@ impl InProcServer {
 
     /// With this DMA_READ/DMA_WRITE payload layout.
     pub fn start_with_layout(cfg: GpuConfig, layout: vugpu_protocol::DmaLayout) -> InProcServer {
+        Self::start_built(move || Gpu::new(&cfg).unwrap(), layout)
+    }
+
+    /// Serves a device built by the caller (e.g. a member of a shared fabric).
+    pub fn start_gpu(gpu: Gpu) -> InProcServer {
+        Self::start_built(move || gpu, vugpu_protocol::DmaLayout::Spec)
+    }
+
+    fn start_built(
+        build: impl FnOnce() -> Gpu + Send + 'static,
+        layout: vugpu_protocol::DmaLayout,
+    ) -> InProcServer {
         let dir = temp_dir("inproc");
         let socket = dir.join("gpu.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let stop_fd = owned(&stop);
         let thread = std::thread::spawn(move || {
-            let gpu = Gpu::new(&cfg).unwrap();
+            let gpu = build();
             let mut server =
                 Server::new(listener, gpu, ServerConfig::default(), Some(stop_fd)).unwrap();
             server.set_dma_layout(layout);

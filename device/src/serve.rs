@@ -1,0 +1,166 @@
+//! `vugpu serve`: one or several GPUs in this process, peers of each other.
+//!
+//! Every GPU joins one [`Fabric`] (so DMA to a peer's VRAM BAR reaches its VRAM directly,
+//! hw-spec §6.9) and gets its own vfio-user socket, control socket, event loop thread and engine
+//! threads; a stall or a misbehaving client of one GPU never holds up another's. The calling
+//! thread only waits: for SIGINT/SIGTERM (the signalfd) or for an event loop that ended on its own
+//! (an error), then stops every event loop and joins them.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::EventFd;
+use vugpu_backend::Fabric;
+use vugpu_protocol::{DmaLayout, ServerConfig};
+
+use crate::config::check_socket_path;
+use crate::ctl::{ctl_path, CtlServer};
+use crate::event_loop::{self, Server, SocketFile};
+use crate::gpu::{Gpu, GpuConfig};
+use crate::log::Level;
+
+/// What to serve: one GPU per socket.
+#[derive(Debug, Clone)]
+pub struct ServePlan {
+    /// (configuration, socket) per GPU, gpu0 first.
+    pub gpus: Vec<(GpuConfig, PathBuf)>,
+    /// DMA_READ/DMA_WRITE payload layout.
+    pub dma_layout: DmaLayout,
+}
+
+/// One GPU's event loop, running.
+struct Running {
+    name: String,
+    stop: EventFd,
+    thread: JoinHandle<Result<Server, event_loop::ServeError>>,
+    _ctl: CtlServer,
+    _socket: SocketFile,
+}
+
+fn dup(e: &EventFd) -> io::Result<OwnedFd> {
+    // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(e.try_clone()?.into_raw_fd()) })
+}
+
+/// Serves `plan` until `signals` (a signalfd from [`event_loop::shutdown_signalfd`], created
+/// before any thread) reports SIGINT or SIGTERM, or an event loop fails.
+pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
+    for (_, socket) in &plan.gpus {
+        check_socket_path(socket)?;
+    }
+    let fabric = Fabric::new(plan.gpus.len());
+    // Every GPU joins the fabric before any socket exists (a client sees the whole fabric), and
+    // all are built before any event loop starts: a GPU that cannot start stops the whole
+    // server before any client is served.
+    let gpus = plan
+        .gpus
+        .iter()
+        .map(|(cfg, _)| Gpu::in_fabric(cfg, &fabric).map_err(|e| format!("{}: {e}", cfg.name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut built = Vec::new();
+    for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
+        let ctl =
+            CtlServer::start(&ctl_path(socket), gpu.engine_monitor()).map_err(|e| e.to_string())?;
+        let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
+        let stop =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
+        let mut server = Server::new(
+            listener,
+            gpu,
+            ServerConfig::default(),
+            Some(dup(&stop).map_err(|e| e.to_string())?),
+        )
+        .map_err(|e| e.to_string())?;
+        server.set_dma_layout(plan.dma_layout);
+        built.push((cfg, socket, server, stop, ctl, guard));
+    }
+    let exited = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
+    let mut running = Vec::new();
+    for (cfg, socket, server, stop, ctl, guard) in built {
+        crate::log::set_thread_gpu(&cfg.name);
+        crate::log!(
+            Level::Info,
+            "serving {:04x}:{:04x} with {} MiB VRAM, {} MSI-X vectors, {} DMA engines on {}",
+            cfg.identity.vendor_id,
+            cfg.identity.device_id,
+            cfg.vram.size >> 20,
+            cfg.msix_vectors,
+            cfg.engines,
+            socket.display()
+        );
+        let done = exited.try_clone().map_err(|e| e.to_string())?;
+        let thread = std::thread::Builder::new()
+            .name(format!("vugpu-{}", cfg.name))
+            .spawn(move || {
+                let r = event_loop::run(server);
+                let _ = done.write(1);
+                r
+            })
+            .map_err(|e| e.to_string())?;
+        running.push(Running {
+            name: cfg.name.clone(),
+            stop,
+            thread,
+            _ctl: ctl,
+            _socket: guard,
+        });
+    }
+    crate::log::set_thread_gpu("");
+    if running.len() > 1 {
+        let names: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
+        crate::log!(
+            Level::Info,
+            "{} GPUs in one fabric: {}",
+            running.len(),
+            names.join(", ")
+        );
+    }
+    wait_readable(&signals, &exited);
+    for r in &running {
+        let _ = r.stop.write(1);
+    }
+    let mut failed = Vec::new();
+    for r in running {
+        crate::log::set_thread_gpu(&r.name);
+        match r.thread.join() {
+            Ok(Ok(server)) => crate::log!(
+                Level::Info,
+                "stopped after {} clients",
+                server.stats().clients
+            ),
+            Ok(Err(e)) => failed.push(format!("{}: {e}", r.name)),
+            Err(_) => failed.push(format!("{}: event loop panicked", r.name)),
+        }
+    }
+    crate::log::set_thread_gpu("");
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// Blocks until one of the fds is readable.
+fn wait_readable(a: &OwnedFd, b: &EventFd) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            return;
+        }
+    }
+}
