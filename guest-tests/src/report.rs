@@ -140,9 +140,10 @@ fn server_logs(run_dir: &Path) -> Vec<PathBuf> {
             rd.flatten()
                 .map(|e| e.path())
                 .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("gpu") && n.ends_with(".log"))
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n == crate::servers::LOG_NAME
+                            || (n.starts_with("gpu") && n.ends_with(".log"))
+                    })
                 })
                 .collect()
         })
@@ -200,6 +201,51 @@ fn bound_reported(lines: &[String]) -> Option<usize> {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
     })
+}
+
+/// One line per GPU that moved data to or from a peer, from the `gpuK.stats.json` files the run
+/// saved (`vugpu stats`'s `p2p` list: bytes this GPU's engines read from / wrote to each peer).
+pub fn p2p_traffic(run_dir: &Path) -> Vec<String> {
+    let mut files: Vec<PathBuf> = fs::read_dir(run_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(".stats.json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut lines = Vec::new();
+    for f in files {
+        let Ok(v) = fs::read_to_string(&f)
+            .map_err(|_| ())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|_| ()))
+        else {
+            continue;
+        };
+        let gpu = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".stats.json"))
+            .unwrap_or("?")
+            .to_string();
+        for e in v
+            .get("p2p")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let n = |k: &str| e.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+            let (read, written) = (n("read"), n("written"));
+            if read + written > 0 {
+                let peer = e.get("peer").and_then(|x| x.as_str()).unwrap_or("?");
+                lines.push(format!(
+                    "{gpu} -> {peer}: read {read} B, wrote {written} B (direct, in-process)"
+                ));
+            }
+        }
+    }
+    lines
 }
 
 /// Exit code for a suite whose script exited with `rc` and printed `lines` with `gpus` GPUs
@@ -362,6 +408,9 @@ pub fn report(
             elapsed.as_secs_f64(),
         );
     }
+    for l in p2p_traffic(run_dir) {
+        say!("p2p: {l}");
+    }
     if code == exit::PASS {
         report_server_warnings(run_dir);
     } else {
@@ -492,5 +541,22 @@ mod tests {
         assert!(format!("{v:?}").contains("never reported"), "{v:?}");
         // With no GPU attached nothing is required.
         assert_eq!(suite_outcome(&silent, 0, &[], 0).0, exit::PASS);
+    }
+
+    #[test]
+    fn p2p_traffic_lines_from_saved_stats() {
+        let dir = std::env::temp_dir().join(format!("vugpu-p2pstats-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("gpu0.stats.json"),
+            r#"{"p2p":[{"peer":"gpu0","read":0,"written":0},{"peer":"gpu1","read":4096,"written":1048576}]}"#,
+        )
+        .unwrap();
+        fs::write(dir.join("gpu1.stats.json"), "not json").unwrap();
+        assert_eq!(
+            p2p_traffic(&dir),
+            vec!["gpu0 -> gpu1: read 4096 B, wrote 1048576 B (direct, in-process)".to_string()]
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

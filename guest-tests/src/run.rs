@@ -686,6 +686,8 @@ fn attempt(
     if let Ok(None) = child.try_wait() {
         process::terminate(&mut child, Duration::from_secs(3));
     }
+    // The GPUs' counters as the run left them (P2P traffic per peer among them).
+    servers.save_stats(&req.vugpu, run_dir);
     servers.stop();
     drain(&rx, 3usize.saturating_sub(w.closed), Duration::from_secs(2));
     let _ = fs::remove_file(&results_sock);

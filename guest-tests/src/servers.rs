@@ -1,4 +1,6 @@
-//! The `vugpu serve` processes, one per GPU, each on its own UNIX socket in the run directory.
+//! The `vugpu serve` process: one process serves every GPU of a run (so that they are peers in
+//! one fabric, hw-spec §6.9), each GPU on its own UNIX socket in the run directory; the process
+//! logs to `vugpu.log` (each line names its GPU).
 
 use std::fs::{self, File};
 use std::io;
@@ -66,38 +68,50 @@ pub enum ServerError {
     },
 }
 
-/// One running server.
+/// One GPU of the server.
 pub struct Server {
     /// GPU id (`gpu0`).
     pub id: String,
     /// Socket on the host.
     pub socket: PathBuf,
-    /// Log file.
-    pub log: PathBuf,
-    child: Child,
-    exit: Option<ExitStatus>,
 }
 
-/// All servers of a run; stopped on drop.
+/// The server process of a run and its GPUs; stopped on drop.
 #[derive(Default)]
 pub struct Servers {
     list: Vec<Server>,
+    child: Option<Child>,
+    /// Log file of the process (`vugpu.log`).
+    pub log: PathBuf,
+    exit: Option<ExitStatus>,
 }
 
-/// The command line of server `k` (without the program).
-pub fn server_args(socket: &Path, extra: &[String]) -> Vec<String> {
-    let mut a = vec![
-        "serve".to_string(),
-        "--socket".to_string(),
-        socket.to_string_lossy().into_owned(),
-    ];
+/// Log file name of the server process in the run directory.
+pub const LOG_NAME: &str = "vugpu.log";
+
+/// The server's command line (without the program): one `--socket` per GPU, then the extras.
+pub fn server_args(sockets: &[PathBuf], extra: &[String]) -> Vec<String> {
+    let mut a = vec!["serve".to_string()];
+    for s in sockets {
+        a.push("--socket".to_string());
+        a.push(s.to_string_lossy().into_owned());
+    }
     a.extend(extra.iter().cloned());
     a
 }
 
+/// What names the server process in messages.
+fn process_id(n: usize) -> String {
+    if n == 1 {
+        "gpu0".to_string()
+    } else {
+        format!("vugpu serve (gpu0-gpu{})", n - 1)
+    }
+}
+
 impl Servers {
-    /// Starts `count` servers with sockets `run_dir/gpuK.sock` and logs `run_dir/gpuK.log`,
-    /// waiting (bounded) for each socket.
+    /// Starts one server process for `count` GPUs with sockets `run_dir/gpuK.sock` and the log
+    /// `run_dir/vugpu.log`, waiting (bounded) for every socket.
     pub fn start(
         binary: &Path,
         count: usize,
@@ -105,6 +119,7 @@ impl Servers {
         extra: &[String],
     ) -> Result<Servers, ServerError> {
         let mut servers = Servers::default();
+        servers.log = run_dir.join(LOG_NAME);
         if count == 0 {
             return Ok(servers);
         }
@@ -114,57 +129,54 @@ impl Servers {
         for k in 0..count {
             let id = gpu_id(k);
             let socket = run_dir.join(format!("{id}.sock"));
-            let log = run_dir.join(format!("{id}.log"));
             let _ = fs::remove_file(&socket);
-            let out = File::create(&log).map_err(|source| ServerError::Io {
-                what: format!("create {}", log.display()),
-                source,
-            })?;
-            let err = out.try_clone().map_err(|source| ServerError::Io {
-                what: format!("dup {}", log.display()),
-                source,
-            })?;
-            let mut c = Command::new(binary);
-            c.args(server_args(&socket, extra))
-                .current_dir(run_dir)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err);
-            process::die_with_parent(&mut c);
-            let child = c.spawn().map_err(|source| ServerError::Spawn {
-                id: id.clone(),
-                binary: binary.to_path_buf(),
-                source,
-            })?;
-            servers.list.push(Server {
-                id,
-                socket,
-                log,
-                child,
-                exit: None,
-            });
+            servers.list.push(Server { id, socket });
         }
+        let id = process_id(count);
+        let log = servers.log.clone();
+        let out = File::create(&log).map_err(|source| ServerError::Io {
+            what: format!("create {}", log.display()),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| ServerError::Io {
+            what: format!("dup {}", log.display()),
+            source,
+        })?;
+        let sockets: Vec<PathBuf> = servers.list.iter().map(|s| s.socket.clone()).collect();
+        let mut c = Command::new(binary);
+        c.args(server_args(&sockets, extra))
+            .current_dir(run_dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        process::die_with_parent(&mut c);
+        let child = c.spawn().map_err(|source| ServerError::Spawn {
+            id: id.clone(),
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+        servers.child = Some(child);
         let start = Instant::now();
-        for s in &mut servers.list {
+        for socket in sockets {
             loop {
-                if fs::metadata(&s.socket).is_ok_and(|m| m.file_type().is_socket()) {
+                if fs::metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
                     break;
                 }
-                if let Ok(Some(status)) = s.child.try_wait() {
-                    s.exit = Some(status);
+                if let Some(Ok(Some(status))) = servers.child.as_mut().map(Child::try_wait) {
+                    servers.exit = Some(status);
                     return Err(ServerError::EarlyExit {
-                        id: s.id.clone(),
+                        id,
                         status,
-                        socket: s.socket.clone(),
-                        tail: indent(&tail_lines(&s.log, 40)),
+                        socket,
+                        tail: indent(&tail_lines(&log, 40)),
                     });
                 }
                 if start.elapsed() > SOCKET_WAIT || process::interrupted().is_some() {
                     return Err(ServerError::NoSocket {
-                        id: s.id.clone(),
-                        socket: s.socket.clone(),
+                        id,
+                        socket,
                         waited: SOCKET_WAIT,
-                        tail: indent(&tail_lines(&s.log, 40)),
+                        tail: indent(&tail_lines(&log, 40)),
                     });
                 }
                 thread::sleep(Duration::from_millis(20));
@@ -173,31 +185,50 @@ impl Servers {
         Ok(servers)
     }
 
-    /// Servers that exited since the last call, with their status.
+    /// The server process, if it exited since the last call: (name, status, log).
     pub fn newly_exited(&mut self) -> Vec<(String, ExitStatus, PathBuf)> {
-        let mut v = Vec::new();
-        for s in &mut self.list {
-            if s.exit.is_none() {
-                if let Ok(Some(status)) = s.child.try_wait() {
-                    s.exit = Some(status);
-                    v.push((s.id.clone(), status, s.log.clone()));
-                }
+        if self.exit.is_none() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.exit = Some(status);
+                return vec![(process_id(self.list.len()), status, self.log.clone())];
             }
         }
-        v
+        Vec::new()
     }
 
-    /// The servers.
+    /// The GPUs.
     pub fn iter(&self) -> impl Iterator<Item = &Server> {
         self.list.iter()
     }
 
-    /// Stops every server (SIGTERM, then SIGKILL after 3 s) and removes the sockets.
-    pub fn stop(&mut self) {
-        for s in &mut self.list {
-            if s.exit.is_none() {
-                s.exit = process::terminate(&mut s.child, Duration::from_secs(3));
+    /// Saves each GPU's statistics (`vugpu stats`, JSON) as `gpuK.stats.json` next to the
+    /// sockets, while the server still runs; returns the files written.
+    pub fn save_stats(&self, binary: &Path, run_dir: &Path) -> Vec<PathBuf> {
+        if self.exit.is_some() || self.child.is_none() {
+            return Vec::new();
+        }
+        let mut saved = Vec::new();
+        for s in &self.list {
+            let mut c = Command::new(binary);
+            c.args(["stats", "--socket"]).arg(&s.socket);
+            if let Ok(json) = process::output(c, "vugpu stats", Duration::from_secs(5)) {
+                let path = run_dir.join(format!("{}.stats.json", s.id));
+                if fs::write(&path, json).is_ok() {
+                    saved.push(path);
+                }
             }
+        }
+        saved
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 3 s) and removes the sockets.
+    pub fn stop(&mut self) {
+        if self.exit.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                self.exit = process::terminate(child, Duration::from_secs(3));
+            }
+        }
+        for s in &self.list {
             let _ = fs::remove_file(&s.socket);
         }
     }
@@ -214,9 +245,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn args_put_socket_first_then_extras() {
+    fn args_put_sockets_first_then_extras() {
         let a = server_args(
-            Path::new("/r/run/vugpu-1/gpu0.sock"),
+            &[
+                PathBuf::from("/r/run/vugpu-1/gpu0.sock"),
+                PathBuf::from("/r/run/vugpu-1/gpu1.sock"),
+            ],
             &["--inject".to_string(), "msix-dead=3".to_string()],
         );
         assert_eq!(
@@ -225,10 +259,14 @@ mod tests {
                 "serve",
                 "--socket",
                 "/r/run/vugpu-1/gpu0.sock",
+                "--socket",
+                "/r/run/vugpu-1/gpu1.sock",
                 "--inject",
                 "msix-dead=3"
             ]
         );
+        assert_eq!(process_id(1), "gpu0");
+        assert_eq!(process_id(3), "vugpu serve (gpu0-gpu2)");
     }
 
     #[test]
