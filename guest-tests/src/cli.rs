@@ -159,6 +159,10 @@ pub struct RunArgs {
     /// Echo the guest console (kernel log) on stderr while it runs.
     #[arg(long)]
     pub console: bool,
+    /// Put this host executable (statically linked: the guest has no libc) into the guest's
+    /// /bin, e.g. your own test tool (may be repeated).
+    #[arg(long, value_name = "PATH")]
+    pub guest_bin: Vec<PathBuf>,
     /// Also write the suite's results as JUnit XML to FILE (what it ran on in <properties>).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,

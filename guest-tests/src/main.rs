@@ -246,6 +246,14 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             .and_then(|e| e.parent().map(|d| d.join("vugpu")))
             .unwrap_or_else(|| PathBuf::from("vugpu")),
     };
+    for b in &r.guest_bin {
+        if !b.is_file() {
+            return Err(Error::Usage(format!(
+                "--guest-bin {}: no such file",
+                b.display()
+            )));
+        }
+    }
     if boot.gpus > 0 && !vugpu.is_file() {
         return Err(RunError::Server(servers::ServerError::NoBinary(vugpu)).into());
     }
@@ -318,6 +326,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         qemu_args: r.qemu_arg,
         expected_skips,
         junit: r.junit,
+        guest_bins: r.guest_bin,
         facts,
     };
     Ok(run::run(&env, &req)?)

@@ -85,6 +85,8 @@ pub struct RunRequest {
     pub expected_skips: Vec<ExpectedSkip>,
     /// `--junit FILE`.
     pub junit: Option<PathBuf>,
+    /// `--guest-bin PATH`: extra executables for the guest's /bin.
+    pub guest_bins: Vec<PathBuf>,
     /// What the run runs on.
     pub facts: RunFacts,
 }
@@ -469,7 +471,8 @@ fn kernel_for_qemu(env: &Env, run_dir: &Path) -> Result<String, RunError> {
 }
 
 fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String, RunError> {
-    let initramfs::Built { modules, bins } = initramfs::build(env, &req.tests, run_dir)?;
+    let initramfs::Built { modules, mut bins } = initramfs::build(env, &req.tests, run_dir)?;
+    bins.extend(req.guest_bins.iter().cloned());
     let mut suites: Vec<PathBuf> = req
         .tests
         .suites()
