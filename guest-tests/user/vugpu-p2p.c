@@ -20,7 +20,13 @@
  *            is not on the kernel's whitelist: pci_p2pdma_distance() refuses,
  *            and the driver bounces through system memory and says so.
  *
+ * --bench MIB measures instead (KTAP-free "# bench" lines): MIB MiB moved
+ * NVMe namespace 1 -> buffer -> namespace 2 with O_DIRECT in 64 KiB chunks,
+ * the buffer being GPU B's p2pmem or system memory, interleaved over 5 rounds;
+ * prints both medians and their ratio (docs/benchmarks.md).
+ *
  * Usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list]
+ *                  [--bench MIB]
  * Exit status: 0 when no test failed, 1 otherwise, 2 on bad usage.
  */
 #define _GNU_SOURCE
@@ -31,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ktap.h"
@@ -510,6 +517,87 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	free(src);
 }
 
+/* ---- benchmark -------------------------------------------------------------- */
+
+#define BENCH_CHUNK	(64U << 10)
+#define BENCH_ROUNDS	5
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* One NVMe ns1 -> @buf -> ns2 pass of @total bytes in 64 KiB chunks; ns, or 0 on error. */
+static uint64_t bench_pass(struct p2p_ctx *c, uint8_t *buf, uint64_t total)
+{
+	int in = open(c->nvme_ns[0], O_RDONLY | O_DIRECT | O_CLOEXEC);
+	int out = open(c->nvme_ns[1], O_WRONLY | O_DIRECT | O_CLOEXEC);
+	uint64_t t0 = now_ns(), off, ns = 0;
+
+	if (in >= 0 && out >= 0) {
+		for (off = 0; off < total; off += BENCH_CHUNK) {
+			if (pread(in, buf, BENCH_CHUNK, (off_t)off) != BENCH_CHUNK ||
+			    pwrite(out, buf, BENCH_CHUNK, (off_t)off) != BENCH_CHUNK)
+				break;
+		}
+		if (off >= total && !fsync(out))
+			ns = now_ns() - t0;
+	}
+	if (in >= 0)
+		close(in);
+	if (out >= 0)
+		close(out);
+	return ns;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int bench(struct p2p_ctx *c, uint64_t mib)
+{
+	uint64_t total = mib << 20, p2p_ns[BENCH_ROUNDS], sys_ns[BENCH_ROUNDS];
+	uint8_t *p, *sys;
+	int err = 0, r;
+
+	if (c->ndevs < 2 || !c->nvme_bdf[0]) {
+		printf("# bench: needs 2 GPUs and the NVMe with two namespaces\n");
+		return 1;
+	}
+	p = p2pmem_map(c->b->bdf, BENCH_CHUNK, &err);
+	sys = sys_buf(BENCH_CHUNK);
+	if (!p || !sys) {
+		printf("# bench: buffers: %s\n", err_str(err ? err : -ENOMEM));
+		return 1;
+	}
+	for (r = 0; r < BENCH_ROUNDS; r++) {
+		p2p_ns[r] = bench_pass(c, p, total);
+		sys_ns[r] = bench_pass(c, sys, total);
+		if (!p2p_ns[r] || !sys_ns[r]) {
+			printf("# bench: round %d failed\n", r);
+			return 1;
+		}
+	}
+	qsort(p2p_ns, BENCH_ROUNDS, sizeof(p2p_ns[0]), cmp_u64);
+	qsort(sys_ns, BENCH_ROUNDS, sizeof(sys_ns[0]), cmp_u64);
+	printf("# bench nvme->buffer->nvme %llu MiB, 64 KiB chunks, O_DIRECT, median of %d interleaved rounds\n",
+	       (unsigned long long)mib, BENCH_ROUNDS);
+	printf("# bench p2pmem (%s): %.1f MB/s\n", c->b->bdf,
+	       total * 1e3 / (double)p2p_ns[BENCH_ROUNDS / 2]);
+	printf("# bench system memory: %.1f MB/s\n", total * 1e3 / (double)sys_ns[BENCH_ROUNDS / 2]);
+	printf("# bench ratio p2pmem/system: %.2f\n",
+	       (double)sys_ns[BENCH_ROUNDS / 2] / (double)p2p_ns[BENCH_ROUNDS / 2]);
+	munmap(p, BENCH_CHUNK);
+	free(sys);
+	return 0;
+}
+
 static const struct ktap_case switch_cases[] = {
 	KTAP_CASE(p2pmem_published),
 	KTAP_CASE(p2p_distance_gpus),
@@ -534,7 +622,7 @@ static const struct ktap_case refused_cases[] = {
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list]\n"
+	fprintf(stderr, "usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list] [--bench MIB]\n"
 			"  VUGPU_P2P_MODE=switch|refused selects the plan\n");
 }
 
@@ -545,7 +633,7 @@ int main(int argc, char **argv)
 	const struct ktap_case *cases = switch_cases;
 	unsigned int n = KTAP_ARRAY_SIZE(switch_cases), i, failed;
 	struct ktap_totals tot = { 0 };
-	uint64_t first = 1;
+	uint64_t first = 1, bench_mib = 0;
 	bool header = true;
 	int a;
 
@@ -575,16 +663,18 @@ int main(int argc, char **argv)
 			num = &first;
 		} else if (!strcmp(opt, "--p2pmem-mb")) {
 			num = &c.p2pmem_mb;
+		} else if (!strcmp(opt, "--bench")) {
+			num = &bench_mib;
 		}
 		if (!num || !val || vugpu_parse_u64(val, num) || first > 100000 || !c.p2pmem_mb ||
-		    c.p2pmem_mb > 4096) {
+		    c.p2pmem_mb > 4096 || bench_mib > 60) {
 			usage();
 			return 2;
 		}
 		a++;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (header)
+	if (header && !bench_mib)
 		ktap_print_header(n);
 	c.ndevs = vugpu_find_devs(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID, c.devs, VUGPU_MAX_DEVS);
 	if (c.ndevs < 0)
@@ -600,6 +690,8 @@ int main(int argc, char **argv)
 	if (c.ndevs == 0)
 		c.devs[0].fd = -1;
 	find_nvme(&c);
+	if (bench_mib)
+		return bench(&c, bench_mib);
 	failed = ktap_run(cases, n, (unsigned int)first, &c, &tot);
 	if (header)
 		ktap_print_totals(&tot);
