@@ -11,6 +11,7 @@ macro_rules! say {
 pub(crate) use say;
 
 mod cli;
+mod hostonly;
 mod initramfs;
 mod junit;
 mod kernel;
@@ -34,7 +35,7 @@ use clap::Parser;
 use crate::cli::{Cli, EnvArgs, Sub};
 use crate::initramfs::TestsDir;
 use crate::kernel::{KernelConfig, ModuleBuild};
-use crate::provision::{KernelChoice, ProvisionError, ProvisionOptions, QemuBinary};
+use crate::provision::{KernelChoice, ProvisionError, ProvisionOptions, QemuBinary, Toolchain};
 use crate::run::{Mode, RunError, RunRequest};
 use crate::suite::{Requested, Resolved, SuiteSpec};
 
@@ -106,7 +107,7 @@ fn provision_options(
     tests: &TestsDir,
     explicit: bool,
     refresh: bool,
-) -> ProvisionOptions {
+) -> Result<ProvisionOptions, ProvisionError> {
     let kernel = match &env.kernel {
         None => KernelChoice::Debian,
         Some(image) => KernelChoice::Custom {
@@ -115,25 +116,43 @@ fn provision_options(
             config: env.kernel_config.clone(),
         },
     };
-    ProvisionOptions {
-        cache: std::env::var_os("VUGPU_CACHE")
+    let host_only = hostonly::selected(env);
+    let cache = if host_only {
+        hostonly::cache_dir(
+            std::env::var_os("VUGPU_CACHE"),
+            std::env::var_os("XDG_CACHE_HOME"),
+            std::env::var_os("HOME"),
+        )
+        .map_err(ProvisionError::HostOnly)?
+    } else {
+        std::env::var_os("VUGPU_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(provision::DEFAULT_CACHE)),
+            .unwrap_or_else(|| PathBuf::from(provision::DEFAULT_CACHE))
+    };
+    Ok(ProvisionOptions {
+        cache,
         mirror: std::env::var("VUGPU_MIRROR").unwrap_or_else(|_| provision::DEFAULT_MIRROR.into()),
         explicit,
         refresh,
         kernel,
         qemu: env.qemu.clone(),
+        host_only,
         extra_packages: tests.apt_packages(),
-    }
+    })
 }
 
 fn real_main(cli: Cli) -> Result<i32, Error> {
     if let Some(Sub::Provision(p)) = cli.sub {
         let tests = tests_dir(&p.env);
-        let env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        let env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh)?)?;
         println!("cache:   {}", env.cache.display());
-        println!("root:    {}", env.root.path().display());
+        match &env.toolchain {
+            Toolchain::Root(root) => println!("root:    {}", root.path().display()),
+            Toolchain::Host { busybox } => println!(
+                "root:    none (host-only: the host's make and gcc, busybox {})",
+                busybox.display()
+            ),
+        }
         match &env.qemu {
             QemuBinary::Host { path, version } => {
                 println!("qemu:    {version} (host: {})", path.display())
@@ -234,7 +253,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     }
     // The servers are started from the run directory: a relative path must not depend on that.
     let vugpu = std::path::absolute(&vugpu).unwrap_or(vugpu);
-    let env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    let env = provision::provision(&provision_options(&r.env, &tests, false, false)?)?;
     say!("{}", env.describe());
     let kconfig = KernelConfig::read(&env.kernel.config_path).map_err(ProvisionError::from)?;
     let mut watched: Vec<String> = kernel::REPORTED_OPTIONS

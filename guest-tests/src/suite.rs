@@ -188,9 +188,11 @@ fn parse_skip(v: &str) -> Result<ExpectedSkip, String> {
     let (pattern, unless) = match words.as_slice() {
         [p] => (p.to_string(), None),
         [p, "unless", c] if c.starts_with("CONFIG_") => (p.to_string(), Some(c.to_string())),
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "expect-skip: expected \"NAME\" or \"NAME unless CONFIG_X\" before ':', got {head:?}"
-        )),
+        ))
+        }
     };
     Ok(ExpectedSkip {
         pattern,
