@@ -4,7 +4,8 @@
 //!
 //! - QEMU: `--qemu` (>= 10.1 with vfio-user-pci, checked like the host's QEMU in root mode);
 //! - vugpu.ko: the host's `make` and the kernel's compiler against `--kernel-build-dir`;
-//! - the test programs: the host's `make` and `gcc`, statically linked (libc.a from libc6-dev);
+//! - the test programs: the host's `make` and `cc` (make's default `CC`; gcc on Debian),
+//!   statically linked (libc.a from libc6-dev);
 //! - busybox: a statically linked busybox on the host (PATH, /bin, /usr/bin: busybox-static).
 //!
 //! The cache is `$VUGPU_CACHE`, else `$XDG_CACHE_HOME/vugpu`, else `~/.cache/vugpu`; builds and
@@ -24,7 +25,7 @@ use crate::provision::{secs, Toolchain};
 
 /// The Debian package of a static busybox.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
-/// Bound for `gcc -print-file-name`.
+/// Bound for `cc -print-file-name`.
 const PROBE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Whether the command line selects host-only mode: `--kernel`, `--kernel-build-dir` and
@@ -144,11 +145,11 @@ fn pick_busybox(candidates: &[PathBuf]) -> Result<PathBuf, String> {
     ))
 }
 
-/// Whether `gcc` finds a static C library (`libc.a`).
-fn has_libc_a(gcc: &Path) -> bool {
-    let mut c = Command::new(gcc);
+/// Whether the C compiler `cc` finds a static C library (`libc.a`).
+fn has_libc_a(cc: &Path) -> bool {
+    let mut c = Command::new(cc);
     c.arg("-print-file-name=libc.a");
-    process::output(c, "gcc -print-file-name=libc.a", PROBE_LIMIT)
+    process::output(c, "cc -print-file-name=libc.a", PROBE_LIMIT)
         .map(|out| {
             let p = PathBuf::from(out.trim());
             p.is_absolute() && p.is_file()
@@ -163,14 +164,15 @@ fn missing_host_tools() -> (Vec<(String, &'static str)>, Option<PathBuf>) {
     for (prog, pkg, what) in [
         ("gzip", "gzip", "compresses the initramfs"),
         ("make", "make", "builds vugpu.ko and the test programs"),
-        ("gcc", "gcc", "compiles the test programs"),
+        // make's default CC (guest-tests/user's `CC ?= gcc` does not override it).
+        ("cc", "gcc", "compiles the test programs"),
     ] {
         if find_in_path(prog).is_none() {
             missing.push((format!("{prog}, which {what} (package {pkg})"), pkg));
         }
     }
-    if let Some(gcc) = find_in_path("gcc") {
-        if !has_libc_a(&gcc) {
+    if let Some(cc) = find_in_path("cc") {
+        if !has_libc_a(&cc) {
             missing.push((
                 "libc.a, the static C library the test programs link against (package libc6-dev)"
                     .into(),

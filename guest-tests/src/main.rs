@@ -149,7 +149,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         match &env.toolchain {
             Toolchain::Root(root) => println!("root:    {}", root.path().display()),
             Toolchain::Host { busybox } => println!(
-                "root:    none (host-only: the host's make and gcc, busybox {})",
+                "root:    none (host-only: the host's make and cc, busybox {})",
                 busybox.display()
             ),
         }
