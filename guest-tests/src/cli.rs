@@ -10,7 +10,9 @@ use crate::topology::{Peer, Topology, MAX_GPUS};
 
 /// Boots a Linux guest with vugpu GPUs attached over vfio-user and runs a test suite or a
 /// command in it. Provisions QEMU >= 10.1 and a guest kernel on first use (cached under
-/// $VUGPU_CACHE, default /var/cache/vugpu). Must run as root.
+/// $VUGPU_CACHE, default /var/cache/vugpu). Must run as root, except with --kernel,
+/// --kernel-build-dir and --qemu together: then only the host's tools are used, no root is needed
+/// and the cache is $VUGPU_CACHE, $XDG_CACHE_HOME/vugpu or ~/.cache/vugpu.
 ///
 /// Exit codes: 0 pass; 1 a test failed (or the plan/rc was wrong, or a GPU was not bound); 2
 /// usage error; 3 the guest died before reporting; 4 nothing passed (every skip expected); 5 a

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! /init                       guest-tests/initramfs/init (contract in README.md)
-//! /bin/busybox                busybox-static from the root; /init installs the applet links
+//! /bin/busybox                busybox-static from the root (host-only mode: the host's static
+//!                             busybox); /init installs the applet links
 //! /bin/<test>                 every executable that `make -C guest-tests/user OUT=...` produced
 //! /lib/modules/<name>.ko      every module `make -C guest-tests/kmod KDIR=...` produced (vugpu.ko)
 //! /suites/<name>.sh           guest-tests/suites/*.sh
@@ -54,6 +55,9 @@ pub enum InitramfsError {
     /// An entry cannot be represented.
     #[error("cannot put {0} into the initramfs")]
     BadEntry(String),
+    /// A build that needs the trixie root, in host-only mode.
+    #[error("{0} must be built in the trixie root, but host-only mode has none")]
+    NoRoot(&'static str),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> InitramfsError {
@@ -438,9 +442,13 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
         return Ok(built);
     }
     // The root's mirror: user programs always build here; the module too for Debian's kernel.
+    // In host-only mode a mirror in the cache, built with the host's tools.
     let inner_src = "/var/lib/vugpu/src";
     let inner_out = "/var/lib/vugpu/build/user-out";
-    let src = env.root.host_path(inner_src);
+    let src = match env.root() {
+        Some(root) => root.host_path(inner_src),
+        None => env.cache.join("build/host-src"),
+    };
     fs::create_dir_all(&src).map_err(io_err(format!("create {}", src.display())))?;
     let _lock = lock_tree(&src)?;
     mirror(tests, &src)?;
@@ -453,6 +461,7 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
                 (None, None)
             }
             ModuleBuild::InRoot { kdir, cc } => {
+                let root = env.root().ok_or(InitramfsError::NoRoot("vugpu.ko"))?;
                 let inner = format!("{inner_src}/kmod");
                 let mut argv = vec![
                     "make".to_string(),
@@ -463,10 +472,7 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
                 if let Some(cc) = cc {
                     argv.push(format!("CC={cc}"));
                 }
-                (
-                    Some(env.root.host_path(&inner)),
-                    Some(env.root.command(&argv)),
-                )
+                (Some(root.host_path(&inner)), Some(root.command(&argv)))
             }
             ModuleBuild::Host { kdir, cc } => {
                 let tree = env
@@ -509,15 +515,27 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
         }
     }
     if has_user {
-        let out = env.root.host_path(inner_out);
+        let out = match env.root() {
+            Some(root) => root.host_path(inner_out),
+            None => env.cache.join("build/host-user-out"),
+        };
         fs::create_dir_all(&out).map_err(io_err(format!("create {}", out.display())))?;
         let t = Instant::now();
-        let cmd = env.root.command(&[
-            "make".to_string(),
-            "-C".into(),
-            format!("{inner_src}/user"),
-            format!("OUT={inner_out}"),
-        ]);
+        let cmd = match env.root() {
+            Some(root) => root.command(&[
+                "make".to_string(),
+                "-C".into(),
+                format!("{inner_src}/user"),
+                format!("OUT={inner_out}"),
+            ]),
+            None => {
+                let mut c = Command::new("make");
+                c.arg("-C")
+                    .arg(src.join("user"))
+                    .arg(format!("OUT={}", out.display()));
+                c
+            }
+        };
         process::run_logged(
             cmd,
             "building guest-tests/user",

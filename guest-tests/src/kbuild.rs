@@ -516,8 +516,22 @@ pub struct BuiltKernel {
     pub cpu: Option<Duration>,
 }
 
+/// The trixie root: building kernels and installing distro modules happen in it, so the
+/// host-only mode (`--kernel` + `--kernel-build-dir` + `--qemu`, no root) cannot do them.
+fn need_root(env: &Env) -> Result<&crate::root::Root, KbuildError> {
+    env.root().ok_or_else(|| {
+        KbuildError::Other(
+            "--build-kernel and Debian's distro modules need the trixie root, which the host-only mode (--kernel, --kernel-build-dir and --qemu together) does not use; run as root without those options".into(),
+        )
+    })
+}
+
 fn root_output(env: &Env, argv: &[&str], what: &str) -> Result<String, KbuildError> {
-    Ok(process::output(env.root.command(argv), what, PROBE_LIMIT)?)
+    Ok(process::output(
+        need_root(env)?.command(argv),
+        what,
+        PROBE_LIMIT,
+    )?)
 }
 
 /// The installed version of a package in the root, if installed.
@@ -577,17 +591,21 @@ fn ensure_source(
         }
     };
     let pkg = format!("linux-source-{series}");
+    let root = need_root(env)?;
     let mut need: Vec<String> = BUILD_TOOLS
         .iter()
-        .filter(|(_, f)| !env.root.host_path(f).exists())
+        .filter(|(_, f)| !root.host_path(f).exists())
         .map(|(p, _)| p.to_string())
         .collect();
     let tarball = format!("/usr/src/linux-source-{series}.tar.xz");
-    if update || installed_version(env, &pkg).is_none() || !env.root.host_path(&tarball).is_file() {
+    if update
+        || installed_version(env, &pkg).is_none()
+        || !need_root(env)?.host_path(&tarball).is_file()
+    {
         need.push(pkg.clone());
     }
     if !need.is_empty() {
-        provision::install_in_root(&env.cache, &env.root, &need).map_err(|e| {
+        provision::install_in_root(&env.cache, need_root(env)?, &need).map_err(|e| {
             KbuildError::Other(format!(
                 "installing {} in the root: {e}{}",
                 need.join(" "),
@@ -601,7 +619,7 @@ fn ensure_source(
     }
     let version = installed_version(env, &pkg)
         .ok_or_else(|| KbuildError::Other(format!("{pkg} is not installed in the root")))?;
-    if !env.root.host_path(&tarball).is_file() {
+    if !need_root(env)?.host_path(&tarball).is_file() {
         return Err(KbuildError::Other(format!(
             "{pkg} {version} has no {tarball}"
         )));
@@ -611,7 +629,7 @@ fn ensure_source(
 
 /// Unpacks the source tarball once per source version; returns the tree's path inside the root.
 fn ensure_unpacked(env: &Env, series: &str, version: &str) -> Result<String, KbuildError> {
-    let kernels = env.root.host_path(KERNELS_DIR);
+    let kernels = need_root(env)?.host_path(KERNELS_DIR);
     fs::create_dir_all(&kernels).map_err(io_err(format!("create {}", kernels.display())))?;
     let name = format!("src-{}", path_safe(version));
     let _l = lock(&kernels.join(format!("{name}.lock")))?;
@@ -631,7 +649,7 @@ fn ensure_unpacked(env: &Env, series: &str, version: &str) -> Result<String, Kbu
         "unpacking linux-source-{series} {version} into {} (about a minute)",
         dir.display()
     );
-    let c = env.root.command(&[
+    let c = need_root(env)?.command(&[
         "tar",
         "-xf",
         &format!("/usr/src/linux-source-{series}.tar.xz"),
@@ -644,8 +662,7 @@ fn ensure_unpacked(env: &Env, series: &str, version: &str) -> Result<String, Kbu
         &dir.join("unpack.log"),
         STEP_LIMIT,
     )?;
-    if !env
-        .root
+    if !need_root(env)?
         .host_path(&format!("{inner_tree}/Makefile"))
         .is_file()
     {
@@ -740,7 +757,7 @@ pub fn build(
     let fragment = fragment_text(tests, spec)?;
     let hash = sha256_hex(fragment.as_bytes())?;
     let name = build_dir_name(&version, spec.variant(), &hash);
-    let kernels = env.root.host_path(KERNELS_DIR);
+    let kernels = need_root(env)?.host_path(KERNELS_DIR);
     fs::create_dir_all(&kernels).map_err(io_err(format!("create {}", kernels.display())))?;
     let dir = kernels.join(&name);
     let inner = format!("{KERNELS_DIR}/{name}");
@@ -792,7 +809,7 @@ pub fn build(
     let script = "set -e; cd \"$1\"; export ARCH=x86_64; \
                   scripts/kconfig/merge_config.sh -n -O \"$2\" \"$2/vugpu-fragment.config\"; \
                   make -s O=\"$2\" olddefconfig";
-    let c = env.root.command(&["sh", "-c", script, "sh", &src, &inner]);
+    let c = need_root(env)?.command(&["sh", "-c", script, "sh", &src, &inner]);
     process::run_logged(c, "configuring the kernel", &config_log, STEP_LIMIT)?;
     // 2. Everything requested must have survived.
     let config_path = dir.join(".config");
@@ -814,7 +831,7 @@ pub fn build(
     let log = dir.join("build.log");
     let _ = fs::remove_file(&log);
     let j = format!("-j{}", jobs());
-    let c = env.root.command(&[
+    let c = need_root(env)?.command(&[
         "make",
         "-C",
         &src,
@@ -829,7 +846,7 @@ pub fn build(
     if modroot.exists() {
         fs::remove_dir_all(&modroot).map_err(io_err(format!("remove {}", modroot.display())))?;
     }
-    let c = env.root.command(&[
+    let c = need_root(env)?.command(&[
         "make",
         "-C",
         &src,
@@ -982,11 +999,11 @@ fn ensure_debian_modules(env: &Env, tree: &Path) -> Result<(), KbuildError> {
     if !tree.join("kernel").is_dir() {
         let pkg = format!("linux-modules-{release}");
         say!("--modules: installing {pkg} in the root (about 110 MB, once)");
-        provision::install_in_root(&env.cache, &env.root, std::slice::from_ref(&pkg))
+        provision::install_in_root(&env.cache, need_root(env)?, std::slice::from_ref(&pkg))
             .map_err(|e| KbuildError::Other(format!("installing {pkg}: {e}")))?;
     }
     if !tree.join("modules.dep").is_file() {
-        let c = env.root.command(&["depmod", release.as_str()]);
+        let c = need_root(env)?.command(&["depmod", release.as_str()]);
         process::output(c, "depmod", STEP_LIMIT)?;
     }
     Ok(())
@@ -1020,7 +1037,7 @@ pub fn prepare(
         ))
         .into());
     };
-    if build_kernel.is_none() && env.root.inner_path(&tree).is_some() {
+    if build_kernel.is_none() && env.root().and_then(|r| r.inner_path(&tree)).is_some() {
         ensure_debian_modules(env, &tree)?;
     }
     env.kernel.initramfs_extra = pack_modules(&tree, &env.kernel.release, &wanted)?;

@@ -11,6 +11,7 @@ macro_rules! say {
 pub(crate) use say;
 
 mod cli;
+mod hostonly;
 mod initramfs;
 mod junit;
 mod kbuild;
@@ -35,7 +36,7 @@ use clap::Parser;
 use crate::cli::{Cli, EnvArgs, Sub};
 use crate::initramfs::TestsDir;
 use crate::kernel::{KernelConfig, ModuleBuild};
-use crate::provision::{KernelChoice, ProvisionError, ProvisionOptions, QemuBinary};
+use crate::provision::{KernelChoice, ProvisionError, ProvisionOptions, QemuBinary, Toolchain};
 use crate::run::{Mode, RunError, RunRequest};
 use crate::suite::{Requested, Resolved, SuiteSpec};
 
@@ -107,7 +108,7 @@ fn provision_options(
     tests: &TestsDir,
     explicit: bool,
     refresh: bool,
-) -> ProvisionOptions {
+) -> Result<ProvisionOptions, ProvisionError> {
     let kernel = match &env.kernel {
         None => KernelChoice::Debian,
         Some(image) => KernelChoice::Custom {
@@ -116,17 +117,29 @@ fn provision_options(
             config: env.kernel_config.clone(),
         },
     };
-    ProvisionOptions {
-        cache: std::env::var_os("VUGPU_CACHE")
+    let host_only = hostonly::selected(env);
+    let cache = if host_only {
+        hostonly::cache_dir(
+            std::env::var_os("VUGPU_CACHE"),
+            std::env::var_os("XDG_CACHE_HOME"),
+            std::env::var_os("HOME"),
+        )
+        .map_err(ProvisionError::HostOnly)?
+    } else {
+        std::env::var_os("VUGPU_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(provision::DEFAULT_CACHE)),
+            .unwrap_or_else(|| PathBuf::from(provision::DEFAULT_CACHE))
+    };
+    Ok(ProvisionOptions {
+        cache,
         mirror: std::env::var("VUGPU_MIRROR").unwrap_or_else(|_| provision::DEFAULT_MIRROR.into()),
         explicit,
         refresh,
         kernel,
         qemu: env.qemu.clone(),
+        host_only,
         extra_packages: tests.apt_packages(),
-    }
+    })
 }
 
 fn real_main(cli: Cli) -> Result<i32, Error> {
@@ -136,13 +149,13 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             ..EnvArgs::default()
         };
         let tests = tests_dir(&env_args);
-        let env = provision::provision(&provision_options(&env_args, &tests, false, false))?;
+        let env = provision::provision(&provision_options(&env_args, &tests, false, false)?)?;
         kbuild::print_build(&env, &tests, &b.spec).map_err(ProvisionError::from)?;
         return Ok(exit::PASS);
     }
     if let Some(Sub::Provision(p)) = cli.sub {
         let tests = tests_dir(&p.env);
-        let mut env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh))?;
+        let mut env = provision::provision(&provision_options(&p.env, &tests, true, p.refresh)?)?;
         kbuild::prepare(
             &mut env,
             &tests,
@@ -150,7 +163,13 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             &p.env.modules,
         )?;
         println!("cache:   {}", env.cache.display());
-        println!("root:    {}", env.root.path().display());
+        match &env.toolchain {
+            Toolchain::Root(root) => println!("root:    {}", root.path().display()),
+            Toolchain::Host { busybox } => println!(
+                "root:    none (host-only: the host's make and cc, busybox {})",
+                busybox.display()
+            ),
+        }
         match &env.qemu {
             QemuBinary::Host { path, version } => {
                 println!("qemu:    {version} (host: {})", path.display())
@@ -259,7 +278,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     }
     // The servers are started from the run directory: a relative path must not depend on that.
     let vugpu = std::path::absolute(&vugpu).unwrap_or(vugpu);
-    let mut env = provision::provision(&provision_options(&r.env, &tests, false, false))?;
+    let mut env = provision::provision(&provision_options(&r.env, &tests, false, false)?)?;
     // Distro modules: what --modules asks for plus what the suite declares.
     let mut modules = r.env.modules.clone();
     for m in spec.iter().flat_map(|s| &s.modules) {

@@ -59,8 +59,13 @@ const BASE_TOOLS: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     /// Not running as root.
-    #[error("vugpu-vm must run as root (it uses debootstrap, chroot and mount namespaces)")]
+    #[error("vugpu-vm must run as root (it uses debootstrap, chroot and mount namespaces); with `--kernel K --kernel-build-dir D --qemu Q` it runs without root, with the host's tools")]
     NotRoot,
+    /// Host-only mode cannot work.
+    #[error(
+        "host-only mode (--kernel, --kernel-build-dir and --qemu: no root, the host's tools): {0}"
+    )]
+    HostOnly(String),
     /// File-system work failed.
     #[error("{what}: {source}")]
     Io {
@@ -141,6 +146,9 @@ pub struct ProvisionOptions {
     pub kernel: KernelChoice,
     /// A QEMU binary on the host chosen by the user.
     pub qemu: Option<PathBuf>,
+    /// Host-only mode (`--kernel`, `--kernel-build-dir` and `--qemu` given): no root, no apt,
+    /// everything from the host (see hostonly.rs).
+    pub host_only: bool,
     /// Extra packages for the root (from guest-tests/{kmod,user}/apt-packages; `@KVER@` is
     /// replaced by the kernel release).
     pub extra_packages: Vec<String>,
@@ -163,13 +171,25 @@ pub enum QemuBinary {
     },
 }
 
+/// Where busybox and the tools that build the module and the test programs come from.
+#[derive(Clone, Debug)]
+pub enum Toolchain {
+    /// The trixie root: builds run inside it, busybox is its busybox-static.
+    Root(Root),
+    /// The host's own tools (host-only mode): no root.
+    Host {
+        /// A statically linked busybox on the host.
+        busybox: PathBuf,
+    },
+}
+
 /// A verified environment.
 #[derive(Clone, Debug)]
 pub struct Env {
     /// Cache directory.
     pub cache: PathBuf,
-    /// The root.
-    pub root: Root,
+    /// The root, or the host's tools.
+    pub toolchain: Toolchain,
     /// QEMU.
     pub qemu: QemuBinary,
     /// Kernel.
@@ -186,14 +206,34 @@ impl QemuBinary {
 }
 
 impl Env {
+    /// The trixie root, unless in host-only mode.
+    pub fn root(&self) -> Option<&Root> {
+        match &self.toolchain {
+            Toolchain::Root(r) => Some(r),
+            Toolchain::Host { .. } => None,
+        }
+    }
+
+    /// The static busybox for the initramfs.
+    pub fn busybox(&self) -> PathBuf {
+        match &self.toolchain {
+            Toolchain::Root(r) => r.host_path("/usr/bin/busybox"),
+            Toolchain::Host { busybox } => busybox.clone(),
+        }
+    }
+
     /// One-line description.
     pub fn describe(&self) -> String {
         let q = match &self.qemu {
             QemuBinary::Host { path, version } => format!("QEMU {version} ({})", path.display()),
             QemuBinary::InRoot { version } => format!("QEMU {version} (in the trixie root)"),
         };
+        let host_only = match self.toolchain {
+            Toolchain::Root(_) => "",
+            Toolchain::Host { .. } => ", host tools only (no root)",
+        };
         format!(
-            "{q}, kernel {} ({})",
+            "{q}, kernel {} ({}){host_only}",
             self.kernel.release,
             self.kernel.image.display()
         )
@@ -208,7 +248,7 @@ fn is_root() -> bool {
 }
 
 /// Takes the cache lock, saying so when another process holds it.
-fn lock_cache(cache: &Path) -> Result<File, ProvisionError> {
+pub(crate) fn lock_cache(cache: &Path) -> Result<File, ProvisionError> {
     let path = cache.join("lock");
     let f = File::options()
         .create(true)
@@ -249,6 +289,9 @@ struct Provisioner<'a> {
 
 /// Provisions (or verifies) the environment.
 pub fn provision(opts: &ProvisionOptions) -> Result<Env, ProvisionError> {
+    if opts.host_only {
+        return crate::hostonly::provision(opts);
+    }
     if !is_root() {
         return Err(ProvisionError::NotRoot);
     }
@@ -286,7 +329,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Env, ProvisionError> {
     }
     Ok(Env {
         cache: opts.cache.clone(),
-        root: p.root,
+        toolchain: Toolchain::Root(p.root),
         qemu,
         kernel,
     })
@@ -307,6 +350,7 @@ pub fn install_in_root(cache: &Path, root: &Root, pkgs: &[String]) -> Result<(),
         kernel: KernelChoice::Debian,
         qemu: None,
         extra_packages: Vec::new(),
+        host_only: false,
     };
     let logs = cache.join("logs");
     fs::create_dir_all(&logs).map_err(io_err(format!("create {}", logs.display())))?;
@@ -897,7 +941,7 @@ fn is_static(path: &Path) -> bool {
 
 /// Runs `<qemu> --version` and `-device help` (`make` builds the base command); the version
 /// when it is usable.
-fn probe_qemu(make: impl Fn() -> Command) -> Result<QemuVersion, String> {
+pub(crate) fn probe_qemu(make: impl Fn() -> Command) -> Result<QemuVersion, String> {
     let mut cmd = make();
     cmd.arg("--version");
     let text = process::output(cmd, "qemu --version", PROBE_LIMIT).map_err(|e| e.to_string())?;

@@ -215,7 +215,8 @@ enum Event {
     Closed,
 }
 
-/// The per-run directory inside the root; removed on drop unless kept.
+/// The per-run directory inside the root (in host-only mode: under the cache); removed on drop
+/// unless kept.
 struct RunDir {
     host: PathBuf,
     keep: bool,
@@ -223,7 +224,10 @@ struct RunDir {
 
 impl RunDir {
     fn create(env: &Env) -> Result<RunDir, RunError> {
-        let base = env.root.host_path("/run");
+        let base = match env.root() {
+            Some(root) => root.host_path("/run"),
+            None => env.cache.join("run"),
+        };
         fs::create_dir_all(&base).map_err(io_err(format!("create {}", base.display())))?;
         remove_stale(&base);
         let pid = std::process::id();
@@ -319,8 +323,8 @@ fn qemu_path(env: &Env, host: &Path) -> String {
     match env.qemu {
         QemuBinary::Host { .. } => host.to_string_lossy().into_owned(),
         QemuBinary::InRoot { .. } => env
-            .root
-            .inner_path(host)
+            .root()
+            .and_then(|root| root.inner_path(host))
             .unwrap_or_else(|| host.to_string_lossy().into_owned()),
     }
 }
@@ -457,7 +461,7 @@ fn kernel_for_qemu(env: &Env, run_dir: &Path) -> Result<String, RunError> {
     match env.qemu {
         QemuBinary::Host { .. } => Ok(env.kernel.image.to_string_lossy().into_owned()),
         QemuBinary::InRoot { .. } => {
-            if let Some(inner) = env.root.inner_path(&env.kernel.image) {
+            if let Some(inner) = env.root().and_then(|r| r.inner_path(&env.kernel.image)) {
                 return Ok(inner);
             }
             let copy = run_dir.join("bzImage");
@@ -507,7 +511,7 @@ fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String
     }
     let contents = Contents {
         init: req.tests.init(),
-        busybox: env.root.host_path("/usr/bin/busybox"),
+        busybox: env.busybox(),
         modules,
         bins,
         suites,
@@ -591,16 +595,22 @@ fn results_reader(listener: UnixListener, log: PathBuf, tx: Sender<Event>, stop:
 }
 
 fn qemu_command(env: &Env, args: &[String]) -> Command {
-    match &env.qemu {
-        QemuBinary::Host { path, .. } => {
+    match (&env.qemu, env.root()) {
+        (QemuBinary::Host { path, .. }, _) => {
             let mut c = Command::new(path);
             c.args(args);
             c
         }
-        QemuBinary::InRoot { .. } => {
+        (QemuBinary::InRoot { .. }, Some(root)) => {
             let mut argv = vec!["qemu-system-x86_64".to_string()];
             argv.extend(args.iter().cloned());
-            env.root.command(&argv)
+            root.command(&argv)
+        }
+        // Not produced by provisioning (host-only mode always has a host QEMU): the name on PATH.
+        (QemuBinary::InRoot { .. }, None) => {
+            let mut c = Command::new("qemu-system-x86_64");
+            c.args(args);
+            c
         }
     }
 }
