@@ -487,9 +487,11 @@ impl EngineEnv {
     /// Takes what an access of these apertures needs (nothing for VRAM alone).
     fn hold(&self, sys: bool) -> Held<'_> {
         if sys {
+            let dma = Some(self.dma());
             Held {
-                dma: Some(self.dma()),
-                fabric: Some(self.fabric.view()),
+                dma,
+                // While no GPU BAR decodes, skip the member table (the common case).
+                fabric: self.fabric.routing().then(|| self.fabric.view()),
             }
         } else {
             Held {
@@ -541,13 +543,13 @@ impl EngineEnv {
         write: bool,
     ) -> Result<Vec<Piece<'h>>, MemFault> {
         let unmapped = |at: u64| fault(FaultKind::SysUnmapped, Aperture::Sys, at, write);
-        let (Some(dma), Some(fabric)) = (held.dma.as_deref(), held.fabric.as_ref()) else {
+        let Some(dma) = held.dma.as_deref() else {
             return Err(unmapped(addr));
         };
-        if !fabric.any_decoding() {
+        let Some(fabric) = held.fabric.as_ref().filter(|f| f.any_decoding()) else {
             // The common case: no GPU BAR decodes; only the DMA_MAP windows.
             return dma_pieces(dma, addr, len, write);
-        }
+        };
         let end = addr.checked_add(len).ok_or_else(|| unmapped(addr))?;
         let mut pieces = Vec::new();
         let mut cur = addr;
@@ -904,5 +906,113 @@ fn copy_pieces(src: &[Piece<'_>], dst: &[Piece<'_>]) {
             j += 1;
             jo = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use vugpu_backend::{BarDecode, ClientId, DmaPermissions, VramOptions};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// gpu0's environment and a fabric where gpu1 (16 MiB) may decode; both served to one
+    /// client. Guest RAM: 1 MiB at 16 MiB.
+    fn env() -> (EngineEnv, Arc<Fabric>, PeerId) {
+        let fabric = Fabric::new(2);
+        let v = Arc::new(Vram::new(&VramOptions::memfd(4 * MIB)).unwrap());
+        let me = fabric.join("gpu0", v.clone()).unwrap();
+        let pv = Arc::new(Vram::new(&VramOptions::memfd(16 * MIB)).unwrap());
+        let peer = fabric.join("gpu1", pv).unwrap();
+        for p in [me, peer] {
+            fabric.set_client(p, Some(ClientId(1))).unwrap();
+        }
+        let (env, _rx) = EngineEnv::new(EnvParts {
+            vram: v,
+            fabric: fabric.clone(),
+            me,
+            name: "gpu0".into(),
+            doorbell: SharedPage::new(0x20_1000, 0x20_0000).unwrap(),
+            msix: Msix::new(4, &[]),
+            dev_ctl: DeviceControl(0),
+            command: 0x6,
+            trace: None,
+            timing: PollTiming::default(),
+        })
+        .unwrap();
+        let ram = vugpu_backend::Vram::new(&VramOptions::memfd(MIB)).unwrap();
+        // A sealed memfd of the right size: reuse a VRAM file (sealed against shrinking).
+        let fd = ram.as_fd().try_clone_to_owned().unwrap();
+        env.dma_mut()
+            .map(Iova(16 * MIB), MIB, 0, DmaPermissions::READ_WRITE, Some(fd))
+            .unwrap();
+        (env, fabric, peer)
+    }
+
+    fn sys(addr: u64) -> Addr {
+        Addr {
+            aperture: Aperture::Sys,
+            addr,
+        }
+    }
+
+    #[track_caller]
+    fn unmapped_at(r: Result<Reach, MemFault>, at: u64) {
+        let f = r.unwrap_err();
+        assert_eq!((f.kind, f.at.addr), (FaultKind::SysUnmapped, at));
+    }
+
+    #[test]
+    fn wrapping_accesses_fault_without_touching_memory() {
+        let (e, fabric, peer) = env();
+        let no = AtomicBool::new(false);
+        let mut buf = [0u8; 16];
+        unmapped_at(e.read_bytes(sys(u64::MAX - 7), &mut buf, &no), u64::MAX - 7);
+        fabric
+            .set_bar(peer, BarDecode::new(u64::MAX - 32 * MIB + 1, 16 * MIB))
+            .unwrap();
+        unmapped_at(e.read_bytes(sys(u64::MAX - 7), &mut buf, &no), u64::MAX - 7);
+        unmapped_at(e.write_bytes(sys(u64::MAX), &buf, &no), u64::MAX);
+        // The last decodable BAR: its last bytes work, one past is a bus error, and a range
+        // running off its end faults at the first byte past it before anything is written.
+        let last = u64::MAX - 16 * MIB + 1 - 16;
+        e.write_bytes(sys(last), &[7u8; 16], &no).unwrap();
+        unmapped_at(e.write_bytes(sys(last + 8), &buf, &no), last + 16);
+        e.read_bytes(sys(last), &mut buf, &no).unwrap();
+        assert_eq!(buf, [7u8; 16], "the straddling write changed nothing");
+        unmapped_at(e.store_u64(sys(last + 16), 1, &no), last + 16);
+        assert!(e
+            .copy_chunk(sys(last), sys(u64::MAX - 15), 16, &no)
+            .is_err());
+    }
+
+    #[test]
+    fn bus_walk_crosses_from_guest_ram_into_a_peer_bar() {
+        let (e, fabric, peer) = env();
+        let no = AtomicBool::new(false);
+        // gpu1's BAR right after guest RAM: one access covers both.
+        fabric
+            .set_bar(peer, BarDecode::new(32 * MIB, 16 * MIB))
+            .unwrap();
+        unmapped_at(e.write_bytes(sys(17 * MIB - 8), &[1u8; 16], &no), 17 * MIB);
+        fabric
+            .set_bar(peer, BarDecode::new(16 * MIB, 16 * MIB))
+            .unwrap();
+        // Now the BAR covers the guest RAM window too and wins over it.
+        let r = e.write_bytes(sys(16 * MIB), &[2u8; 8], &no).unwrap();
+        assert_eq!(r.peer, Some(peer));
+        assert_eq!(fabric.traffic_from(e.peer_id())[1].written, 8);
+        // A member without a client is not routed: back to the guest RAM window.
+        fabric.set_client(peer, None).unwrap();
+        let r = e.write_bytes(sys(16 * MIB), &[2u8; 8], &no).unwrap();
+        assert_eq!(r.peer, None);
+        // The VRAM window registers go through the seam too.
+        assert!(e.vram_write_u32(4 * MIB - 4, 9));
+        assert_eq!(e.vram_read_u32(4 * MIB - 4), Some(9));
+        assert_eq!(e.vram_read_u32(4 * MIB), None);
+        assert!(!e.vram_write_u32(u64::MAX - 1, 9));
     }
 }
