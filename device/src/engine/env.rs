@@ -573,7 +573,7 @@ impl EngineEnv {
                 }
                 Route::Miss { next } => {
                     let stop = next.map_or(end, |n| n.min(end));
-                    pieces.extend(dma_pieces(dma, cur, stop - cur, write)?);
+                    dma_pieces_into(dma, cur, stop - cur, write, &mut pieces)?;
                     cur = stop;
                 }
             }
@@ -856,19 +856,16 @@ impl EngineEnv {
     }
 }
 
-/// The pieces of `[addr, addr + len)` in the client's DMA_MAP windows.
-fn dma_pieces<'h>(
+/// The pieces of `[addr, addr + len)` in the client's DMA_MAP windows, appended to `out`.
+fn dma_pieces_into<'h>(
     dma: &'h DmaSpace,
     addr: u64,
     len: u64,
     write: bool,
-) -> Result<Vec<Piece<'h>>, MemFault> {
-    let segs = dma
-        .resolve(Iova(addr), len, write)
-        .map_err(|e| sys_fault(&e, addr, write))?;
-    Ok(segs
-        .into_iter()
-        .map(|s| match s {
+    out: &mut Vec<Piece<'h>>,
+) -> Result<(), MemFault> {
+    dma.resolve_each(Iova(addr), len, write, |s| {
+        out.push(match s {
             Segment::Mapped { slice, .. } => Piece::Slice { slice, peer: None },
             Segment::File { slice, .. } => Piece::File(slice),
             Segment::Message { iova, len } => Piece::Msg {
@@ -876,7 +873,20 @@ fn dma_pieces<'h>(
                 len,
             },
         })
-        .collect())
+    })
+    .map_err(|e| sys_fault(&e, addr, write))
+}
+
+/// [`dma_pieces_into`] a new list.
+fn dma_pieces<'h>(
+    dma: &'h DmaSpace,
+    addr: u64,
+    len: u64,
+    write: bool,
+) -> Result<Vec<Piece<'h>>, MemFault> {
+    let mut out = Vec::with_capacity(1);
+    dma_pieces_into(dma, addr, len, write, &mut out)?;
+    Ok(out)
 }
 
 /// Copies between two piece lists of equal total length (all direct slices).
