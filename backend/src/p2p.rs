@@ -195,15 +195,14 @@ impl Fabric {
         }
         let mut m = self.members.write().unwrap_or_else(PoisonError::into_inner);
         let member = m.get_mut(peer.0).ok_or(FabricError::NoMember(peer))?;
-        if let Some(b) = bar {
-            if b.size > member.vram.size() {
-                return Err(FabricError::BarTooLarge {
-                    size: b.size,
-                    vram: member.vram.size(),
-                });
-            }
+        let too_large = bar.filter(|b| b.size > member.vram.size());
+        // A refused decode leaves the BAR decoding nothing, never its previous range.
+        member.bar = if too_large.is_some() { None } else { bar };
+        if let Some(b) = too_large {
+            let vram = member.vram.size();
+            self.update_routing(&m);
+            return Err(FabricError::BarTooLarge { size: b.size, vram });
         }
-        member.bar = bar;
         self.update_routing(&m);
         Ok(())
     }
@@ -472,10 +471,17 @@ mod tests {
     #[test]
     fn refuses_bars_larger_than_vram_and_extra_members() {
         let (f, _, _) = two();
+        f.set_bar(PeerId(0), BarDecode::new(0x1000_0000, 2 * MIB))
+            .unwrap();
         assert!(matches!(
             f.set_bar(PeerId(0), BarDecode::new(0x1000_0000, 4 * MIB)),
             Err(FabricError::BarTooLarge { .. })
         ));
+        assert_eq!(
+            f.view().route(PeerId(1), 0x1000_0000),
+            Route::Miss { next: None },
+            "the old decode is gone too"
+        );
         assert!(matches!(
             f.set_bar(PeerId(5), None),
             Err(FabricError::NoMember(_))
