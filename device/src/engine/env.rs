@@ -1,5 +1,12 @@
 //! What the engine threads share with the rest of the device ([`EngineEnv`]), and every memory
-//! access an engine makes (hw-spec §6.1, §6.7, §6.8).
+//! access the device makes (hw-spec §6.1, §6.7, §6.8, §6.9).
+//!
+//! The translation seam: every access (engine reads, writes and chunk copies, FENCE/TIMESTAMP
+//! stores, the `VRAM_DATA` window) resolves `(aperture, address, length, access)` into pieces in
+//! one place, `EngineEnv::resolve`: this GPU's VRAM; for a bus (SYS) address, a fabric member's
+//! VRAM while its BAR2 decodes for this GPU's client, then the client's DMA_MAP windows. Every
+//! piece is checked before any byte moves; a byte nothing covers is a bus error (`SYS_UNMAPPED`).
+//! The device MMU, when it comes, is a translation step in front of it.
 //!
 //! Ownership and locking:
 //! - The DMA space is behind an `RwLock`: engines hold it for reading only while they copy one
@@ -11,8 +18,11 @@
 //!   past the end of the file): the client can make the engine fault, never the server crash.
 //! - An engine never holds the DMA space while it waits for a DMA message (fd-less window): the
 //!   event loop, which performs the message, may need the write lock to serve a DMA_UNMAP.
-//! - Lock order: engine state → DMA space → MSI-X → fault queue / trace. Nothing waits for an
-//!   engine while holding the DMA space or MSI-X.
+//! - The fabric's member table is read-locked together with the DMA space, for the same chunk
+//!   (while some GPU BAR decodes; otherwise one atomic load skips it): a config write that moves,
+//!   resizes or disables a BAR waits for that chunk. VRAM is shared (`Arc`) with the fabric.
+//! - Lock order: engine state → DMA space → fabric → MSI-X → fault queue / trace. Nothing waits
+//!   for an engine while holding the DMA space, the fabric or MSI-X.
 //!
 //! Device Control, the Command register and the MSI-X control bits live in config space, which
 //! the event loop owns; it mirrors them here after every config write and reset, and engines read
