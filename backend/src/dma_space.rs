@@ -501,11 +501,25 @@ impl DmaSpace {
     /// Slices of a read resolution (`write == false`) may map `PROT_READ`-only memory: only
     /// resolve with `write == true` what will be written.
     pub fn resolve(&self, iova: Iova, len: u64, write: bool) -> Result<Vec<Segment<'_>>, DmaError> {
+        let mut segments = Vec::new();
+        self.resolve_each(iova, len, write, |s| segments.push(s))?;
+        Ok(segments)
+    }
+
+    /// [`resolve`](Self::resolve), handing each segment to `each` as it is found instead of
+    /// collecting them (a caller that builds its own list saves an allocation). On an error,
+    /// segments already handed out must be discarded: nothing may be accessed through them.
+    pub fn resolve_each<'a>(
+        &'a self,
+        iova: Iova,
+        len: u64,
+        write: bool,
+        mut each: impl FnMut(Segment<'a>),
+    ) -> Result<(), DmaError> {
         let len_us = usize::try_from(len).map_err(|_| DmaError::Overflow { iova, size: len })?;
         let end = iova
             .checked_add(len)
             .ok_or(DmaError::Overflow { iova, size: len })?;
-        let mut segments = Vec::new();
         let mut cur = iova.raw();
         while cur < end.raw() {
             let (&start, w) = self
@@ -553,10 +567,10 @@ impl DmaSpace {
                     ),
                 },
             };
-            segments.push(segment);
+            each(segment);
             cur = piece_end;
         }
-        Ok(segments)
+        Ok(())
     }
 
     /// Stores `value` little-endian at the 8-byte aligned `iova`. The window must be fd-backed

@@ -29,7 +29,7 @@
 //! - Traffic counters: bytes each member's engines read from and wrote into each member's VRAM
 //!   through the fabric, 64-bit, never reset (monotonic, like a link counter).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use vm_memory::VolatileSlice;
@@ -127,6 +127,9 @@ pub struct PeerTraffic {
 #[derive(Debug)]
 pub struct Fabric {
     members: RwLock<Vec<Member>>,
+    /// Some member's BAR decodes for a client (updated under the write lock): lets the hot
+    /// path skip the member table while no GPU BAR decodes.
+    routing: AtomicBool,
     capacity: usize,
     /// `[(from * capacity + to) * 2 + write]`: bytes `from` read from / wrote into `to`'s VRAM.
     traffic: Vec<AtomicU64>,
@@ -156,6 +159,7 @@ impl Fabric {
     pub fn new(capacity: usize) -> Arc<Fabric> {
         Arc::new(Fabric {
             members: RwLock::new(Vec::with_capacity(capacity)),
+            routing: AtomicBool::new(false),
             capacity,
             traffic: (0..capacity * capacity * 2)
                 .map(|_| AtomicU64::new(0))
@@ -191,16 +195,27 @@ impl Fabric {
         }
         let mut m = self.members.write().unwrap_or_else(PoisonError::into_inner);
         let member = m.get_mut(peer.0).ok_or(FabricError::NoMember(peer))?;
-        if let Some(b) = bar {
-            if b.size > member.vram.size() {
-                return Err(FabricError::BarTooLarge {
-                    size: b.size,
-                    vram: member.vram.size(),
-                });
-            }
+        let too_large = bar.filter(|b| b.size > member.vram.size());
+        // A refused decode leaves the BAR decoding nothing, never its previous range.
+        member.bar = if too_large.is_some() { None } else { bar };
+        if let Some(b) = too_large {
+            let vram = member.vram.size();
+            self.update_routing(&m);
+            return Err(FabricError::BarTooLarge { size: b.size, vram });
         }
-        member.bar = bar;
+        self.update_routing(&m);
         Ok(())
+    }
+
+    fn update_routing(&self, m: &[Member]) {
+        let on = m.iter().any(|x| x.bar.is_some() && x.client.is_some());
+        self.routing.store(on, Ordering::Release);
+    }
+
+    /// Some member's BAR may decode (cheap, no lock). An access that sees `false` may skip
+    /// [`Fabric::view`]: it is ordered before any config write that makes a BAR decode.
+    pub fn routing(&self) -> bool {
+        self.routing.load(Ordering::Acquire)
     }
 
     /// Sets the client `peer` is served to (`None`: no client). Waits for accesses in progress
@@ -208,6 +223,7 @@ impl Fabric {
     pub fn set_client(&self, peer: PeerId, client: Option<ClientId>) -> Result<(), FabricError> {
         let mut m = self.members.write().unwrap_or_else(PoisonError::into_inner);
         m.get_mut(peer.0).ok_or(FabricError::NoMember(peer))?.client = client;
+        self.update_routing(&m);
         Ok(())
     }
 
@@ -387,7 +403,7 @@ mod tests {
         f.set_bar(PeerId(0), BarDecode::new(0x1000_0000, 2 * MIB))
             .unwrap();
         let v = f.view();
-        assert!(v.any_decoding());
+        assert!(v.any_decoding() && f.routing());
         assert_eq!(
             v.route(PeerId(0), 0x2000_0010),
             Route::Peer {
@@ -444,6 +460,7 @@ mod tests {
         // No client: neither reachable nor reaching.
         f.set_client(PeerId(1), None).unwrap();
         assert!(!f.view().any_decoding());
+        assert!(!f.routing());
         assert_eq!(hit(PeerId(1)), Route::Miss { next: None });
         assert!(matches!(
             f.set_client(PeerId(3), None),
@@ -454,10 +471,17 @@ mod tests {
     #[test]
     fn refuses_bars_larger_than_vram_and_extra_members() {
         let (f, _, _) = two();
+        f.set_bar(PeerId(0), BarDecode::new(0x1000_0000, 2 * MIB))
+            .unwrap();
         assert!(matches!(
             f.set_bar(PeerId(0), BarDecode::new(0x1000_0000, 4 * MIB)),
             Err(FabricError::BarTooLarge { .. })
         ));
+        assert_eq!(
+            f.view().route(PeerId(1), 0x1000_0000),
+            Route::Miss { next: None },
+            "the old decode is gone too"
+        );
         assert!(matches!(
             f.set_bar(PeerId(5), None),
             Err(FabricError::NoMember(_))

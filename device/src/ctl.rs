@@ -308,6 +308,12 @@ mod tests {
         assert_eq!(v["engines"][1]["state"], "DISABLED");
         assert_eq!(v["engines"][0]["bytes"]["fill"], 0);
         assert!(v["engines"][0]["error"].is_null());
+        assert_eq!(v["device"]["name"], "gpu0");
+        assert_eq!(
+            v["p2p"][0]["peer"], "gpu0",
+            "a GPU alone is its own only peer"
+        );
+        assert_eq!(v["p2p"][0]["written"], 0);
         let v: serde_json::Value = serde_json::from_str(&answer("reboot", &m)).unwrap();
         assert!(v["error"].as_str().unwrap().contains("unknown request"));
         assert_eq!(

@@ -1,5 +1,12 @@
 //! What the engine threads share with the rest of the device ([`EngineEnv`]), and every memory
-//! access an engine makes (hw-spec §6.1, §6.7, §6.8).
+//! access the device makes (hw-spec §6.1, §6.7, §6.8, §6.9).
+//!
+//! The translation seam: every access (engine reads, writes and chunk copies, FENCE/TIMESTAMP
+//! stores, the `VRAM_DATA` window) resolves `(aperture, address, length, access)` into pieces in
+//! one place, `EngineEnv::resolve`: this GPU's VRAM; for a bus (SYS) address, a fabric member's
+//! VRAM while its BAR2 decodes for this GPU's client, then the client's DMA_MAP windows. Every
+//! piece is checked before any byte moves; a byte nothing covers is a bus error (`SYS_UNMAPPED`).
+//! The device MMU, when it comes, is a translation step in front of it.
 //!
 //! Ownership and locking:
 //! - The DMA space is behind an `RwLock`: engines hold it for reading only while they copy one
@@ -11,8 +18,11 @@
 //!   past the end of the file): the client can make the engine fault, never the server crash.
 //! - An engine never holds the DMA space while it waits for a DMA message (fd-less window): the
 //!   event loop, which performs the message, may need the write lock to serve a DMA_UNMAP.
-//! - Lock order: engine state → DMA space → MSI-X → fault queue / trace. Nothing waits for an
-//!   engine while holding the DMA space or MSI-X.
+//! - The fabric's member table is read-locked together with the DMA space, for the same chunk
+//!   (while some GPU BAR decodes; otherwise one atomic load skips it): a config write that moves,
+//!   resizes or disables a BAR waits for that chunk. VRAM is shared (`Arc`) with the fabric.
+//! - Lock order: engine state → DMA space → fabric → MSI-X → fault queue / trace. Nothing waits
+//!   for an engine while holding the DMA space, the fabric or MSI-X.
 //!
 //! Device Control, the Command register and the MSI-X control bits live in config space, which
 //! the event loop owns; it mirrors them here after every config write and reset, and engines read
@@ -487,9 +497,11 @@ impl EngineEnv {
     /// Takes what an access of these apertures needs (nothing for VRAM alone).
     fn hold(&self, sys: bool) -> Held<'_> {
         if sys {
+            let dma = Some(self.dma());
             Held {
-                dma: Some(self.dma()),
-                fabric: Some(self.fabric.view()),
+                dma,
+                // While no GPU BAR decodes, skip the member table (the common case).
+                fabric: self.fabric.routing().then(|| self.fabric.view()),
             }
         } else {
             Held {
@@ -541,13 +553,13 @@ impl EngineEnv {
         write: bool,
     ) -> Result<Vec<Piece<'h>>, MemFault> {
         let unmapped = |at: u64| fault(FaultKind::SysUnmapped, Aperture::Sys, at, write);
-        let (Some(dma), Some(fabric)) = (held.dma.as_deref(), held.fabric.as_ref()) else {
+        let Some(dma) = held.dma.as_deref() else {
             return Err(unmapped(addr));
         };
-        if !fabric.any_decoding() {
+        let Some(fabric) = held.fabric.as_ref().filter(|f| f.any_decoding()) else {
             // The common case: no GPU BAR decodes; only the DMA_MAP windows.
             return dma_pieces(dma, addr, len, write);
-        }
+        };
         let end = addr.checked_add(len).ok_or_else(|| unmapped(addr))?;
         let mut pieces = Vec::new();
         let mut cur = addr;
@@ -571,7 +583,7 @@ impl EngineEnv {
                 }
                 Route::Miss { next } => {
                     let stop = next.map_or(end, |n| n.min(end));
-                    pieces.extend(dma_pieces(dma, cur, stop - cur, write)?);
+                    dma_pieces_into(dma, cur, stop - cur, write, &mut pieces)?;
                     cur = stop;
                 }
             }
@@ -854,19 +866,16 @@ impl EngineEnv {
     }
 }
 
-/// The pieces of `[addr, addr + len)` in the client's DMA_MAP windows.
-fn dma_pieces<'h>(
+/// The pieces of `[addr, addr + len)` in the client's DMA_MAP windows, appended to `out`.
+fn dma_pieces_into<'h>(
     dma: &'h DmaSpace,
     addr: u64,
     len: u64,
     write: bool,
-) -> Result<Vec<Piece<'h>>, MemFault> {
-    let segs = dma
-        .resolve(Iova(addr), len, write)
-        .map_err(|e| sys_fault(&e, addr, write))?;
-    Ok(segs
-        .into_iter()
-        .map(|s| match s {
+    out: &mut Vec<Piece<'h>>,
+) -> Result<(), MemFault> {
+    dma.resolve_each(Iova(addr), len, write, |s| {
+        out.push(match s {
             Segment::Mapped { slice, .. } => Piece::Slice { slice, peer: None },
             Segment::File { slice, .. } => Piece::File(slice),
             Segment::Message { iova, len } => Piece::Msg {
@@ -874,7 +883,20 @@ fn dma_pieces<'h>(
                 len,
             },
         })
-        .collect())
+    })
+    .map_err(|e| sys_fault(&e, addr, write))
+}
+
+/// [`dma_pieces_into`] a new list.
+fn dma_pieces<'h>(
+    dma: &'h DmaSpace,
+    addr: u64,
+    len: u64,
+    write: bool,
+) -> Result<Vec<Piece<'h>>, MemFault> {
+    let mut out = Vec::with_capacity(1);
+    dma_pieces_into(dma, addr, len, write, &mut out)?;
+    Ok(out)
 }
 
 /// Copies between two piece lists of equal total length (all direct slices).
@@ -904,5 +926,113 @@ fn copy_pieces(src: &[Piece<'_>], dst: &[Piece<'_>]) {
             j += 1;
             jo = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use vugpu_backend::{BarDecode, ClientId, DmaPermissions, VramOptions};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// gpu0's environment and a fabric where gpu1 (16 MiB) may decode; both served to one
+    /// client. Guest RAM: 1 MiB at 16 MiB.
+    fn env() -> (EngineEnv, Arc<Fabric>, PeerId) {
+        let fabric = Fabric::new(2);
+        let v = Arc::new(Vram::new(&VramOptions::memfd(4 * MIB)).unwrap());
+        let me = fabric.join("gpu0", v.clone()).unwrap();
+        let pv = Arc::new(Vram::new(&VramOptions::memfd(16 * MIB)).unwrap());
+        let peer = fabric.join("gpu1", pv).unwrap();
+        for p in [me, peer] {
+            fabric.set_client(p, Some(ClientId(1))).unwrap();
+        }
+        let (env, _rx) = EngineEnv::new(EnvParts {
+            vram: v,
+            fabric: fabric.clone(),
+            me,
+            name: "gpu0".into(),
+            doorbell: SharedPage::new(0x20_1000, 0x20_0000).unwrap(),
+            msix: Msix::new(4, &[]),
+            dev_ctl: DeviceControl(0),
+            command: 0x6,
+            trace: None,
+            timing: PollTiming::default(),
+        })
+        .unwrap();
+        let ram = vugpu_backend::Vram::new(&VramOptions::memfd(MIB)).unwrap();
+        // A sealed memfd of the right size: reuse a VRAM file (sealed against shrinking).
+        let fd = ram.as_fd().try_clone_to_owned().unwrap();
+        env.dma_mut()
+            .map(Iova(16 * MIB), MIB, 0, DmaPermissions::READ_WRITE, Some(fd))
+            .unwrap();
+        (env, fabric, peer)
+    }
+
+    fn sys(addr: u64) -> Addr {
+        Addr {
+            aperture: Aperture::Sys,
+            addr,
+        }
+    }
+
+    #[track_caller]
+    fn unmapped_at(r: Result<Reach, MemFault>, at: u64) {
+        let f = r.unwrap_err();
+        assert_eq!((f.kind, f.at.addr), (FaultKind::SysUnmapped, at));
+    }
+
+    #[test]
+    fn wrapping_accesses_fault_without_touching_memory() {
+        let (e, fabric, peer) = env();
+        let no = AtomicBool::new(false);
+        let mut buf = [0u8; 16];
+        unmapped_at(e.read_bytes(sys(u64::MAX - 7), &mut buf, &no), u64::MAX - 7);
+        fabric
+            .set_bar(peer, BarDecode::new(u64::MAX - 32 * MIB + 1, 16 * MIB))
+            .unwrap();
+        unmapped_at(e.read_bytes(sys(u64::MAX - 7), &mut buf, &no), u64::MAX - 7);
+        unmapped_at(e.write_bytes(sys(u64::MAX), &buf, &no), u64::MAX);
+        // The last decodable BAR: its last bytes work, one past is a bus error, and a range
+        // running off its end faults at the first byte past it before anything is written.
+        let last = u64::MAX - 16 * MIB + 1 - 16;
+        e.write_bytes(sys(last), &[7u8; 16], &no).unwrap();
+        unmapped_at(e.write_bytes(sys(last + 8), &buf, &no), last + 16);
+        e.read_bytes(sys(last), &mut buf, &no).unwrap();
+        assert_eq!(buf, [7u8; 16], "the straddling write changed nothing");
+        unmapped_at(e.store_u64(sys(last + 16), 1, &no), last + 16);
+        assert!(e
+            .copy_chunk(sys(last), sys(u64::MAX - 15), 16, &no)
+            .is_err());
+    }
+
+    #[test]
+    fn bus_walk_crosses_from_guest_ram_into_a_peer_bar() {
+        let (e, fabric, peer) = env();
+        let no = AtomicBool::new(false);
+        // gpu1's BAR right after guest RAM: one access covers both.
+        fabric
+            .set_bar(peer, BarDecode::new(32 * MIB, 16 * MIB))
+            .unwrap();
+        unmapped_at(e.write_bytes(sys(17 * MIB - 8), &[1u8; 16], &no), 17 * MIB);
+        fabric
+            .set_bar(peer, BarDecode::new(16 * MIB, 16 * MIB))
+            .unwrap();
+        // Now the BAR covers the guest RAM window too and wins over it.
+        let r = e.write_bytes(sys(16 * MIB), &[2u8; 8], &no).unwrap();
+        assert_eq!(r.peer, Some(peer));
+        assert_eq!(fabric.traffic_from(e.peer_id())[1].written, 8);
+        // A member without a client is not routed: back to the guest RAM window.
+        fabric.set_client(peer, None).unwrap();
+        let r = e.write_bytes(sys(16 * MIB), &[2u8; 8], &no).unwrap();
+        assert_eq!(r.peer, None);
+        // The VRAM window registers go through the seam too.
+        assert!(e.vram_write_u32(4 * MIB - 4, 9));
+        assert_eq!(e.vram_read_u32(4 * MIB - 4), Some(9));
+        assert_eq!(e.vram_read_u32(4 * MIB), None);
+        assert!(!e.vram_write_u32(u64::MAX - 1, 9));
     }
 }
