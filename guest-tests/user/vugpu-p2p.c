@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ktap.h"
@@ -106,6 +107,21 @@ static int gpu_copy(struct vugpu_dev *d, uint32_t flags, uint32_t src_type, uint
 				   .src_type = src_type, .dst_type = dst_type,
 				   .src = src, .dst = dst, .length = len };
 	return vugpu_dma(d->fd, VUGPU_IOCTL_DMA_COPY, out);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Prints how long one copy of @len bytes took (and its rate). */
+static void print_rate(const char *what, uint64_t len, uint64_t ns)
+{
+	printf("# %s: %llu bytes in %llu us (%.1f MiB/s)\n", what, (unsigned long long)len,
+	       (unsigned long long)(ns / 1000), ns ? (double)len / (1 << 20) * 1e9 / (double)ns : 0.0);
 }
 
 /* Offset of the first mismatch, or -1. */
@@ -475,6 +491,7 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	uint8_t *cmb, *src;
 	struct vugpu_dma d;
 	int64_t dist = 0;
+	uint64_t t0;
 	int err = 0, ret;
 
 	REQUIRE_NVME(t, c);
@@ -489,18 +506,23 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	KTAP_ASSERT(t, src, "no memory");
 	vugpu_fill_pattern(src, BUF_LEN, 0xc3b0003);
 	memset(cmb, 0, BUF_LEN);
+	t0 = now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)src, VUGPU_MEM_USER,
 		       (uintptr_t)cmb, BUF_LEN, &d);
 	KTAP_ASSERT(t, !ret, "%s COPY system -> NVMe CMB: %s (result %u, engine error %#x at %#llx)",
 		    c->a->bdf, err_str(ret), d.result, d.regs.error_code,
 		    (unsigned long long)d.regs.error_addr);
+	print_rate("COPY system -> NVMe CMB (peer window, DMA messages)", BUF_LEN, now_ns() - t0);
 	KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS, "out_flags %#x", d.out_flags);
 	KTAP_EXPECT(t, mismatch(cmb, src, BUF_LEN) < 0, "CMB differs at %ld",
 		    mismatch(cmb, src, BUF_LEN));
 	/* And back: CMB -> GPU A's VRAM. */
+	t0 = now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)cmb, VUGPU_MEM_VRAM,
 		       0x300000, BUF_LEN, &d);
-	KTAP_ASSERT(t, !ret, "COPY NVMe CMB -> VRAM: %s", err_str(ret));
+	KTAP_ASSERT(t, !ret, "COPY NVMe CMB -> VRAM: %s (result %u, engine error %#x at %#llx)",
+		    err_str(ret), d.result, d.regs.error_code, (unsigned long long)d.regs.error_addr);
+	print_rate("COPY NVMe CMB -> VRAM (peer window, DMA messages)", BUF_LEN, now_ns() - t0);
 	memset(src, 0, BUF_LEN);
 	ret = vugpu_vram_io(c->a->fd, VUGPU_IOCTL_VRAM_READ, 0x300000, src, BUF_LEN);
 	KTAP_ASSERT(t, !ret, "VRAM_READ: %s", err_str(ret));
