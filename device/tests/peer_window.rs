@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use common::rig::{pattern, sys, vram, Doorbell, Rig, RING_AREA, SYS_IOVA};
 use common::{InProcServer, MIB};
+use vugpu_device::ctl;
 use vugpu_device::engine::desc::{flags, RawDescriptor};
 use vugpu_device::engine::peer_window::{
     BASE_HI, BASE_LO, CONTROL, CONTROL_ENABLE, CONTROL_READ, CONTROL_REFUSED, CONTROL_WRITE,
     REGS_BASE, REGS_STRIDE, SIZE_HI, SIZE_LO,
 };
 use vugpu_device::engine::regs::{offset, ErrorCode};
-use vugpu_device::gpu::GpuConfig;
+use vugpu_device::gpu::{Gpu, GpuConfig};
 
 const DATA: u64 = SYS_IOVA + RING_AREA;
 /// Where the unannounced peer BAR sits (the guest `p2p` suite's CMB bus address).
@@ -97,7 +98,9 @@ fn expect_unmapped(r: &mut Rig, descs: &[RawDescriptor], at: u64) {
 
 #[test]
 fn peer_window_reaches_an_unannounced_bar_with_dma_messages() {
-    let srv = InProcServer::start(GpuConfig::new(64 * MIB));
+    let gpu = Gpu::new(&GpuConfig::new(64 * MIB)).unwrap();
+    let monitor = gpu.engine_monitor();
+    let srv = InProcServer::start_gpu(gpu);
     let mut r = Rig::new(srv.client(), 32 * MIB);
     let orig = pattern(5, CMB_SIZE as usize);
     let bytes = Arc::new(Mutex::new(vec![0u8; CMB_SIZE as usize]));
@@ -149,6 +152,14 @@ fn peer_window_reaches_an_unannounced_bar_with_dma_messages() {
             (CMB, 8)
         ]
     );
+
+    // Counted per window (vugpu stats), bytes of the messages that succeeded.
+    let w1 = &monitor.peer_windows()[1];
+    assert_eq!((w1.read, w1.written), (len, len + 8));
+    assert_eq!((w1.base, w1.size, w1.control), (CMB, CMB_SIZE, RW));
+    let stats: serde_json::Value = serde_json::from_str(&ctl::answer("stats", &monitor)).unwrap();
+    assert_eq!(stats["peer_windows"][1]["written"], len + 8);
+    assert_eq!(stats["peer_windows"].as_array().unwrap().len(), 4);
 
     // An access crossing the window's end, or starting before it: a bus error at its start.
     expect_unmapped(

@@ -437,6 +437,57 @@ mod tests {
         assert_eq!(pw.window(1), None);
     }
 
+    /// DMA_MAP windows and decoding GPU BARs win: a peer window claims only accesses none of
+    /// whose bytes they touch.
+    #[test]
+    fn claims_only_what_no_window_or_bar_touches() {
+        use std::sync::Arc;
+        use vugpu_backend::{BarDecode, ClientId, DmaPermissions, Fabric, Iova, Vram, VramOptions};
+        const MIB: u64 = 1 << 20;
+        let fabric = Fabric::new(2);
+        let vram = |n| Arc::new(Vram::new(&VramOptions::memfd(n)).unwrap());
+        let me = fabric.join("gpu0", vram(MIB)).unwrap();
+        let peer = fabric.join("gpu1", vram(MIB)).unwrap();
+        for p in [me, peer] {
+            fabric.set_client(p, Some(ClientId(1))).unwrap();
+        }
+        // gpu1's BAR2 at 0xd000_0000, an fd-less DMA window at 0xc000_0000.
+        fabric
+            .set_bar(peer, BarDecode::new(0xd000_0000, MIB))
+            .unwrap();
+        let mut dma = DmaSpace::new();
+        let rw = DmaPermissions {
+            read: true,
+            write: true,
+        };
+        dma.map(Iova(0xc000_0000), MIB, 0, rw, None).unwrap();
+        let pw = PeerWindows::new();
+        // One window over all of it.
+        program(&pw, 0, 0xc000_0000, 0x2000_0000, RW);
+        let view = fabric.view();
+        let claim = |addr, len| pw.claim(&dma, &view, me, addr, len, true);
+        assert_eq!(claim(0xd800_0000, 0x1000), Some(0), "nothing else there");
+        assert_eq!(
+            claim(0xc010_0000, 0x1000),
+            Some(0),
+            "right after the DMA window"
+        );
+        assert_eq!(claim(0xc000_0000, 8), None, "inside the DMA window");
+        assert_eq!(claim(0xc00f_fff8, 16), None, "partly in the DMA window");
+        assert_eq!(claim(0xd000_0000, 8), None, "inside the peer's BAR");
+        assert_eq!(claim(0xcfff_fff8, 16), None, "running into the peer's BAR");
+        assert_eq!(claim(0xdfff_fff8, 16), None, "past the window's end");
+        assert_eq!(claim(u64::MAX - 7, 16), None, "wrapping");
+        drop(view);
+        // Without a client the BAR does not decode: the window takes it.
+        fabric.set_client(peer, None).unwrap();
+        let view = fabric.view();
+        assert_eq!(pw.claim(&dma, &view, me, 0xd000_0000, 8, true), Some(0));
+        // Disabled: nothing.
+        pw.write(0, CONTROL, 0);
+        assert_eq!(pw.claim(&dma, &view, me, 0xd800_0000, 8, true), None);
+    }
+
     #[test]
     fn reset_clears_registers_keeps_counters() {
         let pw = PeerWindows::new();
