@@ -233,6 +233,16 @@ fn peer_window_reaches_an_unannounced_bar_with_dma_messages() {
         &[RawDescriptor::copy(sys(CMB), vram(0), 64).with_flags(flags::IRQ)],
         CMB,
     );
+
+    // So does an FLR (PCIe Device Control bit 15).
+    program(&mut r, 2, CMB, CMB_SIZE, RW);
+    assert_eq!(r.dev_reg(win_reg(2, CONTROL)), RW);
+    let devctl = r.config32(0x68) as u16;
+    r.set_config16(0x68, devctl | 0x8000);
+    for reg in [BASE_LO, BASE_HI, SIZE_LO, SIZE_HI, CONTROL] {
+        assert_eq!(r.dev_reg(win_reg(2, reg)), 0);
+    }
+    assert!(monitor.peer_windows().iter().all(|w| w.control == 0));
 }
 
 /// A message the peer refuses (nothing decodes there) is `MSG_DMA_FAILED`, as for an fd-less

@@ -490,6 +490,7 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	struct p2p_ctx *c = ctx;
 	uint8_t *cmb, *src;
 	struct vugpu_dma d;
+	struct vugpu_regs regs;
 	int64_t dist = 0;
 	uint64_t t0;
 	int err = 0, ret;
@@ -516,6 +517,13 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS, "out_flags %#x", d.out_flags);
 	KTAP_EXPECT(t, mismatch(cmb, src, BUF_LEN) < 0, "CMB differs at %ld",
 		    mismatch(cmb, src, BUF_LEN));
+	/*
+	 * An FLR closes the device's peer windows (hw-spec §6.10); the driver
+	 * programs its windows again after the reset, so the copy back still
+	 * reaches the CMB.
+	 */
+	ret = vugpu_reset(c->a->fd, VUGPU_IOCTL_FLR, &regs, NULL);
+	KTAP_ASSERT(t, !ret, "%s FLR: %s", c->a->bdf, err_str(ret));
 	/* And back: CMB -> GPU A's VRAM. */
 	t0 = now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)cmb, VUGPU_MEM_VRAM,
