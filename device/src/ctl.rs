@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::engine::peer_window::PeerWindowReport;
 use crate::engine::{EngineMonitor, EngineReport, P2pReport};
 use crate::log::Level;
 
@@ -50,6 +51,7 @@ struct StatsReply {
     engines: Vec<EngineReport>,
     device: DeviceReport,
     p2p: Vec<P2pReport>,
+    peer_windows: Vec<PeerWindowReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +74,7 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
                 },
                 engines,
                 p2p: monitor.p2p(),
+                peer_windows: monitor.peer_windows(),
             })
         }
         _ => serde_json::to_string(&ErrorReply {

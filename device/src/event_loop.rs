@@ -355,9 +355,13 @@ impl Server {
                 let at = addr
                     .checked_add((i * piece) as u64)
                     .ok_or_else(|| ProtocolError::Invalid("DMA range overflows".into()))?;
-                // A DMA_UNMAP served while an earlier piece was waited for may have removed
-                // the window: no message for it after the unmap returned.
-                if !self.gpu.msg_dma_allowed(at, part.len() as u64, !read) {
+                // A DMA_UNMAP (or a peer window closed, hw-spec §6.10) served while an earlier
+                // piece was waited for may have removed the window: no message for it after the
+                // unmap returned.
+                if !self
+                    .gpu
+                    .msg_allowed(req.window, at, part.len() as u64, !read)
+                {
                     return Err(ProtocolError::Invalid(format!(
                         "DMA window at {at:#x} unmapped while its messages were in flight"
                     )));

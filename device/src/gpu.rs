@@ -35,7 +35,7 @@ use crate::engine::env::{EngineEnv, EnvParts, FaultReport, MsgDmaRequest, MsgOp,
 use crate::engine::regs::{
     self as eregs, ErrorCode, DOORBELL_OFFSET, DOORBELL_SIZE, ENGINE_BASE, ENGINE_END, MAX_ENGINES,
 };
-use crate::engine::{EngineMonitor, EngineSet};
+use crate::engine::{peer_window, EngineMonitor, EngineSet};
 
 use crate::irq::{EventFdNotifier, Notifier};
 use crate::msix::Msix;
@@ -302,6 +302,7 @@ impl RegisterContext for RegCtx<'_> {
 /// Which part of BAR0 an access falls in.
 enum Bar0Area {
     Registers,
+    PeerWindow(usize, u32),
     Engine(usize, u32),
     Table(usize),
     Pba(usize),
@@ -334,7 +335,11 @@ fn bar0_area(offset: u64, len: usize) -> Bar0Area {
         return Bar0Area::Straddle;
     }
     match i {
-        0 | 2 => Bar0Area::Registers,
+        0 => match peer_window::decode_offset(offset) {
+            Some((w, reg)) => Bar0Area::PeerWindow(w, reg),
+            None => Bar0Area::Registers,
+        },
+        2 => Bar0Area::Registers,
         1 => match eregs::decode_engine_offset(offset) {
             Some((e, off)) => Bar0Area::Engine(e, off),
             None => Bar0Area::Straddle,
@@ -550,12 +555,21 @@ impl Gpu {
                 MsgOp::Read { addr, len } => (*addr, *len, false),
                 MsgOp::Write { addr, data } => (*addr, data.len(), true),
             };
-            if req.abandoned() || self.msg_dma_allowed(addr, len as u64, write) {
+            if req.abandoned() || self.msg_allowed(req.window, addr, len as u64, write) {
                 return Some(req);
             }
             let _ = req.reply.send(Err(format!(
                 "DMA window at {addr:#x}+{len:#x} unmapped before its message was sent"
             )));
+        }
+    }
+
+    /// May a DMA message for `[addr, addr + len)` be sent now: through peer window `window`
+    /// (hw-spec §6.10) if it is one, else through a message-only DMA window.
+    pub fn msg_allowed(&self, window: Option<usize>, addr: u64, len: u64, write: bool) -> bool {
+        match window {
+            Some(w) => self.env.peer_windows().allows(w, addr, len, write),
+            None => self.msg_dma_allowed(addr, len, write),
         }
     }
 
@@ -700,6 +714,7 @@ impl Gpu {
         self.env.take_faults();
         self.pci.reset();
         self.regs.reset();
+        self.env.peer_windows().reset();
         self.env.msix().reset();
         self.mirror_config();
     }
@@ -710,6 +725,7 @@ impl Gpu {
         self.engines.reset_all();
         self.env.take_faults();
         self.regs.reset();
+        self.env.peer_windows().reset();
         self.env.msix().soft_reset();
     }
 
@@ -730,6 +746,16 @@ impl Gpu {
                 };
                 self.regs.read(offset, data, &mut ctx);
             }
+            Bar0Area::PeerWindow(w, reg) => match dword(offset, data.len()) {
+                Some(()) => {
+                    let v = self.env.peer_windows().read(w, reg);
+                    data.copy_from_slice(&v.to_le_bytes());
+                }
+                None => {
+                    self.stats.bad_bar0_accesses += 1;
+                    data.fill(0xff);
+                }
+            },
             Bar0Area::Engine(e, off) => match dword(offset, data.len()) {
                 Some(()) => {
                     let v = self.engines.read(e, off).unwrap_or(0);
@@ -772,6 +798,10 @@ impl Gpu {
                     self.soft_reset();
                 }
             }
+            Bar0Area::PeerWindow(w, reg) => match dword_value(offset, data) {
+                Some(v) => self.env.peer_windows().write(w, reg, v),
+                None => self.stats.bad_bar0_accesses += 1,
+            },
             Bar0Area::Engine(e, off) => match dword_value(offset, data) {
                 Some(v) => {
                     self.engines.write(e, off, v);

@@ -28,6 +28,7 @@
 #include <linux/io.h>
 #include <linux/mm.h>
 #include <linux/overflow.h>
+#include <linux/pci.h>
 #include <linux/scatterlist.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
@@ -52,6 +53,7 @@ struct vugpu_mem {
 	struct page		**bounce_pages;
 	bool			copy_out;	/* the job completed: bounce -> P2P pages */
 	bool			p2p_bus;	/* mapped to PCI bus addresses */
+	unsigned long		peer_wins;	/* peer windows this operand uses (bit i) */
 };
 
 /* Walks a memory operand's DMA segments. */
@@ -215,6 +217,192 @@ static int vugpu_mem_bounce(struct vugpu_device *vdev, struct vugpu_mem *m)
 }
 
 /* Map a USER operand for the device; resolve SCRATCH to bus addresses. */
+/* --- peer windows (hw-spec §6.10) -------------------------------------------- */
+
+/*
+ * A P2P operand's bus addresses lie in a peer's BAR.  A vugpu's BAR2 (this
+ * GPU's or another's) is reached without help: the fabric of its server, or a
+ * DMA_MAP window QEMU announces for it.  An emulated device's MMIO BAR (the
+ * NVMe CMB) is announced to nobody, so the engine would take a bus error:
+ * the driver opens a peer window over that BAR before the job rings the
+ * doorbell, and the device sends the accesses to QEMU as DMA messages.
+ * Windows stay open for the next job (reused while they cover the BAR; the
+ * least recently used idle one is reprogrammed when all are taken), are
+ * programmed again after FLR / SOFT_RESET and closed at remove.
+ */
+
+/* Program window @i from the driver's copy (0 size: just close it). */
+static int vugpu_peer_win_program(struct vugpu_device *vdev, unsigned int i)
+{
+	const struct vugpu_peer_win *w = &vdev->peer_win[i];
+	u32 r = VUGPU_PEER_WIN_REGS(i), ctl;
+
+	vugpu_wr(vdev, r + VUGPU_PEER_WIN_CONTROL, 0);
+	if (!w->size)
+		return 0;
+	vugpu_wr(vdev, r + VUGPU_PEER_WIN_BASE_LO, lower_32_bits(w->base));
+	vugpu_wr(vdev, r + VUGPU_PEER_WIN_BASE_HI, upper_32_bits(w->base));
+	vugpu_wr(vdev, r + VUGPU_PEER_WIN_SIZE_LO, lower_32_bits(w->size));
+	vugpu_wr(vdev, r + VUGPU_PEER_WIN_SIZE_HI, upper_32_bits(w->size));
+	vugpu_wr(vdev, r + VUGPU_PEER_WIN_CONTROL,
+		 VUGPU_PEER_WIN_ENABLE | VUGPU_PEER_WIN_READ | VUGPU_PEER_WIN_WRITE);
+	ctl = vugpu_rd(vdev, r + VUGPU_PEER_WIN_CONTROL);
+	if (ctl == VUGPU_REG_BAD_READ || !(ctl & VUGPU_PEER_WIN_ENABLE)) {
+		dev_err(&vdev->pdev->dev, "peer window %u %#llx+%#llx refused (CONTROL %#x)\n", i,
+			w->base, w->size, ctl);
+		return -EIO;
+	}
+	return 0;
+}
+
+/*
+ * The memory BAR that holds the bus range [@bus, @bus + @len): its bus range
+ * rounded out to the window granularity, and whether it belongs to a device
+ * like this one (a vugpu, which needs no window).
+ */
+static int vugpu_peer_bar(struct vugpu_device *vdev, u64 bus, u64 len, u64 *base, u64 *size,
+			  bool *vugpu, char *who, size_t who_len)
+{
+	struct pci_dev *p = NULL;
+	int i;
+
+	for_each_pci_dev(p) {
+		for (i = 0; i < PCI_STD_NUM_BARS; i++) {
+			u64 s = pci_bus_address(p, i), l = pci_resource_len(p, i), end;
+
+			if (!(pci_resource_flags(p, i) & IORESOURCE_MEM) || !l || bus < s ||
+			    bus - s >= l || len > l - (bus - s) || check_add_overflow(s, l, &end))
+				continue;
+			*base = round_down(s, VUGPU_PEER_WIN_ALIGN);
+			*size = round_up(end, VUGPU_PEER_WIN_ALIGN) - *base;
+			*vugpu = p->vendor == vdev->pdev->vendor && p->device == vdev->pdev->device;
+			snprintf(who, who_len, "%s BAR%d", pci_name(p), i);
+			pci_dev_put(p);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+/* A window covering [@base, @base + @size): an open one, else a free or the LRU idle one. */
+static int vugpu_peer_win_get(struct vugpu_device *vdev, u64 base, u64 size, const char *who)
+{
+	struct vugpu_peer_win *w;
+	int i, pick = -1, ret;
+
+	for (i = 0; i < vdev->peer_win_count; i++) {
+		w = &vdev->peer_win[i];
+		if (w->size && base >= w->base && base - w->base + size <= w->size) {
+			w->last_use = ++vdev->peer_win_clock;
+			return i;
+		}
+	}
+	for (i = 0; i < vdev->peer_win_count; i++) {
+		w = &vdev->peer_win[i];
+		if (w->users)
+			continue;
+		if (!w->size) {
+			pick = i;
+			break;
+		}
+		if (pick < 0 || w->last_use < vdev->peer_win[pick].last_use)
+			pick = i;
+	}
+	if (pick < 0)
+		return -EBUSY;
+	w = &vdev->peer_win[pick];
+	w->base = base;
+	w->size = size;
+	w->last_use = ++vdev->peer_win_clock;
+	ret = vugpu_peer_win_program(vdev, pick);
+	if (ret) {
+		w->size = 0;
+		vugpu_peer_win_program(vdev, pick);
+		return ret;
+	}
+	dev_info(&vdev->pdev->dev, "peer window %d: bus %#llx+%#llx (%s)\n", pick, base, size,
+		 who);
+	return pick;
+}
+
+/* Open (or reuse) the windows a bus-address-mapped USER operand needs; under engines_rwsem. */
+static int vugpu_peer_wins_open(struct vugpu_device *vdev, struct vugpu_mem *m)
+{
+	struct scatterlist *sg;
+	unsigned int i;
+	int ret = 0;
+
+	if (!vdev->peer_win_count)
+		return 0;
+	mutex_lock(&vdev->peer_win_lock);
+	for_each_sgtable_dma_sg(&m->sgt, sg, i) {
+		u64 base, size;
+		bool vugpu;
+		char who[32];
+		int w;
+
+		if (!sg_dma_is_bus_address(sg))
+			continue;
+		/* Nothing decodes it, or a vugpu BAR: the device routes (or refuses) it itself. */
+		if (vugpu_peer_bar(vdev, sg_dma_address(sg), sg_dma_len(sg), &base, &size, &vugpu,
+				   who, sizeof(who)) || vugpu)
+			continue;
+		w = vugpu_peer_win_get(vdev, base, size, who);
+		if (w < 0) {
+			ret = w;
+			break;
+		}
+		if (!(m->peer_wins & BIT(w))) {
+			m->peer_wins |= BIT(w);
+			vdev->peer_win[w].users++;
+		}
+	}
+	mutex_unlock(&vdev->peer_win_lock);
+	return ret;
+}
+
+static void vugpu_peer_wins_release(struct vugpu_device *vdev, struct vugpu_mem *m)
+{
+	unsigned int i;
+
+	if (!m->peer_wins)
+		return;
+	mutex_lock(&vdev->peer_win_lock);
+	for (i = 0; i < vdev->peer_win_count; i++)
+		if (m->peer_wins & BIT(i) && !WARN_ON(!vdev->peer_win[i].users))
+			vdev->peer_win[i].users--;
+	mutex_unlock(&vdev->peer_win_lock);
+	m->peer_wins = 0;
+}
+
+/* After FLR / SOFT_RESET (which closed every window): open the driver's windows again. */
+void vugpu_peer_wins_restore(struct vugpu_device *vdev)
+{
+	unsigned int i;
+
+	mutex_lock(&vdev->peer_win_lock);
+	for (i = 0; i < vdev->peer_win_count; i++) {
+		if (vdev->peer_win[i].size && vugpu_peer_win_program(vdev, i)) {
+			vdev->peer_win[i].size = 0;
+			vugpu_peer_win_program(vdev, i);
+		}
+	}
+	mutex_unlock(&vdev->peer_win_lock);
+}
+
+/* Remove: close every window (no job runs: engines_rwsem held for writing). */
+void vugpu_peer_wins_close(struct vugpu_device *vdev)
+{
+	unsigned int i;
+
+	mutex_lock(&vdev->peer_win_lock);
+	for (i = 0; i < vdev->peer_win_count; i++) {
+		vdev->peer_win[i] = (struct vugpu_peer_win){};
+		vugpu_peer_win_program(vdev, i);
+	}
+	mutex_unlock(&vdev->peer_win_lock);
+}
+
 static int vugpu_mem_map(struct vugpu_device *vdev, struct vugpu_mem *m)
 {
 	struct device *dev = &vdev->pdev->dev;
@@ -242,11 +430,12 @@ static int vugpu_mem_map(struct vugpu_device *vdev, struct vugpu_mem *m)
 	}
 	m->mapped = true;
 	m->p2p_bus = m->p2pdma && vugpu_sgt_has_p2p(&m->sgt);
-	return 0;
+	return m->p2p_bus ? vugpu_peer_wins_open(vdev, m) : 0;
 }
 
 static void vugpu_mem_unmap(struct vugpu_device *vdev, struct vugpu_mem *m)
 {
+	vugpu_peer_wins_release(vdev, m);
 	if (m->mapped) {
 		dma_unmap_sgtable(&vdev->pdev->dev, &m->sgt, vugpu_mem_dir(m), 0);
 		sg_free_table(&m->sgt);

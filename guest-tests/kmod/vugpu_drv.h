@@ -140,6 +140,18 @@ struct vugpu_engine {
 	atomic64_t		doorbell_wakes;
 };
 
+/*
+ * A peer window (hw-spec §6.10) as the driver programmed it: the bus range of a
+ * peer's memory BAR that QEMU never announced (e.g. an NVMe CMB), which the
+ * engines reach with DMA messages.  size 0: free.
+ */
+struct vugpu_peer_win {
+	u64			base;
+	u64			size;
+	u64			last_use;	/* vdev->peer_win_clock at the last job using it */
+	unsigned int		users;		/* jobs using it now: not evicted */
+};
+
 struct vugpu_device {
 	struct pci_dev		*pdev;
 	struct kref		ref;		/* the PCI binding + each open file */
@@ -192,6 +204,16 @@ struct vugpu_device {
 	atomic64_t		err_irqs;
 	atomic64_t		recoveries;
 	atomic64_t		timeouts;
+
+	/*
+	 * Peer windows (vugpu_dma.c): under peer_win_lock, which nests inside
+	 * engines_rwsem (jobs hold it for reading, resets and remove for
+	 * writing while they restore or close the windows).
+	 */
+	struct mutex		peer_win_lock;
+	unsigned int		peer_win_count;	/* 0: the device has none (CAPS bit 4) */
+	u64			peer_win_clock;
+	struct vugpu_peer_win	peer_win[VUGPU_PEER_WIN_COUNT];
 };
 
 static inline u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
@@ -214,6 +236,9 @@ int vugpu_engines_probe(struct vugpu_device *vdev);
 void vugpu_engines_stop(struct vugpu_device *vdev);
 void vugpu_engines_remove(struct vugpu_device *vdev);
 void vugpu_engines_reinit(struct vugpu_device *vdev);
+/* vugpu_dma.c: peer windows, with engines_rwsem held for writing */
+void vugpu_peer_wins_restore(struct vugpu_device *vdev);
+void vugpu_peer_wins_close(struct vugpu_device *vdev);
 void vugpu_engine_irq(struct vugpu_vector *vec);
 void vugpu_error_irq(struct vugpu_device *vdev);
 void vugpu_engine_read_regs(struct vugpu_engine *eng, struct vugpu_engine_regs *r);

@@ -561,6 +561,7 @@ static int vugpu_engines_discover(struct vugpu_device *vdev, u32 *db_off)
 		return 0;
 	count = vugpu_rd(vdev, VUGPU_REG_ENGINE_COUNT);
 	vdev->engine_count = count;
+	vdev->peer_win_count = count && (caps & VUGPU_CAPS_PEER_WINDOWS) ? VUGPU_PEER_WIN_COUNT : 0;
 	if (!count)
 		return 0;
 	if (count > VUGPU_ENGINE_MAX) {
@@ -702,6 +703,8 @@ void vugpu_engines_stop(struct vugpu_device *vdev)
 		vugpu_engine_hw_reset(&vdev->engines[i]);
 		vdev->engines[i].ready = false;
 	}
+	/* No window may point at a peer after the driver is gone. */
+	vugpu_peer_wins_close(vdev);
 	up_write(&vdev->engines_rwsem);
 }
 
@@ -717,11 +720,12 @@ void vugpu_engines_remove(struct vugpu_device *vdev)
 	vugpu_engines_free(vdev, engines, engines ? vdev->engine_count : 0);
 }
 
-/* After FLR / SOFT_RESET (engines_rwsem held for writing): program the rings again. */
+/* After FLR / SOFT_RESET (engines_rwsem held for writing): program the rings and peer windows again. */
 void vugpu_engines_reinit(struct vugpu_device *vdev)
 {
 	unsigned int i;
 
+	vugpu_peer_wins_restore(vdev);
 	for (i = 0; vdev->engines && i < vdev->engine_count; i++) {
 		struct vugpu_engine *eng = &vdev->engines[i];
 		int ret = vugpu_engine_hw_init(eng);

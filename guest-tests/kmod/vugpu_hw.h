@@ -111,12 +111,27 @@
 #define VUGPU_REG_ERR_CAUSE		0x00a0	/* W1C */
 #define VUGPU_REG_CLOCK_LO		0x00a8	/* RO, latches CLOCK_HI */
 #define VUGPU_REG_CLOCK_HI		0x00ac	/* RO */
+/* §6.10 peer windows: window i's block at VUGPU_PEER_WIN_REGS(i) + below. */
+#define VUGPU_PEER_WIN_COUNT		4
+#define VUGPU_PEER_WIN_REGS_BASE	0x0200
+#define VUGPU_PEER_WIN_REGS_STRIDE	0x20
+#define VUGPU_PEER_WIN_REGS(i)		(VUGPU_PEER_WIN_REGS_BASE + (i) * VUGPU_PEER_WIN_REGS_STRIDE)
+#define VUGPU_PEER_WIN_BASE_LO		0x00	/* RW, bits 11:0 RO 0; locked while enabled */
+#define VUGPU_PEER_WIN_BASE_HI		0x04	/* RW; locked while enabled */
+#define VUGPU_PEER_WIN_SIZE_LO		0x08	/* RW, bits 11:0 RO 0; locked while enabled */
+#define VUGPU_PEER_WIN_SIZE_HI		0x0c	/* RW; locked while enabled */
+#define VUGPU_PEER_WIN_CONTROL		0x10	/* RW bits 2:0, RO bit 31 */
+#define VUGPU_PEER_WIN_ENABLE		(1U << 0)
+#define VUGPU_PEER_WIN_READ		(1U << 1)
+#define VUGPU_PEER_WIN_WRITE		(1U << 2)
+#define VUGPU_PEER_WIN_REFUSED		(1U << 31)	/* RO: last enable refused */
+#define VUGPU_PEER_WIN_ALIGN		0x1000ULL
 #define VUGPU_NUM_SCRATCH		4
 #define VUGPU_REG_SCRATCH(n)		(VUGPU_REG_SCRATCH0 + (n) * VUGPU_REG_WIDTH)
 
 /* Reset values and field definitions. */
 #define VUGPU_ID_VALUE			0x56475055U	/* "UPGV" little-endian */
-#define VUGPU_VERSION_VALUE		0x00000002U	/* this document: 0.2 */
+#define VUGPU_VERSION_VALUE		0x00000003U	/* this document: 0.3 */
 #define VUGPU_VERSION_MAJOR(v)		((v) >> 16)
 #define VUGPU_VERSION_MINOR(v)		((v) & 0xffff)
 #define VUGPU_VERSION_ENGINES		0x00000002U	/* first version with §3's engine registers */
@@ -124,7 +139,8 @@
 #define VUGPU_CAPS_VRAM_MMAP		(1U << 1)
 #define VUGPU_CAPS_ENGINES		(1U << 2)	/* ENGINE_COUNT > 0 */
 #define VUGPU_CAPS_DOORBELL_MMAP	(1U << 3)
-#define VUGPU_CAPS_KNOWN		0xfU
+#define VUGPU_CAPS_PEER_WINDOWS		(1U << 4)	/* §6.10, with the engines */
+#define VUGPU_CAPS_KNOWN		0x1fU
 #define VUGPU_DOORBELL_STRIDE_VALUE	0x40U
 #define VUGPU_ENGINE_VECTOR_BASE_VALUE	1U		/* vector 0: device/error vector */
 #define VUGPU_STATUS_READY		(1U << 0)	/* RO */

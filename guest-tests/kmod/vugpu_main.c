@@ -985,6 +985,7 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	kref_init(&vdev->ref);
 	mutex_init(&vdev->lock);
 	init_rwsem(&vdev->engines_rwsem);
+	mutex_init(&vdev->peer_win_lock);
 	atomic64_set(&vdev->vec0_irqs, 0);
 	atomic64_set(&vdev->err_irqs, 0);
 	atomic64_set(&vdev->recoveries, 0);

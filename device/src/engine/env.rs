@@ -46,6 +46,7 @@ use vugpu_backend::{
 };
 
 use super::desc::{Addr, Aperture};
+use super::peer_window::PeerWindows;
 use super::regs::ErrorCode;
 use crate::msix::Msix;
 use crate::pci::function::COMMAND_BUS_MASTER;
@@ -121,6 +122,8 @@ pub struct Reach {
     pub msg: bool,
     /// A part was a GPU's VRAM reached through its BAR's bus address (the first such GPU).
     pub peer: Option<PeerId>,
+    /// The access went through this peer window (hw-spec §6.10).
+    pub window: Option<usize>,
 }
 
 impl Reach {
@@ -129,6 +132,7 @@ impl Reach {
         Reach {
             msg: self.msg || other.msg,
             peer: self.peer.or(other.peer),
+            window: self.window.or(other.window),
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct MsgDmaRequest {
     waiter: Weak<()>,
     /// When the engine queued it (the event loop logs how long it waited to be sent).
     pub queued: Instant,
+    /// The peer window it goes through (hw-spec §6.10); `None`: an fd-less DMA_MAP window.
+    pub window: Option<usize>,
 }
 
 impl MsgDmaRequest {
@@ -214,6 +220,7 @@ pub struct EngineEnv {
     trace: Option<Mutex<LineWriter<File>>>,
     shutdown: AtomicBool,
     timing: PollTiming,
+    peer_windows: PeerWindows,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -258,6 +265,7 @@ enum Piece<'a> {
     Msg {
         iova: u64,
         len: u64,
+        window: Option<usize>,
     },
 }
 
@@ -331,6 +339,7 @@ impl EngineEnv {
             trace: parts.trace.map(|f| Mutex::new(LineWriter::new(f))),
             shutdown: AtomicBool::new(false),
             timing: parts.timing,
+            peer_windows: PeerWindows::new(),
         };
         Ok((env, msg_rx))
     }
@@ -494,6 +503,11 @@ impl EngineEnv {
         self.me
     }
 
+    /// The peer windows (hw-spec §6.10).
+    pub fn peer_windows(&self) -> &PeerWindows {
+        &self.peer_windows
+    }
+
     /// Takes what an access of these apertures needs (nothing for VRAM alone).
     fn hold(&self, sys: bool) -> Held<'_> {
         if sys {
@@ -519,7 +533,9 @@ impl EngineEnv {
     ///   GPU's own included, wins over any DMA_MAP window, fd-less ones included), then the
     ///   client's DMA_MAP windows (mapped, file-accessed or message-only, with their
     ///   permissions). Bytes outside both are a bus error (`SYS_UNMAPPED` at the first such
-    ///   byte), as before peers existed.
+    ///   byte), as before peers existed, unless the whole access (none of it in a BAR or a
+    ///   window) lies in one peer window granting it: then it is one message-only piece
+    ///   (hw-spec §6.10, [`super::peer_window`]).
     fn resolve<'h>(
         &'h self,
         held: &'h Held<'h>,
@@ -541,7 +557,38 @@ impl EngineEnv {
                     })?;
                 Ok(vec![Piece::Slice { slice, peer: None }])
             }
-            Aperture::Sys => self.resolve_bus(held, at.addr, len, write),
+            Aperture::Sys => self
+                .resolve_bus(held, at.addr, len, write)
+                .or_else(|f| self.peer_window_piece(held, at.addr, len, write, f)),
+        }
+    }
+
+    /// A bus error may still be an access through a peer window (hw-spec §6.10): then it is
+    /// one message-only piece; otherwise the error stands.
+    fn peer_window_piece<'h>(
+        &'h self,
+        held: &'h Held<'h>,
+        addr: u64,
+        len: u64,
+        write: bool,
+        f: MemFault,
+    ) -> Result<Vec<Piece<'h>>, MemFault> {
+        let (Some(dma), Some(fabric)) = (held.dma.as_deref(), held.fabric.as_ref()) else {
+            return Err(f);
+        };
+        if f.kind != FaultKind::SysUnmapped {
+            return Err(f);
+        }
+        match self
+            .peer_windows
+            .claim(dma, fabric, self.me, addr, len, write)
+        {
+            Some(w) => Ok(vec![Piece::Msg {
+                iova: addr,
+                len,
+                window: Some(w),
+            }]),
+            None => Err(f),
         }
     }
 
@@ -596,7 +643,10 @@ impl EngineEnv {
         let mut reach = Reach::default();
         for p in pieces {
             match p {
-                Piece::Msg { .. } => reach.msg = true,
+                Piece::Msg { window, .. } => {
+                    reach.msg = true;
+                    reach.window = reach.window.or(*window);
+                }
                 Piece::Slice {
                     slice,
                     peer: Some(peer),
@@ -636,20 +686,20 @@ impl EngineEnv {
                         slice.copy_to(dst);
                     }
                     Piece::File(f) => f.read(0, dst).map_err(|e| sys_fault(&e, at.addr, false))?,
-                    Piece::Msg { iova, .. } => msgs.push((*iova, off, n)),
+                    Piece::Msg { iova, window, .. } => msgs.push((*iova, off, n, *window)),
                 }
                 off += n;
             }
             self.account(&pieces, false)
         };
-        for (iova, off, n) in msgs {
+        for (iova, off, n, window) in msgs {
             let dst = buf.get_mut(off..off + n).ok_or(fault(
                 FaultKind::MsgDma,
                 Aperture::Sys,
                 iova,
                 false,
             ))?;
-            self.msg_read(iova, dst, abort)?;
+            self.msg_read(iova, dst, window, abort)?;
         }
         Ok(reach)
     }
@@ -679,20 +729,20 @@ impl EngineEnv {
                         slice.copy_from(src);
                     }
                     Piece::File(f) => f.write(0, src).map_err(|e| sys_fault(&e, at.addr, true))?,
-                    Piece::Msg { iova, .. } => msgs.push((*iova, off, n)),
+                    Piece::Msg { iova, window, .. } => msgs.push((*iova, off, n, *window)),
                 }
                 off += n;
             }
             self.account(&pieces, true)
         };
-        for (iova, off, n) in msgs {
+        for (iova, off, n, window) in msgs {
             let src = data.get(off..off + n).ok_or(fault(
                 FaultKind::MsgDma,
                 Aperture::Sys,
                 iova,
                 true,
             ))?;
-            self.msg_write(iova, src, abort)?;
+            self.msg_write(iova, src, window, abort)?;
         }
         Ok(reach)
     }
@@ -751,6 +801,7 @@ impl EngineEnv {
         if !at.addr.is_multiple_of(8) {
             return Err(misaligned());
         }
+        let mut msg_window = None;
         let reach = {
             let held = self.hold(at.aperture == Aperture::Sys);
             let pieces = self.resolve(&held, at, 8, true)?;
@@ -762,7 +813,7 @@ impl EngineEnv {
                     .write(0, &value.to_le_bytes())
                     .map_err(|e| sys_fault(&e, at.addr, true))?,
                 // Message-only: one DMA_WRITE below, without holding the DMA space.
-                [Piece::Msg { .. }] => {}
+                [Piece::Msg { window, .. }] => msg_window = *window,
                 // Windows are page aligned and BARs at least 1 MiB: an aligned 8-byte store
                 // lies in one piece.
                 _ => return Err(misaligned()),
@@ -776,10 +827,11 @@ impl EngineEnv {
         match reach {
             Some(r) => Ok(r),
             None => {
-                self.msg_write(at.addr, &value.to_le_bytes(), abort)?;
+                self.msg_write(at.addr, &value.to_le_bytes(), msg_window, abort)?;
                 Ok(Reach {
                     msg: true,
                     peer: None,
+                    window: msg_window,
                 })
             }
         }
@@ -806,13 +858,20 @@ impl EngineEnv {
             .is_ok()
     }
 
-    fn msg_read(&self, iova: u64, buf: &mut [u8], abort: &AtomicBool) -> Result<(), MemFault> {
+    fn msg_read(
+        &self,
+        iova: u64,
+        buf: &mut [u8],
+        window: Option<usize>,
+        abort: &AtomicBool,
+    ) -> Result<(), MemFault> {
         let data = self
             .msg_request(
                 MsgOp::Read {
                     addr: iova,
                     len: buf.len(),
                 },
+                window,
                 abort,
             )
             .map_err(|k| fault(k, Aperture::Sys, iova, false))?;
@@ -820,22 +879,40 @@ impl EngineEnv {
             return Err(fault(FaultKind::MsgDma, Aperture::Sys, iova, false));
         }
         buf.copy_from_slice(&data);
+        if let Some(w) = window {
+            self.peer_windows.record(w, false, buf.len() as u64);
+        }
         Ok(())
     }
 
-    fn msg_write(&self, iova: u64, data: &[u8], abort: &AtomicBool) -> Result<(), MemFault> {
+    fn msg_write(
+        &self,
+        iova: u64,
+        data: &[u8],
+        window: Option<usize>,
+        abort: &AtomicBool,
+    ) -> Result<(), MemFault> {
         self.msg_request(
             MsgOp::Write {
                 addr: iova,
                 data: data.to_vec(),
             },
+            window,
             abort,
         )
-        .map(|_| ())
-        .map_err(|k| fault(k, Aperture::Sys, iova, true))
+        .map_err(|k| fault(k, Aperture::Sys, iova, true))?;
+        if let Some(w) = window {
+            self.peer_windows.record(w, true, data.len() as u64);
+        }
+        Ok(())
     }
 
-    fn msg_request(&self, op: MsgOp, abort: &AtomicBool) -> Result<Vec<u8>, FaultKind> {
+    fn msg_request(
+        &self,
+        op: MsgOp,
+        window: Option<usize>,
+        abort: &AtomicBool,
+    ) -> Result<Vec<u8>, FaultKind> {
         let (reply, rx) = mpsc::sync_channel(1);
         // Dropped on every return from here (the request then reads as abandoned).
         let waiting = Arc::new(());
@@ -845,6 +922,7 @@ impl EngineEnv {
                 reply,
                 waiter: Arc::downgrade(&waiting),
                 queued: Instant::now(),
+                window,
             })
             .map_err(|_| FaultKind::MsgDma)?;
         self.kick();
@@ -881,6 +959,7 @@ fn dma_pieces_into<'h>(
             Segment::Message { iova, len } => Piece::Msg {
                 iova: iova.raw(),
                 len,
+                window: None,
             },
         })
     })

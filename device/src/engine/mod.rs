@@ -21,6 +21,7 @@
 
 pub mod desc;
 pub mod env;
+pub mod peer_window;
 pub mod regs;
 pub mod stats;
 mod worker;
@@ -323,6 +324,11 @@ impl EngineMonitor {
     /// The GPU's name.
     pub fn name(&self) -> &str {
         self.env.name()
+    }
+
+    /// The peer windows' registers and byte counters (hw-spec §6.10, §8.2).
+    pub fn peer_windows(&self) -> Vec<peer_window::PeerWindowReport> {
+        self.env.peer_windows().report()
     }
 
     /// Peer-to-peer traffic between this GPU and every member of its fabric (itself included:

@@ -228,6 +228,9 @@ fn attrs(ns: bool, ro: bool) -> &'static str {
 fn target(env: &EngineEnv, ap: Aperture, reach: Reach) -> std::borrow::Cow<'static, str> {
     match (ap, reach.msg, reach.peer) {
         (Aperture::Vram, _, _) => "vram".into(),
+        (Aperture::Sys, _, None) if reach.window.is_some() => {
+            format!("peer-win:{}", reach.window.unwrap_or(0)).into()
+        }
         (Aperture::Sys, _, Some(peer)) => format!("peer:{}", env.fabric().name(peer)).into(),
         (Aperture::Sys, false, None) => "sys".into(),
         (Aperture::Sys, true, None) => "sys-msg".into(),
@@ -252,9 +255,15 @@ impl Tx<'_> {
         if f.kind == FaultKind::Aborted {
             return;
         }
+        // A failed message may have gone through a peer window (hw-spec §6.10).
+        let window = match f.kind {
+            FaultKind::MsgDma => self.env.peer_windows().holding(f.at.addr, 1, f.write),
+            _ => None,
+        };
         let reach = Reach {
             msg: reach.msg || f.kind == FaultKind::MsgDma,
             peer: reach.peer,
+            window: reach.window.or(window),
         };
         self.line(write, at, size, reach, false);
     }

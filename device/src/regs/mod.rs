@@ -86,7 +86,7 @@ impl RegisterFile {
                 Reset::VramSizeHi => (self.params.vram_size >> 32) as u32,
                 Reset::Caps => {
                     let engines = if self.params.engines > 0 {
-                        spec::CAPS_DMA_ENGINES | spec::CAPS_DOORBELL_MMAP
+                        spec::CAPS_DMA_ENGINES | spec::CAPS_DOORBELL_MMAP | spec::CAPS_PEER_WINDOWS
                     } else {
                         0
                     };
@@ -304,8 +304,8 @@ mod tests {
     fn identification_registers() {
         let (mut f, mut c) = setup();
         assert_eq!(rd(&mut f, &mut c, ID), 0x5647_5055);
-        assert_eq!(rd(&mut f, &mut c, VERSION), 2);
-        assert_eq!(rd(&mut f, &mut c, CAPS), 0xf);
+        assert_eq!(rd(&mut f, &mut c, VERSION), 3);
+        assert_eq!(rd(&mut f, &mut c, CAPS), 0x1f);
         assert_eq!(rd(&mut f, &mut c, NUM_VECTORS), 40);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_LO), 0);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_HI), 4);

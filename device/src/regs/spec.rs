@@ -2,8 +2,8 @@
 
 /// `ID` value: "UPGV".
 pub const ID_VALUE: u32 = 0x5647_5055;
-/// `VERSION` value: spec 0.2.
-pub const VERSION_VALUE: u32 = 0x0000_0002;
+/// `VERSION` value: spec 0.3.
+pub const VERSION_VALUE: u32 = 0x0000_0003;
 /// `CAPS` bit 0: MSI-X.
 pub const CAPS_MSIX: u32 = 1 << 0;
 /// `CAPS` bit 1: VRAM BAR mmappable.
@@ -12,6 +12,8 @@ pub const CAPS_VRAM_MMAP: u32 = 1 << 1;
 pub const CAPS_DMA_ENGINES: u32 = 1 << 2;
 /// `CAPS` bit 3: doorbell page mmappable.
 pub const CAPS_DOORBELL_MMAP: u32 = 1 << 3;
+/// `CAPS` bit 4: peer windows (hw-spec §6.10).
+pub const CAPS_PEER_WINDOWS: u32 = 1 << 4;
 /// `STATUS` bit 0: READY.
 pub const STATUS_READY: u32 = 1 << 0;
 /// `STATUS` bit 1: VRAM_INDEX_ERR.
