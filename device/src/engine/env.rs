@@ -573,7 +573,8 @@ impl EngineEnv {
         write: bool,
         f: MemFault,
     ) -> Result<Vec<Piece<'h>>, MemFault> {
-        let (Some(dma), Some(fabric)) = (held.dma.as_deref(), held.fabric.as_ref()) else {
+        // No fabric view: no GPU BAR decodes (the fabric's fast path), so none can overlap.
+        let Some(dma) = held.dma.as_deref() else {
             return Err(f);
         };
         if f.kind != FaultKind::SysUnmapped {
@@ -581,7 +582,7 @@ impl EngineEnv {
         }
         match self
             .peer_windows
-            .claim(dma, fabric, self.me, addr, len, write)
+            .claim(dma, held.fabric.as_ref(), self.me, addr, len, write)
         {
             Some(w) => Ok(vec![Piece::Msg {
                 iova: addr,

@@ -223,7 +223,7 @@ impl PeerWindows {
     pub fn claim(
         &self,
         dma: &DmaSpace,
-        fabric: &FabricView<'_>,
+        fabric: Option<&FabricView<'_>>,
         me: PeerId,
         addr: u64,
         len: u64,
@@ -234,10 +234,11 @@ impl PeerWindows {
         }
         let end = addr.checked_add(len)?;
         let w = self.holding(addr, len, write)?;
-        let decoded = match fabric.route(me, addr) {
+        // `None`: no GPU BAR decodes anywhere in the fabric.
+        let decoded = fabric.is_some_and(|fabric| match fabric.route(me, addr) {
             Route::Peer { .. } => true,
             Route::Miss { next } => next.is_some_and(|n| n < end),
-        };
+        });
         let mapped = dma.windows().any(|d| {
             let d_end = d.iova.raw().saturating_add(d.size);
             d.iova.raw() < end && addr < d_end
@@ -465,7 +466,7 @@ mod tests {
         // One window over all of it.
         program(&pw, 0, 0xc000_0000, 0x2000_0000, RW);
         let view = fabric.view();
-        let claim = |addr, len| pw.claim(&dma, &view, me, addr, len, true);
+        let claim = |addr, len| pw.claim(&dma, Some(&view), me, addr, len, true);
         assert_eq!(claim(0xd800_0000, 0x1000), Some(0), "nothing else there");
         assert_eq!(
             claim(0xc010_0000, 0x1000),
@@ -482,10 +483,13 @@ mod tests {
         // Without a client the BAR does not decode: the window takes it.
         fabric.set_client(peer, None).unwrap();
         let view = fabric.view();
-        assert_eq!(pw.claim(&dma, &view, me, 0xd000_0000, 8, true), Some(0));
+        assert_eq!(
+            pw.claim(&dma, Some(&view), me, 0xd000_0000, 8, true),
+            Some(0)
+        );
         // Disabled: nothing.
         pw.write(0, CONTROL, 0);
-        assert_eq!(pw.claim(&dma, &view, me, 0xd800_0000, 8, true), None);
+        assert_eq!(pw.claim(&dma, Some(&view), me, 0xd800_0000, 8, true), None);
     }
 
     #[test]
