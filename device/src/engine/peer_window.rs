@@ -487,6 +487,8 @@ mod tests {
             pw.claim(&dma, Some(&view), me, 0xd000_0000, 8, true),
             Some(0)
         );
+        // Without a fabric view (no GPU BAR decodes anywhere) the window alone decides.
+        assert_eq!(pw.claim(&dma, None, me, 0xd000_0000, 8, true), Some(0));
         // Disabled: nothing.
         pw.write(0, CONTROL, 0);
         assert_eq!(pw.claim(&dma, Some(&view), me, 0xd800_0000, 8, true), None);
