@@ -37,7 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ktap.h"
@@ -113,14 +112,6 @@ static int gpu_copy(struct vugpu_dev *d, uint32_t flags, uint32_t src_type, uint
 				   .src_type = src_type, .dst_type = dst_type,
 				   .src = src, .dst = dst, .length = len };
 	return vugpu_dma(d->fd, VUGPU_IOCTL_DMA_COPY, out);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* Prints how long one copy of @len bytes took (and its rate). */
@@ -513,13 +504,13 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	KTAP_ASSERT(t, src, "no memory");
 	vugpu_fill_pattern(src, BUF_LEN, 0xc3b0003);
 	memset(cmb, 0, BUF_LEN);
-	t0 = now_ns();
+	t0 = vugpu_now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)src, VUGPU_MEM_USER,
 		       (uintptr_t)cmb, BUF_LEN, &d);
 	KTAP_ASSERT(t, !ret, "%s COPY system -> NVMe CMB: %s (result %u, engine error %#x at %#llx)",
 		    c->a->bdf, err_str(ret), d.result, d.regs.error_code,
 		    (unsigned long long)d.regs.error_addr);
-	print_rate("COPY system -> NVMe CMB (peer window, DMA messages)", BUF_LEN, now_ns() - t0);
+	print_rate("COPY system -> NVMe CMB (peer window, DMA messages)", BUF_LEN, vugpu_now_ns() - t0);
 	KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS, "out_flags %#x", d.out_flags);
 	KTAP_EXPECT(t, mismatch(cmb, src, BUF_LEN) < 0, "CMB differs at %ld",
 		    mismatch(cmb, src, BUF_LEN));
@@ -531,12 +522,12 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	ret = vugpu_reset(c->a->fd, VUGPU_IOCTL_FLR, &regs, NULL);
 	KTAP_ASSERT(t, !ret, "%s FLR: %s", c->a->bdf, err_str(ret));
 	/* And back: CMB -> GPU A's VRAM. */
-	t0 = now_ns();
+	t0 = vugpu_now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)cmb, VUGPU_MEM_VRAM,
 		       0x300000, BUF_LEN, &d);
 	KTAP_ASSERT(t, !ret, "COPY NVMe CMB -> VRAM: %s (result %u, engine error %#x at %#llx)",
 		    err_str(ret), d.result, d.regs.error_code, (unsigned long long)d.regs.error_addr);
-	print_rate("COPY NVMe CMB -> VRAM (peer window, DMA messages)", BUF_LEN, now_ns() - t0);
+	print_rate("COPY NVMe CMB -> VRAM (peer window, DMA messages)", BUF_LEN, vugpu_now_ns() - t0);
 	memset(src, 0, BUF_LEN);
 	ret = vugpu_vram_io(c->a->fd, VUGPU_IOCTL_VRAM_READ, 0x300000, src, BUF_LEN);
 	KTAP_ASSERT(t, !ret, "VRAM_READ: %s", err_str(ret));
@@ -551,20 +542,12 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 #define BENCH_CHUNK	(64U << 10)
 #define BENCH_ROUNDS	5
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 /* One NVMe ns1 -> @buf -> ns2 pass of @total bytes in 64 KiB chunks; ns, or 0 on error. */
 static uint64_t bench_pass(struct p2p_ctx *c, uint8_t *buf, uint64_t total)
 {
 	int in = open(c->nvme_ns[0], O_RDONLY | O_DIRECT | O_CLOEXEC);
 	int out = open(c->nvme_ns[1], O_WRONLY | O_DIRECT | O_CLOEXEC);
-	uint64_t t0 = now_ns(), off, ns = 0;
+	uint64_t t0 = vugpu_now_ns(), off, ns = 0;
 
 	if (in >= 0 && out >= 0) {
 		for (off = 0; off < total; off += BENCH_CHUNK) {
@@ -573,7 +556,7 @@ static uint64_t bench_pass(struct p2p_ctx *c, uint8_t *buf, uint64_t total)
 				break;
 		}
 		if (off >= total && !fsync(out))
-			ns = now_ns() - t0;
+			ns = vugpu_now_ns() - t0;
 	}
 	if (in >= 0)
 		close(in);
