@@ -713,7 +713,7 @@ fn jobs() -> u32 {
 }
 
 /// The kernel of a finished build tree (host path `dir`, inner path `inner`).
-fn built_kernel(env: &Env, dir: &Path, inner: &str) -> Result<GuestKernel, KbuildError> {
+fn built_kernel(dir: &Path, inner: &str) -> Result<GuestKernel, KbuildError> {
     let release = fs::read_to_string(dir.join("include/config/kernel.release"))
         .map_err(io_err(format!(
             "read {}/include/config/kernel.release",
@@ -731,7 +731,6 @@ fn built_kernel(env: &Env, dir: &Path, inner: &str) -> Result<GuestKernel, Kbuil
             image.display()
         )));
     }
-    let _ = env;
     Ok(GuestKernel {
         module_tree: Some(dir.join("mod/lib/modules").join(&release)),
         release,
@@ -769,7 +768,7 @@ pub fn build(
             .append(true)
             .open(&marker)
             .and_then(|f| f.set_modified(SystemTime::now()));
-        let kernel = built_kernel(env, &dir, &inner)?;
+        let kernel = built_kernel(&dir, &inner)?;
         say!(
             "kernel {} (--build-kernel {spec}: linux-source-{series} {version}, cached in {})",
             kernel.release,
@@ -858,7 +857,7 @@ pub fn build(
     process::run_logged(c, "make modules_install", &log, STEP_LIMIT)?;
     let wall = t.elapsed();
     let cpu = children_cpu().saturating_sub(cpu0);
-    let kernel = built_kernel(env, &dir, &inner)?;
+    let kernel = built_kernel(&dir, &inner)?;
     let size = fs::metadata(&kernel.image).map(|m| m.len()).unwrap_or(0);
     fs::write(
         &marker,
@@ -891,13 +890,15 @@ pub fn build(
 }
 
 /// Removes finished builds beyond the [`KEEP_BUILDS`] most recently used (never `current`, never
-/// one whose lock is held), then source trees no remaining build was made from.
+/// one whose lock is held), then source trees that no remaining build tree (finished or not)
+/// was made from.
 fn prune(kernels: &Path, current: &str) {
     let Ok(rd) = fs::read_dir(kernels) else {
         return;
     };
     let mut builds: Vec<(SystemTime, String)> = Vec::new();
     let mut sources = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !e.path().is_dir() {
@@ -907,11 +908,13 @@ fn prune(kernels: &Path, current: &str) {
             sources.push(name);
         } else if let Ok(m) = fs::metadata(e.path().join(BUILT_MARKER)) {
             builds.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), name));
+        } else {
+            // Unfinished (maybe being built right now by another runner): keeps its source.
+            kept.push(name);
         }
     }
     builds.sort();
     builds.reverse();
-    let mut kept: Vec<String> = Vec::new();
     for (i, (_, name)) in builds.iter().enumerate() {
         if i < KEEP_BUILDS || name == current {
             kept.push(name.clone());
@@ -1161,6 +1164,48 @@ mod tests {
             missing: v,
         };
         assert!(e.to_string().contains("  CONFIG_A=y"), "{e}");
+    }
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_and_their_sources() {
+        let k = std::env::temp_dir().join(format!("vugpu-kbuild-prune-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&k);
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        // Six finished builds of two sources, oldest first, plus an unfinished one of a third.
+        let names = [
+            "1.0-1-normal-aaa",
+            "1.0-1-debug-bbb",
+            "2.0-1-normal-ccc",
+            "2.0-1-debug-ddd",
+            "2.0-1-normal-eee",
+            "2.0-1-normal-fff",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            fs::create_dir_all(k.join(n)).unwrap();
+            let m = k.join(n).join(BUILT_MARKER);
+            fs::write(&m, "x").unwrap();
+            File::options()
+                .append(true)
+                .open(&m)
+                .unwrap()
+                .set_modified(t0 + Duration::from_secs(60 * i as u64))
+                .unwrap();
+        }
+        fs::create_dir_all(k.join("3.0-1-normal-ggg")).unwrap();
+        for s in ["src-1.0-1", "src-2.0-1", "src-3.0-1", "src-4.0-1"] {
+            fs::create_dir_all(k.join(s)).unwrap();
+        }
+        prune(&k, "1.0-1-normal-aaa");
+        let left = |n: &str| k.join(n).exists();
+        assert!(left("1.0-1-normal-aaa"), "the current build stays");
+        assert!(!left("1.0-1-debug-bbb"), "the least recently used goes");
+        for n in &names[2..] {
+            assert!(left(n), "{n}");
+        }
+        assert!(left("3.0-1-normal-ggg"), "unfinished builds are not pruned");
+        assert!(left("src-1.0-1") && left("src-2.0-1") && left("src-3.0-1"));
+        assert!(!left("src-4.0-1"), "a source no build uses goes");
+        fs::remove_dir_all(&k).unwrap();
     }
 
     const DEP: &str = "\
