@@ -920,43 +920,38 @@ fn prune(kernels: &Path, current: &str) {
             kept.push(name.clone());
             continue;
         }
-        let lock_path = kernels.join(format!("{name}.lock"));
-        let Ok(f) = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        if f.try_lock().is_err() {
+        if !remove_unlocked(kernels, name, "the least recently used kernel build") {
             kept.push(name.clone());
-            continue;
         }
-        say!("removing the least recently used kernel build {name}");
-        let _ = fs::remove_dir_all(kernels.join(name));
-        let _ = fs::remove_file(&lock_path);
     }
     for src in sources {
         let version = &src["src-".len()..];
         if kept.iter().any(|b| b.starts_with(&format!("{version}-"))) {
             continue;
         }
-        let lock_path = kernels.join(format!("{src}.lock"));
-        let Ok(f) = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        if f.try_lock().is_ok() {
-            say!("removing the kernel source {src} (no kept build uses it)");
-            let _ = fs::remove_dir_all(kernels.join(&src));
-            let _ = fs::remove_file(&lock_path);
-        }
+        remove_unlocked(kernels, &src, "the kernel source (no kept build uses it)");
     }
+}
+
+/// Removes `kernels/name` unless another runner holds `name.lock` (building or unpacking it);
+/// returns whether it was removed.
+fn remove_unlocked(kernels: &Path, name: &str, what: &str) -> bool {
+    let lock_path = kernels.join(format!("{name}.lock"));
+    let Ok(f) = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    else {
+        return false;
+    };
+    if f.try_lock().is_err() {
+        return false;
+    }
+    say!("removing {what}: {name}");
+    let _ = fs::remove_dir_all(kernels.join(name));
+    let _ = fs::remove_file(&lock_path);
+    true
 }
 
 /// `vugpu-vm build-kernel SPEC`: builds (or finds) the kernel and prints where it is.
