@@ -455,6 +455,8 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
     if has_kmod {
         let release = &env.kernel.release;
         let log = run_dir.join("build-kmod.log");
+        // The per-kernel module tree's lock, held until its build is done.
+        let mut _kmod_lock = None;
         let (dir, cmd) = match &env.kernel.modules {
             ModuleBuild::Unavailable(why) => {
                 say!("note: {why}; the initramfs has no vugpu.ko");
@@ -462,7 +464,18 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
             }
             ModuleBuild::InRoot { kdir, cc } => {
                 let root = env.root().ok_or(InitramfsError::NoRoot("vugpu.ko"))?;
-                let inner = format!("{inner_src}/kmod");
+                // One module tree per kernel build tree: kbuild's incremental build does not
+                // notice that KDIR changed when two builds share a source tree (6.12 and
+                // 6.12-debug), and would link objects compiled for the other config.
+                let key =
+                    release_dir_name(kdir.rsplit('/').find(|c| !c.is_empty()).unwrap_or(kdir));
+                let tree = format!("/var/lib/vugpu/build/kmod-{key}");
+                let host_tree = root.host_path(&tree);
+                fs::create_dir_all(&host_tree)
+                    .map_err(io_err(format!("create {}", host_tree.display())))?;
+                _kmod_lock = Some(lock_tree(&host_tree)?);
+                mirror(tests, &host_tree)?;
+                let inner = format!("{tree}/kmod");
                 let mut argv = vec![
                     "make".to_string(),
                     "-C".into(),

@@ -55,9 +55,10 @@
 #                            failure; no program is one failed result.
 #                            --timed adds "# PROGRAM took S s".
 #   suite_modprobe N MOD [PATH...]
-#                            result N load_MOD: modprobe MOD (a distro module
-#                            the suite declares with `vugpu-vm: modules`),
-#                            then wait up to 10 s for each PATH.
+#                            result N load_MOD: MOD already in the kernel
+#                            (/sys/module/MOD: loaded by /init from the
+#                            suite's `vugpu-vm: modules`, or built in), else
+#                            modprobe MOD; then wait up to 10 s for each PATH.
 #   suite_rmmod N            result N rmmod_vugpu (rmmod worked, module gone).
 #   suite_dmesg_check N      result N dmesg_no_warn_bug (no WARNING:, BUG:,
 #                            Oops or Call Trace in the kernel log).
@@ -160,7 +161,10 @@ suite_modprobe() { # suite_modprobe N MODULE [PATH...]: result N load_MODULE
 	_s_n=$1 _s_mod=$2
 	shift 2
 	_s_st=0
-	if ! modprobe "$_s_mod" > "$SUITE_TMP/modprobe" 2>&1; then
+	if [ -d "/sys/module/$_s_mod" ]; then
+		# Loaded at boot by /init, or built into the kernel (a --build-kernel kernel).
+		echo "# $_s_mod: already in the kernel"
+	elif ! modprobe "$_s_mod" > "$SUITE_TMP/modprobe" 2>&1; then
 		ktap_diag < "$SUITE_TMP/modprobe"
 		_s_st=1
 	fi
