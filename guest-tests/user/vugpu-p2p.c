@@ -79,6 +79,16 @@ static void *p2pmem_map(const char *bdf, size_t len, int *err)
 	return p == MAP_FAILED ? NULL : p;
 }
 
+/* Maps @len bytes of @bdf's p2pmem into @p, or fails the test (returns). */
+#define MAP_P2PMEM(t, p, bdf, len)						\
+	do {									\
+		int _err = 0;							\
+										\
+		(p) = p2pmem_map((bdf), (len), &_err);				\
+		KTAP_ASSERT(t, (p), "mmap %s p2pmem/allocate: %s", (bdf),	\
+			    err_str(_err));					\
+	} while (0)
+
 static void *sys_buf(size_t len)
 {
 	void *p = NULL;
@@ -239,11 +249,10 @@ static void p2pmem_cpu_view(struct ktap_test *t, void *ctx)
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *want;
 	uint64_t at = 0;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_GPUS(t, c);
-	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
-	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
 	want = sys_buf(BUF_LEN);
 	KTAP_ASSERT(t, want, "no memory");
 	vugpu_fill_pattern(want, BUF_LEN, 0x9a9a0001);
@@ -266,11 +275,10 @@ static void gpu_a_writes_gpu_b(struct ktap_test *t, void *ctx)
 	uint8_t *p, *src;
 	struct vugpu_dma d;
 	uint64_t at = 0;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_GPUS(t, c);
-	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
-	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
 	src = sys_buf(BUF_LEN);
 	KTAP_ASSERT(t, src, "no memory");
 	memset(p, 0, BUF_LEN);
@@ -306,11 +314,10 @@ static void gpu_a_reads_gpu_b(struct ktap_test *t, void *ctx)
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *back;
 	struct vugpu_dma d;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_GPUS(t, c);
-	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
-	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
 	back = sys_buf(BUF_LEN);
 	KTAP_ASSERT(t, back, "no memory");
 	vugpu_fill_pattern(p, BUF_LEN, 0xb2a0002);
@@ -340,11 +347,10 @@ static void pin_needs_foll_pci_p2pdma(struct ktap_test *t, void *ctx)
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *dst;
 	struct vugpu_dma d;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_GPUS(t, c);
-	p = p2pmem_map(c->b->bdf, BUF_LEN, &err);
-	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
 	dst = sys_buf(4096);
 	KTAP_ASSERT(t, dst, "no memory");
 	memset(p, 0x5a, 4096);
@@ -433,7 +439,7 @@ static void nvme_reads_into_gpu_p2pmem(struct ktap_test *t, void *ctx)
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *data;
 	uint64_t at = 0;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_NVME(t, c);
 	data = sys_buf(NVME_LEN);
@@ -441,8 +447,7 @@ static void nvme_reads_into_gpu_p2pmem(struct ktap_test *t, void *ctx)
 	vugpu_fill_pattern(data, NVME_LEN, 0xe1e10001);
 	ret = nvme_io(c->nvme_ns[0], true, data, NVME_LEN);
 	KTAP_ASSERT(t, !ret, "write %s from system memory: %s", c->nvme_ns[0], err_str(ret));
-	p = p2pmem_map(c->b->bdf, NVME_LEN, &err);
-	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	MAP_P2PMEM(t, p, c->b->bdf, NVME_LEN);
 	memset(p, 0, NVME_LEN);
 	ret = nvme_io(c->nvme_ns[0], false, p, NVME_LEN);
 	KTAP_ASSERT(t, !ret, "O_DIRECT read %s into %s p2pmem: %s", c->nvme_ns[0], c->b->bdf,
@@ -461,11 +466,10 @@ static void nvme_writes_from_gpu_p2pmem(struct ktap_test *t, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *back;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_NVME(t, c);
-	p = p2pmem_map(c->b->bdf, NVME_LEN, &err);
-	KTAP_ASSERT(t, p, "mmap %s p2pmem/allocate: %s", c->b->bdf, err_str(err));
+	MAP_P2PMEM(t, p, c->b->bdf, NVME_LEN);
 	back = sys_buf(NVME_LEN);
 	KTAP_ASSERT(t, back, "no memory");
 	vugpu_fill_pattern(p, NVME_LEN, 0xe2e20002);
@@ -490,7 +494,7 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	struct vugpu_regs regs;
 	int64_t dist = 0;
 	uint64_t t0;
-	int err = 0, ret;
+	int ret;
 
 	REQUIRE_NVME(t, c);
 	ret = p2p_distance(c->a, c->nvme_bdf, &dist);
@@ -498,8 +502,7 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	printf("# pci_p2pdma_distance %s -> %s: %lld\n", c->nvme_bdf, c->a->bdf, (long long)dist);
 	KTAP_EXPECT(t, dist == 4, "NVMe behind the same switch: distance %lld, expected 4",
 		    (long long)dist);
-	cmb = p2pmem_map(c->nvme_bdf, BUF_LEN, &err);
-	KTAP_ASSERT(t, cmb, "mmap %s (NVMe CMB) p2pmem/allocate: %s", c->nvme_bdf, err_str(err));
+	MAP_P2PMEM(t, cmb, c->nvme_bdf, BUF_LEN);
 	src = sys_buf(BUF_LEN);
 	KTAP_ASSERT(t, src, "no memory");
 	vugpu_fill_pattern(src, BUF_LEN, 0xc3b0003);
