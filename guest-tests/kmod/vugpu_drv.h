@@ -56,7 +56,8 @@ struct vugpu_hw_desc {
 	u8	flags;
 	u8	src_aperture;
 	u8	dst_aperture;
-	__le32	rsvd0;
+	__le16	context;	/* §9.5: MMU context of a VIRT aperture, else 0 */
+	__le16	rsvd0;
 	__le64	src;
 	__le64	dst;
 	__le64	length;
@@ -68,6 +69,7 @@ static_assert(sizeof(struct vugpu_desc) == VUGPU_DESC_SIZE);
 
 struct vugpu_device;
 struct vugpu_engine;
+struct vugpu_hmm;
 
 /* One MSI-X vector: its handler's bookkeeping. */
 struct vugpu_vector {
@@ -214,6 +216,9 @@ struct vugpu_device {
 	unsigned int		peer_win_count;	/* 0: the device has none (CAPS bit 4) */
 	u64			peer_win_clock;
 	struct vugpu_peer_win	peer_win[VUGPU_PEER_WIN_COUNT];
+
+	/* Device MMU and HMM mirror / device memory (vugpu_hmm.h), or NULL. */
+	struct vugpu_hmm	*hmm;
 };
 
 static inline u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
