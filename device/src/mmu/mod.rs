@@ -330,7 +330,7 @@ impl Mmu {
                         }
                         Err(e) => {
                             crate::log!(
-                                crate::log::Level::Info,
+                                crate::log::Level::Debug,
                                 "MMU enable refused: {e} (MMU_STATUS.CONFIG_ERROR)"
                             );
                             st.config_error = true;
