@@ -22,6 +22,7 @@
 #include <linux/atomic.h>
 #include <linux/build_bug.h>
 #include <linux/completion.h>
+#include <linux/interrupt.h>
 #include <linux/miscdevice.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
@@ -80,6 +81,7 @@ struct vugpu_vector {
 	int			irq;
 	atomic64_t		count;		/* interrupts handled */
 	atomic_t		test_armed;	/* IRQ_TEST in flight: read/ack IRQ_STATUS */
+	bool			mmu_fault;	/* FAULT_VECTOR (§9): threaded, no MMIO in hard IRQ */
 	u64			stamp_ns;	/* ktime of the last interrupt */
 	u32			status;		/* IRQ_STATUS the last interrupt saw */
 	struct completion	done;
@@ -234,6 +236,11 @@ static inline void vugpu_wr(struct vugpu_device *vdev, u32 reg, u32 val)
 {
 	iowrite32(val, vdev->regs + reg);
 }
+
+/* vugpu_main.c */
+irqreturn_t vugpu_irq_handler(int irq, void *data);
+void vugpu_get(struct vugpu_device *vdev);
+void vugpu_put(struct vugpu_device *vdev);
 
 /* module parameters (vugpu_main.c) */
 extern uint vugpu_dma_timeout_ms;

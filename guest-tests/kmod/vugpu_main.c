@@ -56,6 +56,7 @@
 #include <linux/dma-mapping.h>
 
 #include "vugpu_drv.h"
+#include "vugpu_hmm.h"
 #define VUGPU_READY_TIMEOUT_US	1000000
 /* The driver uses only registers of spec 0.1; later minors add, never change. */
 #define VUGPU_DRIVER_MIN_VERSION	0x00000001U
@@ -105,6 +106,16 @@ static void vugpu_release_device(struct kref *ref)
 	kfree(vdev);
 }
 
+void vugpu_get(struct vugpu_device *vdev)
+{
+	kref_get(&vdev->ref);
+}
+
+void vugpu_put(struct vugpu_device *vdev)
+{
+	kref_put(&vdev->ref, vugpu_release_device);
+}
+
 /* Take vdev->lock unless the device has been removed. */
 static int vugpu_lock_live(struct vugpu_device *vdev)
 {
@@ -116,7 +127,7 @@ static int vugpu_lock_live(struct vugpu_device *vdev)
 	return 0;
 }
 
-static irqreturn_t vugpu_irq_handler(int irq, void *data)
+irqreturn_t vugpu_irq_handler(int irq, void *data)
 {
 	struct vugpu_vector *vec = data;
 	struct vugpu_device *vdev = vec->vdev;
@@ -127,7 +138,8 @@ static irqreturn_t vugpu_irq_handler(int irq, void *data)
 	 * Engine completions must not cost a trapped register read: IRQ_STATUS
 	 * is only looked at where IRQ_TRIGGER may have set it.
 	 */
-	if (vec->index < VUGPU_IRQ_STATUS_VECTORS && (!engine || atomic_read(&vec->test_armed))) {
+	if (vec->index < VUGPU_IRQ_STATUS_VECTORS &&
+	    ((!engine && !vec->mmu_fault) || atomic_read(&vec->test_armed))) {
 		status = vugpu_rd(vdev, VUGPU_REG_IRQ_STATUS);
 		/* Ack only our own cause bit: other vectors' handlers own theirs. */
 		if (status != VUGPU_REG_BAD_READ && (status & BIT(vec->index)))
@@ -141,7 +153,8 @@ static irqreturn_t vugpu_irq_handler(int irq, void *data)
 	if (engine)
 		vugpu_engine_irq(vec);
 	complete(&vec->done);
-	return IRQ_HANDLED;
+	/* The fault ring is consumed in the thread (vugpu_mmu.c). */
+	return vec->mmu_fault ? IRQ_WAKE_THREAD : IRQ_HANDLED;
 }
 
 /* Wait for STATUS.READY after a reset; 0 or -ETIMEDOUT. */
@@ -191,8 +204,12 @@ static void vugpu_quiesce_irqs(struct vugpu_device *vdev)
 {
 	unsigned int i;
 
+	/* The MMU fault thread never blocks a reset: it is not waited for (vugpu_mmu.c). */
 	for (i = 0; i < vdev->irqs_requested; i++)
-		disable_irq(vdev->vectors[i].irq);
+		if (vdev->vectors[i].mmu_fault)
+			disable_irq_nosync(vdev->vectors[i].irq);
+		else
+			disable_irq(vdev->vectors[i].irq);
 }
 
 static void vugpu_resume_irqs(struct vugpu_device *vdev)
@@ -228,8 +245,10 @@ static void vugpu_reset_done(struct pci_dev *pdev)
 			vdev->reset_regs.status);
 	else if (vdev->reset_regs.id != VUGPU_ID_VALUE)
 		dev_err(&pdev->dev, "bad ID %#x after reset\n", vdev->reset_regs.id);
-	if (!vdev->reset_ready_err)
+	if (!vdev->reset_ready_err) {
 		vugpu_engines_reinit(vdev);
+		vugpu_mmu_reinit(vdev);
+	}
 	vugpu_resume_irqs(vdev);
 	up_write(&vdev->engines_rwsem);
 	if (vdev->reset_took_lock) {
@@ -824,6 +843,7 @@ static void vugpu_free_irqs(struct vugpu_device *vdev)
 static int vugpu_setup_irqs(struct vugpu_device *vdev)
 {
 	struct pci_dev *pdev = vdev->pdev;
+	int fault_vector = vugpu_mmu_fault_vector(vdev);
 	unsigned int i;
 	int ret;
 
@@ -852,7 +872,14 @@ static int vugpu_setup_irqs(struct vugpu_device *vdev)
 			ret = vec->irq;
 			goto err_free_irqs;
 		}
-		ret = request_irq(vec->irq, vugpu_irq_handler, 0, vec->name, vec);
+		if ((int)i == fault_vector) {
+			/* The device MMU's fault ring: consumed in a thread (vugpu_mmu.c). */
+			vec->mmu_fault = true;
+			ret = request_threaded_irq(vec->irq, vugpu_irq_handler, vugpu_mmu_irq_thread,
+						   IRQF_ONESHOT, vec->name, vec);
+		} else {
+			ret = request_irq(vec->irq, vugpu_irq_handler, 0, vec->name, vec);
+		}
 		if (ret) {
 			dev_err(&pdev->dev, "request_irq vector %u: %d\n", i, ret);
 			goto err_free_irqs;
@@ -1088,6 +1115,11 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret)
 		goto err_misc;
 
+	/* Device MMU, HMM mirror and device memory: the GPU works without them. */
+	ret = vugpu_hmm_probe(vdev);
+	if (ret)
+		dev_err(&pdev->dev, "device MMU / HMM unusable: %d\n", ret);
+
 	dev_info(&pdev->dev,
 		 "%s: %04x:%04x (sub %04x:%04x) rev %02x, VERSION %#x, BAR0 %pR, BAR2 %pR, VRAM %llu MiB, %u MSI-X vectors, %u DMA engines\n",
 		 vdev->name, pdev->vendor, pdev->device, pdev->subsystem_vendor,
@@ -1118,6 +1150,8 @@ static void vugpu_remove(struct pci_dev *pdev)
 {
 	struct vugpu_device *vdev = pci_get_drvdata(pdev);
 
+	/* Mirrors, device memory and the MMU go first, while the engines run. */
+	vugpu_hmm_remove(vdev);
 	/* No new opens; files already open see ->dead and stop. */
 	misc_deregister(&vdev->misc);
 	mutex_lock(&vdev->lock);
