@@ -881,10 +881,9 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 		dev_warn_ratelimited(&mmu->vdev->pdev->dev,
 				     "MMU fault ctx %u engine %u addr %#llx without a job: cancelled\n",
 				     ctx, rec->engine, le64_to_cpu(rec->addr));
-		if (ctx < VUGPU_MMU_CTX_COUNT && ctx != 0)
+		/* Only that context: never cancel other contexts' work. */
+		if (ctx != VUGPU_DESC_CONTEXT_ALL)
 			vugpu_mmu_replay(mmu, ctx, true);
-		else
-			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, true);
 		atomic64_inc(&mmu->cancels);
 		return;
 	}
