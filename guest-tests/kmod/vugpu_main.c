@@ -89,6 +89,10 @@ static uint p2pmem_mb;
 module_param(p2pmem_mb, uint, 0444);
 MODULE_PARM_DESC(p2pmem_mb, "Register the top N MiB of BAR2 (at most half of it) as peer-to-peer DMA memory and publish it (default 0: none)");
 
+static uint devmem_mb;
+module_param(devmem_mb, uint, 0444);
+MODULE_PARM_DESC(devmem_mb, "Device-private (HMM) memory: up to N MiB of VRAM, taken from above BAR2 first, then from the top of the CPU window below p2pmem (default 0: none)");
+
 static DEFINE_IDA(vugpu_ida);
 
 static int vugpu_p2p_distance(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
@@ -947,16 +951,16 @@ static int vugpu_p2pmem_setup(struct vugpu_device *vdev)
 
 	if (!vdev->p2p_size)
 		return 0;
-	ret = pci_p2pdma_add_resource(pdev, VUGPU_BAR_VRAM, vdev->p2p_size, vdev->vram_bar_len);
+	ret = pci_p2pdma_add_resource(pdev, VUGPU_BAR_VRAM, vdev->p2p_size, vdev->p2p_off);
 	if (ret) {
 		dev_err(&pdev->dev, "p2pmem_mb=%u: cannot register BAR2 [+%#llx, %llu MiB] as p2pmem: %d\n",
-			p2pmem_mb, (u64)vdev->vram_bar_len, (u64)vdev->p2p_size >> 20, ret);
+			p2pmem_mb, (u64)vdev->p2p_off, (u64)vdev->p2p_size >> 20, ret);
 		return ret;
 	}
 	pci_p2pmem_publish(pdev, true);
 	dev_info(&pdev->dev, "%s: BAR2 [+%#llx, %llu MiB] published as p2pmem (VRAM offsets %#llx-%#llx)\n",
-		 vdev->name, (u64)vdev->vram_bar_len, (u64)vdev->p2p_size >> 20,
-		 (u64)vdev->vram_bar_len, (u64)(vdev->vram_bar_size - 1));
+		 vdev->name, (u64)vdev->p2p_off, (u64)vdev->p2p_size >> 20,
+		 (u64)vdev->p2p_off, (u64)(vdev->vram_bar_size - 1));
 	return 0;
 }
 
@@ -1055,7 +1059,11 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		vdev->p2p_size = min_t(resource_size_t, (resource_size_t)p2pmem_mb << 20,
 				       vdev->vram_bar_size / 2);
 	/* The CPU window: BAR2 below the p2pmem range (which the p2pdma core maps itself). */
-	vdev->vram_bar_len = vdev->vram_bar_size - vdev->p2p_size;
+	vdev->p2p_off = vdev->vram_bar_size - vdev->p2p_size;
+	vdev->vram_bar_len = vdev->p2p_off;
+	ret = vugpu_vram_layout(vdev, devmem_mb);
+	if (ret)
+		goto err_ida;
 	vdev->vram = devm_ioremap_wc(&pdev->dev, vdev->vram_bar_start, vdev->vram_bar_len);
 	if (!vdev->vram) {
 		ret = -ENOMEM;
@@ -1063,6 +1071,9 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 
 	ret = vugpu_check_regs(vdev);
+	if (ret)
+		goto err_ida;
+	ret = vugpu_vram_setup(vdev);
 	if (ret)
 		goto err_ida;
 
@@ -1086,6 +1097,9 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	vdev->engines_init_err = vugpu_engines_probe(vdev);
 	if (vdev->engines_init_err)
 		dev_err(&pdev->dev, "DMA engines unusable: %d\n", vdev->engines_init_err);
+	ret = vugpu_vram_clients_ready(vdev);
+	if (ret)
+		goto err_engines;
 
 	pci_set_drvdata(pdev, vdev);
 	vdev->misc.minor = MISC_DYNAMIC_MINOR;
@@ -1118,12 +1132,14 @@ err_misc:
 	misc_deregister(&vdev->misc);
 err_irqs:
 	pci_set_drvdata(pdev, NULL);
+err_engines:
 	vugpu_engines_stop(vdev);
 	vugpu_teardown_irqs(vdev);
 	vugpu_engines_remove(vdev);
 err_clear_master:
 	pci_clear_master(pdev);
 err_ida:
+	vugpu_vram_fini(vdev);
 	ida_free(&vugpu_ida, vdev->index);
 err_free:
 	kref_put(&vdev->ref, vugpu_release_device);
@@ -1152,6 +1168,7 @@ static void vugpu_remove(struct pci_dev *pdev)
 	/* The p2pmem pages, mappings, regions and enable count are devres: released after this. */
 	if (vdev->p2p_size)
 		pci_p2pmem_publish(pdev, false);
+	vugpu_vram_fini(vdev);
 	ida_free(&vugpu_ida, vdev->index);
 	pci_set_drvdata(pdev, NULL);
 	dev_info(&pdev->dev, "%s removed\n", vdev->name);
