@@ -7,6 +7,8 @@
 # vugpu-vm: peer any
 # vugpu-vm: memory 2G
 # vugpu-vm: kernel-config DEVICE_PRIVATE HMM_MIRROR MMU_NOTIFIER
+# vugpu-vm: expect-skip thp_migrate unless CONFIG_ARCH_HAS_PMD_SOFTLEAVES: device-private THP (compound device folios, MIGRATE_VMA_SELECT_COMPOUND) is not in this kernel (6.12 has none; 7.3 builds it under ARCH_HAS_PMD_SOFTLEAVES)
+# vugpu-vm: expect-skip fail_alloc unless CONFIG_ARCH_HAS_PMD_SOFTLEAVES: the fail-alloc case needs device-private THP and test_hmm's FLAGS ioctl (neither is in 6.12)
 #
 # devmem.sh - device-private VRAM (docs/devmem.md) through the driver's HMM
 # mirror (/dev/hmm_dmirror0, vugpu.ko dmirror=1 devmem_mb=128).
