@@ -625,7 +625,7 @@ static void unbind_with_mirror_open(struct ktap_test *t, void *ctx)
 	struct mmu_ctx *c = ctx;
 	size_t len = 4 * c->page;
 	struct hmm_dmirror_cmd out;
-	char link[256], bdf[64], *slash;
+	char link[256], bdf[256], *slash;
 	void *buf = map_anon(len, PROT_READ | PROT_WRITE), *mirror = malloc(len);
 	ssize_t n;
 	int fd = open_mirror(t, c), fd2 = -1, ret;
