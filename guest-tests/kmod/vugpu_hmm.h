@@ -80,7 +80,6 @@ struct vugpu_virt_job;
 /* --- [MIRROR] per-device MMU state (vugpu_mmu.c) ------------------------- */
 
 #define VUGPU_MMU_CTX_COUNT		256	/* contexts the driver programs (0 unused) */
-#define VUGPU_MMU_FAULT_SLOTS		1024	/* fault ring records */
 
 /* A 64-byte-aligned §9.4 fault record as it sits in the ring. */
 struct vugpu_fault_rec {
@@ -105,7 +104,8 @@ struct vugpu_mmu {
 
 	__le64			*ctx_table;	/* VUGPU_MMU_CTX_COUNT * 16 bytes, coherent */
 	dma_addr_t		ctx_table_dma;
-	struct vugpu_fault_rec	*ring;		/* VUGPU_MMU_FAULT_SLOTS records, coherent */
+	struct vugpu_fault_rec	*ring;		/* ring_slots records, coherent */
+	u32			ring_slots;	/* module parameter fault_ring_slots */
 	dma_addr_t		ring_dma;
 	u32			fault_get;	/* records consumed (free-running), ctx_lock */
 	u32			ring_gen;	/* bumped when a reset restarts the ring, ctx_lock */
@@ -128,6 +128,9 @@ struct vugpu_mmu {
 	atomic64_t		overflows;	/* FAULT_OVERFLOW seen: replayed all */
 	atomic64_t		invalidations;	/* TLB_INVALIDATE descriptors issued */
 	atomic64_t		stray;		/* records with no job in flight: cancelled */
+	atomic64_t		service_ns;	/* fault thread: time spent servicing records */
+	atomic64_t		ctl_runs;	/* control engine submissions */
+	atomic64_t		ctl_ns;		/* ... and the time they took (doorbell to fence) */
 };
 
 /* --- [MIRROR] one mirror = one open of /dev/hmm_dmirrorN = one context ---- */

@@ -5,7 +5,7 @@
  *
  * Per GPU (struct vugpu_mmu, in vdev->hmm):
  *   - a context table of VUGPU_MMU_CTX_COUNT entries and a fault ring of
- *     VUGPU_MMU_FAULT_SLOTS records, both in dma_alloc_coherent() memory;
+ *     fault_ring_slots records, both in dma_alloc_coherent() memory;
  *     context 0 is never handed out (a descriptor's context field is 0
  *     when it uses no VIRT aperture);
  *   - the last engine is reserved for MMU control: TLB_INVALIDATE and
@@ -45,6 +45,8 @@
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/jiffies.h>
+#include <linux/ktime.h>
+#include <linux/log2.h>
 #include <linux/memremap.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -63,6 +65,14 @@
 #define VUGPU_PTE_SW_ZOMBIE	(1ULL << 58)	/* cleared, waiting for the TLB invalidation */
 
 #define VUGPU_SZ_2M		(1UL << VUGPU_PAGE_SHIFT_2M)
+
+static uint fault_ring_slots = 1024;
+module_param(fault_ring_slots, uint, 0444);
+MODULE_PARM_DESC(fault_ring_slots, "Device MMU fault ring records, a power of two 1-65536 (default 1024; fewer than the engines lets records overflow, for tests)");
+
+static bool virt_wait_irq = true;
+module_param(virt_wait_irq, bool, 0644);
+MODULE_PARM_DESC(virt_wait_irq, "Device jobs on mirrored memory wait for the completion interrupt instead of polling the fence (default Y)");
 #define VUGPU_FAULT_CHUNK	512	/* pages per hmm_range_fault call */
 /* Past this many bytes an invalidation covers the whole context. */
 #define VUGPU_INV_WHOLE		(1ULL << 32)
@@ -533,6 +543,7 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 	struct vugpu_device *vdev = mmu->vdev;
 	struct vugpu_job_result res;
 	struct vugpu_engine *eng;
+	u64 t0;
 	int ret;
 
 	down_read(&vdev->engines_rwsem);
@@ -542,9 +553,12 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 	}
 	eng = &vdev->engines[mmu->ctl_engine];
 	mutex_lock(&eng->lock);
+	t0 = ktime_get_ns();
 	ret = vugpu_engine_prepare(eng);
 	if (!ret)
 		ret = vugpu_engine_run(eng, descs, n, VUGPU_DMA_RESET_ON_ERROR, &res);
+	atomic64_add(ktime_get_ns() - t0, &mmu->ctl_ns);
+	atomic64_inc(&mmu->ctl_runs);
 	mutex_unlock(&eng->lock);
 	if (ret)
 		dev_warn_ratelimited(&vdev->pdev->dev,
@@ -862,6 +876,7 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 {
 	u16 ctx = le16_to_cpu(rec->context);
 	struct vugpu_virt_job *job = NULL;
+	u64 t0 = ktime_get_ns();
 	int err;
 
 	atomic64_inc(&mmu->faults);
@@ -899,6 +914,7 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 		atomic64_inc(&mmu->faults_serviced);
 	}
 	vugpu_mmu_replay(mmu, ctx, err != 0);
+	atomic64_add(ktime_get_ns() - t0, &mmu->service_ns);
 
 	spin_lock(&mmu->ctx_lock);
 	job->users--;
@@ -931,15 +947,20 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data)
 	struct vugpu_device *vdev = vec->vdev;
 	struct vugpu_hmm *hmm = READ_ONCE(vdev->hmm);
 	struct vugpu_mmu *mmu;
+	bool enabled, may_drop;
 	u32 put, get, gen;
-	bool enabled;
 
 	if (!hmm)
 		return IRQ_HANDLED;
 	mmu = &hmm->mmu;
+	/*
+	 * An engine waits on its one fault, so records can only be dropped
+	 * when the ring is smaller than the engines (or it was seen full):
+	 * only then is the trapped MMU_STATUS read worth it.
+	 */
+	may_drop = mmu->ring_slots < vdev->engine_count;
 	for (;;) {
 		struct vugpu_fault_rec rec;
-		bool full;
 
 		spin_lock(&mmu->ctx_lock);
 		gen = mmu->ring_gen;
@@ -949,29 +970,32 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data)
 		if (!enabled)
 			break;
 		put = ioread32(vdev->doorbells + VUGPU_DB_FAULT_PUT);
-		if (put == get)
-			break;
-		if (put - get > VUGPU_MMU_FAULT_SLOTS) {
-			dev_err_ratelimited(&vdev->pdev->dev,
-					    "FAULT_PUT %u is %u records past FAULT_GET %u (ring of %u)\n",
-					    put, put - get, get, VUGPU_MMU_FAULT_SLOTS);
-			vugpu_fault_ack(mmu, gen, put);
-			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, false);
-			continue;
-		}
-		full = put - get == VUGPU_MMU_FAULT_SLOTS;
-		/* FAULT_PUT is stored after the record is visible. */
-		dma_rmb();
-		memcpy(&rec, &mmu->ring[get & (VUGPU_MMU_FAULT_SLOTS - 1)], sizeof(rec));
-		/* Free the slot before servicing: the device may refault at once. */
-		vugpu_fault_ack(mmu, gen, get + 1);
-		vugpu_fault_one(mmu, &rec);
-		if (full && (vugpu_rd(vdev, VUGPU_REG_MMU_STATUS) & VUGPU_MMU_STATUS_FAULT_OVERFLOW)) {
+		if (put == get) {
+			if (!may_drop ||
+			    !(vugpu_rd(vdev, VUGPU_REG_MMU_STATUS) & VUGPU_MMU_STATUS_FAULT_OVERFLOW))
+				break;
 			/* Records were dropped: every waiting engine faults again. */
 			vugpu_wr(vdev, VUGPU_REG_MMU_STATUS, VUGPU_MMU_STATUS_FAULT_OVERFLOW);
 			atomic64_inc(&mmu->overflows);
 			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, false);
+			continue;
 		}
+		if (put - get > mmu->ring_slots) {
+			dev_err_ratelimited(&vdev->pdev->dev,
+					    "FAULT_PUT %u is %u records past FAULT_GET %u (ring of %u)\n",
+					    put, put - get, get, mmu->ring_slots);
+			vugpu_fault_ack(mmu, gen, put);
+			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, false);
+			continue;
+		}
+		if (put - get == mmu->ring_slots)
+			may_drop = true;
+		/* FAULT_PUT is stored after the record is visible. */
+		dma_rmb();
+		memcpy(&rec, &mmu->ring[get & (mmu->ring_slots - 1)], sizeof(rec));
+		/* Free the slot before servicing: the device may refault at once. */
+		vugpu_fault_ack(mmu, gen, get + 1);
+		vugpu_fault_one(mmu, &rec);
 	}
 	return IRQ_HANDLED;
 }
@@ -1016,7 +1040,8 @@ int vugpu_mmu_run_virt(struct vugpu_mirror *m, struct vugpu_hw_desc *descs, unsi
 	mmu->jobs[eng->index] = &job;
 	spin_unlock(&mmu->ctx_lock);
 
-	ret = vugpu_engine_run(eng, descs, n, VUGPU_DMA_RESET_ON_ERROR, &res);
+	ret = vugpu_engine_run(eng, descs, n, VUGPU_DMA_RESET_ON_ERROR |
+			       (READ_ONCE(virt_wait_irq) ? VUGPU_DMA_IRQ : 0), &res);
 
 	spin_lock(&mmu->ctx_lock);
 	mmu->jobs[eng->index] = NULL;
@@ -1111,7 +1136,7 @@ static int vugpu_mmu_hw_init(struct vugpu_mmu *mmu)
 	vugpu_wr(vdev, VUGPU_REG_MMU_CTX_APERTURE, VUGPU_APERTURE_SYS);
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_BASE_LO, lower_32_bits(mmu->ring_dma));
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_BASE_HI, upper_32_bits(mmu->ring_dma));
-	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_SIZE, VUGPU_MMU_FAULT_SLOTS);
+	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_SIZE, mmu->ring_slots);
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_APERTURE, VUGPU_APERTURE_SYS);
 	vugpu_wr(vdev, VUGPU_REG_MMU_CONTROL, VUGPU_MMU_CONTROL_ENABLE | VUGPU_MMU_CONTROL_FAULT_IRQ);
 	/* ENABLE 0->1 sets FAULT_PUT and FAULT_GET to 0 (§9.1): the ring starts over. */
@@ -1138,7 +1163,7 @@ void vugpu_mmu_free_mem(struct vugpu_mmu *mmu)
 				  mmu->ctx_table_dma);
 	mmu->ctx_table = NULL;
 	if (mmu->ring)
-		dma_free_coherent(dev, VUGPU_MMU_FAULT_SLOTS * VUGPU_FAULT_REC_SIZE, mmu->ring,
+		dma_free_coherent(dev, (size_t)mmu->ring_slots * VUGPU_FAULT_REC_SIZE, mmu->ring,
 				  mmu->ring_dma);
 	mmu->ring = NULL;
 	kfree(mmu->fault_pfns);
@@ -1192,7 +1217,13 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	}
 	mmu->ctx_table = dma_alloc_coherent(dev, VUGPU_MMU_CTX_COUNT * VUGPU_CTX_ENTRY_SIZE,
 					    &mmu->ctx_table_dma, GFP_KERNEL);
-	mmu->ring = dma_alloc_coherent(dev, VUGPU_MMU_FAULT_SLOTS * VUGPU_FAULT_REC_SIZE,
+	mmu->ring_slots = fault_ring_slots;
+	if (!mmu->ring_slots || mmu->ring_slots > VUGPU_FAULT_RING_MAX ||
+	    !is_power_of_2(mmu->ring_slots)) {
+		dev_warn(dev, "fault_ring_slots=%u is not usable; using 1024\n", fault_ring_slots);
+		mmu->ring_slots = 1024;
+	}
+	mmu->ring = dma_alloc_coherent(dev, (size_t)mmu->ring_slots * VUGPU_FAULT_REC_SIZE,
 				       &mmu->ring_dma, GFP_KERNEL);
 	mmu->fault_pfns = kcalloc(VUGPU_FAULT_CHUNK, sizeof(*mmu->fault_pfns), GFP_KERNEL);
 	if (!mmu->ctx_table || !mmu->ring || !mmu->fault_pfns) {
@@ -1205,7 +1236,7 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	if (ret)
 		goto err;
 	dev_info(dev, "device MMU: %u contexts, %u-record fault ring on vector %u, engine %u for MMU control\n",
-		 VUGPU_MMU_CTX_COUNT, VUGPU_MMU_FAULT_SLOTS, mmu->fault_vector, mmu->ctl_engine);
+		 VUGPU_MMU_CTX_COUNT, mmu->ring_slots, mmu->fault_vector, mmu->ctl_engine);
 	return 0;
 
 err:
