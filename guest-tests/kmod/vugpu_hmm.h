@@ -56,8 +56,12 @@
 #define VUGPU_HMM_H
 
 #include <linux/hmm.h>
+#include <linux/interrupt.h>
+#include <linux/wait.h>
 #include <linux/kref.h>
 #include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/rwsem.h>
 #include <linux/mm_types.h>
 #include <linux/mmu_notifier.h>
 #include <linux/mutex.h>
@@ -76,7 +80,6 @@ struct vugpu_virt_job;
 /* --- [MIRROR] per-device MMU state (vugpu_mmu.c) ------------------------- */
 
 #define VUGPU_MMU_CTX_COUNT		256	/* contexts the driver programs (0 unused) */
-#define VUGPU_MMU_FAULT_SLOTS		1024	/* fault ring records */
 
 /* A 64-byte-aligned §9.4 fault record as it sits in the ring. */
 struct vugpu_fault_rec {
@@ -101,9 +104,11 @@ struct vugpu_mmu {
 
 	__le64			*ctx_table;	/* VUGPU_MMU_CTX_COUNT * 16 bytes, coherent */
 	dma_addr_t		ctx_table_dma;
-	struct vugpu_fault_rec	*ring;		/* VUGPU_MMU_FAULT_SLOTS records, coherent */
+	struct vugpu_fault_rec	*ring;		/* ring_slots records, coherent */
+	u32			ring_slots;	/* module parameter fault_ring_slots */
 	dma_addr_t		ring_dma;
-	u32			fault_get;	/* records consumed (free-running) */
+	u32			fault_get;	/* records consumed (free-running), ctx_lock */
+	u32			ring_gen;	/* bumped when a reset restarts the ring, ctx_lock */
 
 	spinlock_t		ctx_lock;	/* ctx_mirror[], ctx ids, jobs[] */
 	struct vugpu_mirror	*ctx_mirror[VUGPU_MMU_CTX_COUNT];
@@ -111,6 +116,9 @@ struct vugpu_mmu {
 	unsigned long		ctx_used[BITS_TO_LONGS(VUGPU_MMU_CTX_COUNT)];
 
 	struct mutex		ctl_lock;	/* the control engine's submissions */
+	wait_queue_head_t	job_wq;		/* a job's users dropped to 0 */
+	atomic_t		next_engine;	/* data engine round robin */
+	unsigned long		*fault_pfns;	/* the fault thread's hmm_pfns */
 
 	/* driver statistics (VUGPU_DMIRROR_STATS) */
 	atomic64_t		fault_irqs;	/* hard-IRQ handler runs on FAULT_VECTOR */
@@ -120,13 +128,17 @@ struct vugpu_mmu {
 	atomic64_t		overflows;	/* FAULT_OVERFLOW seen: replayed all */
 	atomic64_t		invalidations;	/* TLB_INVALIDATE descriptors issued */
 	atomic64_t		stray;		/* records with no job in flight: cancelled */
+	atomic64_t		service_ns;	/* fault thread: time spent servicing records */
+	atomic64_t		ctl_runs;	/* control engine submissions */
+	atomic64_t		ctl_ns;		/* ... and the time they took (doorbell to fence) */
 };
 
 /* --- [MIRROR] one mirror = one open of /dev/hmm_dmirrorN = one context ---- */
 
 struct vugpu_mirror {
 	struct vugpu_device	*vdev;
-	struct kref		ref;		/* the file + jobs in flight */
+	struct vugpu_hmm	*hmm;		/* holds a reference */
+	bool			dead;		/* torn down by remove (under job_lock + mutex) */
 	struct mmu_interval_notifier notifier;	/* whole address space; notifier.mm */
 	struct mutex		mutex;		/* page tables; taken by invalidate */
 	struct mutex		job_lock;	/* one device (VIRT) job at a time */
@@ -143,9 +155,13 @@ struct vugpu_mirror {
 
 /* Per-GPU HMM state, vdev->hmm. */
 struct vugpu_hmm {
-	struct vugpu_device	*vdev;
+	struct vugpu_device	*vdev;		/* holds a reference */
+	struct kref		ref;		/* the GPU binding + each mirror */
+	struct rw_semaphore	rwsem;		/* read: an ioctl / open / release; write: remove */
+	bool			dead;		/* removed (under rwsem write) */
 	struct vugpu_mmu	mmu;
-	struct miscdevice	*misc;		/* /dev/hmm_dmirrorN, only with dmirror=1 */
+	struct miscdevice	misc;		/* /dev/hmm_dmirrorN, only with dmirror=1 */
+	bool			misc_registered;
 	char			name[24];
 	struct mutex		lock;		/* mirrors */
 	struct list_head	mirrors;
@@ -233,11 +249,24 @@ bool vugpu_hmm_page_is_local(struct vugpu_device *vdev, struct page *page);
 struct vugpu_device *vugpu_hmm_page_device(struct page *page);
 
 /* [MIRROR] vugpu_mmu.c, called from vugpu_hmm.c / vugpu_main.c */
+int vugpu_mmu_fault_vector(struct vugpu_device *vdev);	/* before the IRQs: -1 or the vector */
+irqreturn_t vugpu_mmu_irq_thread(int irq, void *data);	/* FAULT_VECTOR's thread; data: vector */
 int vugpu_mmu_probe(struct vugpu_device *vdev);		/* after the engines */
-void vugpu_mmu_stop(struct vugpu_device *vdev);		/* remove: disable, free irq */
-void vugpu_mmu_remove(struct vugpu_device *vdev);	/* remove: free memory */
+void vugpu_mmu_stop(struct vugpu_device *vdev);		/* remove: disable */
+void vugpu_mmu_free_mem(struct vugpu_mmu *mmu);		/* remove: free memory */
 void vugpu_mmu_reinit(struct vugpu_device *vdev);	/* after FLR / SOFT_RESET */
 bool vugpu_mmu_is_ctl_engine(struct vugpu_device *vdev, unsigned int engine);
+/* [MIRROR] internal to vugpu_mmu.c / vugpu_hmm.c */
+int vugpu_mmu_ctx_alloc(struct vugpu_mirror *m);
+void vugpu_mmu_ctx_free(struct vugpu_mirror *m);
+int vugpu_mmu_invalidate(struct vugpu_mirror *m, unsigned long start, unsigned long end);
+bool vugpu_mirror_any_mapped(struct vugpu_mirror *m, unsigned long start, unsigned long end);
+bool vugpu_mirror_any_exclusive(struct vugpu_mirror *m, unsigned long start, unsigned long end);
+int vugpu_mirror_make_exclusive(struct vugpu_mirror *m, unsigned long start, unsigned long end);
+int vugpu_mmu_run_virt(struct vugpu_mirror *m, struct vugpu_hw_desc *descs, unsigned int n,
+		       unsigned long start, unsigned long end, unsigned int flags, u64 *faults);
+struct vugpu_engine *vugpu_mmu_data_engine(struct vugpu_device *vdev);
+void vugpu_mmu_read_stats(struct vugpu_device *vdev, u64 *hw);
 
 /* [MIRROR] vugpu_hmm.c, called from vugpu_main.c probe / remove / reset */
 int vugpu_hmm_probe(struct vugpu_device *vdev);
