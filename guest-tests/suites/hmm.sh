@@ -108,7 +108,7 @@ dmesg_check() {
 # PHASE_SECONDS.  Lines that are not results are kept as diagnostics.
 phase() {
 	_p_n=$1 _p_name=$2
-	PHASE_FAILED=0 PHASE_PASSED=0 PHASE_SKIPPED=0 PHASE_SECONDS=0
+	PHASE_FAILED=0 PHASE_PASSED=0 PHASE_SKIPPED=0 PHASE_SECONDS=0 PHASE_BENCH=0
 	if [ -z "$HMM_TESTS" ]; then
 		echo "# hmm-tests is not in the guest (the runner builds it from the kernel's source)"
 		ktap_result "$_p_n" "$_p_name" 1
@@ -118,8 +118,13 @@ phase() {
 	_p_start=$(now)
 	# shellcheck disable=SC2086 # SUITE_ARGS are split on purpose
 	{ timeout "$PHASE_LIMIT" "$HMM_TESTS" $SUITE_ARGS 2>&1; echo $? > "$SUITE_TMP/rc"; } |
-		awk -v counts="$SUITE_TMP/counts" '
+		awk -v counts="$SUITE_TMP/counts" -v bench="$SUITE_TMP/bench" '
 		function out(s) { print "    " s; fflush() }
+		function now(   t, a) {
+			getline t < "/proc/uptime"; close("/proc/uptime")
+			split(t, a, " "); return a[1] + 0
+		}
+		BEGIN { t0 = now() }
 		/^TAP version/ { out("KTAP version 1"); next }
 		/^1\.\.[0-9]+/ { plan = substr($0, 4) + 0; out($0); next }
 		/^(not )?ok [0-9]+ / {
@@ -128,9 +133,15 @@ phase() {
 			if (line ~ /# [Ss][Kk][Ii][Pp]/) skip++
 			else if (line ~ /^not ok/) fail++
 			else pass++
+			if (started != "") {
+				d = now() - started
+				out(sprintf("# case wall time: %.2f s", d))
+				if (running ~ /benchmark/) btime += d
+			}
+			started = ""
 			out(line); next
 		}
-		/^#  RUN / { running = $3 }
+		/^#  RUN / { running = $3; started = now() }
 		/^$/ { next }
 		/^#/ { out($0); next }
 		{ out("# " $0) }
@@ -147,11 +158,13 @@ phase() {
 				fail++
 			}
 			printf "%d %d %d\n", pass, fail, skip > counts
+			printf "%.1f\n", btime > bench
 		}'
 	_p_end=$(now)
 	PHASE_SECONDS=$(elapsed "$_p_start" "$_p_end")
 	_p_rc=$(cat "$SUITE_TMP/rc" 2>/dev/null)
 	read -r PHASE_PASSED PHASE_FAILED PHASE_SKIPPED < "$SUITE_TMP/counts"
+	read -r PHASE_BENCH < "$SUITE_TMP/bench"
 	_p_extra=0
 	case "${_p_rc:-1}" in
 	0) ;;
@@ -164,7 +177,7 @@ phase() {
 	fi
 	[ "${_p_rc:-1}" != 124 ] && [ "${_p_rc:-1}" != 143 ] ||
 		echo "# hmm-tests was stopped after ${PHASE_LIMIT} s"
-	echo "# phase $_p_name: $PHASE_SECONDS s wall, pass $PHASE_PASSED fail $PHASE_FAILED skip $PHASE_SKIPPED"
+	echo "# phase $_p_name: $PHASE_SECONDS s wall ($PHASE_BENCH s of it in benchmark_thp_migration), pass $PHASE_PASSED fail $PHASE_FAILED skip $PHASE_SKIPPED"
 	if [ "$PHASE_FAILED" -eq 0 ]; then
 		ktap_result "$_p_n" "$_p_name" 0
 	else
@@ -225,6 +238,7 @@ else
 	ktap_result 2 load_test_hmm "$st"
 	phase 3 test_hmm
 	T1=$PHASE_SECONDS
+	B1=$PHASE_BENCH
 	F1=$PHASE_FAILED
 	st=0
 	if grep -q '^test_hmm ' /proc/modules; then
@@ -262,6 +276,7 @@ else
 	ktap_result 7 vugpu_dmirror_devices "$st"
 	phase 8 vugpu
 	T2=$PHASE_SECONDS
+	B2=$PHASE_BENCH
 	F2=$PHASE_FAILED
 	# The driver's own counters (faults, replays, migrations), where it has them.
 	for f in /sys/kernel/debug/vugpu/*/hmm_stats /sys/kernel/debug/vugpu/*/mmu_stats \
@@ -278,6 +293,12 @@ fi
 if [ -n "$T1" ] && [ -n "$T2" ]; then
 	ratio=$(awk -v a="$T1" -v b="$T2" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "inf" }')
 	echo "# wall time: test_hmm $T1 s, vugpu $T2 s, ratio vugpu/test_hmm $ratio (target <= $MAX_RATIO)"
+	awk -v a="$T1" -v b="$T2" -v ba="$B1" -v bb="$B2" 'BEGIN {
+		if (a - ba > 0)
+			printf "# without benchmark_thp_migration: test_hmm %.1f s, vugpu %.1f s, ratio %.2f (for information)\n", a - ba, b - bb, (b - bb) / (a - ba)
+		if (ba > 0)
+			printf "# benchmark_thp_migration alone: test_hmm %.1f s, vugpu %.1f s, ratio %.2f (for information)\n", ba, bb, bb / ba
+	}'
 	st=0
 	if [ "$F1" -ne 0 ] || [ "$F2" -ne 0 ]; then
 		echo "# no valid ratio: a phase had failed cases (test_hmm $F1, vugpu $F2)"
