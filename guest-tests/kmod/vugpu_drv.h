@@ -22,6 +22,7 @@
 #include <linux/atomic.h>
 #include <linux/build_bug.h>
 #include <linux/completion.h>
+#include <linux/interrupt.h>
 #include <linux/miscdevice.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
@@ -56,7 +57,8 @@ struct vugpu_hw_desc {
 	u8	flags;
 	u8	src_aperture;
 	u8	dst_aperture;
-	__le32	rsvd0;
+	__le16	context;	/* §9.5: MMU context of a VIRT aperture, else 0 */
+	__le16	rsvd0;
 	__le64	src;
 	__le64	dst;
 	__le64	length;
@@ -68,6 +70,8 @@ static_assert(sizeof(struct vugpu_desc) == VUGPU_DESC_SIZE);
 
 struct vugpu_device;
 struct vugpu_engine;
+struct vugpu_hmm;
+struct vugpu_vram;
 
 /* One MSI-X vector: its handler's bookkeeping. */
 struct vugpu_vector {
@@ -77,6 +81,7 @@ struct vugpu_vector {
 	int			irq;
 	atomic64_t		count;		/* interrupts handled */
 	atomic_t		test_armed;	/* IRQ_TEST in flight: read/ack IRQ_STATUS */
+	bool			mmu_fault;	/* FAULT_VECTOR (§9): threaded, no MMIO in hard IRQ */
 	u64			stamp_ns;	/* ktime of the last interrupt */
 	u32			status;		/* IRQ_STATUS the last interrupt saw */
 	struct completion	done;
@@ -167,6 +172,9 @@ struct vugpu_device {
 	resource_size_t		vram_bar_size;	/* all of BAR2 */
 	resource_size_t		vram_bar_len;	/* the CPU window: BAR2 below p2pmem */
 	resource_size_t		p2p_size;	/* top of BAR2 registered as p2pmem (p2pmem_mb) */
+	resource_size_t		p2p_off;	/* where p2pmem starts in BAR2 */
+	u64			devmem_limit;	/* device-private VRAM allowed (devmem_mb) */
+	struct vugpu_vram	*vram_alloc;	/* the VRAM allocator (vugpu_vram.c) */
 	u64			vram_size;	/* VRAM_SIZE register */
 	u32			version;
 
@@ -214,6 +222,9 @@ struct vugpu_device {
 	unsigned int		peer_win_count;	/* 0: the device has none (CAPS bit 4) */
 	u64			peer_win_clock;
 	struct vugpu_peer_win	peer_win[VUGPU_PEER_WIN_COUNT];
+
+	/* Device MMU and HMM mirror / device memory (vugpu_hmm.h), or NULL. */
+	struct vugpu_hmm	*hmm;
 };
 
 static inline u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
@@ -225,6 +236,11 @@ static inline void vugpu_wr(struct vugpu_device *vdev, u32 reg, u32 val)
 {
 	iowrite32(val, vdev->regs + reg);
 }
+
+/* vugpu_main.c */
+irqreturn_t vugpu_irq_handler(int irq, void *data);
+void vugpu_get(struct vugpu_device *vdev);
+void vugpu_put(struct vugpu_device *vdev);
 
 /* module parameters (vugpu_main.c) */
 extern uint vugpu_dma_timeout_ms;
@@ -258,5 +274,14 @@ int vugpu_dma_info(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
 int vugpu_engine_stats_ioctl(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
 int vugpu_error_state(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
 int vugpu_scratch_xfer(struct vugpu_device *vdev, struct vugpu_cmd *cmd, bool write);
+
+/* vugpu_vram.c: the VRAM allocator (probe order: layout, setup, clients_ready) */
+int vugpu_vram_layout(struct vugpu_device *vdev, unsigned int devmem_mb);
+int vugpu_vram_setup(struct vugpu_device *vdev);
+int vugpu_vram_clients_ready(struct vugpu_device *vdev);
+void vugpu_vram_fini(struct vugpu_device *vdev);
+int vugpu_vram_alloc(struct vugpu_device *vdev, u64 size, u64 align, u64 *off);
+void vugpu_vram_free(struct vugpu_device *vdev, u64 off, u64 size);
+u64 vugpu_vram_avail(struct vugpu_device *vdev);
 
 #endif /* VUGPU_DRV_H */

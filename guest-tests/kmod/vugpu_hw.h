@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * vugpu hardware definitions, transcribed from docs/hw-spec.md (version 0.2:
+ * vugpu hardware definitions, transcribed from docs/hw-spec.md (version 0.4:
  * §1-§3, §5 error reporting, §6 engine registers and doorbell words, §7
- * descriptors and §8.1 statistics counters).
+ * descriptors, §8.1 statistics counters and §9 the device MMU).
  *
  * This header describes the device, not the driver: PCI identity (hw-spec §1),
  * the BAR layout (§2) and the register file (§3).  It is shared by the kernel
@@ -131,7 +131,7 @@
 
 /* Reset values and field definitions. */
 #define VUGPU_ID_VALUE			0x56475055U	/* "UPGV" little-endian */
-#define VUGPU_VERSION_VALUE		0x00000003U	/* this document: 0.3 */
+#define VUGPU_VERSION_VALUE		0x00000004U	/* this document: 0.4 */
 #define VUGPU_VERSION_MAJOR(v)		((v) >> 16)
 #define VUGPU_VERSION_MINOR(v)		((v) & 0xffff)
 #define VUGPU_VERSION_ENGINES		0x00000002U	/* first version with §3's engine registers */
@@ -140,7 +140,9 @@
 #define VUGPU_CAPS_ENGINES		(1U << 2)	/* ENGINE_COUNT > 0 */
 #define VUGPU_CAPS_DOORBELL_MMAP	(1U << 3)
 #define VUGPU_CAPS_PEER_WINDOWS		(1U << 4)	/* §6.10, with the engines */
-#define VUGPU_CAPS_KNOWN		0x1fU
+#define VUGPU_CAPS_MMU			(1U << 5)	/* §9 device MMU (spec 0.4) */
+#define VUGPU_CAPS_KNOWN		0x3fU
+#define VUGPU_VERSION_MMU		0x00000004U	/* first version with §9 */
 #define VUGPU_DOORBELL_STRIDE_VALUE	0x40U
 #define VUGPU_ENGINE_VECTOR_BASE_VALUE	1U		/* vector 0: device/error vector */
 #define VUGPU_STATUS_READY		(1U << 0)	/* RO */
@@ -182,6 +184,7 @@
 #define VUGPU_APERTURE_SYS		0
 #define VUGPU_APERTURE_VRAM		1
 #define VUGPU_APERTURE_PEER		2	/* reserved in 0.2 */
+#define VUGPU_APERTURE_VIRT		3	/* §9.5: device-virtual, context in desc 0x04 */
 #define VUGPU_ENG_INFO_APERTURE_MASK	0x3U
 #define VUGPU_ENG_INFO_WRITE		(1U << 2)
 #define VUGPU_ENG_INFO_FETCH		(1U << 3)
@@ -196,6 +199,7 @@
 #define VUGPU_ENG_ERR_SYS_PERMISSION	6
 #define VUGPU_ENG_ERR_VRAM_RANGE	7
 #define VUGPU_ENG_ERR_MSG_DMA_FAILED	8
+#define VUGPU_ENG_ERR_TRANSLATION	9	/* §9.4: a cancelled fault; ERROR_ADDR virtual */
 
 /* §6.2 / §6.3 ring limits */
 #define VUGPU_RING_SLOTS_MAX		65536
@@ -218,6 +222,13 @@
 #define VUGPU_OP_FILL			2
 #define VUGPU_OP_FENCE			3
 #define VUGPU_OP_TIMESTAMP		4
+#define VUGPU_OP_ATOMIC			5	/* §9.5: 64-bit fetch-and-add at dst, old value to src */
+#define VUGPU_OP_TLB_INVALIDATE		6	/* §9.5: context, dst = VA, length (0 = all) */
+#define VUGPU_OP_FAULT_REPLAY		7	/* §9.5: context, value bit 0: 0 replay, 1 cancel */
+#define VUGPU_DESC_OFF_CONTEXT		0x04	/* §9.5: u16 context of a VIRT aperture */
+#define VUGPU_DESC_CONTEXT_ALL		0xffffU	/* TLB_INVALIDATE / FAULT_REPLAY: every context */
+#define VUGPU_REPLAY_CANCEL		1ULL	/* FAULT_REPLAY value bit 0 */
+#define VUGPU_ATOMIC_LENGTH		8
 #define VUGPU_DESC_F_IRQ		(1U << 0)
 #define VUGPU_DESC_F_NO_SNOOP		(1U << 1)
 #define VUGPU_DESC_F_RELAXED_ORDERING	(1U << 2)
@@ -225,6 +236,81 @@
 #define VUGPU_DESC_MAX_LENGTH		0x40000000ULL	/* COPY / FILL: 1 GiB */
 #define VUGPU_FILL_ALIGN		4
 #define VUGPU_FENCE_ALIGN		8
+
+/* §9.1 device MMU registers (BAR0 0x0300-0x03ff), present with CAPS bit 5. */
+#define VUGPU_REG_MMU_CONTROL		0x0300	/* RW */
+#define VUGPU_REG_MMU_STATUS		0x0304	/* RO / W1C */
+#define VUGPU_REG_MMU_CTX_BASE_LO	0x0308	/* RW, bits 3:0 RO 0; latched at ENABLE */
+#define VUGPU_REG_MMU_CTX_BASE_HI	0x030c
+#define VUGPU_REG_MMU_CTX_COUNT		0x0310	/* RW, 1-4096 */
+#define VUGPU_REG_MMU_CTX_APERTURE	0x0314	/* RW, 0 SYS / 1 VRAM */
+#define VUGPU_REG_FAULT_RING_BASE_LO	0x0318	/* RW, bits 4:0 RO 0 */
+#define VUGPU_REG_FAULT_RING_BASE_HI	0x031c
+#define VUGPU_REG_FAULT_RING_SIZE	0x0320	/* RW, records, power of two 1-65536 */
+#define VUGPU_REG_FAULT_RING_APERTURE	0x0324	/* RW */
+#define VUGPU_REG_FAULT_PUT		0x0328	/* RO (doorbell page 0x800) */
+#define VUGPU_REG_FAULT_GET		0x032c	/* RW (doorbell page 0x804) */
+#define VUGPU_REG_FAULT_VECTOR		0x0330	/* RO, 1 + ENGINE_COUNT */
+#define VUGPU_REG_MMU_STAT_FAULTS	0x0340	/* 64-bit counters, _LO latches _HI */
+#define VUGPU_REG_MMU_STAT_FAULTS_DROPPED 0x0348
+#define VUGPU_REG_MMU_STAT_REPLAYS	0x0350
+#define VUGPU_REG_MMU_STAT_CANCELS	0x0358
+#define VUGPU_REG_MMU_STAT_TLB_HITS	0x0360
+#define VUGPU_REG_MMU_STAT_TLB_MISSES	0x0368
+#define VUGPU_REG_MMU_STAT_INVALIDATIONS 0x0370
+#define VUGPU_MMU_NUM_STATS		7
+#define VUGPU_MMU_CONTROL_ENABLE	(1U << 0)
+#define VUGPU_MMU_CONTROL_FAULT_IRQ	(1U << 1)
+#define VUGPU_MMU_STATUS_ENABLED	(1U << 0)
+#define VUGPU_MMU_STATUS_CONFIG_ERROR	(1U << 1)
+#define VUGPU_MMU_STATUS_FAULT_OVERFLOW	(1U << 2)	/* W1C */
+#define VUGPU_MMU_STATUS_WAITING	(1U << 3)
+#define VUGPU_MMU_CTX_MAX		4096
+#define VUGPU_FAULT_RING_MAX		65536
+/* §9.4 doorbell page words of the fault ring. */
+#define VUGPU_DB_FAULT_PUT		0x800	/* device-written */
+#define VUGPU_DB_FAULT_GET		0x804	/* driver-written */
+
+/* §9.2 context table entry (16 bytes) and page-table entries (8 bytes). */
+#define VUGPU_CTX_ENTRY_SIZE		16
+#define VUGPU_CTX_VALID			(1ULL << 0)
+#define VUGPU_CTX_APERTURE_SHIFT	5		/* bits 6:5: root table aperture */
+#define VUGPU_PT_ADDR_MASK		0x000ffffffffff000ULL	/* bits 51:12 */
+#define VUGPU_PTE_VALID			(1ULL << 0)
+#define VUGPU_PTE_LEAF			(1ULL << 1)
+#define VUGPU_PTE_READ			(1ULL << 2)
+#define VUGPU_PTE_WRITE			(1ULL << 3)
+#define VUGPU_PTE_ATOMIC		(1ULL << 4)
+#define VUGPU_PTE_APERTURE_SHIFT	5		/* bits 6:5 */
+#define VUGPU_PTE_APERTURE_MASK		(3ULL << VUGPU_PTE_APERTURE_SHIFT)
+#define VUGPU_PTE_SW_SHIFT		56		/* bits 63:56: ignored by the device */
+#define VUGPU_PT_LEVELS			4		/* level 3 = root */
+#define VUGPU_PT_ENTRIES		512
+#define VUGPU_PT_SIZE			4096
+#define VUGPU_VA_BITS			48
+#define VUGPU_PAGE_SHIFT_4K		12
+#define VUGPU_PAGE_SHIFT_2M		21
+#define VUGPU_PT_LEVEL_SHIFT(l)		(12 + 9 * (l))	/* VA bits of level l: shift .. shift + 8 */
+
+/* §9.4 fault record (32 bytes). */
+#define VUGPU_FAULT_REC_SIZE		32
+#define VUGPU_FAULT_OFF_ADDR		0x00	/* u64 */
+#define VUGPU_FAULT_OFF_CONTEXT		0x08	/* u16 */
+#define VUGPU_FAULT_OFF_ENGINE		0x0a	/* u8 */
+#define VUGPU_FAULT_OFF_ACCESS		0x0b	/* u8 */
+#define VUGPU_FAULT_OFF_REASON		0x0c	/* u8 */
+#define VUGPU_FAULT_OFF_LEVEL		0x0d	/* u8 */
+#define VUGPU_FAULT_OFF_TIMESTAMP	0x10	/* u64 */
+#define VUGPU_FAULT_OFF_SEQ		0x18	/* u32 */
+#define VUGPU_FAULT_ACCESS_READ		0
+#define VUGPU_FAULT_ACCESS_WRITE	1
+#define VUGPU_FAULT_ACCESS_ATOMIC	2
+#define VUGPU_FAULT_NOT_PRESENT		1
+#define VUGPU_FAULT_PROTECTION		2
+#define VUGPU_FAULT_BAD_PTE		3
+#define VUGPU_FAULT_WALK_ERROR		4
+#define VUGPU_FAULT_BAD_CONTEXT		5
+#define VUGPU_FAULT_VA_RANGE		6
 
 /* §8.1 per-engine 64-bit statistics counters (engine block offsets; _HI at +4). */
 #define VUGPU_ENG_STAT_JOBS		0x40
@@ -294,5 +380,12 @@ _Static_assert(VUGPU_DESC_OFF_RSVD1 + 24 == VUGPU_DESC_SIZE,
 _Static_assert(VUGPU_ENG_STAT_IRQS + 8 == VUGPU_ENG_STATS_END,
 	       "statistics counters do not fill +0x40-+0xaf");
 _Static_assert(VUGPU_ENG_NUM_STATS == 14, "§8.1 lists 14 counters");
+_Static_assert(VUGPU_REG_MMU_STAT_INVALIDATIONS + 8 == VUGPU_REG_MMU_STAT_FAULTS + 8 * VUGPU_MMU_NUM_STATS,
+	       "§9.1 counters are 0x340-0x377");
+_Static_assert(VUGPU_DB_FAULT_GET + 4 <= VUGPU_DOORBELL_PAGE_SIZE &&
+	       VUGPU_DOORBELL_STRIDE_VALUE * VUGPU_ENGINE_MAX <= VUGPU_DB_FAULT_PUT,
+	       "fault ring words overlap the engines' doorbell words");
+_Static_assert(VUGPU_PT_LEVEL_SHIFT(VUGPU_PT_LEVELS - 1) + 9 == VUGPU_VA_BITS,
+	       "four levels of 512 entries translate 48 bits");
 
 #endif /* VUGPU_HW_H */

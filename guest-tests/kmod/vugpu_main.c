@@ -56,6 +56,7 @@
 #include <linux/dma-mapping.h>
 
 #include "vugpu_drv.h"
+#include "vugpu_hmm.h"
 #define VUGPU_READY_TIMEOUT_US	1000000
 /* The driver uses only registers of spec 0.1; later minors add, never change. */
 #define VUGPU_DRIVER_MIN_VERSION	0x00000001U
@@ -88,6 +89,10 @@ static uint p2pmem_mb;
 module_param(p2pmem_mb, uint, 0444);
 MODULE_PARM_DESC(p2pmem_mb, "Register the top N MiB of BAR2 (at most half of it) as peer-to-peer DMA memory and publish it (default 0: none)");
 
+static uint devmem_mb;
+module_param(devmem_mb, uint, 0444);
+MODULE_PARM_DESC(devmem_mb, "Device-private (HMM) memory: up to N MiB of VRAM, taken from above BAR2 first, then from the top of the CPU window below p2pmem (default 0: none)");
+
 static DEFINE_IDA(vugpu_ida);
 
 static int vugpu_p2p_distance(struct vugpu_device *vdev, struct vugpu_cmd *cmd);
@@ -101,6 +106,16 @@ static void vugpu_release_device(struct kref *ref)
 	kfree(vdev);
 }
 
+void vugpu_get(struct vugpu_device *vdev)
+{
+	kref_get(&vdev->ref);
+}
+
+void vugpu_put(struct vugpu_device *vdev)
+{
+	kref_put(&vdev->ref, vugpu_release_device);
+}
+
 /* Take vdev->lock unless the device has been removed. */
 static int vugpu_lock_live(struct vugpu_device *vdev)
 {
@@ -112,7 +127,7 @@ static int vugpu_lock_live(struct vugpu_device *vdev)
 	return 0;
 }
 
-static irqreturn_t vugpu_irq_handler(int irq, void *data)
+irqreturn_t vugpu_irq_handler(int irq, void *data)
 {
 	struct vugpu_vector *vec = data;
 	struct vugpu_device *vdev = vec->vdev;
@@ -123,7 +138,8 @@ static irqreturn_t vugpu_irq_handler(int irq, void *data)
 	 * Engine completions must not cost a trapped register read: IRQ_STATUS
 	 * is only looked at where IRQ_TRIGGER may have set it.
 	 */
-	if (vec->index < VUGPU_IRQ_STATUS_VECTORS && (!engine || atomic_read(&vec->test_armed))) {
+	if (vec->index < VUGPU_IRQ_STATUS_VECTORS &&
+	    ((!engine && !vec->mmu_fault) || atomic_read(&vec->test_armed))) {
 		status = vugpu_rd(vdev, VUGPU_REG_IRQ_STATUS);
 		/* Ack only our own cause bit: other vectors' handlers own theirs. */
 		if (status != VUGPU_REG_BAD_READ && (status & BIT(vec->index)))
@@ -137,7 +153,8 @@ static irqreturn_t vugpu_irq_handler(int irq, void *data)
 	if (engine)
 		vugpu_engine_irq(vec);
 	complete(&vec->done);
-	return IRQ_HANDLED;
+	/* The fault ring is consumed in the thread (vugpu_mmu.c). */
+	return vec->mmu_fault ? IRQ_WAKE_THREAD : IRQ_HANDLED;
 }
 
 /* Wait for STATUS.READY after a reset; 0 or -ETIMEDOUT. */
@@ -187,8 +204,12 @@ static void vugpu_quiesce_irqs(struct vugpu_device *vdev)
 {
 	unsigned int i;
 
+	/* The MMU fault thread never blocks a reset: it is not waited for (vugpu_mmu.c). */
 	for (i = 0; i < vdev->irqs_requested; i++)
-		disable_irq(vdev->vectors[i].irq);
+		if (vdev->vectors[i].mmu_fault)
+			disable_irq_nosync(vdev->vectors[i].irq);
+		else
+			disable_irq(vdev->vectors[i].irq);
 }
 
 static void vugpu_resume_irqs(struct vugpu_device *vdev)
@@ -224,8 +245,10 @@ static void vugpu_reset_done(struct pci_dev *pdev)
 			vdev->reset_regs.status);
 	else if (vdev->reset_regs.id != VUGPU_ID_VALUE)
 		dev_err(&pdev->dev, "bad ID %#x after reset\n", vdev->reset_regs.id);
-	if (!vdev->reset_ready_err)
+	if (!vdev->reset_ready_err) {
 		vugpu_engines_reinit(vdev);
+		vugpu_mmu_reinit(vdev);
+	}
 	vugpu_resume_irqs(vdev);
 	up_write(&vdev->engines_rwsem);
 	if (vdev->reset_took_lock) {
@@ -820,6 +843,7 @@ static void vugpu_free_irqs(struct vugpu_device *vdev)
 static int vugpu_setup_irqs(struct vugpu_device *vdev)
 {
 	struct pci_dev *pdev = vdev->pdev;
+	int fault_vector = vugpu_mmu_fault_vector(vdev);
 	unsigned int i;
 	int ret;
 
@@ -848,7 +872,14 @@ static int vugpu_setup_irqs(struct vugpu_device *vdev)
 			ret = vec->irq;
 			goto err_free_irqs;
 		}
-		ret = request_irq(vec->irq, vugpu_irq_handler, 0, vec->name, vec);
+		if ((int)i == fault_vector) {
+			/* The device MMU's fault ring: consumed in a thread (vugpu_mmu.c). */
+			vec->mmu_fault = true;
+			ret = request_threaded_irq(vec->irq, vugpu_irq_handler, vugpu_mmu_irq_thread,
+						   IRQF_ONESHOT, vec->name, vec);
+		} else {
+			ret = request_irq(vec->irq, vugpu_irq_handler, 0, vec->name, vec);
+		}
 		if (ret) {
 			dev_err(&pdev->dev, "request_irq vector %u: %d\n", i, ret);
 			goto err_free_irqs;
@@ -920,16 +951,16 @@ static int vugpu_p2pmem_setup(struct vugpu_device *vdev)
 
 	if (!vdev->p2p_size)
 		return 0;
-	ret = pci_p2pdma_add_resource(pdev, VUGPU_BAR_VRAM, vdev->p2p_size, vdev->vram_bar_len);
+	ret = pci_p2pdma_add_resource(pdev, VUGPU_BAR_VRAM, vdev->p2p_size, vdev->p2p_off);
 	if (ret) {
 		dev_err(&pdev->dev, "p2pmem_mb=%u: cannot register BAR2 [+%#llx, %llu MiB] as p2pmem: %d\n",
-			p2pmem_mb, (u64)vdev->vram_bar_len, (u64)vdev->p2p_size >> 20, ret);
+			p2pmem_mb, (u64)vdev->p2p_off, (u64)vdev->p2p_size >> 20, ret);
 		return ret;
 	}
 	pci_p2pmem_publish(pdev, true);
 	dev_info(&pdev->dev, "%s: BAR2 [+%#llx, %llu MiB] published as p2pmem (VRAM offsets %#llx-%#llx)\n",
-		 vdev->name, (u64)vdev->vram_bar_len, (u64)vdev->p2p_size >> 20,
-		 (u64)vdev->vram_bar_len, (u64)(vdev->vram_bar_size - 1));
+		 vdev->name, (u64)vdev->p2p_off, (u64)vdev->p2p_size >> 20,
+		 (u64)vdev->p2p_off, (u64)(vdev->vram_bar_size - 1));
 	return 0;
 }
 
@@ -1028,7 +1059,11 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		vdev->p2p_size = min_t(resource_size_t, (resource_size_t)p2pmem_mb << 20,
 				       vdev->vram_bar_size / 2);
 	/* The CPU window: BAR2 below the p2pmem range (which the p2pdma core maps itself). */
-	vdev->vram_bar_len = vdev->vram_bar_size - vdev->p2p_size;
+	vdev->p2p_off = vdev->vram_bar_size - vdev->p2p_size;
+	vdev->vram_bar_len = vdev->p2p_off;
+	ret = vugpu_vram_layout(vdev, devmem_mb);
+	if (ret)
+		goto err_ida;
 	vdev->vram = devm_ioremap_wc(&pdev->dev, vdev->vram_bar_start, vdev->vram_bar_len);
 	if (!vdev->vram) {
 		ret = -ENOMEM;
@@ -1036,6 +1071,9 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	}
 
 	ret = vugpu_check_regs(vdev);
+	if (ret)
+		goto err_ida;
+	ret = vugpu_vram_setup(vdev);
 	if (ret)
 		goto err_ida;
 
@@ -1059,6 +1097,9 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	vdev->engines_init_err = vugpu_engines_probe(vdev);
 	if (vdev->engines_init_err)
 		dev_err(&pdev->dev, "DMA engines unusable: %d\n", vdev->engines_init_err);
+	ret = vugpu_vram_clients_ready(vdev);
+	if (ret)
+		goto err_engines;
 
 	pci_set_drvdata(pdev, vdev);
 	vdev->misc.minor = MISC_DYNAMIC_MINOR;
@@ -1074,6 +1115,11 @@ static int vugpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret)
 		goto err_misc;
 
+	/* Device MMU, HMM mirror and device memory: the GPU works without them. */
+	ret = vugpu_hmm_probe(vdev);
+	if (ret)
+		dev_err(&pdev->dev, "device MMU / HMM unusable: %d\n", ret);
+
 	dev_info(&pdev->dev,
 		 "%s: %04x:%04x (sub %04x:%04x) rev %02x, VERSION %#x, BAR0 %pR, BAR2 %pR, VRAM %llu MiB, %u MSI-X vectors, %u DMA engines\n",
 		 vdev->name, pdev->vendor, pdev->device, pdev->subsystem_vendor,
@@ -1086,12 +1132,14 @@ err_misc:
 	misc_deregister(&vdev->misc);
 err_irqs:
 	pci_set_drvdata(pdev, NULL);
+err_engines:
 	vugpu_engines_stop(vdev);
 	vugpu_teardown_irqs(vdev);
 	vugpu_engines_remove(vdev);
 err_clear_master:
 	pci_clear_master(pdev);
 err_ida:
+	vugpu_vram_fini(vdev);
 	ida_free(&vugpu_ida, vdev->index);
 err_free:
 	kref_put(&vdev->ref, vugpu_release_device);
@@ -1102,6 +1150,8 @@ static void vugpu_remove(struct pci_dev *pdev)
 {
 	struct vugpu_device *vdev = pci_get_drvdata(pdev);
 
+	/* Mirrors, device memory and the MMU go first, while the engines run. */
+	vugpu_hmm_remove(vdev);
 	/* No new opens; files already open see ->dead and stop. */
 	misc_deregister(&vdev->misc);
 	mutex_lock(&vdev->lock);
@@ -1118,6 +1168,7 @@ static void vugpu_remove(struct pci_dev *pdev)
 	/* The p2pmem pages, mappings, regions and enable count are devres: released after this. */
 	if (vdev->p2p_size)
 		pci_p2pmem_publish(pdev, false);
+	vugpu_vram_fini(vdev);
 	ida_free(&vugpu_ida, vdev->index);
 	pci_set_drvdata(pdev, NULL);
 	dev_info(&pdev->dev, "%s removed\n", vdev->name);

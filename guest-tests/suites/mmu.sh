@@ -1,0 +1,63 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+#
+# Needs (read by vugpu-vm, see guest-tests/README.md "Suite declarations"):
+# vugpu-vm: gpus 1+
+# vugpu-vm: topology any
+# vugpu-vm: peer any
+# vugpu-vm: memory 2G
+# vugpu-vm: kernel-config DEVICE_PRIVATE HMM_MIRROR MMU_NOTIFIER
+#
+# mmu.sh - device MMU suite (docs/hw-spec.md §9) through the driver's HMM
+# mirror (/dev/hmm_dmirror0, vugpu.ko dmirror=1).
+#
+# Run by the guest's /init as `sh /suites/mmu.sh`.  Steps, each one KTAP result:
+#   1        insmod vugpu.ko dmirror=1 and wait for the driver to appear
+#   2        /dev/hmm_dmirror0 exists (the GPU has a working device MMU)
+#   3..N+2   vugpu-mmu (one fault per READ of N pages, faults serviced per
+#            second, cancel and engine recovery, no stale translation after
+#            munmap / remap, atomics only with the PTE ATOMIC bit, faults by
+#            interrupt, two contexts, MMU after FLR), spliced in
+#   N+3      rmmod vugpu (mirrors closed, MMU disabled)
+#   N+4      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
+# Fault injections of the server that these tests catch (each fails at least
+# one case): --inject mmu-stale-tlb, mmu-ignore-atomic-perm, mmu-no-fault-irq.
+#
+# Kernel command line (vugpu-vm --append): vugpu.vendor=ID, vugpu.device=ID,
+# vugpu.dma_timeout_ms=MS become module parameters.
+# Environment (by hand): VUGPU_MODULE, VUGPU_MODULE_PARAMS, VUGPU_MMU_ARGS.
+
+# shellcheck source-path=SCRIPTDIR source=lib/suite.sh
+. "$(dirname "$0")/lib/suite.sh"
+
+suite_init mmu "${VUGPU_MMU_ARGS:-}"
+suite_module_param vugpu.dmirror=1
+for word in $(suite_cmdline); do
+	case "$word" in
+	vugpu.vendor=*|vugpu.device=*|vugpu.dma_timeout_ms=*)
+		suite_module_param "$word" ;;
+	esac
+done
+
+suite_tests vugpu-mmu
+suite_plan $((SUITE_NSLOTS + 4))
+suite_load_module
+suite_report_load 1
+_node_st=1
+_i=0
+while [ "$_i" -lt 30 ]; do
+	if [ -c /dev/hmm_dmirror0 ]; then
+		_node_st=0
+		break
+	fi
+	sleep 0.1 2>/dev/null || usleep 100000
+	_i=$((_i + 1))
+done
+if [ "$_node_st" -ne 0 ]; then
+	dmesg | grep -i -E 'vugpu|mmu' | tail -20 | ktap_diag
+fi
+ktap_result 2 dmirror_node "$_node_st"
+suite_splice --timed 3
+suite_rmmod $((SUITE_TOTAL - 1))
+suite_dmesg_check "$SUITE_TOTAL"
+suite_end

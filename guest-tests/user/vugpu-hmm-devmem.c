@@ -1,0 +1,542 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vugpu-hmm-devmem: native KTAP tests of vugpu's device-private memory
+ * (guest-tests/kmod/vugpu_devmem.c) through /dev/hmm_dmirrorN (lib/test_hmm's
+ * ABI, vugpu_hmm_uapi.h).  Needs vugpu.ko loaded with devmem_mb > 0.
+ *
+ *   vugpu-hmm-devmem [-d N] [-m MIB] [-u]
+ *     -d N    /dev/hmm_dmirrorN (default 0)
+ *     -m MIB  size of the throughput buffers (default 64)
+ *     -u      also unbind the GPU with pages in VRAM and check that they
+ *             came back (eviction), then bind it again
+ *
+ * Cases:
+ *   migrate_verify      MIGRATE_TO_DEV: every page moves (cpages), the data the
+ *                       device reads back through its page table (VRAM PTEs,
+ *                       copied there by the engines) is the data, SNAPSHOT
+ *                       says DEV_PRIVATE_LOCAL for every page
+ *   cpu_fault_back      a CPU read of a page in VRAM brings that page (and
+ *                       only it) back with its data (migrate_to_ram)
+ *   cpu_write_back      a CPU write to pages in VRAM: they come back, the
+ *                       writes land, the device then sees the new data
+ *   migrate_to_sys      MIGRATE_TO_SYS: cpages, data, SNAPSHOT without device pages
+ *   thp_migrate         a 2 MiB THP moves as one device folio (SNAPSHOT PMD
+ *                       bit) and comes back as one (7.x; skipped where the
+ *                       kernel has no device-private THP)
+ *   fail_alloc          FLAGS fail-alloc: the THP falls back to 4 KiB device
+ *                       pages, data intact both ways
+ *   throughput_4k, throughput_thp
+ *                       pages/s both ways over MIB MiB (printed), data checked
+ *   release             RELEASE evicts everything: SNAPSHOT shows no device page
+ *   unbind_evict (-u)   unbind the GPU while pages are in VRAM: they come back
+ *                       to system memory with their data; the driver is bound
+ *                       again afterwards
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ktap.h"
+#include "vugpu_hmm_uapi.h"
+
+#define TWO_MIB		(2UL << 20)
+
+struct ctx {
+	int dev;
+	int fd;
+	char path[64];
+	size_t page;
+	size_t mib;
+	bool unbind;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int dmirror(int fd, unsigned long req, void *addr, void *mirror, uint64_t npages,
+		   struct vugpu_hmm_dmirror_cmd *out)
+{
+	struct vugpu_hmm_dmirror_cmd cmd = {
+		.addr = (uintptr_t)addr,
+		.ptr = (uintptr_t)mirror,
+		.npages = npages,
+	};
+	int ret;
+
+	do {
+		ret = ioctl(fd, req, &cmd);
+	} while (ret && errno == EINTR);
+	if (out)
+		*out = cmd;
+	return ret ? -errno : 0;
+}
+
+/* A buffer of @size bytes aligned to @align, anonymous private. */
+static void *map_aligned(size_t size, size_t align, void **base, size_t *base_len)
+{
+	size_t len = size + align;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	*base = p;
+	*base_len = len;
+	return (void *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+}
+
+static void fill(uint32_t *p, size_t bytes, uint32_t seed)
+{
+	size_t i;
+
+	for (i = 0; i < bytes / 4; i++)
+		p[i] = seed ^ (uint32_t)(i * 2654435761u);
+}
+
+/* Index of the first word that differs from the pattern, or -1. */
+static long check(const uint32_t *p, size_t bytes, uint32_t seed)
+{
+	size_t i;
+
+	for (i = 0; i < bytes / 4; i++)
+		if (p[i] != (seed ^ (uint32_t)(i * 2654435761u)))
+			return (long)i;
+	return -1;
+}
+
+static int count_prot(const unsigned char *m, size_t n, unsigned char mask, unsigned char want)
+{
+	size_t i;
+	int c = 0;
+
+	for (i = 0; i < n; i++)
+		c += (m[i] & mask) == want;
+	return c;
+}
+
+static int snapshot(struct ctx *c, void *addr, size_t npages, unsigned char *m)
+{
+	memset(m, 0xee, npages);
+	return dmirror(c->fd, VUGPU_HMM_SNAPSHOT, addr, m, npages, NULL);
+}
+
+#define LOCAL_MASK	0xf0
+#define LOCAL		VUGPU_HMM_PROT_DEV_PRIVATE_LOCAL
+
+static void migrate_verify(struct ktap_test *t, void *arg)
+{
+	struct ctx *c = arg;
+	size_t npages = 256, size = npages * c->page;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	unsigned char *m = malloc(npages);
+	uint32_t *buf, *mir = malloc(size);
+	long bad;
+	int ret;
+
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	fill(buf, size, 0x1234);
+	memset(mir, 0, size);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_DEV: %s", strerror(-ret));
+	KTAP_EXPECT(t, cmd.cpages == npages, "cpages %llu, want %zu", (unsigned long long)cmd.cpages,
+		    npages);
+	bad = check(mir, size, 0x1234);
+	KTAP_EXPECT(t, bad < 0, "device read-back differs at word %ld", bad);
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	ret = count_prot(m, npages, LOCAL_MASK, LOCAL);
+	KTAP_EXPECT(t, ret == (int)npages, "%d of %zu pages DEV_PRIVATE_LOCAL (first %#x)", ret,
+		    npages, m[0]);
+	/* A second read through the device: the VRAM copy is stable. */
+	memset(mir, 0, size);
+	ret = dmirror(c->fd, VUGPU_HMM_READ, buf, mir, npages, &cmd);
+	KTAP_EXPECT(t, ret == 0 && check(mir, size, 0x1234) < 0, "READ from VRAM: %s",
+		    ret ? strerror(-ret) : "data differs");
+	munmap(buf, size);
+	free(m);
+	free(mir);
+}
+
+static void cpu_fault_back(struct ktap_test *t, void *arg)
+{
+	struct ctx *c = arg;
+	size_t npages = 64, size = npages * c->page, w = c->page / 4;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	unsigned char *m = malloc(npages);
+	uint32_t *buf, *mir = malloc(size);
+	int ret;
+
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	fill(buf, size, 0xabcd);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+		    strerror(-ret), (unsigned long long)cmd.cpages);
+	/* Touch one word of page 5: migrate_to_ram brings page 5 back. */
+	KTAP_EXPECT(t, buf[5 * w + 7] == (0xabcd ^ (uint32_t)((5 * w + 7) * 2654435761u)),
+		    "page 5 word 7 is %#x after the fault", buf[5 * w + 7]);
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	KTAP_EXPECT(t, (m[5] & LOCAL_MASK) != LOCAL, "page 5 still in VRAM (%#x)", m[5]);
+	ret = count_prot(m, npages, LOCAL_MASK, LOCAL);
+	KTAP_EXPECT(t, ret == (int)npages - 1, "%d pages in VRAM, want %zu", ret, npages - 1);
+	/* Now all of it, by reading every page. */
+	KTAP_EXPECT(t, check(buf, size, 0xabcd) < 0, "data differs after faulting everything back");
+	ret = snapshot(c, buf, npages, m);
+	KTAP_EXPECT(t, ret == 0 && count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
+		    "pages still in VRAM after CPU reads");
+	munmap(buf, size);
+	free(m);
+	free(mir);
+}
+
+static void cpu_write_back(struct ktap_test *t, void *arg)
+{
+	struct ctx *c = arg;
+	size_t npages = 32, size = npages * c->page, i;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	uint32_t *buf, *mir = malloc(size);
+	int ret;
+
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	KTAP_ASSERT(t, buf != MAP_FAILED && mir, "allocation");
+	fill(buf, size, 0x5555);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+		    strerror(-ret), (unsigned long long)cmd.cpages);
+	fill(buf, size, 0x7777);	/* every page faults back, then is written */
+	memset(mir, 0, size);
+	ret = dmirror(c->fd, VUGPU_HMM_READ, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0, "READ: %s", strerror(-ret));
+	i = check(mir, size, 0x7777);
+	KTAP_EXPECT(t, (long)i < 0, "device sees stale data at word %ld", (long)i);
+	munmap(buf, size);
+	free(mir);
+}
+
+static void migrate_to_sys(struct ktap_test *t, void *arg)
+{
+	struct ctx *c = arg;
+	size_t npages = 200, size = npages * c->page;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	unsigned char *m = malloc(npages);
+	uint32_t *buf, *mir = malloc(size);
+	int ret;
+
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	fill(buf, size, 0x9999);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+		    strerror(-ret), (unsigned long long)cmd.cpages);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_SYS: %s", strerror(-ret));
+	KTAP_EXPECT(t, cmd.cpages == npages, "cpages %llu, want %zu",
+		    (unsigned long long)cmd.cpages, npages);
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == 0, "pages still in VRAM");
+	KTAP_EXPECT(t, check(buf, size, 0x9999) < 0, "data differs after MIGRATE_TO_SYS");
+	/* Again: nothing left to move. */
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
+	KTAP_EXPECT(t, ret == 0 && cmd.cpages == 0, "second MIGRATE_TO_SYS: %d, cpages %llu", ret,
+		    (unsigned long long)cmd.cpages);
+	munmap(buf, size);
+	free(m);
+	free(mir);
+}
+
+static bool thp_enabled(void)
+{
+	char s[128] = "";
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+
+	if (!f)
+		return false;
+	if (!fgets(s, sizeof(s), f))
+		s[0] = 0;
+	fclose(f);
+	return !strstr(s, "[never]");
+}
+
+/* A THP-backed 2 MiB range in VRAM as one folio (PMD bit), data intact, then back as one. */
+static void thp_migrate_common(struct ktap_test *t, struct ctx *c, bool fail_alloc)
+{
+	size_t npages = TWO_MIB / c->page, base_len;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	unsigned char *m = malloc(npages);
+	uint32_t *buf, *mir = malloc(TWO_MIB);
+	void *base;
+	int ret, pmd;
+
+	if (!thp_enabled())
+		KTAP_SKIP(t, "transparent hugepages are disabled");
+	buf = map_aligned(TWO_MIB, TWO_MIB, &base, &base_len);
+	KTAP_ASSERT(t, buf && m && mir, "allocation");
+	KTAP_ASSERT(t, madvise(buf, TWO_MIB, MADV_HUGEPAGE) == 0, "madvise: %s", strerror(errno));
+	fill(buf, TWO_MIB, 0x2a2a);
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	if (!(m[0] & VUGPU_HMM_PROT_PMD)) {
+		munmap(base, base_len);
+		KTAP_SKIP(t, "the kernel gave no THP (SNAPSHOT %#x)", m[0]);
+	}
+	if (fail_alloc) {
+		ret = dmirror(c->fd, VUGPU_HMM_FLAGS, buf, NULL, VUGPU_HMM_FLAG_FAIL_ALLOC, NULL);
+		KTAP_ASSERT(t, ret == 0, "FLAGS: %s", strerror(-ret));
+	}
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_DEV: %s", strerror(-ret));
+	KTAP_EXPECT(t, cmd.cpages == npages, "cpages %llu", (unsigned long long)cmd.cpages);
+	KTAP_EXPECT(t, check(mir, TWO_MIB, 0x2a2a) < 0, "device read-back differs");
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	pmd = count_prot(m, npages, LOCAL_MASK | VUGPU_HMM_PROT_PMD,
+			 LOCAL | VUGPU_HMM_PROT_PMD);
+	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == (int)npages,
+		    "not every page in VRAM (first %#x)", m[0]);
+	if (fail_alloc)
+		KTAP_EXPECT(t, pmd == 0, "fail-alloc: %d pages still PMD-mapped device pages", pmd);
+	else
+		KTAP_EXPECT(t, pmd == (int)npages, "%d of %zu pages in a device PMD (first %#x)", pmd,
+			    npages, m[0]);
+	if (fail_alloc) {
+		/* Back with fail-alloc again: the system side falls back to 4 KiB too. */
+		ret = dmirror(c->fd, VUGPU_HMM_FLAGS, buf, NULL, VUGPU_HMM_FLAG_FAIL_ALLOC, NULL);
+		KTAP_ASSERT(t, ret == 0, "FLAGS: %s", strerror(-ret));
+	}
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_SYS: %s", strerror(-ret));
+	/* test_hmm counts migrated src entries: a folio is one, 4 KiB pages one each. */
+	KTAP_EXPECT(t, cmd.cpages == (fail_alloc ? npages : 1), "back: cpages %llu, want %zu",
+		    (unsigned long long)cmd.cpages, fail_alloc ? npages : 1);
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == 0, "pages still in VRAM");
+	KTAP_EXPECT(t, check(buf, TWO_MIB, 0x2a2a) < 0, "data differs after the round trip");
+	munmap(base, base_len);
+	free(m);
+	free(mir);
+}
+
+static void thp_migrate(struct ktap_test *t, void *arg)
+{
+	thp_migrate_common(t, arg, false);
+}
+
+static void fail_alloc(struct ktap_test *t, void *arg)
+{
+	thp_migrate_common(t, arg, true);
+}
+
+static void throughput(struct ktap_test *t, struct ctx *c, bool thp)
+{
+	size_t size = c->mib << 20, npages = size / c->page, base_len;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	double t0, t1, t2, best_in = 0, best_out = 0;
+	uint32_t *buf, *mir = malloc(size);
+	void *base;
+	int ret, i;
+
+	if (thp && !thp_enabled())
+		KTAP_SKIP(t, "transparent hugepages are disabled");
+	buf = map_aligned(size, TWO_MIB, &base, &base_len);
+	KTAP_ASSERT(t, buf && mir, "allocation");
+	KTAP_ASSERT(t, madvise(buf, size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0, "madvise");
+	fill(buf, size, 0x3141);
+	for (i = 0; i < 3; i++) {
+		t0 = now_s();
+		ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+		t1 = now_s();
+		KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV %d: %s, cpages %llu",
+			    i, strerror(-ret), (unsigned long long)cmd.cpages);
+		ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
+		t2 = now_s();
+		/* cpages counts folios (test_hmm): with THP at least one per 2 MiB. */
+		KTAP_ASSERT(t, ret == 0 && (thp ? cmd.cpages >= size / TWO_MIB && cmd.cpages <= npages :
+					     cmd.cpages == npages),
+			    "MIGRATE_TO_SYS %d: %s, cpages %llu", i, strerror(-ret),
+			    (unsigned long long)cmd.cpages);
+		if (npages / (t1 - t0) > best_in)
+			best_in = npages / (t1 - t0);
+		if (npages / (t2 - t1) > best_out)
+			best_out = npages / (t2 - t1);
+	}
+	KTAP_EXPECT(t, check(mir, size, 0x3141) < 0, "device read-back differs");
+	KTAP_EXPECT(t, check(buf, size, 0x3141) < 0, "data differs after 3 round trips");
+	/* MIGRATE_TO_DEV includes test_hmm's read-back through the device. */
+	ktap_diag("%s %zu MiB: to VRAM %.0f pages/s (%.1f MiB/s, incl. device read-back), to system %.0f pages/s (%.1f MiB/s)",
+		  thp ? "THP" : "4 KiB", c->mib, best_in, best_in * c->page / 1048576.0, best_out,
+		  best_out * c->page / 1048576.0);
+	munmap(base, base_len);
+	free(mir);
+}
+
+static void throughput_4k(struct ktap_test *t, void *arg)
+{
+	throughput(t, arg, false);
+}
+
+static void throughput_thp(struct ktap_test *t, void *arg)
+{
+	throughput(t, arg, true);
+}
+
+static void release(struct ktap_test *t, void *arg)
+{
+	struct ctx *c = arg;
+	size_t npages = 128, size = npages * c->page;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	unsigned char *m = malloc(npages);
+	uint32_t *buf, *mir = malloc(size);
+	int ret;
+
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	fill(buf, size, 0x4444);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s", strerror(-ret));
+	ret = dmirror(c->fd, VUGPU_HMM_RELEASE, buf, NULL, 0, NULL);
+	KTAP_ASSERT(t, ret == 0, "RELEASE: %s", strerror(-ret));
+	ret = snapshot(c, buf, npages, m);
+	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
+		    "%d pages still in VRAM after RELEASE", count_prot(m, npages, LOCAL_MASK, LOCAL));
+	KTAP_EXPECT(t, check(buf, size, 0x4444) < 0, "data differs after RELEASE");
+	munmap(buf, size);
+	free(m);
+	free(mir);
+}
+
+static int write_sysfs(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/* The PCI address of the GPU behind /dev/hmm_dmirrorN (its misc device's parent). */
+static int dmirror_bdf(struct ctx *c, char *bdf, size_t len)
+{
+	char link[PATH_MAX], p[128];
+	ssize_t n;
+	char *s;
+
+	snprintf(p, sizeof(p), "/sys/class/misc/hmm_dmirror%d/device", c->dev);
+	n = readlink(p, link, sizeof(link) - 1);
+	if (n < 0)
+		return -errno;
+	link[n] = 0;
+	s = strrchr(link, '/');
+	s = s ? s + 1 : link;
+	if (strlen(s) >= len)
+		return -ENAMETOOLONG;
+	memcpy(bdf, s, strlen(s) + 1);
+	return 0;
+}
+
+static void unbind_evict(struct ktap_test *t, void *arg)
+{
+	struct ctx *c = arg;
+	size_t npages = 512, size = npages * c->page;
+	struct vugpu_hmm_dmirror_cmd cmd;
+	uint32_t *buf, *mir = malloc(size);
+	char bdf[64];
+	int ret;
+
+	if (!c->unbind)
+		KTAP_SKIP(t, "not asked for (-u)");
+	ret = dmirror_bdf(c, bdf, sizeof(bdf));
+	KTAP_ASSERT(t, ret == 0, "no PCI device behind %s: %s", c->path, strerror(-ret));
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	KTAP_ASSERT(t, buf != MAP_FAILED && mir, "allocation");
+	fill(buf, size, 0x6666);
+	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
+	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+		    strerror(-ret), (unsigned long long)cmd.cpages);
+	/*
+	 * Unbind with the mirror still open (closing it would evict, like
+	 * test_hmm): remove tears the mirror down and evicts the pages.
+	 */
+	ret = write_sysfs("/sys/bus/pci/drivers/vugpu/unbind", bdf);
+	close(c->fd);
+	c->fd = -1;
+	KTAP_ASSERT(t, ret == 0, "unbind %s: %s", bdf, strerror(-ret));
+	KTAP_EXPECT(t, check(buf, size, 0x6666) < 0, "data lost by the eviction at unbind");
+	ret = write_sysfs("/sys/bus/pci/drivers/vugpu/bind", bdf);
+	KTAP_EXPECT(t, ret == 0, "bind %s again: %s", bdf, strerror(-ret));
+	munmap(buf, size);
+	free(mir);
+}
+
+static const struct ktap_case cases[] = {
+	KTAP_CASE(migrate_verify),
+	KTAP_CASE(cpu_fault_back),
+	KTAP_CASE(cpu_write_back),
+	KTAP_CASE(migrate_to_sys),
+	KTAP_CASE(thp_migrate),
+	KTAP_CASE(fail_alloc),
+	KTAP_CASE(throughput_4k),
+	KTAP_CASE(throughput_thp),
+	KTAP_CASE(release),
+	KTAP_CASE(unbind_evict),
+};
+
+int main(int argc, char **argv)
+{
+	struct ctx c = { .dev = 0, .mib = 64 };
+	struct ktap_totals tot = {};
+	int opt;
+
+	while ((opt = getopt(argc, argv, "d:m:u")) != -1) {
+		switch (opt) {
+		case 'd':
+			c.dev = atoi(optarg);
+			break;
+		case 'm':
+			c.mib = strtoul(optarg, NULL, 0);
+			break;
+		case 'u':
+			c.unbind = true;
+			break;
+		default:
+			fprintf(stderr, "usage: %s [-d N] [-m MIB] [-u]\n", argv[0]);
+			return 2;
+		}
+	}
+	if (!c.mib)
+		c.mib = 1;
+	c.page = sysconf(_SC_PAGESIZE);
+	snprintf(c.path, sizeof(c.path), "/dev/hmm_dmirror%d", c.dev);
+	ktap_print_header(KTAP_ARRAY_SIZE(cases));
+	c.fd = open(c.path, O_RDWR);
+	if (c.fd < 0) {
+		ktap_diag("open %s: %s", c.path, strerror(errno));
+		return 1;
+	}
+	ktap_run(cases, KTAP_ARRAY_SIZE(cases), 1, &c, &tot);
+	if (c.fd >= 0)
+		close(c.fd);
+	return tot.fail ? 1 : 0;
+}
