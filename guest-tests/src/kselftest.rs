@@ -32,7 +32,9 @@
 //!
 //! The cache (`ROOT/var/lib/vugpu/ktests/<release>-<hash>/`, without root
 //! `$VUGPU_CACHE/build/ktests/<release>-<hash>/`) is keyed by the kernel release and the sha256
-//! of every input file (and the build tree and compiler): a changed source rebuilds.
+//! of every input file (and the build tree and compiler): a changed source rebuilds. Each use
+//! refreshes the entry's marker; the 6 most recently used builds and the 2 most recently used
+//! unpacked Debian sources are kept, older ones removed (unless another runner holds their lock).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -49,6 +51,10 @@ use crate::provision::{secs, Env};
 pub const KTESTS_DIR: &str = "/var/lib/vugpu/ktests";
 /// Marker of a finished build or unpack.
 const DONE_MARKER: &str = ".vugpu-built";
+/// Finished test builds kept (the least recently used beyond this are removed).
+const KEEP_BUILDS: usize = 6;
+/// Unpacked Debian sources kept (1.7 GB each).
+const KEEP_SOURCES: usize = 2;
 /// Bound for one compile or module build.
 const BUILD_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// Bound for downloading and unpacking a source package.
@@ -199,6 +205,7 @@ fn debian_source(
     let marker = dir.join(DONE_MARKER);
     let label = format!("{pkg} {version}");
     if fs::read_to_string(&marker).is_ok_and(|t| t.trim() == version) {
+        touch(&marker);
         return Ok(Source {
             src: inner,
             kdir: kdir.to_string(),
@@ -260,6 +267,7 @@ fn debian_source(
     fs::write(&marker, format!("{version}\n"))
         .map_err(io_err(format!("write {}", marker.display())))?;
     say!("{pkg} {version} unpacked in {}", secs(t.elapsed()));
+    prune(&base, KEEP_SOURCES, |n| n.starts_with("src-"));
     Ok(Source {
         src: inner,
         kdir: kdir.to_string(),
@@ -527,6 +535,7 @@ pub fn build(
         .collect();
     let cached = marker.is_file() && products.iter().all(|p| p.is_file());
     if cached {
+        touch(&marker);
         say!(
             "kernel tests {} for {} cached in {}",
             wanted_list(wanted),
@@ -661,6 +670,7 @@ pub fn build(
             env.kernel.release,
             secs(t.elapsed())
         );
+        prune(&base, KEEP_BUILDS, |n| !n.starts_with("src-"));
     }
     // Private copies: another run may rebuild the cache entry.
     let art = run_dir.join("artifacts/ktests");
@@ -679,6 +689,51 @@ pub fn build(
     Ok(built)
 }
 
+/// Refreshes a marker's mtime: the entry was used.
+fn touch(marker: &Path) {
+    let _ = fs::File::options()
+        .append(true)
+        .open(marker)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+/// Removes finished entries of `base` that `pick` selects beyond the `keep` most recently used
+/// (by their marker's mtime), unless another runner holds their lock.
+fn prune(base: &Path, keep: usize, pick: impl Fn(&str) -> bool) {
+    let Ok(rd) = fs::read_dir(base) else {
+        return;
+    };
+    let mut done: Vec<(std::time::SystemTime, String)> = rd
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| pick(n))
+        .filter_map(|n| {
+            let m = fs::metadata(base.join(&n).join(DONE_MARKER)).ok()?;
+            Some((m.modified().ok()?, n))
+        })
+        .collect();
+    done.sort();
+    done.reverse();
+    for (_, name) in done.into_iter().skip(keep) {
+        let lock_path = base.join(format!("{name}.lock"));
+        let Ok(f) = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        else {
+            continue;
+        };
+        if f.try_lock().is_err() {
+            continue;
+        }
+        say!("removing the least recently used kernel-test cache entry {name}");
+        let _ = fs::remove_dir_all(base.join(&name));
+        let _ = fs::remove_file(&lock_path);
+    }
+}
+
 fn wanted_list(w: &Wanted) -> String {
     w.selftests
         .iter()
@@ -691,6 +746,39 @@ fn wanted_list(w: &Wanted) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_keeps_the_most_recently_used() {
+        let base = std::env::temp_dir().join(format!("vugpu-ktests-prune-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        for (i, n) in ["a", "b", "c", "src-1", "unfinished"].iter().enumerate() {
+            fs::create_dir_all(base.join(n)).unwrap();
+            if *n != "unfinished" {
+                let m = base.join(n).join(DONE_MARKER);
+                fs::write(&m, "x").unwrap();
+                let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i as u64);
+                fs::File::options()
+                    .append(true)
+                    .open(&m)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+        }
+        prune(&base, 2, |n| !n.starts_with("src-"));
+        let left: BTreeSet<String> = fs::read_dir(&base)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let want: BTreeSet<String> = ["b", "c", "src-1", "unfinished"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(left, want);
+        let _ = fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn series_and_deb_names() {
