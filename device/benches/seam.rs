@@ -80,6 +80,7 @@ fn env(peer: bool) -> (EngineEnv, Arc<Fabric>) {
         command: 0x6,
         trace: None,
         timing: PollTiming::default(),
+        mmu: vugpu_device::mmu::Mmu::new(true, 5, vugpu_device::mmu::MmuInject::default()),
     })
     .unwrap();
     let ram = sealed_memfd(16 * MIB);

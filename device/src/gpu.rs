@@ -38,6 +38,7 @@ use crate::engine::regs::{
 use crate::engine::{peer_window, EngineMonitor, EngineSet};
 
 use crate::irq::{EventFdNotifier, Notifier};
+use crate::mmu::{self, Mmu, MmuInject};
 use crate::msix::Msix;
 use crate::pci::aer::{self, Aer};
 use crate::pci::bar::{Bar, BarKind};
@@ -132,6 +133,8 @@ pub struct Injections {
     /// changes: a register stuck at its value, for proving that guest write/read-back checks
     /// fail. Side effects of the write (FLR, BAR resize, MSI-X control) still happen.
     pub cfg_stuck: Vec<u16>,
+    /// Deliberate MMU breakage (`mmu-stale-tlb`, `mmu-no-fault-irq`, `mmu-ignore-atomic-perm`).
+    pub mmu: MmuInject,
 }
 
 /// How to build a [`Gpu`].
@@ -302,6 +305,7 @@ impl RegisterContext for RegCtx<'_> {
 /// Which part of BAR0 an access falls in.
 enum Bar0Area {
     Registers,
+    Mmu(u32),
     PeerWindow(usize, u32),
     Engine(usize, u32),
     Table(usize),
@@ -335,9 +339,13 @@ fn bar0_area(offset: u64, len: usize) -> Bar0Area {
         return Bar0Area::Straddle;
     }
     match i {
-        0 => match peer_window::decode_offset(offset) {
-            Some((w, reg)) => Bar0Area::PeerWindow(w, reg),
-            None => Bar0Area::Registers,
+        0 => match (
+            peer_window::decode_offset(offset),
+            mmu::regs::decode_offset(offset),
+        ) {
+            (Some((w, reg)), _) => Bar0Area::PeerWindow(w, reg),
+            (None, Some(reg)) => Bar0Area::Mmu(reg),
+            (None, None) => Bar0Area::Registers,
         },
         2 => Bar0Area::Registers,
         1 => match eregs::decode_engine_offset(offset) {
@@ -478,6 +486,11 @@ impl Gpu {
             command: pci.command(),
             trace,
             timing: config.engine_timing,
+            mmu: Mmu::new(
+                mmu::present(config.engines as u32, u32::from(vectors)),
+                1 + config.engines as u32,
+                config.inject.mmu,
+            ),
         })
         .map_err(GpuError::Engines)?;
         let env = Arc::new(env);
@@ -710,6 +723,7 @@ impl Gpu {
     /// Function Level Reset / DEVICE_RESET: power-on state; VRAM, DMA maps and client fds kept.
     fn function_reset(&mut self) {
         self.engines.reset_all();
+        self.env.mmu().reset();
         // Faults reported before the reset describe state that no longer exists.
         self.env.take_faults();
         self.pci.reset();
@@ -723,6 +737,7 @@ impl Gpu {
     fn soft_reset(&mut self) {
         self.stats.soft_resets += 1;
         self.engines.reset_all();
+        self.env.mmu().reset();
         self.env.take_faults();
         self.regs.reset();
         self.env.peer_windows().reset();
@@ -749,6 +764,16 @@ impl Gpu {
             Bar0Area::PeerWindow(w, reg) => match dword(offset, data.len()) {
                 Some(()) => {
                     let v = self.env.peer_windows().read(w, reg);
+                    data.copy_from_slice(&v.to_le_bytes());
+                }
+                None => {
+                    self.stats.bad_bar0_accesses += 1;
+                    data.fill(0xff);
+                }
+            },
+            Bar0Area::Mmu(reg) => match dword(offset, data.len()) {
+                Some(()) => {
+                    let v = self.env.mmu().read(reg, self.env.doorbell());
                     data.copy_from_slice(&v.to_le_bytes());
                 }
                 None => {
@@ -800,6 +825,12 @@ impl Gpu {
             }
             Bar0Area::PeerWindow(w, reg) => match dword_value(offset, data) {
                 Some(v) => self.env.peer_windows().write(w, reg, v),
+                None => self.stats.bad_bar0_accesses += 1,
+            },
+            Bar0Area::Mmu(reg) => match dword_value(offset, data) {
+                Some(v) => {
+                    self.env.mmu().write(reg, v, self.env.doorbell());
+                }
                 None => self.stats.bad_bar0_accesses += 1,
             },
             Bar0Area::Engine(e, off) => match dword_value(offset, data) {
@@ -1156,5 +1187,7 @@ impl Drop for Gpu {
     }
 }
 
+#[cfg(test)]
+mod mmu_tests;
 #[cfg(test)]
 mod tests;

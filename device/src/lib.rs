@@ -13,6 +13,7 @@ pub mod event_loop;
 pub mod gpu;
 pub mod irq;
 pub mod log;
+pub mod mmu;
 pub mod msix;
 pub mod pci;
 pub mod probe;

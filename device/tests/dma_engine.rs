@@ -961,6 +961,7 @@ fn hostile_random_descriptors_never_escape_the_mapped_windows() {
                         _ => l >> (l % 64),
                     },
                     value: if a & 0x200 != 0 { l } else { l & 0xffff_ffff },
+                    context: 0,
                 };
                 if d.src_aperture == 1 {
                     d.src %= vram_size + MIB;

@@ -1113,10 +1113,9 @@ static int vugpu_mmu_hw_init(struct vugpu_mmu *mmu)
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_BASE_HI, upper_32_bits(mmu->ring_dma));
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_SIZE, VUGPU_MMU_FAULT_SLOTS);
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_APERTURE, VUGPU_APERTURE_SYS);
-	/* The ring (re)starts where the device's FAULT_PUT is (0 after a reset). */
-	put = vugpu_rd(vdev, VUGPU_REG_FAULT_PUT);
-	vugpu_wr(vdev, VUGPU_REG_FAULT_GET, put);
 	vugpu_wr(vdev, VUGPU_REG_MMU_CONTROL, VUGPU_MMU_CONTROL_ENABLE | VUGPU_MMU_CONTROL_FAULT_IRQ);
+	/* ENABLE 0->1 sets FAULT_PUT and FAULT_GET to 0 (§9.1): the ring starts over. */
+	put = vugpu_rd(vdev, VUGPU_REG_FAULT_PUT);
 	st = vugpu_rd(vdev, VUGPU_REG_MMU_STATUS);
 	if (st == VUGPU_REG_BAD_READ || !(st & VUGPU_MMU_STATUS_ENABLED)) {
 		dev_err(&vdev->pdev->dev, "MMU not enabled: MMU_STATUS %#x\n", st);

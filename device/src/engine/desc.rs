@@ -1,11 +1,14 @@
 //! DMA descriptors (hw-spec §7): the 64-byte format, decoded and validated as pure data.
 //!
 //! ```text
-//! 0x00 u8  opcode        0 NOP, 1 COPY, 2 FILL, 3 FENCE, 4 TIMESTAMP
+//! 0x00 u8  opcode        0 NOP, 1 COPY, 2 FILL, 3 FENCE, 4 TIMESTAMP, 5 ATOMIC,
+//!                        6 TLB_INVALIDATE, 7 FAULT_REPLAY
 //! 0x01 u8  flags         bit 0 IRQ, bit 1 NO_SNOOP, bit 2 RELAXED_ORDERING, 7:3 MBZ
-//! 0x02 u8  src_aperture  0 SYS, 1 VRAM, 2 PEER (reserved), 3+ invalid   (COPY only)
+//! 0x02 u8  src_aperture  0 SYS, 1 VRAM, 2 PEER (reserved), 3 VIRT, 4+ invalid (COPY, ATOMIC)
 //! 0x03 u8  dst_aperture                                                  (all but NOP)
-//! 0x04 u32 reserved      MBZ
+//! 0x04 u16 context       VIRT context; TLB_INVALIDATE / FAULT_REPLAY: 0xffff = all;
+//!                        must be 0 otherwise (hw-spec §9.5)
+//! 0x06 u16 reserved      MBZ
 //! 0x08 u64 src
 //! 0x10 u64 dst
 //! 0x18 u64 length        COPY, FILL
@@ -21,6 +24,8 @@
 pub const DESC_SIZE: usize = 64;
 /// Largest COPY/FILL length (1 GiB).
 pub const MAX_LENGTH: u64 = 0x4000_0000;
+/// TLB_INVALIDATE granularity.
+const PAGE: u64 = 0x1000;
 
 /// Opcodes.
 pub mod opcode {
@@ -34,7 +39,18 @@ pub mod opcode {
     pub const FENCE: u8 = 3;
     /// Write the device clock.
     pub const TIMESTAMP: u8 = 4;
+    /// 64-bit fetch-and-add (hw-spec §9.5).
+    pub const ATOMIC: u8 = 5;
+    /// Drop TLB entries and wait for the accesses that used them (hw-spec §9.3).
+    pub const TLB_INVALIDATE: u8 = 6;
+    /// Resume (or cancel) engines waiting on a translation fault (hw-spec §9.4).
+    pub const FAULT_REPLAY: u8 = 7;
 }
+
+/// The `context` value naming every context (TLB_INVALIDATE, FAULT_REPLAY).
+pub const CONTEXT_ALL: u16 = 0xffff;
+/// Aperture 3: a device-virtual address (hw-spec §9.5).
+pub const APERTURE_VIRT: u8 = 3;
 
 /// Descriptor flags.
 pub mod flags {
@@ -55,10 +71,14 @@ pub enum Aperture {
     Sys,
     /// A byte offset into VRAM.
     Vram,
+    /// A device-virtual address of this context (hw-spec §9): descriptors only, translated
+    /// by the device MMU into SYS or VRAM before it reaches memory.
+    Virt(u16),
 }
 
 impl Aperture {
-    /// Decodes an aperture field; PEER (2) and anything above are not supported.
+    /// Decodes a physical aperture field (rings, tables, MMU registers); PEER (2), VIRT (3)
+    /// and anything above are not accepted.
     pub fn from_raw(raw: u32) -> Option<Aperture> {
         match raw {
             0 => Some(Aperture::Sys),
@@ -72,7 +92,13 @@ impl Aperture {
         match self {
             Aperture::Sys => 0,
             Aperture::Vram => 1,
+            Aperture::Virt(_) => u32::from(APERTURE_VIRT),
         }
+    }
+
+    /// A device-virtual address.
+    pub fn is_virt(self) -> bool {
+        matches!(self, Aperture::Virt(_))
     }
 }
 
@@ -120,6 +146,31 @@ pub enum Op {
         /// Destination (8-byte aligned).
         dst: Addr,
     },
+    /// 64-bit fetch-and-add at `dst`; the old value is stored at `result`.
+    Atomic {
+        /// The target (8-byte aligned).
+        dst: Addr,
+        /// Where the old value goes (8-byte aligned).
+        result: Addr,
+        /// The addend.
+        value: u64,
+    },
+    /// Drop TLB entries (hw-spec §9.3).
+    TlbInvalidate {
+        /// One context, or every context (`None`).
+        ctx: Option<u16>,
+        /// First virtual address (4 KiB aligned).
+        va: u64,
+        /// Bytes (a multiple of 4 KiB; 0 = the whole context).
+        len: u64,
+    },
+    /// Resume or cancel engines waiting on a fault (hw-spec §9.4).
+    FaultReplay {
+        /// One context, or every context (`None`).
+        ctx: Option<u16>,
+        /// Cancel instead of replay.
+        cancel: bool,
+    },
 }
 
 impl Op {
@@ -131,6 +182,21 @@ impl Op {
             Op::Fill { .. } => "FILL",
             Op::Fence { .. } => "FENCE",
             Op::Timestamp { .. } => "TIMESTAMP",
+            Op::Atomic { .. } => "ATOMIC",
+            Op::TlbInvalidate { .. } => "TLB_INVALIDATE",
+            Op::FaultReplay { .. } => "FAULT_REPLAY",
+        }
+    }
+
+    /// Does the operation use the `VIRT` aperture (needs the MMU enabled)?
+    pub fn uses_virt(&self) -> bool {
+        match *self {
+            Op::Copy { src, dst, .. } => src.aperture.is_virt() || dst.aperture.is_virt(),
+            Op::Fill { dst, .. } | Op::Fence { dst, .. } | Op::Timestamp { dst } => {
+                dst.aperture.is_virt()
+            }
+            Op::Atomic { dst, result, .. } => dst.aperture.is_virt() || result.aperture.is_virt(),
+            Op::Nop | Op::TlbInvalidate { .. } | Op::FaultReplay { .. } => false,
         }
     }
 }
@@ -178,6 +244,12 @@ pub enum DescError {
     /// FILL value bits 63:32 not zero.
     #[error("FILL value bits 63:32 not zero")]
     BadFillValue,
+    /// A `context` in a descriptor that uses no VIRT aperture.
+    #[error("context {0} without a VIRT aperture")]
+    StrayContext(u16),
+    /// A field this opcode requires to be 0 is not.
+    #[error("field at offset {0:#x} must be 0 for this opcode")]
+    NonZeroField(usize),
 }
 
 fn u64_at(b: &[u8; DESC_SIZE], off: usize) -> u64 {
@@ -186,8 +258,15 @@ fn u64_at(b: &[u8; DESC_SIZE], off: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-fn aperture(raw: u8) -> Result<Aperture, DescError> {
+fn aperture(raw: u8, ctx: u16) -> Result<Aperture, DescError> {
+    if raw == APERTURE_VIRT {
+        return Ok(Aperture::Virt(ctx));
+    }
     Aperture::from_raw(u32::from(raw)).ok_or(DescError::BadAperture(raw))
+}
+
+fn scope_ctx(ctx: u16) -> Option<u16> {
+    (ctx != CONTEXT_ALL).then_some(ctx)
 }
 
 fn range_end(addr: u64, len: u64) -> Result<u64, DescError> {
@@ -202,9 +281,10 @@ impl Descriptor {
         if fl & !flags::ALL != 0 {
             return Err(DescError::ReservedFlags(fl & !flags::ALL));
         }
-        if let Some(i) = (4..8).chain(0x28..DESC_SIZE).find(|&i| b[i] != 0) {
+        if let Some(i) = (6..8).chain(0x28..DESC_SIZE).find(|&i| b[i] != 0) {
             return Err(DescError::ReservedBytes(i));
         }
+        let ctx = u16::from_le_bytes([b[4], b[5]]);
         let src = u64_at(b, 0x08);
         let dst = u64_at(b, 0x10);
         let len = u64_at(b, 0x18);
@@ -213,11 +293,11 @@ impl Descriptor {
             opcode::NOP => Op::Nop,
             opcode::COPY => {
                 let src = Addr {
-                    aperture: aperture(b[2])?,
+                    aperture: aperture(b[2], ctx)?,
                     addr: src,
                 };
                 let dst = Addr {
-                    aperture: aperture(b[3])?,
+                    aperture: aperture(b[3], ctx)?,
                     addr: dst,
                 };
                 if len == 0 || len > MAX_LENGTH {
@@ -232,7 +312,7 @@ impl Descriptor {
             }
             opcode::FILL => {
                 let dst = Addr {
-                    aperture: aperture(b[3])?,
+                    aperture: aperture(b[3], ctx)?,
                     addr: dst,
                 };
                 if !(4..=MAX_LENGTH).contains(&len) || !len.is_multiple_of(4) {
@@ -253,7 +333,7 @@ impl Descriptor {
             }
             opcode::FENCE | opcode::TIMESTAMP => {
                 let dst = Addr {
-                    aperture: aperture(b[3])?,
+                    aperture: aperture(b[3], ctx)?,
                     addr: dst,
                 };
                 if !dst.addr.is_multiple_of(8) {
@@ -266,8 +346,63 @@ impl Descriptor {
                     Op::Timestamp { dst }
                 }
             }
+            opcode::ATOMIC => {
+                let dst = Addr {
+                    aperture: aperture(b[3], ctx)?,
+                    addr: dst,
+                };
+                let result = Addr {
+                    aperture: aperture(b[2], ctx)?,
+                    addr: src,
+                };
+                if len != 8 {
+                    return Err(DescError::BadLength(len));
+                }
+                for a in [dst, result] {
+                    if !a.addr.is_multiple_of(8) {
+                        return Err(DescError::Misaligned(a.addr));
+                    }
+                    range_end(a.addr, 8)?;
+                }
+                Op::Atomic { dst, result, value }
+            }
+            opcode::TLB_INVALIDATE => {
+                if let Some(i) = [2, 3].into_iter().find(|&i| b[i] != 0) {
+                    return Err(DescError::NonZeroField(i));
+                }
+                if !dst.is_multiple_of(PAGE) {
+                    return Err(DescError::Misaligned(dst));
+                }
+                if !len.is_multiple_of(PAGE) {
+                    return Err(DescError::BadLength(len));
+                }
+                range_end(dst, len)?;
+                Op::TlbInvalidate {
+                    ctx: scope_ctx(ctx),
+                    va: dst,
+                    len,
+                }
+            }
+            opcode::FAULT_REPLAY => {
+                let fields = [(2, u64::from(b[2])), (3, u64::from(b[3])), (0x08, src)];
+                let fields =
+                    fields
+                        .into_iter()
+                        .chain([(0x10, dst), (0x18, len), (0x20, value & !1)]);
+                if let Some((i, _)) = fields.into_iter().find(|&(_, v)| v != 0) {
+                    return Err(DescError::NonZeroField(i));
+                }
+                Op::FaultReplay {
+                    ctx: scope_ctx(ctx),
+                    cancel: value & 1 != 0,
+                }
+            }
             other => return Err(DescError::BadOpcode(other)),
         };
+        let scoped = matches!(op, Op::TlbInvalidate { .. } | Op::FaultReplay { .. });
+        if ctx != 0 && !scoped && !op.uses_virt() {
+            return Err(DescError::StrayContext(ctx));
+        }
         Ok(Descriptor {
             op,
             irq: fl & flags::IRQ != 0,
@@ -288,6 +423,8 @@ pub struct RawDescriptor {
     pub src_aperture: u8,
     /// Destination aperture.
     pub dst_aperture: u8,
+    /// Context (bytes 0x04-0x05).
+    pub context: u16,
     /// Source address.
     pub src: u64,
     /// Destination address.
@@ -306,6 +443,7 @@ impl RawDescriptor {
         b[1] = self.flags;
         b[2] = self.src_aperture;
         b[3] = self.dst_aperture;
+        b[0x04..0x06].copy_from_slice(&self.context.to_le_bytes());
         b[0x08..0x10].copy_from_slice(&self.src.to_le_bytes());
         b[0x10..0x18].copy_from_slice(&self.dst.to_le_bytes());
         b[0x18..0x20].copy_from_slice(&self.length.to_le_bytes());
@@ -324,6 +462,7 @@ impl RawDescriptor {
             length,
             ..Self::default()
         }
+        .with_context_of(&[src, dst])
     }
 
     /// A FILL.
@@ -336,6 +475,7 @@ impl RawDescriptor {
             value: u64::from(pattern),
             ..Self::default()
         }
+        .with_context_of(&[dst])
     }
 
     /// A FENCE.
@@ -347,6 +487,7 @@ impl RawDescriptor {
             value,
             ..Self::default()
         }
+        .with_context_of(&[dst])
     }
 
     /// A TIMESTAMP.
@@ -357,6 +498,55 @@ impl RawDescriptor {
             dst: dst.addr,
             ..Self::default()
         }
+        .with_context_of(&[dst])
+    }
+
+    /// An ATOMIC fetch-and-add of `value` at `dst`, the old value stored at `result`.
+    pub fn atomic(dst: Addr, result: Addr, value: u64) -> Self {
+        RawDescriptor {
+            opcode: opcode::ATOMIC,
+            src_aperture: result.aperture.raw() as u8,
+            dst_aperture: dst.aperture.raw() as u8,
+            src: result.addr,
+            dst: dst.addr,
+            length: 8,
+            value,
+            ..Self::default()
+        }
+        .with_context_of(&[dst, result])
+    }
+
+    /// A TLB_INVALIDATE of `context` ([`CONTEXT_ALL`]: every context), `len` bytes from `va`
+    /// (0: the whole context).
+    pub fn tlb_invalidate(context: u16, va: u64, len: u64) -> Self {
+        RawDescriptor {
+            opcode: opcode::TLB_INVALIDATE,
+            context,
+            dst: va,
+            length: len,
+            ..Self::default()
+        }
+    }
+
+    /// A FAULT_REPLAY of `context` ([`CONTEXT_ALL`]: every context); `cancel` cancels.
+    pub fn fault_replay(context: u16, cancel: bool) -> Self {
+        RawDescriptor {
+            opcode: opcode::FAULT_REPLAY,
+            context,
+            value: u64::from(cancel),
+            ..Self::default()
+        }
+    }
+
+    /// The context of the first VIRT address among `addrs` in bytes 0x04-0x05.
+    fn with_context_of(mut self, addrs: &[Addr]) -> Self {
+        if let Some(c) = addrs.iter().find_map(|a| match a.aperture {
+            Aperture::Virt(c) => Some(c),
+            _ => None,
+        }) {
+            self.context = c;
+        }
+        self
     }
 
     /// With these flags added.
@@ -448,7 +638,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_opcode() {
-        for op in [5u8, 0x7f, 0xff] {
+        for op in [8u8, 0x7f, 0xff] {
             let r = RawDescriptor {
                 opcode: op,
                 ..RawDescriptor::default()
@@ -463,7 +653,7 @@ mod tests {
             decode(RawDescriptor::default().with_flags(0x80)),
             Err(DescError::ReservedFlags(0x80))
         );
-        for i in (4..8).chain(0x28..64) {
+        for i in (6..8).chain(0x28..64) {
             let mut b = RawDescriptor::default().to_bytes();
             b[i] = 1;
             assert_eq!(
@@ -480,8 +670,8 @@ mod tests {
         r.src_aperture = 2;
         assert_eq!(decode(r), Err(DescError::BadAperture(2)));
         let mut r = RawDescriptor::fence(at(SYS, 0), 1);
-        r.dst_aperture = 3;
-        assert_eq!(decode(r), Err(DescError::BadAperture(3)));
+        r.dst_aperture = 4;
+        assert_eq!(decode(r), Err(DescError::BadAperture(4)));
     }
 
     #[test]
@@ -554,5 +744,148 @@ mod tests {
         let mut r = RawDescriptor::fill(at(SYS, 0), 4, 0);
         r.value = 1 << 32;
         assert_eq!(decode(r), Err(DescError::BadFillValue));
+    }
+
+    const V: Aperture = Aperture::Virt(7);
+
+    #[test]
+    fn virt_aperture_carries_the_context() {
+        let r = RawDescriptor::copy(at(V, 0x1000), at(VRAM, 0), 64);
+        let b = r.to_bytes();
+        assert_eq!((b[2], b[4], b[5]), (3, 7, 0));
+        assert_eq!(
+            decode(r).unwrap().op,
+            Op::Copy {
+                src: at(V, 0x1000),
+                dst: at(VRAM, 0),
+                len: 64
+            }
+        );
+        assert!(decode(r).unwrap().op.uses_virt());
+        // Overlap is checked on virtual addresses within the context.
+        assert_eq!(
+            decode(RawDescriptor::copy(at(V, 0x1000), at(V, 0x1010), 64)),
+            Err(DescError::Overlap)
+        );
+        for d in [
+            RawDescriptor::fill(at(V, 8), 8, 1),
+            RawDescriptor::fence(at(V, 8), 1),
+            RawDescriptor::timestamp(at(V, 8)),
+        ] {
+            assert!(decode(d).unwrap().op.uses_virt());
+        }
+        // A context without a VIRT aperture is refused; bytes 6-7 stay reserved.
+        let mut r = RawDescriptor::copy(at(SYS, 0), at(VRAM, 0), 64);
+        r.context = 1;
+        assert_eq!(decode(r), Err(DescError::StrayContext(1)));
+        let nop = RawDescriptor {
+            context: 2,
+            ..RawDescriptor::default()
+        };
+        assert_eq!(decode(nop), Err(DescError::StrayContext(2)));
+        let mut b = RawDescriptor::fence(at(V, 8), 1).to_bytes();
+        b[6] = 1;
+        assert_eq!(Descriptor::decode(&b), Err(DescError::ReservedBytes(6)));
+    }
+
+    #[test]
+    fn atomic_rules() {
+        let ok = RawDescriptor::atomic(at(V, 0x40), at(SYS, 0x80), 5);
+        assert_eq!(
+            decode(ok).unwrap().op,
+            Op::Atomic {
+                dst: at(V, 0x40),
+                result: at(SYS, 0x80),
+                value: 5
+            }
+        );
+        let mut r = ok;
+        r.length = 4;
+        assert_eq!(decode(r), Err(DescError::BadLength(4)));
+        assert_eq!(
+            decode(RawDescriptor::atomic(at(SYS, 0x44), at(SYS, 0x80), 1)),
+            Err(DescError::Misaligned(0x44))
+        );
+        assert_eq!(
+            decode(RawDescriptor::atomic(at(SYS, 0x40), at(VRAM, 0x84), 1)),
+            Err(DescError::Misaligned(0x84))
+        );
+        assert_eq!(
+            decode(RawDescriptor::atomic(at(SYS, u64::MAX - 7), at(VRAM, 0), 1)),
+            Err(DescError::Overflow)
+        );
+        assert!(!decode(RawDescriptor::atomic(at(SYS, 0), at(VRAM, 0), 1))
+            .unwrap()
+            .op
+            .uses_virt());
+    }
+
+    #[test]
+    fn invalidate_and_replay_rules() {
+        assert_eq!(
+            decode(RawDescriptor::tlb_invalidate(CONTEXT_ALL, 0x2000, 0x3000))
+                .unwrap()
+                .op,
+            Op::TlbInvalidate {
+                ctx: None,
+                va: 0x2000,
+                len: 0x3000
+            }
+        );
+        assert_eq!(
+            decode(RawDescriptor::tlb_invalidate(3, 0, 0)).unwrap().op,
+            Op::TlbInvalidate {
+                ctx: Some(3),
+                va: 0,
+                len: 0
+            }
+        );
+        assert_eq!(
+            decode(RawDescriptor::tlb_invalidate(3, 0x800, 0)),
+            Err(DescError::Misaligned(0x800))
+        );
+        assert_eq!(
+            decode(RawDescriptor::tlb_invalidate(3, 0, 0x800)),
+            Err(DescError::BadLength(0x800))
+        );
+        assert_eq!(
+            decode(RawDescriptor::tlb_invalidate(3, u64::MAX - 0xfff, 0x2000)),
+            Err(DescError::Overflow)
+        );
+        let mut r = RawDescriptor::tlb_invalidate(3, 0, 0);
+        r.dst_aperture = 1;
+        assert_eq!(decode(r), Err(DescError::NonZeroField(3)));
+        assert_eq!(
+            decode(RawDescriptor::fault_replay(CONTEXT_ALL, true))
+                .unwrap()
+                .op,
+            Op::FaultReplay {
+                ctx: None,
+                cancel: true
+            }
+        );
+        assert_eq!(
+            decode(RawDescriptor::fault_replay(9, false)).unwrap().op,
+            Op::FaultReplay {
+                ctx: Some(9),
+                cancel: false
+            }
+        );
+        for (field, mut r) in [
+            (0x20, RawDescriptor::fault_replay(1, false)),
+            (0x18, RawDescriptor::fault_replay(1, false)),
+            (0x10, RawDescriptor::fault_replay(1, false)),
+            (0x08, RawDescriptor::fault_replay(1, false)),
+            (2, RawDescriptor::fault_replay(1, false)),
+        ] {
+            match field {
+                0x20 => r.value = 2,
+                0x18 => r.length = 1,
+                0x10 => r.dst = 1,
+                0x08 => r.src = 1,
+                _ => r.src_aperture = 1,
+            }
+            assert_eq!(decode(r), Err(DescError::NonZeroField(field)), "{field:#x}");
+        }
     }
 }

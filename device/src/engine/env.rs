@@ -6,7 +6,11 @@
 //! one place, `EngineEnv::resolve`: this GPU's VRAM; for a bus (SYS) address, a fabric member's
 //! VRAM while its BAR2 decodes for this GPU's client, then the client's DMA_MAP windows. Every
 //! piece is checked before any byte moves; a byte nothing covers is a bus error (`SYS_UNMAPPED`).
-//! The device MMU, when it comes, is a translation step in front of it.
+//! The device MMU (hw-spec §9) is a translation step in front of it ([`EngineEnv::translate`]):
+//! a `VIRT` address becomes physical SYS/VRAM pieces, page by page, before anything is
+//! resolved, and the page-table reads and fault records are themselves ordinary accesses
+//! through the seam. A translated access holds an in-flight ticket from before its translation
+//! until its last byte moved, which `TLB_INVALIDATE` waits for.
 //!
 //! Ownership and locking:
 //! - The DMA space is behind an `RwLock`: engines hold it for reading only while they copy one
@@ -21,8 +25,10 @@
 //! - The fabric's member table is read-locked together with the DMA space, for the same chunk
 //!   (while some GPU BAR decodes; otherwise one atomic load skips it): a config write that moves,
 //!   resizes or disables a BAR waits for that chunk. VRAM is shared (`Arc`) with the fabric.
-//! - Lock order: engine state → DMA space → fabric → MSI-X → fault queue / trace. Nothing waits
-//!   for an engine while holding the DMA space, the fabric or MSI-X.
+//! - Lock order: engine state → MMU record writer → DMA space → fabric → MSI-X → MMU state /
+//!   TLB / in-flight → fault queue / trace. Nothing waits for an engine while holding the DMA
+//!   space, the fabric or MSI-X; the MMU's state and TLB locks are never held across a memory
+//!   access (see [`crate::mmu`]).
 //!
 //! Device Control, the Command register and the MSI-X control bits live in config space, which
 //! the event loop owns; it mirrors them here after every config write and reset, and engines read
@@ -38,7 +44,7 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, VolatileSlice};
+use vm_memory::{Bytes, VolatileMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
     DmaError, DmaSpace, Fabric, FabricView, FileSlice, Iova, PeerId, Route, Segment, SharedPage,
@@ -48,6 +54,8 @@ use vugpu_backend::{
 use super::desc::{Addr, Aperture};
 use super::peer_window::PeerWindows;
 use super::regs::ErrorCode;
+use crate::mmu::walk::{Access, WalkFault};
+use crate::mmu::{FaultSink, Mmu, Resume, XlateError};
 use crate::msix::Msix;
 use crate::pci::function::COMMAND_BUS_MASTER;
 use crate::pci::msix_cap::MsixControl;
@@ -87,6 +95,16 @@ pub enum FaultKind {
     VramRange,
     /// DMA message failed.
     MsgDma,
+    /// A replayable translation fault (hw-spec §9.4): the engine records it and waits.
+    Mmu {
+        /// Why and where the walk stopped.
+        fault: WalkFault,
+        /// The access.
+        access: Access,
+    },
+    /// A cancelled translation fault, or a VIRT access after the MMU was disabled
+    /// (`TRANSLATION`).
+    Translation,
     /// Abandoned because of a reset or shutdown (not an error).
     Aborted,
 }
@@ -99,6 +117,7 @@ impl FaultKind {
             FaultKind::SysPermission => Some(ErrorCode::SysPermission),
             FaultKind::VramRange => Some(ErrorCode::VramRange),
             FaultKind::MsgDma => Some(ErrorCode::MsgDmaFailed),
+            FaultKind::Mmu { .. } | FaultKind::Translation => Some(ErrorCode::Translation),
             FaultKind::Aborted => None,
         }
     }
@@ -124,15 +143,24 @@ pub struct Reach {
     pub peer: Option<PeerId>,
     /// The access went through this peer window (hw-spec §6.10).
     pub window: Option<usize>,
+    /// The physical aperture of the access's first byte (a `VIRT` address's translation).
+    pub phys: Option<Aperture>,
 }
 
 impl Reach {
+    /// With `phys` set to the aperture of the first segment.
+    fn with_phys(mut self, segs: &[(Addr, u64)]) -> Reach {
+        self.phys = segs.first().map(|s| s.0.aperture);
+        self
+    }
+
     /// Both reaches together.
     pub fn merge(self, other: Reach) -> Reach {
         Reach {
             msg: self.msg || other.msg,
             peer: self.peer.or(other.peer),
             window: self.window.or(other.window),
+            phys: self.phys.or(other.phys),
         }
     }
 }
@@ -221,6 +249,9 @@ pub struct EngineEnv {
     shutdown: AtomicBool,
     timing: PollTiming,
     peer_windows: PeerWindows,
+    mmu: Mmu,
+    /// Serialises ATOMICs on memory the server does not map (read and write separately).
+    atomic_lock: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -250,6 +281,8 @@ pub struct EnvParts {
     pub trace: Option<File>,
     /// Doorbell polling.
     pub timing: PollTiming,
+    /// The device MMU (hw-spec §9).
+    pub mmu: Mmu,
 }
 
 /// One piece of an access (what the translation seam, [`EngineEnv::resolve`], hands out):
@@ -340,6 +373,8 @@ impl EngineEnv {
             shutdown: AtomicBool::new(false),
             timing: parts.timing,
             peer_windows: PeerWindows::new(),
+            mmu: parts.mmu,
+            atomic_lock: Mutex::new(()),
         };
         Ok((env, msg_rx))
     }
@@ -508,6 +543,80 @@ impl EngineEnv {
         &self.peer_windows
     }
 
+    /// The device MMU (hw-spec §9).
+    pub fn mmu(&self) -> &Mmu {
+        &self.mmu
+    }
+
+    /// An in-flight ticket for an access at `at` (VIRT only), which `TLB_INVALIDATE` waits for.
+    fn ticket(&self, at: Addr) -> Option<crate::mmu::tlb::Ticket<'_>> {
+        match at.aperture {
+            Aperture::Virt(ctx) => Some(self.mmu.begin_access(ctx)),
+            _ => None,
+        }
+    }
+
+    /// The MMU step of the seam: `[at, at + len)` as physical (SYS/VRAM) pieces, in order. A
+    /// physical address is itself; a `VIRT` one is translated page by page (hw-spec §9.2),
+    /// reading page tables through the seam. A translation failure is a replayable fault
+    /// ([`FaultKind::Mmu`] at the first faulting virtual byte).
+    pub fn translate(
+        &self,
+        at: Addr,
+        len: u64,
+        access: Access,
+        abort: &AtomicBool,
+    ) -> Result<Vec<(Addr, u64)>, MemFault> {
+        let Aperture::Virt(ctx) = at.aperture else {
+            return Ok(vec![(at, len)]);
+        };
+        let mut mem = |pa: Addr| {
+            let mut b = [0u8; 8];
+            self.read_bytes(pa, &mut b, abort)
+                .ok()
+                .map(|_| u64::from_le_bytes(b))
+        };
+        self.mmu
+            .translate(ctx, at.addr, len, access, &mut mem)
+            .map_err(|e| match e {
+                XlateError::Disabled => fault(
+                    FaultKind::Translation,
+                    at.aperture,
+                    at.addr,
+                    access.writes(),
+                ),
+                XlateError::Fault { va, fault: f } => {
+                    if abort.load(Ordering::Acquire) {
+                        return fault(FaultKind::Aborted, at.aperture, va, access.writes());
+                    }
+                    fault(
+                        FaultKind::Mmu { fault: f, access },
+                        at.aperture,
+                        va,
+                        access.writes(),
+                    )
+                }
+            })
+    }
+
+    /// A replayable fault of `engine` (`f` from [`EngineEnv::translate`]): the record, the
+    /// fault vector and the wait (hw-spec §9.4). Anything else: `Resume::Cancel`.
+    pub fn raise(&self, engine: usize, f: &MemFault, abort: &AtomicBool) -> Resume {
+        let (FaultKind::Mmu { fault: wf, access }, Aperture::Virt(ctx)) = (f.kind, f.at.aperture)
+        else {
+            return Resume::Cancel;
+        };
+        let sink = Sink { env: self, abort };
+        let pending = crate::mmu::PendingFault {
+            engine,
+            ctx,
+            va: f.at.addr,
+            access,
+            fault: wf,
+        };
+        self.mmu.raise(&sink, &pending, abort)
+    }
+
     /// Takes what an access of these apertures needs (nothing for VRAM alone).
     fn hold(&self, sys: bool) -> Held<'_> {
         if sys {
@@ -560,6 +669,27 @@ impl EngineEnv {
             Aperture::Sys => self
                 .resolve_bus(held, at.addr, len, write)
                 .or_else(|f| self.peer_window_piece(held, at.addr, len, write, f)),
+            // Translated before it gets here (`translate`); never resolved as such.
+            Aperture::Virt(_) => Err(fault(FaultKind::Translation, at.aperture, at.addr, write)),
+        }
+    }
+
+    /// [`resolve`](Self::resolve) for each physical segment, in order.
+    fn resolve_segs<'h>(
+        &'h self,
+        held: &'h Held<'h>,
+        segs: &[(Addr, u64)],
+        write: bool,
+    ) -> Result<Vec<Piece<'h>>, MemFault> {
+        match segs {
+            [(at, len)] => self.resolve(held, *at, *len, write),
+            _ => {
+                let mut out = Vec::new();
+                for (at, len) in segs {
+                    out.extend(self.resolve(held, *at, *len, write)?);
+                }
+                Ok(out)
+            }
         }
     }
 
@@ -662,17 +792,32 @@ impl EngineEnv {
         reach
     }
 
-    /// Reads `buf.len()` bytes at `at` (descriptor fetches, bounce buffers, the VRAM window).
+    /// Reads `buf.len()` bytes at `at` (descriptor fetches, bounce buffers, the VRAM window,
+    /// page tables).
     pub fn read_bytes(
         &self,
         at: Addr,
         buf: &mut [u8],
         abort: &AtomicBool,
     ) -> Result<Reach, MemFault> {
+        let _flight = self.ticket(at);
+        let segs = self.translate(at, buf.len() as u64, Access::Read, abort)?;
+        self.read_segs(at, &segs, buf, abort)
+    }
+
+    fn read_segs(
+        &self,
+        at: Addr,
+        segs: &[(Addr, u64)],
+        buf: &mut [u8],
+        abort: &AtomicBool,
+    ) -> Result<Reach, MemFault> {
+        // Errors name a physical address.
+        let at = segs.first().map_or(at, |s| s.0);
         let mut msgs = Vec::new();
         let reach = {
-            let held = self.hold(at.aperture == Aperture::Sys);
-            let pieces = self.resolve(&held, at, buf.len() as u64, false)?;
+            let held = self.hold(any_sys(segs));
+            let pieces = self.resolve_segs(&held, segs, false)?;
             let mut off = 0usize;
             for p in &pieces {
                 let n = usize_of(p.len());
@@ -691,7 +836,7 @@ impl EngineEnv {
                 }
                 off += n;
             }
-            self.account(&pieces, false)
+            self.account(&pieces, false).with_phys(segs)
         };
         for (iova, off, n, window) in msgs {
             let dst = buf.get_mut(off..off + n).ok_or(fault(
@@ -712,10 +857,24 @@ impl EngineEnv {
         data: &[u8],
         abort: &AtomicBool,
     ) -> Result<Reach, MemFault> {
+        let _flight = self.ticket(at);
+        let segs = self.translate(at, data.len() as u64, Access::Write, abort)?;
+        self.write_segs(at, &segs, data, abort)
+    }
+
+    fn write_segs(
+        &self,
+        at: Addr,
+        segs: &[(Addr, u64)],
+        data: &[u8],
+        abort: &AtomicBool,
+    ) -> Result<Reach, MemFault> {
+        // Errors name a physical address.
+        let at = segs.first().map_or(at, |s| s.0);
         let mut msgs = Vec::new();
         let reach = {
-            let held = self.hold(at.aperture == Aperture::Sys);
-            let pieces = self.resolve(&held, at, data.len() as u64, true)?;
+            let held = self.hold(any_sys(segs));
+            let pieces = self.resolve_segs(&held, segs, true)?;
             let mut off = 0usize;
             for p in &pieces {
                 let n = usize_of(p.len());
@@ -734,7 +893,7 @@ impl EngineEnv {
                 }
                 off += n;
             }
-            self.account(&pieces, true)
+            self.account(&pieces, true).with_phys(segs)
         };
         for (iova, off, n, window) in msgs {
             let src = data.get(off..off + n).ok_or(fault(
@@ -762,25 +921,33 @@ impl EngineEnv {
         len: u64,
         abort: &AtomicBool,
     ) -> Result<(Reach, Reach), MemFault> {
+        // One ticket: a descriptor's VIRT addresses are all of one context.
+        let _flight = self.ticket(src).or_else(|| self.ticket(dst));
+        // The whole chunk is translated before any byte moves (hw-spec §9.4).
+        let ss = self.translate(src, len, Access::Read, abort)?;
+        let ds = self.translate(dst, len, Access::Write, abort)?;
         {
-            let held = self.hold(src.aperture == Aperture::Sys || dst.aperture == Aperture::Sys);
-            let sp = self.resolve(&held, src, len, false)?;
-            let dp = self.resolve(&held, dst, len, true)?;
+            let held = self.hold(any_sys(&ss) || any_sys(&ds));
+            let sp = self.resolve_segs(&held, &ss, false)?;
+            let dp = self.resolve_segs(&held, &ds, true)?;
             let direct = sp
                 .iter()
                 .chain(dp.iter())
                 .all(|p| matches!(p, Piece::Slice { .. }));
             if direct {
                 copy_pieces(&sp, &dp);
-                return Ok((self.account(&sp, false), self.account(&dp, true)));
+                return Ok((
+                    self.account(&sp, false).with_phys(&ss),
+                    self.account(&dp, true).with_phys(&ds),
+                ));
             }
         }
         // Some part is file-accessed or message-only: bounce through a buffer (`pread`/`pwrite`
         // under the DMA space, as above), without holding the DMA space while messages are in
         // flight.
         let mut buf = vec![0u8; usize_of(len)];
-        let r = self.read_bytes(src, &mut buf, abort)?;
-        let w = self.write_bytes(dst, &buf, abort)?;
+        let r = self.read_segs(src, &ss, &mut buf, abort)?;
+        let w = self.write_segs(dst, &ds, &buf, abort)?;
         Ok((r, w))
     }
 
@@ -788,20 +955,17 @@ impl EngineEnv {
     /// every other access; a file-accessed window gets one 8-byte `pwrite` (not atomic for an
     /// observer mapping the file), a message-only window an 8-byte DMA_WRITE.
     pub fn store_u64(&self, at: Addr, value: u64, abort: &AtomicBool) -> Result<Reach, MemFault> {
-        let misaligned = || {
-            let addr = match at.aperture {
-                Aperture::Vram => at.addr.max(self.vram.size()),
-                Aperture::Sys => at.addr,
-            };
-            let kind = match at.aperture {
-                Aperture::Vram => FaultKind::VramRange,
-                Aperture::Sys => FaultKind::SysUnmapped,
-            };
-            fault(kind, at.aperture, addr, true)
-        };
         if !at.addr.is_multiple_of(8) {
-            return Err(misaligned());
+            return Err(self.misaligned(at));
         }
+        let _flight = self.ticket(at);
+        let segs = self.translate(at, 8, Access::Write, abort)?;
+        // Pages are 4 KiB aligned: an aligned 8-byte store translates to one segment.
+        let [(at, _)] = segs.as_slice() else {
+            return Err(self.misaligned(at));
+        };
+        let at = *at;
+        let misaligned = || self.misaligned(at);
         let mut msg_window = None;
         let reach = {
             let held = self.hold(at.aperture == Aperture::Sys);
@@ -822,7 +986,7 @@ impl EngineEnv {
             if matches!(pieces.as_slice(), [Piece::Msg { .. }]) {
                 None
             } else {
-                Some(self.account(&pieces, true))
+                Some(self.account(&pieces, true).with_phys(&[(at, 8)]))
             }
         };
         match reach {
@@ -833,9 +997,60 @@ impl EngineEnv {
                     msg: true,
                     peer: None,
                     window: msg_window,
+                    phys: Some(Aperture::Sys),
                 })
             }
         }
+    }
+
+    fn misaligned(&self, at: Addr) -> MemFault {
+        let (kind, addr) = match at.aperture {
+            Aperture::Vram => (FaultKind::VramRange, at.addr.max(self.vram.size())),
+            Aperture::Sys => (FaultKind::SysUnmapped, at.addr),
+            Aperture::Virt(_) => (FaultKind::Translation, at.addr),
+        };
+        fault(kind, at.aperture, addr, true)
+    }
+
+    /// ATOMIC (hw-spec §9.5): adds `value` to the 8-byte aligned u64 at `at` and returns the
+    /// old value. Memory the server maps (VRAM, peers' VRAM, sealed guest RAM) gets one host
+    /// atomic instruction, atomic also for the CPU; a file-accessed or message-only window a
+    /// read and a write under a device lock (atomic among the device's atomics only). The
+    /// target needs read and write permission (and, through `VIRT`, the leaf's atomic rights).
+    pub fn atomic_add(
+        &self,
+        at: Addr,
+        value: u64,
+        abort: &AtomicBool,
+    ) -> Result<(u64, Reach), MemFault> {
+        if !at.addr.is_multiple_of(8) {
+            return Err(self.misaligned(at));
+        }
+        let _flight = self.ticket(at);
+        let segs = self.translate(at, 8, Access::Atomic, abort)?;
+        let [(pa, _)] = segs.as_slice() else {
+            return Err(self.misaligned(at));
+        };
+        let pa = *pa;
+        {
+            let held = self.hold(pa.aperture == Aperture::Sys);
+            let rp = self.resolve(&held, pa, 8, false)?;
+            let wp = self.resolve(&held, pa, 8, true)?;
+            if let [Piece::Slice { slice, .. }] = wp.as_slice() {
+                let cell = slice
+                    .get_atomic_ref::<std::sync::atomic::AtomicU64>(0)
+                    .map_err(|_| self.misaligned(pa))?;
+                let old = u64::from_le(cell.fetch_add(value.to_le(), Ordering::SeqCst));
+                self.account(&rp, false);
+                return Ok((old, self.account(&wp, true).with_phys(&segs)));
+            }
+        }
+        let _one = lock(&self.atomic_lock);
+        let mut b = [0u8; 8];
+        let r = self.read_segs(pa, &segs, &mut b, abort)?;
+        let old = u64::from_le_bytes(b);
+        let w = self.write_segs(pa, &segs, &old.wrapping_add(value).to_le_bytes(), abort)?;
+        Ok((old, r.merge(w)))
     }
 
     /// A dword of this GPU's VRAM for the `VRAM_DATA` window (hw-spec §3), through the seam.
@@ -945,6 +1160,52 @@ impl EngineEnv {
     }
 }
 
+/// Does any physical segment need the DMA space (SYS)?
+fn any_sys(segs: &[(Addr, u64)]) -> bool {
+    segs.iter().any(|(a, _)| a.aperture == Aperture::Sys)
+}
+
+/// What a fault record needs from the device (one engine's access).
+struct Sink<'a> {
+    env: &'a EngineEnv,
+    abort: &'a AtomicBool,
+}
+
+impl FaultSink for Sink<'_> {
+    fn write_record(&self, at: Addr, bytes: &[u8]) -> Result<(), bool> {
+        match self.env.write_bytes(at, bytes, self.abort) {
+            Ok(_) => Ok(()),
+            Err(f) => Err(f.kind == FaultKind::Aborted),
+        }
+    }
+    fn signal(&self, vector: usize) {
+        self.env.signal(vector);
+    }
+    fn clock_ns(&self) -> u64 {
+        self.env.clock_ns()
+    }
+    fn shutting_down(&self) -> bool {
+        self.env.is_shutdown()
+    }
+    fn doorbell(&self) -> &SharedPage {
+        self.env.doorbell()
+    }
+    fn trace_fault(&self, engine: usize, rec: &crate::mmu::fault_ring::Record, written: bool) {
+        if self.env.tracing() {
+            self.env.trace_line(format_args!(
+                "eng={engine} op=FAULT ctx={} access={} addr={:#x} level={} seq={} result={}{}",
+                rec.context,
+                rec.access.name(),
+                rec.addr,
+                rec.level,
+                rec.seq,
+                rec.reason.name(),
+                if written { "" } else { ",dropped" }
+            ));
+        }
+    }
+}
+
 /// The pieces of `[addr, addr + len)` in the client's DMA_MAP windows, appended to `out`.
 fn dma_pieces_into<'h>(
     dma: &'h DmaSpace,
@@ -1041,6 +1302,7 @@ mod tests {
             command: 0x6,
             trace: None,
             timing: PollTiming::default(),
+            mmu: Mmu::new(true, 5, crate::mmu::MmuInject::default()),
         })
         .unwrap();
         let ram = vugpu_backend::Vram::new(&VramOptions::memfd(MIB)).unwrap();

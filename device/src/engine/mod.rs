@@ -219,6 +219,8 @@ impl Engine {
         st.control = 0;
         st.ring = None;
         self.poke();
+        // A descriptor waiting on a translation fault waits on the MMU (hw-spec §9.4).
+        env.mmu().wake_waiters();
         while st.executing {
             st.waiters += 1;
             st = self.wait(st);
@@ -548,6 +550,7 @@ impl Drop for EngineSet {
         for e in &self.engines {
             e.wake_for_shutdown();
         }
+        self.env.mmu().wake_waiters();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

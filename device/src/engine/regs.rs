@@ -127,6 +127,8 @@ pub enum ErrorCode {
     VramRange = 7,
     /// DMA message failed.
     MsgDmaFailed = 8,
+    /// A translation fault was cancelled (hw-spec §9.4).
+    Translation = 9,
 }
 
 impl ErrorCode {
@@ -141,13 +143,14 @@ impl ErrorCode {
             ErrorCode::SysPermission => "SYS_PERMISSION",
             ErrorCode::VramRange => "VRAM_RANGE",
             ErrorCode::MsgDmaFailed => "MSG_DMA_FAILED",
+            ErrorCode::Translation => "TRANSLATION",
         }
     }
 }
 
 /// `ERROR_INFO` fields.
 pub mod info {
-    /// Bits 1:0: aperture of `ERROR_ADDR`.
+    /// Bits 1:0: aperture of `ERROR_ADDR` (3: VIRT, a `TRANSLATION` error).
     pub const APERTURE_MASK: u32 = 0x3;
     /// Bit 2: the faulting access was a write.
     pub const WRITE: u32 = 1 << 2;

@@ -10,6 +10,11 @@
 //! every chunk of data the thread checks the mirrored Command bit 2; while it is clear the
 //! thread waits on the engine's condition variable (a reset still abandons the descriptor) and
 //! [`super::EngineSet::wake_all`] wakes it when the bit is set.
+//!
+//! Translation faults (hw-spec §9.4): a chunk whose `VIRT` translation faults moved nothing;
+//! the thread raises the fault ([`EngineEnv::raise`]: record, fault vector) and waits, still
+//! executing the descriptor, until a `FAULT_REPLAY` replays it (the chunk is gated and
+//! translated again) or cancels it (`TRANSLATION`), or a reset abandons it.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,6 +26,8 @@ use super::env::{EngineEnv, FaultKind, FaultReport, MemFault, Reach, CHUNK};
 use super::regs::{info, ErrorCode, DOORBELL_STRIDE, ENGINE_VECTOR_BASE, SLEEP_HINT};
 use super::stats::{Counter, JobCounts};
 use super::{Engine, EngineFault, Ring};
+use crate::mmu::tlb::Scope;
+use crate::mmu::Resume;
 
 /// Spin iterations between two `sched_yield`s.
 const SPIN_YIELD: u32 = 16;
@@ -227,6 +234,10 @@ fn attrs(ns: bool, ro: bool) -> &'static str {
 
 fn target(env: &EngineEnv, ap: Aperture, reach: Reach) -> std::borrow::Cow<'static, str> {
     match (ap, reach.msg, reach.peer) {
+        (Aperture::Virt(c), _, _) => {
+            let phys = reach.phys.filter(|p| !p.is_virt()).unwrap_or(Aperture::Sys);
+            format!("virt:{c}:{}", target(env, phys, reach)).into()
+        }
         (Aperture::Vram, _, _) => "vram".into(),
         (Aperture::Sys, _, None) if reach.window.is_some() => {
             format!("peer-win:{}", reach.window.unwrap_or(0)).into()
@@ -264,6 +275,7 @@ impl Tx<'_> {
             msg: reach.msg || f.kind == FaultKind::MsgDma,
             peer: reach.peer,
             window: reach.window.or(window),
+            phys: reach.phys,
         };
         self.line(write, at, size, reach, false);
     }
@@ -364,13 +376,25 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             });
         }
     };
+    if desc.op.uses_virt() && !env.mmu().enabled() {
+        // VIRT while the MMU is disabled or absent (hw-spec §9.5).
+        return Outcome::Fault(EngineFault {
+            code: ErrorCode::BadDescriptor,
+            addr: desc_at.addr,
+            info: job.ring.aperture.raw() | (slot << info::SLOT_SHIFT),
+            attrs: (false, false),
+        });
+    }
     let ctl = env.device_control();
+    // A VIRT address may translate to SYS: it counts as one for the attributes (§7.1).
+    let maybe_sys = |a: Addr| a.aperture != Aperture::Vram;
     let sys = match desc.op {
-        Op::Nop => false,
-        Op::Copy { src, dst, .. } => src.aperture == Aperture::Sys || dst.aperture == Aperture::Sys,
-        Op::Fill { dst, .. } | Op::Fence { dst, .. } | Op::Timestamp { dst } => {
-            dst.aperture == Aperture::Sys
-        }
+        Op::Nop | Op::TlbInvalidate { .. } | Op::FaultReplay { .. } => false,
+        Op::Copy { src, dst, .. }
+        | Op::Atomic {
+            dst, result: src, ..
+        } => maybe_sys(src) || maybe_sys(dst),
+        Op::Fill { dst, .. } | Op::Fence { dst, .. } | Op::Timestamp { dst } => maybe_sys(dst),
     };
     let ns_used = desc.no_snoop && ctl.no_snoop() && sys;
     let ro_used = desc.relaxed_ordering && ctl.relaxed_ordering() && sys;
@@ -384,15 +408,27 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
         sys_bytes: 0,
     };
     let sys_len = |a: Addr, n: u64| if a.aperture == Aperture::Sys { n } else { 0 };
+    let eng = (engine, env, &tx);
     let mut fence = None;
     let result: Result<(), MemFault> = match desc.op {
         Op::Nop => Ok(()),
-        Op::Copy { src, dst, len } => {
-            let r = copy(engine, env, &tx, src, dst, len);
-            counts.bytes = Some((direction(src.aperture, dst.aperture), len));
-            counts.sys_bytes = sys_len(src, len) + sys_len(dst, len);
-            r
-        }
+        Op::Copy { src, dst, len } => copy(engine, env, &tx, src, dst, len).map(|(r, w)| {
+            let (s, d) = (phys(src, r), phys(dst, w));
+            counts.bytes = Some((direction(s, d), len));
+            counts.sys_bytes = sys_len(
+                Addr {
+                    aperture: s,
+                    addr: 0,
+                },
+                len,
+            ) + sys_len(
+                Addr {
+                    aperture: d,
+                    addr: 0,
+                },
+                len,
+            );
+        }),
         Op::Fill { dst, len, pattern } => {
             let r = fill(engine, env, &tx, dst, len, pattern);
             counts.bytes = Some((Counter::Fill, len));
@@ -400,7 +436,7 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             r
         }
         Op::Fence { dst, value } => {
-            let r = gate(engine, env, dst).and_then(|()| env.store_u64(dst, value, abort));
+            let r = replaying(eng, dst, || env.store_u64(dst, value, abort));
             match &r {
                 Ok(reach) => tx.line(true, dst, 8, *reach, true),
                 Err(f) => tx.fault(true, dst, 8, Reach::default(), f),
@@ -410,13 +446,62 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             r.map(|_| ())
         }
         Op::Timestamp { dst } => {
-            let r = gate(engine, env, dst).and_then(|()| env.store_u64(dst, env.clock_ns(), abort));
+            let r = replaying(eng, dst, || env.store_u64(dst, env.clock_ns(), abort));
             match &r {
                 Ok(reach) => tx.line(true, dst, 8, *reach, true),
                 Err(f) => tx.fault(true, dst, 8, Reach::default(), f),
             }
             counts.sys_bytes = sys_len(dst, 8);
             r.map(|_| ())
+        }
+        Op::Atomic { dst, result, value } => {
+            let r = replaying(eng, dst, || env.atomic_add(dst, value, abort));
+            match r {
+                Ok((old, reach)) => {
+                    tx.line(true, dst, 8, reach, true);
+                    let w = replaying(eng, result, || env.store_u64(result, old, abort));
+                    match &w {
+                        Ok(wr) => tx.line(true, result, 8, *wr, true),
+                        Err(f) => tx.fault(true, result, 8, Reach::default(), f),
+                    }
+                    counts.sys_bytes = sys_len(
+                        Addr {
+                            aperture: phys(dst, reach),
+                            addr: 0,
+                        },
+                        8,
+                    ) + w.as_ref().map_or(0, |wr| {
+                        sys_len(
+                            Addr {
+                                aperture: phys(result, *wr),
+                                addr: 0,
+                            },
+                            8,
+                        )
+                    });
+                    w.map(|_| ())
+                }
+                Err(f) => {
+                    tx.fault(true, dst, 8, Reach::default(), &f);
+                    Err(f)
+                }
+            }
+        }
+        Op::TlbInvalidate { ctx, va, len } => {
+            let range = (len != 0).then(|| (va, va + len));
+            if env.mmu().invalidate(Scope { ctx, range }, abort) {
+                Ok(())
+            } else {
+                Err(MemFault {
+                    kind: FaultKind::Aborted,
+                    at: desc_at,
+                    write: false,
+                })
+            }
+        }
+        Op::FaultReplay { ctx, cancel } => {
+            env.mmu().replay(ctx, cancel);
+            Ok(())
         }
     };
     match result {
@@ -434,7 +519,49 @@ fn direction(src: Aperture, dst: Aperture) -> Counter {
         (Aperture::Sys, Aperture::Vram) => Counter::SysToVram,
         (Aperture::Vram, Aperture::Sys) => Counter::VramToSys,
         (Aperture::Vram, Aperture::Vram) => Counter::VramToVram,
-        (Aperture::Sys, Aperture::Sys) => Counter::SysToSys,
+        _ => Counter::SysToSys,
+    }
+}
+
+/// The physical aperture of a side: itself, or for `VIRT` what its first byte translated to
+/// (the statistics' direction, hw-spec §9.5).
+fn phys(a: Addr, reach: Reach) -> Aperture {
+    match a.aperture {
+        Aperture::Virt(_) => reach.phys.unwrap_or(Aperture::Sys),
+        ap => ap,
+    }
+}
+
+/// One memory request of a descriptor (a chunk, a store, an atomic) with the gate of §6.7
+/// before it, and, if its translation faults (hw-spec §9.4), the fault raised and the wait for
+/// replay (gate and translate again), cancel (`TRANSLATION`) or a reset (abandoned).
+fn replaying<T>(
+    (engine, env, _tx): (&Engine, &EngineEnv, &Tx<'_>),
+    at: Addr,
+    mut op: impl FnMut() -> Result<T, MemFault>,
+) -> Result<T, MemFault> {
+    loop {
+        gate(engine, env, at)?;
+        match op() {
+            Err(f) if matches!(f.kind, FaultKind::Mmu { .. }) => {
+                match env.raise(engine.index, &f, &engine.abort) {
+                    Resume::Replay => {}
+                    Resume::Cancel => {
+                        return Err(MemFault {
+                            kind: FaultKind::Translation,
+                            ..f
+                        })
+                    }
+                    Resume::Aborted => {
+                        return Err(MemFault {
+                            kind: FaultKind::Aborted,
+                            ..f
+                        })
+                    }
+                }
+            }
+            r => return r,
+        }
     }
 }
 
@@ -481,15 +608,17 @@ fn copy(
     src: Addr,
     dst: Addr,
     len: u64,
-) -> Result<(), MemFault> {
+) -> Result<(Reach, Reach), MemFault> {
     let abort = &engine.abort;
     let (mut rr, mut wr) = (Reach::default(), Reach::default());
     let mut off = 0;
     while off < len {
-        gate(engine, env, src)?;
         let n = (len - off).min(CHUNK);
         // Descriptor validation guarantees `addr + len` does not overflow.
-        match env.copy_chunk(offset(src, off), offset(dst, off), n, abort) {
+        let chunk = replaying((engine, env, tx), src, || {
+            env.copy_chunk(offset(src, off), offset(dst, off), n, abort)
+        });
+        match chunk {
             Ok((r, w)) => {
                 rr = rr.merge(r);
                 wr = wr.merge(w);
@@ -508,7 +637,7 @@ fn copy(
     }
     tx.line(false, src, len, rr, true);
     tx.line(true, dst, len, wr, true);
-    Ok(())
+    Ok((rr, wr))
 }
 
 /// FILL in chunks from one pattern buffer (dst and chunk offsets are multiples of 4).
@@ -532,10 +661,12 @@ fn fill(
     let mut wr = Reach::default();
     let mut off = 0;
     while off < len {
-        gate(engine, env, dst)?;
         let n = (len - off).min(CHUNK) as usize;
         // In bounds: n <= min(len, CHUNK) = buf.len().
-        match env.write_bytes(offset(dst, off), &buf[..n], abort) {
+        let chunk = replaying((engine, env, tx), dst, || {
+            env.write_bytes(offset(dst, off), &buf[..n], abort)
+        });
+        match chunk {
             Ok(r) => wr = wr.merge(r),
             Err(f) => {
                 tx.fault(true, dst, len, wr, &f);

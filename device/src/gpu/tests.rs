@@ -649,8 +649,8 @@ mod engines {
     fn discovery_registers_and_absent_engines() {
         let mut g = gpu();
         assert_eq!(rd32(&mut g, 0, 0x90), 4, "ENGINE_COUNT");
-        assert_eq!(rd32(&mut g, 0, 0x08), 0x1f, "CAPS");
-        assert_eq!(rd32(&mut g, 0, 0x04), 3, "VERSION 0.3");
+        assert_eq!(rd32(&mut g, 0, 0x08), 0x3f, "CAPS");
+        assert_eq!(rd32(&mut g, 0, 0x04), 4, "VERSION 0.4");
         // Engine 4 does not exist: RsvdZ.
         wr32(&mut g, 0, ereg(4, eoff::RING_SIZE), 16);
         assert_eq!(rd32(&mut g, 0, ereg(4, eoff::RING_SIZE)), 0);

@@ -90,7 +90,12 @@ impl RegisterFile {
                     } else {
                         0
                     };
-                    spec::CAPS_MSIX | spec::CAPS_VRAM_MMAP | engines
+                    let mmu = if crate::mmu::present(self.params.engines, self.params.num_vectors) {
+                        spec::CAPS_MMU
+                    } else {
+                        0
+                    };
+                    spec::CAPS_MSIX | spec::CAPS_VRAM_MMAP | engines | mmu
                 }
                 Reset::EngineCount => self.params.engines,
             };
@@ -304,8 +309,8 @@ mod tests {
     fn identification_registers() {
         let (mut f, mut c) = setup();
         assert_eq!(rd(&mut f, &mut c, ID), 0x5647_5055);
-        assert_eq!(rd(&mut f, &mut c, VERSION), 3);
-        assert_eq!(rd(&mut f, &mut c, CAPS), 0x1f);
+        assert_eq!(rd(&mut f, &mut c, VERSION), 4);
+        assert_eq!(rd(&mut f, &mut c, CAPS), 0x3f);
         assert_eq!(rd(&mut f, &mut c, NUM_VECTORS), 40);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_LO), 0);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_HI), 4);
@@ -419,6 +424,15 @@ mod tests {
             3,
             "no engine bits without engines"
         );
+        // The MMU needs its fault vector: 1 + ENGINE_COUNT < NUM_VECTORS.
+        for (vectors, caps) in [(5, 0x1f), (6, 0x3f)] {
+            let mut f = RegisterFile::new(RegisterParams {
+                num_vectors: vectors,
+                vram_size: 1 << 20,
+                engines: 4,
+            });
+            assert_eq!(rd(&mut f, &mut c, CAPS), caps, "{vectors} vectors");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 /// `ID` value: "UPGV".
 pub const ID_VALUE: u32 = 0x5647_5055;
-/// `VERSION` value: spec 0.3.
-pub const VERSION_VALUE: u32 = 0x0000_0003;
+/// `VERSION` value: spec 0.4.
+pub const VERSION_VALUE: u32 = 0x0000_0004;
 /// `CAPS` bit 0: MSI-X.
 pub const CAPS_MSIX: u32 = 1 << 0;
 /// `CAPS` bit 1: VRAM BAR mmappable.
@@ -14,6 +14,8 @@ pub const CAPS_DMA_ENGINES: u32 = 1 << 2;
 pub const CAPS_DOORBELL_MMAP: u32 = 1 << 3;
 /// `CAPS` bit 4: peer windows (hw-spec §6.10).
 pub const CAPS_PEER_WINDOWS: u32 = 1 << 4;
+/// `CAPS` bit 5: the device MMU (hw-spec §9; engines and a fault vector needed).
+pub const CAPS_MMU: u32 = 1 << 5;
 /// `STATUS` bit 0: READY.
 pub const STATUS_READY: u32 = 1 << 0;
 /// `STATUS` bit 1: VRAM_INDEX_ERR.
