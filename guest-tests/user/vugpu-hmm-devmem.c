@@ -44,6 +44,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -275,6 +276,17 @@ static bool thp_enabled(void)
 	return !strstr(s, "[never]");
 }
 
+/* Device-private THP (compound device folios, MIGRATE_VMA_SELECT_COMPOUND) came with 6.18/7.x. */
+static bool kernel_has_device_thp(void)
+{
+	struct utsname u;
+	int major = 0, minor = 0;
+
+	if (uname(&u) || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+		return false;
+	return major > 6 || (major == 6 && minor >= 18);
+}
+
 /* A THP-backed 2 MiB range in VRAM as one folio (PMD bit), data intact, then back as one. */
 static void thp_migrate_common(struct ktap_test *t, struct ctx *c, bool fail_alloc)
 {
@@ -287,6 +299,8 @@ static void thp_migrate_common(struct ktap_test *t, struct ctx *c, bool fail_all
 
 	if (!thp_enabled())
 		KTAP_SKIP(t, "transparent hugepages are disabled");
+	if (!kernel_has_device_thp())
+		KTAP_SKIP(t, "this kernel has no device-private THP (and no FLAGS ioctl)");
 	buf = map_aligned(TWO_MIB, TWO_MIB, &base, &base_len);
 	KTAP_ASSERT(t, buf && m && mir, "allocation");
 	KTAP_ASSERT(t, madvise(buf, TWO_MIB, MADV_HUGEPAGE) == 0, "madvise: %s", strerror(errno));
