@@ -26,7 +26,7 @@
 #   3        test_hmm: hmm-tests' cases as subtests test_hmm/<fixture.variant.case>
 #   4        unload_test_hmm
 #   5        dmesg_after_test_hmm: no WARNING:/BUG:/Oops/Call Trace since the phase began
-#   6        insmod_vugpu (dmirror=1; bound to both GPUs)
+#   6        insmod_vugpu (dmirror=1 devmem_mb=512; bound to both GPUs)
 #   7        vugpu_dmirror_devices: /dev/hmm_dmirror0 and 1 exist (else: vugpu.ko has
 #            no dmirror support)
 #   8        vugpu: hmm-tests' cases as subtests vugpu/<fixture.variant.case>
@@ -59,6 +59,9 @@ for word in $(suite_cmdline); do
 	esac
 done
 suite_module_param vugpu.dmirror=1
+# Device-private VRAM for the migration cases: half of each GPU's 1 GiB (the largest hmm-tests
+# buffer, benchmark_thp_migration's 128 THPs, is 256 MiB on one device).
+suite_module_param vugpu.devmem_mb=512
 HMM_TESTS=$(command -v hmm-tests 2>/dev/null)
 TEST_HMM_KO=/lib/modules/test_hmm.ko
 PHASE_LIMIT=${VUGPU_HMM_PHASE_LIMIT:-540}
