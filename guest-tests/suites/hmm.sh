@@ -292,6 +292,10 @@ else
 		ktap_diag < "$f"
 	done
 	suite_rmmod 9
+	# The driver's own figures (device-private pages migrated each way, CPU faults, evictions),
+	# which it logs when its device memory goes away.
+	dmesg | sed "1,${mark}d" | grep -E 'device-private memory removed|MMU faults|replays' |
+		sed 's/^\[[ 0-9.]*\] //; s/^/# driver figures: /'
 	dmesg_check 10 dmesg_after_vugpu "$mark"
 fi
 
