@@ -304,7 +304,7 @@ if [ -n "$T1" ] && [ -n "$T2" ]; then
 	ratio=$(awk -v a="$T1" -v b="$T2" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "inf" }')
 	echo "# wall time: test_hmm $T1 s, vugpu $T2 s, ratio vugpu/test_hmm $ratio (target <= $MAX_RATIO)"
 	awk -v a="$T1" -v b="$T2" -v ba="$B1" -v bb="$B2" 'BEGIN {
-		if (a - ba > 0)
+		if (ba > 0 && a - ba > 0)
 			printf "# without benchmark_thp_migration: test_hmm %.1f s, vugpu %.1f s, ratio %.2f (for information)\n", a - ba, b - bb, (b - bb) / (a - ba)
 		if (ba > 0)
 			printf "# benchmark_thp_migration alone: test_hmm %.1f s, vugpu %.1f s, ratio %.2f (for information)\n", ba, bb, bb / ba
