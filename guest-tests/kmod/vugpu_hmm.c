@@ -764,9 +764,10 @@ int vugpu_hmm_probe(struct vugpu_device *vdev)
 		return ret == -EOPNOTSUPP ? 0 : ret;
 	}
 #ifdef VUGPU_HAVE_DEVMEM
+	/* Without device memory (e.g. devmem_mb=0) MIGRATE_* fail; the mirror works. */
 	ret = vugpu_devmem_probe(vdev);
 	if (ret)
-		dev_err(&vdev->pdev->dev, "device memory unusable: %d\n", ret);
+		dev_info(&vdev->pdev->dev, "no device memory for HMM migration: %d\n", ret);
 #endif
 	if (!dmirror)
 		return 0;

@@ -540,8 +540,10 @@ static int vugpu_do_soft_reset(struct vugpu_device *vdev, struct vugpu_regs *reg
 	vugpu_wr(vdev, VUGPU_REG_SOFT_RESET, VUGPU_SOFT_RESET_MAGIC);
 	ret = vugpu_wait_ready(vdev);
 	vugpu_snapshot(vdev, regs);
-	if (!ret)
+	if (!ret) {
 		vugpu_engines_reinit(vdev);
+		vugpu_mmu_reinit(vdev);
+	}
 	vugpu_resume_irqs(vdev);
 	up_write(&vdev->engines_rwsem);
 	return ret;

@@ -612,14 +612,15 @@ void descriptor_errors(struct ktap_test *t, void *ctx)
 		uint64_t v;
 		uint32_t code;
 	} cases[] = {
-		{ "opcode 5", 0, 5, VUGPU_ENG_ERR_BAD_OPCODE },
+		{ "opcode 8", 0, 8, VUGPU_ENG_ERR_BAD_OPCODE },	/* 5-7: §9.5 since 0.4 */
 		{ "opcode 0xff", 0, 0xff, VUGPU_ENG_ERR_BAD_OPCODE },
 		{ "flags bit 3", 1, 1u << 3, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "flags bit 7", 1, 1u << 7, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "reserved dword at 0x04", 2, 1, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "reserved byte at 0x3f", 3, 1ULL << 56, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "source aperture PEER", 4, VUGPU_APERTURE_PEER, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
-		{ "destination aperture 3", 5, 3, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
+		/* 3 is VIRT since 0.4 (§9.5; a fault while the driver runs the MMU). */
+		{ "destination aperture 4", 5, 4, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "COPY length 0", 6, 0, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "COPY length 1 GiB + 1", 6, (1ULL << 30) + 1, VUGPU_ENG_ERR_BAD_DESCRIPTOR },
 		{ "COPY overlapping VRAM ranges", 7, 32, VUGPU_ENG_ERR_BAD_DESCRIPTOR },

@@ -307,6 +307,12 @@ static bool error_plausible(struct hostile *h, unsigned int e, const struct vugp
 		return r->error_addr >= c->rom_start && r->error_addr < c->rom_end;
 	case VUGPU_ENG_ERR_VRAM_RANGE:
 		return r->error_addr >= c->info.vram_size;
+	case VUGPU_ENG_ERR_TRANSLATION:
+		/*
+		 * A random aperture 3 (VIRT, §9.5) while the driver runs the device
+		 * MMU: context 0 is never valid, the driver cancels the fault.
+		 */
+		return (r->error_info & VUGPU_ENG_INFO_APERTURE_MASK) == VUGPU_APERTURE_VIRT;
 	default:
 		return false;	/* RING_*, MSG_DMA_FAILED: nothing here causes them */
 	}

@@ -4,11 +4,12 @@
  * (guest-tests/kmod/vugpu_devmem.c) through /dev/hmm_dmirrorN (lib/test_hmm's
  * ABI, vugpu_hmm_uapi.h).  Needs vugpu.ko loaded with devmem_mb > 0.
  *
- *   vugpu-hmm-devmem [-d N] [-m MIB] [-u]
+ *   vugpu-hmm-devmem [-d N] [-m MIB] [-u] [--first N] [--no-header] [--count] [--list]
  *     -d N    /dev/hmm_dmirrorN (default 0)
  *     -m MIB  size of the throughput buffers (default 64)
  *     -u      also unbind the GPU with pages in VRAM and check that they
  *             came back (eviction), then bind it again
+ *     --first N, --no-header, --count, --list: for suites (suite_splice)
  *
  * Cases:
  *   migrate_verify      MIGRATE_TO_DEV: every page moves (cpages), the data the
@@ -37,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -426,7 +428,7 @@ static void release(struct ktap_test *t, void *arg)
 	fill(buf, size, 0x4444);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
 	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s", strerror(-ret));
-	ret = dmirror(c->fd, VUGPU_HMM_RELEASE, buf, NULL, 0, NULL);
+	ret = dmirror(c->fd, VUGPU_HMM_RELEASE, buf, NULL, npages, NULL);	/* npages 0 is -EINVAL (test_hmm) */
 	KTAP_ASSERT(t, ret == 0, "RELEASE: %s", strerror(-ret));
 	ret = snapshot(c, buf, npages, m);
 	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
@@ -519,11 +521,20 @@ static const struct ktap_case cases[] = {
 
 int main(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "first", required_argument, NULL, 'F' },
+		{ "no-header", no_argument, NULL, 'H' },
+		{ "count", no_argument, NULL, 'C' },
+		{ "list", no_argument, NULL, 'L' },
+		{ NULL, 0, NULL, 0 },
+	};
 	struct ctx c = { .dev = 0, .mib = 64 };
 	struct ktap_totals tot = {};
+	unsigned int first = 1, i;
+	bool header = true;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "d:m:u")) != -1) {
+	while ((opt = getopt_long(argc, argv, "d:m:u", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'd':
 			c.dev = atoi(optarg);
@@ -534,8 +545,22 @@ int main(int argc, char **argv)
 		case 'u':
 			c.unbind = true;
 			break;
+		case 'F':
+			first = strtoul(optarg, NULL, 0);
+			break;
+		case 'H':
+			header = false;
+			break;
+		case 'C':
+			printf("%zu\n", KTAP_ARRAY_SIZE(cases));
+			return 0;
+		case 'L':
+			for (i = 0; i < KTAP_ARRAY_SIZE(cases); i++)
+				printf("%s\n", cases[i].name);
+			return 0;
 		default:
-			fprintf(stderr, "usage: %s [-d N] [-m MIB] [-u]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-d N] [-m MIB] [-u] [--first N] [--no-header] [--count] [--list]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -543,13 +568,16 @@ int main(int argc, char **argv)
 		c.mib = 1;
 	c.page = sysconf(_SC_PAGESIZE);
 	snprintf(c.path, sizeof(c.path), "/dev/hmm_dmirror%d", c.dev);
-	ktap_print_header(KTAP_ARRAY_SIZE(cases));
+	if (header)
+		ktap_print_header(KTAP_ARRAY_SIZE(cases));
 	c.fd = open(c.path, O_RDWR);
 	if (c.fd < 0) {
 		ktap_diag("open %s: %s", c.path, strerror(errno));
+		for (i = 0; i < KTAP_ARRAY_SIZE(cases); i++)
+			printf("not ok %u - %s\n", first + i, cases[i].name);
 		return 1;
 	}
-	ktap_run(cases, KTAP_ARRAY_SIZE(cases), 1, &c, &tot);
+	ktap_run(cases, KTAP_ARRAY_SIZE(cases), first, &c, &tot);
 	if (c.fd >= 0)
 		close(c.fd);
 	return tot.fail ? 1 : 0;

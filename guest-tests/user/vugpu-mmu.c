@@ -503,10 +503,10 @@ out:
 	free(m2);
 }
 
-/* After an FLR the driver programs the MMU again: faults are serviced as before. */
-static void works_after_flr(struct ktap_test *t, void *ctx)
+/* After a reset the driver programs the MMU again: faults are serviced as before. */
+static void works_after_reset(struct ktap_test *t, struct mmu_ctx *c, unsigned long req,
+			      const char *what)
 {
-	struct mmu_ctx *c = ctx;
 	size_t len = 4 * c->page;
 	struct hmm_dmirror_cmd out;
 	struct vugpu_regs regs;
@@ -519,24 +519,151 @@ static void works_after_flr(struct ktap_test *t, void *ctx)
 	KTAP_ASSERT(t, vfd >= 0, "open %s: %s", c->vugpu_node, strerror(errno));
 	fill(buf, len, 8);
 	ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, 4, NULL);
-	KTAP_ASSERT(t, ret == 0, "READ before FLR: %s", err_str(ret));
-	ret = vugpu_reset(vfd, VUGPU_IOCTL_FLR, &regs, NULL);
-	KTAP_ASSERT(t, ret == 0, "FLR: %s", err_str(ret));
+	KTAP_ASSERT(t, ret == 0, "READ before %s: %s", what, err_str(ret));
+	ret = vugpu_reset(vfd, req, &regs, NULL);
+	KTAP_ASSERT(t, ret == 0, "%s: %s", what, err_str(ret));
 	/* Mapped before the reset (the page tables survive it) and new pages. */
 	fill(buf, len, 9);
 	ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, 4, &out);
-	KTAP_EXPECT(t, ret == 0 && first_diff(buf, mirror, len) == len, "READ after FLR: %s",
+	KTAP_EXPECT(t, ret == 0 && first_diff(buf, mirror, len) == len, "READ after %s: %s", what,
 		    err_str(ret));
 	madvise(buf, len, MADV_DONTNEED);
 	fill(buf, len, 10);
 	ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, 4, &out);
 	KTAP_EXPECT(t, ret == 0 && out.faults == 1 && first_diff(buf, mirror, len) == len,
-		    "faulting READ after FLR: %s, faults %" PRIu64, err_str(ret), (uint64_t)out.faults);
+		    "faulting READ after %s: %s, faults %" PRIu64, what, err_str(ret),
+		    (uint64_t)out.faults);
 out:
 	if (vfd >= 0)
 		close(vfd);
 	if (fd >= 0)
 		close(fd);
+	if (buf)
+		munmap(buf, len);
+	free(mirror);
+}
+
+/*
+ * Latency of the device path without faults: one-page READs of a mapped
+ * page, and the bandwidth of a 2 MiB READ (printed; the data and the fault
+ * count are checked).
+ */
+static void mapped_read_latency(struct ktap_test *t, void *ctx)
+{
+	struct mmu_ctx *c = ctx;
+	size_t big = 2UL << 20;
+	struct hmm_dmirror_cmd out;
+	char *buf = map_anon(big, PROT_READ | PROT_WRITE), *mirror = malloc(big);
+	uint64_t faults = 0;
+	double t0, one, bw;
+	int fd = open_mirror(t, c), ret, i, n = 200;
+
+	if (fd < 0 || !buf || !mirror)
+		goto out;
+	fill(buf, big, 11);
+	ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, big / c->page, &out);
+	KTAP_ASSERT(t, ret == 0 && first_diff(buf, mirror, big) == big, "READ 2 MiB: %s",
+		    err_str(ret));
+	t0 = now_s();
+	for (i = 0; i < n; i++) {
+		ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, 1, &out);
+		if (ret)
+			break;
+		faults += out.faults;
+	}
+	one = (now_s() - t0) / n;
+	KTAP_EXPECT(t, ret == 0 && faults == 0, "mapped one-page READs: %s, %" PRIu64 " faults",
+		    err_str(ret), faults);
+	t0 = now_s();
+	for (i = 0; i < 5; i++) {
+		ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, big / c->page, &out);
+		if (ret || out.faults)
+			break;
+	}
+	bw = 5 * big / (now_s() - t0) / 1e6;
+	KTAP_EXPECT(t, ret == 0 && out.faults == 0 && first_diff(buf, mirror, big) == big,
+		    "mapped 2 MiB READs: %s, faults %" PRIu64, err_str(ret), (uint64_t)out.faults);
+	ktap_diag("mapped one-page READ: %.0f us; mapped 2 MiB READ: %.1f MB/s", one * 1e6, bw);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (buf)
+		munmap(buf, big);
+	free(mirror);
+}
+
+static void works_after_flr(struct ktap_test *t, void *ctx)
+{
+	works_after_reset(t, ctx, VUGPU_IOCTL_FLR, "FLR");
+}
+
+static void works_after_soft_reset(struct ktap_test *t, void *ctx)
+{
+	works_after_reset(t, ctx, VUGPU_IOCTL_SOFT_RESET, "SOFT_RESET");
+}
+
+/* Wait up to 5 s for @path to exist (or not). */
+static bool wait_path(const char *path, bool exist)
+{
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		if ((access(path, F_OK) == 0) == exist)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+/*
+ * Unbinding the GPU while a mirror is open: the mirror's ioctls fail with
+ * ENODEV (its context and page tables are gone), closing it is fine, and
+ * after a rebind a new mirror works.
+ */
+static void unbind_with_mirror_open(struct ktap_test *t, void *ctx)
+{
+	struct mmu_ctx *c = ctx;
+	size_t len = 4 * c->page;
+	struct hmm_dmirror_cmd out;
+	char link[256], bdf[256], *slash;
+	void *buf = map_anon(len, PROT_READ | PROT_WRITE), *mirror = malloc(len);
+	ssize_t n;
+	int fd = open_mirror(t, c), fd2 = -1, ret;
+
+	if (fd < 0 || !buf || !mirror)
+		goto out;
+	n = readlink("/sys/class/misc/hmm_dmirror0/device", link, sizeof(link) - 1);
+	KTAP_ASSERT(t, n > 0, "readlink /sys/class/misc/hmm_dmirror0/device: %s", strerror(errno));
+	link[n] = 0;
+	slash = strrchr(link, '/');
+	snprintf(bdf, sizeof(bdf), "%s", slash ? slash + 1 : link);
+	fill(buf, len, 12);
+	ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, 4, NULL);
+	KTAP_ASSERT(t, ret == 0, "READ: %s", err_str(ret));
+	ret = vugpu_write_file(VUGPU_SYSFS_DRIVER "/unbind", bdf);
+	KTAP_ASSERT(t, ret == 0, "unbind %s: %s", bdf, err_str(ret));
+	ret = dmirror_cmd(fd, HMM_DMIRROR_READ, buf, mirror, 4, NULL);
+	KTAP_EXPECT(t, ret == -ENODEV, "READ on a mirror of an unbound GPU: %s, expected ENODEV",
+		    err_str(ret));
+	/* The CPU side keeps working: the notifier is gone, not the memory. */
+	munmap(buf, len);
+	buf = map_anon(len, PROT_READ | PROT_WRITE);
+	close(fd);
+	fd = -1;
+	ret = vugpu_write_file(VUGPU_SYSFS_DRIVER "/bind", bdf);
+	KTAP_ASSERT(t, ret == 0, "bind %s: %s", bdf, err_str(ret));
+	KTAP_ASSERT(t, wait_path(c->node, true), "%s did not come back", c->node);
+	fd2 = open_mirror(t, c);
+	KTAP_ASSERT(t, fd2 >= 0 && buf, "reopen");
+	fill(buf, len, 13);
+	ret = dmirror_cmd(fd2, HMM_DMIRROR_READ, buf, mirror, 4, &out);
+	KTAP_EXPECT(t, ret == 0 && out.faults == 1 && first_diff(buf, mirror, len) == len,
+		    "READ after rebind: %s, faults %" PRIu64, err_str(ret), (uint64_t)out.faults);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (fd2 >= 0)
+		close(fd2);
 	if (buf)
 		munmap(buf, len);
 	free(mirror);
@@ -548,12 +675,15 @@ static const struct ktap_case cases[] = {
 	KTAP_CASE(write_readonly_eperm),
 	KTAP_CASE(fault_irq),
 	KTAP_CASE(faults_per_second),
+	KTAP_CASE(mapped_read_latency),
 	KTAP_CASE(cancel_prot_none),
 	KTAP_CASE(stale_tlb_after_munmap),
 	KTAP_CASE(stale_tlb_after_remap),
 	KTAP_CASE(atomic_needs_exclusive),
 	KTAP_CASE(two_contexts),
 	KTAP_CASE(works_after_flr),
+	KTAP_CASE(works_after_soft_reset),
+	KTAP_CASE(unbind_with_mirror_open),
 };
 
 static void usage(void)
