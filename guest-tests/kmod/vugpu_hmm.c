@@ -622,6 +622,9 @@ static long vugpu_dmirror_ioctl(struct file *filp, unsigned int command, unsigne
 		st.overflows = atomic64_read(&mmu->overflows);
 		st.invalidations = atomic64_read(&mmu->invalidations);
 		st.stray = atomic64_read(&mmu->stray);
+		st.service_ns = atomic64_read(&mmu->service_ns);
+		st.ctl_runs = atomic64_read(&mmu->ctl_runs);
+		st.ctl_ns = atomic64_read(&mmu->ctl_ns);
 		st.mirror_faults = atomic64_read(&m->faults);
 		st.mirror_mapped_pages = atomic64_read(&m->mapped_pages);
 		st.ctx = m->ctx;

@@ -128,6 +128,9 @@ struct vugpu_mmu {
 	atomic64_t		overflows;	/* FAULT_OVERFLOW seen: replayed all */
 	atomic64_t		invalidations;	/* TLB_INVALIDATE descriptors issued */
 	atomic64_t		stray;		/* records with no job in flight: cancelled */
+	atomic64_t		service_ns;	/* fault thread: time spent servicing records */
+	atomic64_t		ctl_runs;	/* control engine submissions */
+	atomic64_t		ctl_ns;		/* ... and the time they took (doorbell to fence) */
 };
 
 /* --- [MIRROR] one mirror = one open of /dev/hmm_dmirrorN = one context ---- */

@@ -106,6 +106,9 @@ struct vugpu_dmirror_stats {
 	__u32		ctx;		/* this mirror's context id */
 	__u32		ctl_engine;	/* engine reserved for MMU control */
 	__u64		hw[7];		/* FAULTS, FAULTS_DROPPED, REPLAYS, CANCELS, TLB_HITS, TLB_MISSES, INVALIDATIONS */
+	__u64		service_ns;	/* fault thread: time servicing records (incl. replay) */
+	__u64		ctl_runs;	/* MMU control engine submissions */
+	__u64		ctl_ns;		/* their total time, submission to fence */
 };
 
 #define VUGPU_DMIRROR_ATOMIC		_IOWR('H', 0x40, struct vugpu_dmirror_atomic)

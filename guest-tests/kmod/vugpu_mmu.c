@@ -45,6 +45,7 @@
 #include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/jiffies.h>
+#include <linux/ktime.h>
 #include <linux/memremap.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -63,6 +64,10 @@
 #define VUGPU_PTE_SW_ZOMBIE	(1ULL << 58)	/* cleared, waiting for the TLB invalidation */
 
 #define VUGPU_SZ_2M		(1UL << VUGPU_PAGE_SHIFT_2M)
+
+static bool virt_wait_irq = true;
+module_param(virt_wait_irq, bool, 0644);
+MODULE_PARM_DESC(virt_wait_irq, "Device jobs on mirrored memory wait for the completion interrupt instead of polling the fence (default Y)");
 #define VUGPU_FAULT_CHUNK	512	/* pages per hmm_range_fault call */
 /* Past this many bytes an invalidation covers the whole context. */
 #define VUGPU_INV_WHOLE		(1ULL << 32)
@@ -533,6 +538,7 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 	struct vugpu_device *vdev = mmu->vdev;
 	struct vugpu_job_result res;
 	struct vugpu_engine *eng;
+	u64 t0;
 	int ret;
 
 	down_read(&vdev->engines_rwsem);
@@ -542,9 +548,12 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 	}
 	eng = &vdev->engines[mmu->ctl_engine];
 	mutex_lock(&eng->lock);
+	t0 = ktime_get_ns();
 	ret = vugpu_engine_prepare(eng);
 	if (!ret)
 		ret = vugpu_engine_run(eng, descs, n, VUGPU_DMA_RESET_ON_ERROR, &res);
+	atomic64_add(ktime_get_ns() - t0, &mmu->ctl_ns);
+	atomic64_inc(&mmu->ctl_runs);
 	mutex_unlock(&eng->lock);
 	if (ret)
 		dev_warn_ratelimited(&vdev->pdev->dev,
@@ -862,6 +871,7 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 {
 	u16 ctx = le16_to_cpu(rec->context);
 	struct vugpu_virt_job *job = NULL;
+	u64 t0 = ktime_get_ns();
 	int err;
 
 	atomic64_inc(&mmu->faults);
@@ -899,6 +909,7 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 		atomic64_inc(&mmu->faults_serviced);
 	}
 	vugpu_mmu_replay(mmu, ctx, err != 0);
+	atomic64_add(ktime_get_ns() - t0, &mmu->service_ns);
 
 	spin_lock(&mmu->ctx_lock);
 	job->users--;
@@ -1016,7 +1027,8 @@ int vugpu_mmu_run_virt(struct vugpu_mirror *m, struct vugpu_hw_desc *descs, unsi
 	mmu->jobs[eng->index] = &job;
 	spin_unlock(&mmu->ctx_lock);
 
-	ret = vugpu_engine_run(eng, descs, n, VUGPU_DMA_RESET_ON_ERROR, &res);
+	ret = vugpu_engine_run(eng, descs, n, VUGPU_DMA_RESET_ON_ERROR |
+			       (READ_ONCE(virt_wait_irq) ? VUGPU_DMA_IRQ : 0), &res);
 
 	spin_lock(&mmu->ctx_lock);
 	mmu->jobs[eng->index] = NULL;
