@@ -22,9 +22,12 @@
  * are handed out with zone_device_page_init(), which takes the pgmap
  * references and returns the page locked, as migrate_vma_pages() wants.
  * Mirrors map device pages by VRAM offset (vugpu_devmem_vram_offset) and
- * hold no references: migrations to system memory unmap the VA range from
- * every mirror of the GPU first (vugpu_hmm_unmap_all_mirrors), eviction
- * relies on the MMU_NOTIFY_CLEAR that try_to_migrate() sends.
+ * hold no references, and they skip the MMU_NOTIFY_MIGRATE invalidations
+ * of this GPU's own migrations: so every migration unmaps the pages it
+ * collected from every mirror of the GPU before copying
+ * (vugpu_hmm_unmap_all_mirrors, run by run), pages that stay keep their
+ * mappings; eviction relies on the MMU_NOTIFY_CLEAR that try_to_migrate()
+ * sends.
  *
  * Copies.  Every migration builds one descriptor list for its whole range
  * (COPY SYS<->VRAM, FILL for holes), merging pages that are contiguous on
@@ -680,8 +683,8 @@ static int vugpu_to_sys_alloc(struct migrate_vma *args, struct vugpu_mirror *m,
 			i += nr;
 			continue;
 		}
-		if (!order && !fail)
-			return -ENOMEM;
+		if (!order)
+			return -ENOMEM;	/* as test_hmm, also when fail-alloc asked for it */
 		/* 4 KiB pages; the core splits the device folio. */
 		for (j = 0; j < nr; j++) {
 			dpage = alloc_page_vma(GFP_HIGHUSER_MOVABLE, args->vma, addr + (j << PAGE_SHIFT));
@@ -704,6 +707,31 @@ static unsigned long vugpu_count_migrated(const struct migrate_vma *args)
 		if ((args->src[i] & MIGRATE_PFN_VALID) && (args->src[i] & MIGRATE_PFN_MIGRATE))
 			n++;
 	return n;
+}
+
+/*
+ * Clear the PTEs of every mirror of this GPU for the pages this migration
+ * collected (runs of MIGRATE entries), and only those: pages that stay where
+ * they are keep their device mappings.
+ */
+static void vugpu_unmap_collected(struct vugpu_device *vdev, struct migrate_vma *args)
+{
+	unsigned long npages = (args->end - args->start) >> PAGE_SHIFT, i = 0, run;
+
+	while (i < npages) {
+		if (!(args->src[i] & MIGRATE_PFN_MIGRATE)) {
+			i++;
+			continue;
+		}
+		run = i;
+		/* A compound entry (always PMD-sized) is followed by zero entries for its folio. */
+		while (run < npages && (args->src[run] & MIGRATE_PFN_MIGRATE))
+			run += args->src[run] & VUGPU_PFN_COMPOUND ? 1UL << VUGPU_PMD_ORDER : 1;
+		run = min(run, npages);
+		vugpu_hmm_unmap_all_mirrors(vdev, args->vma->vm_mm, args->start + (i << PAGE_SHIFT),
+					    args->start + (run << PAGE_SHIFT));
+		i = run;
+	}
 }
 
 /* Map the pages that moved to VRAM into the mirror that asked (test_hmm's finalize_and_map). */
@@ -767,7 +795,7 @@ static int vugpu_to_dev_window(struct vugpu_device *vdev, struct vugpu_mirror *m
 	 * The mirrors of this GPU skip the MIGRATE invalidation (it is ours):
 	 * drop their mappings of the old system pages before those go away.
 	 */
-	vugpu_hmm_unmap_all_mirrors(vdev, vma->vm_mm, start, end);
+	vugpu_unmap_collected(vdev, &args);
 	vugpu_to_dev_alloc(dm, &args, m, &x);
 	ret = vugpu_xfer_run(&x);
 	vugpu_xfer_fini(&x);
@@ -817,7 +845,7 @@ static int vugpu_to_sys_window(struct vugpu_device *vdev, struct vugpu_mirror *m
 	ret = vugpu_to_sys_alloc(&args, m, &x);
 	if (!ret) {
 		/* No device access to the old pages once the copy starts. */
-		vugpu_hmm_unmap_all_mirrors(vdev, vma->vm_mm, start, end);
+		vugpu_unmap_collected(vdev, &args);
 		ret = vugpu_xfer_run(&x);
 	}
 	vugpu_xfer_fini(&x);
@@ -974,7 +1002,7 @@ static vm_fault_t vugpu_devmem_migrate_to_ram(struct vm_fault *vmf)
 	}
 	ret = vugpu_to_sys_alloc(&args, NULL, &x);
 	if (!ret) {
-		vugpu_hmm_unmap_all_mirrors(vdev, vmf->vma->vm_mm, args.start, args.end);
+		vugpu_unmap_collected(vdev, &args);
 		ret = vugpu_xfer_run(&x);
 		if (ret)
 			vret = VM_FAULT_SIGBUS;
@@ -1046,6 +1074,7 @@ static unsigned long vugpu_evict_range(struct vugpu_device *vdev, unsigned long 
 		nr = 1U << order;
 		if (order) {
 			struct folio *f = folio_alloc(GFP_HIGHUSER_MOVABLE | __GFP_NOWARN |
+						      __GFP_RETRY_MAYFAIL |
 						      (dying ? __GFP_ZERO : 0), order);
 
 			dpage = f ? folio_page(f, 0) : NULL;
