@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Fault injection, repeatable. `msix-dead=N`: MSI-X vector N is never signalled.
     /// `cfg-stuck=OFFSET`: client writes never change the config-space dword at OFFSET (dword
     /// aligned, decimal or 0x hex), e.g. `cfg-stuck=0x114` (AER Correctable Mask).
+    /// Device MMU (hw-spec §9), for proving that guest tests fail: `mmu-stale-tlb`:
+    /// TLB_INVALIDATE completes but drops nothing (stale translations stay in use);
+    /// `mmu-no-fault-irq`: fault records are written but the fault vector is never signalled;
+    /// `mmu-ignore-atomic-perm`: ATOMIC on a SYS target works without the PTE's ATOMIC bit.
     #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
     pub inject: Vec<Fault>,
     /// Log verbosity.
@@ -141,6 +145,12 @@ pub enum Fault {
     MsixDead(u16),
     /// `cfg-stuck=OFFSET`.
     CfgStuck(u16),
+    /// `mmu-stale-tlb`.
+    MmuStaleTlb,
+    /// `mmu-no-fault-irq`.
+    MmuNoFaultIrq,
+    /// `mmu-ignore-atomic-perm`.
+    MmuIgnoreAtomicPerm,
 }
 
 const UNITS: &[(char, u32)] = &[('K', 10), ('M', 20), ('G', 30), ('T', 40)];
@@ -204,6 +214,12 @@ pub fn parse_u64(text: &str) -> Result<u64, String> {
 
 /// Parses one `--inject` value.
 pub fn parse_inject(text: &str) -> Result<Fault, String> {
+    match text.trim() {
+        "mmu-stale-tlb" => return Ok(Fault::MmuStaleTlb),
+        "mmu-no-fault-irq" => return Ok(Fault::MmuNoFaultIrq),
+        "mmu-ignore-atomic-perm" => return Ok(Fault::MmuIgnoreAtomicPerm),
+        _ => {}
+    }
     match text.split_once('=') {
         Some(("msix-dead", n)) => n
             .trim()
@@ -217,7 +233,8 @@ pub fn parse_inject(text: &str) -> Result<Fault, String> {
             )),
         },
         _ => Err(format!(
-            "unknown fault '{text}' (known: msix-dead=N, cfg-stuck=OFFSET)"
+            "unknown fault '{text}' (known: msix-dead=N, cfg-stuck=OFFSET, mmu-stale-tlb, \
+             mmu-no-fault-irq, mmu-ignore-atomic-perm)"
         )),
     }
 }
@@ -317,6 +334,9 @@ impl ServeArgs {
                 }
                 Fault::MsixDead(n) => inject.msix_dead.push(n),
                 Fault::CfgStuck(off) => inject.cfg_stuck.push(off),
+                Fault::MmuStaleTlb => inject.mmu.stale_tlb = true,
+                Fault::MmuNoFaultIrq => inject.mmu.no_fault_irq = true,
+                Fault::MmuIgnoreAtomicPerm => inject.mmu.ignore_atomic_perm = true,
             }
         }
         cfg.inject = inject;
@@ -413,6 +433,19 @@ mod tests {
             "past config space"
         );
         assert!(parse_inject("cfg-stuck=x").is_err());
+        assert_eq!(parse_inject("mmu-stale-tlb").unwrap(), Fault::MmuStaleTlb);
+        assert_eq!(
+            parse_inject("mmu-no-fault-irq").unwrap(),
+            Fault::MmuNoFaultIrq
+        );
+        assert_eq!(
+            parse_inject("mmu-ignore-atomic-perm").unwrap(),
+            Fault::MmuIgnoreAtomicPerm
+        );
+        assert!(parse_inject("mmu-stale-tlb=1").is_err());
+        assert!(parse_inject("mmu-bogus")
+            .unwrap_err()
+            .contains("mmu-stale-tlb"));
     }
 
     #[test]
@@ -478,6 +511,18 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(t.a.gpu_config().unwrap().inject.msix_dead, vec![3, 5]);
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--inject",
+            "mmu-stale-tlb",
+            "--inject",
+            "mmu-ignore-atomic-perm",
+        ])
+        .unwrap();
+        let mmu = t.a.gpu_config().unwrap().inject.mmu;
+        assert!(mmu.stale_tlb && mmu.ignore_atomic_perm && !mmu.no_fault_irq);
         assert!(T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "0"]).is_err());
         // Engines need vectors; counts are bounded.
         let t = T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "4"]).unwrap();

@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::engine::peer_window::PeerWindowReport;
 use crate::engine::{EngineMonitor, EngineReport, P2pReport};
 use crate::log::Level;
+use crate::mmu::MmuReport;
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 256;
@@ -52,6 +53,7 @@ struct StatsReply {
     device: DeviceReport,
     p2p: Vec<P2pReport>,
     peer_windows: Vec<PeerWindowReport>,
+    mmu: MmuReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +77,7 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
                 engines,
                 p2p: monitor.p2p(),
                 peer_windows: monitor.peer_windows(),
+                mmu: monitor.mmu(),
             })
         }
         _ => serde_json::to_string(&ErrorReply {
@@ -317,6 +320,23 @@ mod tests {
             "a GPU alone is its own only peer"
         );
         assert_eq!(v["p2p"][0]["written"], 0);
+        // hw-spec §9.6: the MMU (present: 2 engines, 16 vectors).
+        assert_eq!(v["mmu"]["present"], true);
+        assert_eq!(v["mmu"]["enabled"], false);
+        assert_eq!(v["mmu"]["waiting"], false);
+        for k in [
+            "fault_put",
+            "fault_get",
+            "faults",
+            "faults_dropped",
+            "replays",
+            "cancels",
+            "tlb_hits",
+            "tlb_misses",
+            "invalidations",
+        ] {
+            assert_eq!(v["mmu"][k], 0, "{k}");
+        }
         let v: serde_json::Value = serde_json::from_str(&answer("reboot", &m)).unwrap();
         assert!(v["error"].as_str().unwrap().contains("unknown request"));
         assert_eq!(

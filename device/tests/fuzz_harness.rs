@@ -256,3 +256,88 @@ fn config_space_harness_over_pseudo_random_inputs() {
     assert!(total.resizes > 1_000, "resizes {}", total.resizes);
     assert!(total.sizings > 3_000, "sizings {}", total.sizings);
 }
+
+/// An `mmu_walk` input with a chain of tables: page i's entry at index k points at page i + 1
+/// (so walks reach level 0 and leaves), a valid context, then translations through them.
+fn mmu_template(rng: &mut Rng) -> Vec<u8> {
+    let pages = 4 + rng.below(6) as u8;
+    let mut v = vec![rng.byte(), pages - 1];
+    for _ in 0..pages {
+        v.extend([rng.byte(), rng.byte() % 3]);
+    }
+    let idx = rng.next() as u16 % 512;
+    let entries = 6 + rng.below(20) as u8;
+    v.push(entries);
+    for e in 0..entries {
+        // Pages 1-2: level 3 and 2 tables (VALID only); page 3: level 1 (a table, or a 2 MiB
+        // leaf: LEAF, permissions, 2 MiB-aligned frame); the rest: level-0 leaves. Sometimes
+        // a random flag byte.
+        let p = 1 + e % (pages - 1);
+        let perms = rng.byte() & 0x1c;
+        let (kind, flags) = match p {
+            1 | 2 => (1, 1),
+            3 if rng.below(2) == 0 => (0x81, 0x40 | 0x02 | 1 | perms),
+            3 => (1, 1),
+            _ => (1, 0x02 | 1 | perms),
+        };
+        let flags = if rng.below(8) == 0 { rng.byte() } else { flags };
+        v.extend([p]);
+        v.extend(idx.to_le_bytes());
+        v.extend([kind, (p + 1) % pages, flags]);
+    }
+    // Context entries: context 1 -> page 1.
+    v.extend([0, 1, 1, 1]);
+    v.push(1); // count: 1 + below(8)
+    v.push(7);
+    for _ in 0..8 + rng.below(24) {
+        match rng.below(10) {
+            0 => v.extend([0, rng.byte() % pages, 0, 0, 1, rng.byte(), rng.byte()]),
+            1 => v.extend([1, rng.byte(), rng.byte(), rng.byte()]),
+            _ => {
+                v.extend([2, 1, 1, 1]);
+                for _ in 0..4 {
+                    v.extend([rng.byte() % pages, rng.byte()]);
+                }
+                v.extend([rng.byte(), rng.byte(), rng.byte(), rng.byte(), rng.byte()]);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn mmu_walk_harness_over_pseudo_random_inputs() {
+    abort_on_panic();
+    let mut rng = Rng(0x5bd1_e995_1234_5678);
+    let mut total = harness::MmuStats::default();
+    for i in 0..6000 {
+        let input = if i % 3 == 0 {
+            let len = rng.below(500);
+            (0..len).map(|_| rng.byte()).collect()
+        } else {
+            let t = mmu_template(&mut rng);
+            mutate(&mut rng, t)
+        };
+        let s = harness::mmu_walk(&input);
+        total.ok += s.ok;
+        total.huge += s.huge;
+        total.invalidations += s.invalidations;
+        for (t, n) in total.faults.iter_mut().zip(s.faults) {
+            *t += n;
+        }
+    }
+    eprintln!("mmu_walk totals: {total:?}");
+    // Every fault reason, successful 4 KiB and 2 MiB translations, invalidations.
+    assert!(
+        total.faults[1..].iter().all(|&n| n > 20),
+        "faults per reason {:?}",
+        total.faults
+    );
+    assert!(total.ok > 100, "translations {}", total.ok);
+    assert!(total.huge > 5, "2 MiB translations {}", total.huge);
+    assert!(
+        total.invalidations > 500,
+        "invalidations {}",
+        total.invalidations
+    );
+}

@@ -683,8 +683,8 @@ static int vugpu_to_sys_alloc(struct migrate_vma *args, struct vugpu_mirror *m,
 			i += nr;
 			continue;
 		}
-		if (!order && !fail)
-			return -ENOMEM;
+		if (!order)
+			return -ENOMEM;	/* as test_hmm, also when fail-alloc asked for it */
 		/* 4 KiB pages; the core splits the device folio. */
 		for (j = 0; j < nr; j++) {
 			dpage = alloc_page_vma(GFP_HIGHUSER_MOVABLE, args->vma, addr + (j << PAGE_SHIFT));
@@ -1074,6 +1074,7 @@ static unsigned long vugpu_evict_range(struct vugpu_device *vdev, unsigned long 
 		nr = 1U << order;
 		if (order) {
 			struct folio *f = folio_alloc(GFP_HIGHUSER_MOVABLE | __GFP_NOWARN |
+						      __GFP_RETRY_MAYFAIL |
 						      (dying ? __GFP_ZERO : 0), order);
 
 			dpage = f ? folio_page(f, 0) : NULL;

@@ -80,7 +80,6 @@ struct vugpu_virt_job;
 /* --- [MIRROR] per-device MMU state (vugpu_mmu.c) ------------------------- */
 
 #define VUGPU_MMU_CTX_COUNT		256	/* contexts the driver programs (0 unused) */
-#define VUGPU_MMU_FAULT_SLOTS		1024	/* fault ring records */
 
 /* A 64-byte-aligned §9.4 fault record as it sits in the ring. */
 struct vugpu_fault_rec {
@@ -105,7 +104,8 @@ struct vugpu_mmu {
 
 	__le64			*ctx_table;	/* VUGPU_MMU_CTX_COUNT * 16 bytes, coherent */
 	dma_addr_t		ctx_table_dma;
-	struct vugpu_fault_rec	*ring;		/* VUGPU_MMU_FAULT_SLOTS records, coherent */
+	struct vugpu_fault_rec	*ring;		/* ring_slots records, coherent */
+	u32			ring_slots;	/* module parameter fault_ring_slots */
 	dma_addr_t		ring_dma;
 	u32			fault_get;	/* records consumed (free-running), ctx_lock */
 	u32			ring_gen;	/* bumped when a reset restarts the ring, ctx_lock */
@@ -144,6 +144,9 @@ struct vugpu_mirror {
 	struct mutex		job_lock;	/* one device (VIRT) job at a time */
 	u16			ctx;		/* MMU context id, 1 .. VUGPU_MMU_CTX_COUNT-1 */
 	struct vugpu_pt		*root;		/* level-3 table, allocated at open */
+#define VUGPU_PT_POOL		4
+	struct vugpu_pt		*pt_pool[VUGPU_PT_POOL];	/* reserved tables (m->mutex) */
+	unsigned int		pt_pool_n;
 	u64			flags;		/* HMM_DMIRROR_FLAG_* (FLAGS ioctl) */
 	struct list_head	node;		/* vdev->hmm->mirrors, under hmm->lock */
 	void			*devmem;	/* [DEVMEM] private per-mirror data, or NULL */
@@ -194,6 +197,15 @@ struct vugpu_mirror_lookup {
  */
 int vugpu_mirror_map_page(struct vugpu_mirror *m, unsigned long va, struct page *page,
 			  unsigned int order, unsigned int perm);
+
+/*
+ * [MIRROR] Reserve page tables for the next mappings.  Call it WITHOUT
+ * m->mutex before a batch of vugpu_mirror_map_*() (which run under it and
+ * must not enter reclaim: reclaim may call the mirror's notifier, which
+ * takes m->mutex).  The map functions still work without it, allocating
+ * with GFP_NOWAIT (they fail with -ENOMEM if that fails).
+ */
+void vugpu_mirror_pt_reserve(struct vugpu_mirror *m);
 
 /* [MIRROR] Map @va to VRAM offset @vram_off directly (same rules). */
 int vugpu_mirror_map_vram(struct vugpu_mirror *m, unsigned long va, u64 vram_off,

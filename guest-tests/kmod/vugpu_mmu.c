@@ -5,7 +5,7 @@
  *
  * Per GPU (struct vugpu_mmu, in vdev->hmm):
  *   - a context table of VUGPU_MMU_CTX_COUNT entries and a fault ring of
- *     VUGPU_MMU_FAULT_SLOTS records, both in dma_alloc_coherent() memory;
+ *     fault_ring_slots records, both in dma_alloc_coherent() memory;
  *     context 0 is never handed out (a descriptor's context field is 0
  *     when it uses no VIRT aperture);
  *   - the last engine is reserved for MMU control: TLB_INVALIDATE and
@@ -46,6 +46,7 @@
 #include <linux/io.h>
 #include <linux/jiffies.h>
 #include <linux/ktime.h>
+#include <linux/log2.h>
 #include <linux/memremap.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
@@ -64,6 +65,10 @@
 #define VUGPU_PTE_SW_ZOMBIE	(1ULL << 58)	/* cleared, waiting for the TLB invalidation */
 
 #define VUGPU_SZ_2M		(1UL << VUGPU_PAGE_SHIFT_2M)
+
+static uint fault_ring_slots = 1024;
+module_param(fault_ring_slots, uint, 0444);
+MODULE_PARM_DESC(fault_ring_slots, "Device MMU fault ring records, a power of two 1-65536 (default 1024; fewer than the engines lets records overflow, for tests)");
 
 static bool virt_wait_irq = true;
 module_param(virt_wait_irq, bool, 0644);
@@ -96,14 +101,21 @@ static inline struct vugpu_mmu *vugpu_mmu(struct vugpu_device *vdev)
 
 /* --- page tables ------------------------------------------------------------- */
 
-static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_device *vdev, unsigned int level)
+static void vugpu_pt_free(struct vugpu_device *vdev, struct vugpu_pt *pt)
 {
-	size_t sz = sizeof(struct vugpu_pt) + (level ? VUGPU_PT_ENTRIES * sizeof(void *) : 0);
-	struct vugpu_pt *pt = kzalloc(sz, GFP_KERNEL);
+	dma_free_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, pt->cpu, pt->dma);
+	kfree(pt);
+}
+
+/* Every table has room for child pointers (only levels 3..1 use them). */
+static struct vugpu_pt *vugpu_pt_alloc_gfp(struct vugpu_device *vdev, gfp_t gfp)
+{
+	size_t sz = sizeof(struct vugpu_pt) + VUGPU_PT_ENTRIES * sizeof(void *);
+	struct vugpu_pt *pt = kzalloc(sz, gfp);
 
 	if (!pt)
 		return NULL;
-	pt->cpu = dma_alloc_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, &pt->dma, GFP_KERNEL);
+	pt->cpu = dma_alloc_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, &pt->dma, gfp);
 	if (!pt->cpu) {
 		kfree(pt);
 		return NULL;
@@ -111,11 +123,57 @@ static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_device *vdev, unsigned int l
 	return pt;
 }
 
-static void vugpu_pt_free(struct vugpu_device *vdev, struct vugpu_pt *pt)
+/*
+ * A table for the page-table walk, which runs under m->mutex: that mutex
+ * is taken by the interval notifier, which reclaim may call, so nothing
+ * allocated under it may enter reclaim.  Take a table reserved beforehand
+ * (vugpu_mirror_pt_reserve), else try without reclaim.
+ */
+static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_mirror *m)
 {
-	dma_free_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, pt->cpu, pt->dma);
-	kfree(pt);
+	lockdep_assert_held(&m->mutex);
+	if (m->pt_pool_n) {
+		struct vugpu_pt *pt = m->pt_pool[--m->pt_pool_n];
+
+		memset(pt->cpu, 0, VUGPU_PT_SIZE);
+		memset(pt->child, 0, VUGPU_PT_ENTRIES * sizeof(void *));
+		pt->valid = 0;
+		return pt;
+	}
+	return vugpu_pt_alloc_gfp(m->vdev, GFP_NOWAIT | __GFP_NOWARN);
 }
+
+/*
+ * Fill the mirror's pool of page tables (called without m->mutex, may
+ * reclaim): enough for a fault chunk or a 2 MiB mapping (3 new tables).
+ */
+void vugpu_mirror_pt_reserve(struct vugpu_mirror *m)
+{
+	for (;;) {
+		struct vugpu_pt *pt;
+
+		mutex_lock(&m->mutex);
+		if (m->pt_pool_n >= VUGPU_PT_POOL) {
+			mutex_unlock(&m->mutex);
+			return;
+		}
+		mutex_unlock(&m->mutex);
+		pt = vugpu_pt_alloc_gfp(m->vdev, GFP_KERNEL);
+		if (!pt)
+			return;
+		mutex_lock(&m->mutex);
+		if (m->pt_pool_n < VUGPU_PT_POOL) {
+			m->pt_pool[m->pt_pool_n++] = pt;
+			pt = NULL;
+		}
+		mutex_unlock(&m->mutex);
+		if (pt) {
+			vugpu_pt_free(m->vdev, pt);
+			return;
+		}
+	}
+}
+
 
 static unsigned int vugpu_pt_index(unsigned long va, unsigned int level)
 {
@@ -174,7 +232,7 @@ static struct vugpu_pt *vugpu_pt_walk(struct vugpu_mirror *m, unsigned long va,
 
 			if (!alloc || (e & (VUGPU_PTE_VALID | VUGPU_PTE_SW_ZOMBIE)))
 				return NULL;
-			c = vugpu_pt_alloc(m->vdev, l - 1);
+			c = vugpu_pt_alloc(m);
 			if (!c)
 				return NULL;
 			pt->child[i] = c;
@@ -631,7 +689,7 @@ int vugpu_mmu_ctx_alloc(struct vugpu_mirror *m)
 
 	if (!mmu || !mmu->ctx_table)
 		return -EOPNOTSUPP;
-	m->root = vugpu_pt_alloc(m->vdev, VUGPU_PT_LEVELS - 1);
+	m->root = vugpu_pt_alloc_gfp(m->vdev, GFP_KERNEL);
 	if (!m->root)
 		return -ENOMEM;
 	spin_lock(&mmu->ctx_lock);
@@ -665,6 +723,8 @@ void vugpu_mmu_ctx_free(struct vugpu_mirror *m)
 	vugpu_mmu_tlb_inv(mmu, VUGPU_DESC_CONTEXT_ALL, 0, 0);
 	vugpu_pt_free_tree(m->vdev, m->root, VUGPU_PT_LEVELS - 1);
 	m->root = NULL;
+	while (m->pt_pool_n)
+		vugpu_pt_free(m->vdev, m->pt_pool[--m->pt_pool_n]);
 	spin_lock(&mmu->ctx_lock);
 	mmu->ctx_mirror[m->ctx] = NULL;
 	__clear_bit(m->ctx, mmu->ctx_used);
@@ -702,6 +762,7 @@ static int vugpu_mirror_fault_range(struct vugpu_mirror *m, unsigned long start,
 		next = min(end, ALIGN(addr + 1, (unsigned long)VUGPU_FAULT_CHUNK << PAGE_SHIFT));
 		range.start = addr;
 		range.end = next;
+		vugpu_mirror_pt_reserve(m);
 		for (;;) {
 			if (time_after(jiffies, timeout)) {
 				ret = -EBUSY;
@@ -732,6 +793,7 @@ static int vugpu_mirror_fault_range(struct vugpu_mirror *m, unsigned long start,
 		if (ret)
 			break;
 
+		/* (Under m->mutex from here on: tables come from the pool.) */
 		n = (next - addr) >> PAGE_SHIFT;
 		for (i = 0; i < n && !ret;) {
 			unsigned long va = addr + (i << PAGE_SHIFT), e = pfns[i];
@@ -784,6 +846,7 @@ int vugpu_mirror_make_exclusive(struct vugpu_mirror *m, unsigned long start, uns
 			ret = PTR_ERR(page);
 			break;
 		}
+		vugpu_mirror_pt_reserve(m);
 		mutex_lock(&m->mutex);
 		ret = vugpu_mirror_map_page(m, addr, page, 0, VUGPU_MAP_READ | VUGPU_MAP_WRITE |
 					    VUGPU_MAP_ATOMIC | VUGPU_MAP_EXCLUSIVE);
@@ -800,6 +863,7 @@ int vugpu_mirror_make_exclusive(struct vugpu_mirror *m, unsigned long start, uns
 				ret = -EBUSY;
 			break;
 		}
+		vugpu_mirror_pt_reserve(m);
 		mutex_lock(&m->mutex);
 		ret = vugpu_mirror_map_page(m, addr, page, 0, VUGPU_MAP_READ | VUGPU_MAP_WRITE |
 					    VUGPU_MAP_ATOMIC | VUGPU_MAP_EXCLUSIVE);
@@ -942,15 +1006,20 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data)
 	struct vugpu_device *vdev = vec->vdev;
 	struct vugpu_hmm *hmm = READ_ONCE(vdev->hmm);
 	struct vugpu_mmu *mmu;
+	bool enabled, may_drop;
 	u32 put, get, gen;
-	bool enabled;
 
 	if (!hmm)
 		return IRQ_HANDLED;
 	mmu = &hmm->mmu;
+	/*
+	 * An engine waits on its one fault, so records can only be dropped
+	 * when the ring is smaller than the engines (or it was seen full):
+	 * only then is the trapped MMU_STATUS read worth it.
+	 */
+	may_drop = mmu->ring_slots < vdev->engine_count;
 	for (;;) {
 		struct vugpu_fault_rec rec;
-		bool full;
 
 		spin_lock(&mmu->ctx_lock);
 		gen = mmu->ring_gen;
@@ -960,29 +1029,32 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data)
 		if (!enabled)
 			break;
 		put = ioread32(vdev->doorbells + VUGPU_DB_FAULT_PUT);
-		if (put == get)
-			break;
-		if (put - get > VUGPU_MMU_FAULT_SLOTS) {
-			dev_err_ratelimited(&vdev->pdev->dev,
-					    "FAULT_PUT %u is %u records past FAULT_GET %u (ring of %u)\n",
-					    put, put - get, get, VUGPU_MMU_FAULT_SLOTS);
-			vugpu_fault_ack(mmu, gen, put);
-			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, false);
-			continue;
-		}
-		full = put - get == VUGPU_MMU_FAULT_SLOTS;
-		/* FAULT_PUT is stored after the record is visible. */
-		dma_rmb();
-		memcpy(&rec, &mmu->ring[get & (VUGPU_MMU_FAULT_SLOTS - 1)], sizeof(rec));
-		/* Free the slot before servicing: the device may refault at once. */
-		vugpu_fault_ack(mmu, gen, get + 1);
-		vugpu_fault_one(mmu, &rec);
-		if (full && (vugpu_rd(vdev, VUGPU_REG_MMU_STATUS) & VUGPU_MMU_STATUS_FAULT_OVERFLOW)) {
+		if (put == get) {
+			if (!may_drop ||
+			    !(vugpu_rd(vdev, VUGPU_REG_MMU_STATUS) & VUGPU_MMU_STATUS_FAULT_OVERFLOW))
+				break;
 			/* Records were dropped: every waiting engine faults again. */
 			vugpu_wr(vdev, VUGPU_REG_MMU_STATUS, VUGPU_MMU_STATUS_FAULT_OVERFLOW);
 			atomic64_inc(&mmu->overflows);
 			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, false);
+			continue;
 		}
+		if (put - get > mmu->ring_slots) {
+			dev_err_ratelimited(&vdev->pdev->dev,
+					    "FAULT_PUT %u is %u records past FAULT_GET %u (ring of %u)\n",
+					    put, put - get, get, mmu->ring_slots);
+			vugpu_fault_ack(mmu, gen, put);
+			vugpu_mmu_replay(mmu, VUGPU_DESC_CONTEXT_ALL, false);
+			continue;
+		}
+		if (put - get == mmu->ring_slots)
+			may_drop = true;
+		/* FAULT_PUT is stored after the record is visible. */
+		dma_rmb();
+		memcpy(&rec, &mmu->ring[get & (mmu->ring_slots - 1)], sizeof(rec));
+		/* Free the slot before servicing: the device may refault at once. */
+		vugpu_fault_ack(mmu, gen, get + 1);
+		vugpu_fault_one(mmu, &rec);
 	}
 	return IRQ_HANDLED;
 }
@@ -1063,7 +1135,7 @@ struct vugpu_engine *vugpu_mmu_data_engine(struct vugpu_device *vdev)
 
 	if (mmu && mmu->enabled && count > 1)
 		count = mmu->ctl_engine;	/* the last engine */
-	first = atomic_inc_return(&mmu->next_engine) % count;
+	first = (unsigned int)atomic_inc_return(&mmu->next_engine) % count;
 	for (i = 0; i < count; i++) {
 		struct vugpu_engine *eng = &vdev->engines[(first + i) % count];
 
@@ -1123,7 +1195,7 @@ static int vugpu_mmu_hw_init(struct vugpu_mmu *mmu)
 	vugpu_wr(vdev, VUGPU_REG_MMU_CTX_APERTURE, VUGPU_APERTURE_SYS);
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_BASE_LO, lower_32_bits(mmu->ring_dma));
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_BASE_HI, upper_32_bits(mmu->ring_dma));
-	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_SIZE, VUGPU_MMU_FAULT_SLOTS);
+	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_SIZE, mmu->ring_slots);
 	vugpu_wr(vdev, VUGPU_REG_FAULT_RING_APERTURE, VUGPU_APERTURE_SYS);
 	vugpu_wr(vdev, VUGPU_REG_MMU_CONTROL, VUGPU_MMU_CONTROL_ENABLE | VUGPU_MMU_CONTROL_FAULT_IRQ);
 	/* ENABLE 0->1 sets FAULT_PUT and FAULT_GET to 0 (§9.1): the ring starts over. */
@@ -1150,7 +1222,7 @@ void vugpu_mmu_free_mem(struct vugpu_mmu *mmu)
 				  mmu->ctx_table_dma);
 	mmu->ctx_table = NULL;
 	if (mmu->ring)
-		dma_free_coherent(dev, VUGPU_MMU_FAULT_SLOTS * VUGPU_FAULT_REC_SIZE, mmu->ring,
+		dma_free_coherent(dev, (size_t)mmu->ring_slots * VUGPU_FAULT_REC_SIZE, mmu->ring,
 				  mmu->ring_dma);
 	mmu->ring = NULL;
 	kfree(mmu->fault_pfns);
@@ -1204,7 +1276,13 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	}
 	mmu->ctx_table = dma_alloc_coherent(dev, VUGPU_MMU_CTX_COUNT * VUGPU_CTX_ENTRY_SIZE,
 					    &mmu->ctx_table_dma, GFP_KERNEL);
-	mmu->ring = dma_alloc_coherent(dev, VUGPU_MMU_FAULT_SLOTS * VUGPU_FAULT_REC_SIZE,
+	mmu->ring_slots = fault_ring_slots;
+	if (!mmu->ring_slots || mmu->ring_slots > VUGPU_FAULT_RING_MAX ||
+	    !is_power_of_2(mmu->ring_slots)) {
+		dev_warn(dev, "fault_ring_slots=%u is not usable; using 1024\n", fault_ring_slots);
+		mmu->ring_slots = 1024;
+	}
+	mmu->ring = dma_alloc_coherent(dev, (size_t)mmu->ring_slots * VUGPU_FAULT_REC_SIZE,
 				       &mmu->ring_dma, GFP_KERNEL);
 	mmu->fault_pfns = kcalloc(VUGPU_FAULT_CHUNK, sizeof(*mmu->fault_pfns), GFP_KERNEL);
 	if (!mmu->ctx_table || !mmu->ring || !mmu->fault_pfns) {
@@ -1217,7 +1295,7 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	if (ret)
 		goto err;
 	dev_info(dev, "device MMU: %u contexts, %u-record fault ring on vector %u, engine %u for MMU control\n",
-		 VUGPU_MMU_CTX_COUNT, VUGPU_MMU_FAULT_SLOTS, mmu->fault_vector, mmu->ctl_engine);
+		 VUGPU_MMU_CTX_COUNT, mmu->ring_slots, mmu->fault_vector, mmu->ctl_engine);
 	return 0;
 
 err:

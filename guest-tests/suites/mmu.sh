@@ -19,7 +19,11 @@
 #            munmap / remap, atomics only with the PTE ATOMIC bit, faults by
 #            interrupt, two contexts, MMU after FLR), spliced in
 #   N+3      rmmod vugpu (mirrors closed, MMU disabled)
-#   N+4      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
+#   N+4      fault_ring_overflow: insmod with fault_ring_slots=1 (a ring smaller
+#            than the engines), vugpu-mmu --case concurrent_contexts
+#            --expect-overflow (records are dropped, the driver recovers by
+#            replaying all contexts), rmmod
+#   N+5      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # Fault injections of the server that these tests catch (each fails at least
 # one case): --inject mmu-stale-tlb, mmu-ignore-atomic-perm, mmu-no-fault-irq.
 #
@@ -40,7 +44,7 @@ for word in $(suite_cmdline); do
 done
 
 suite_tests vugpu-mmu
-suite_plan $((SUITE_NSLOTS + 4))
+suite_plan $((SUITE_NSLOTS + 5))
 suite_load_module
 suite_report_load 1
 _node_st=1
@@ -58,6 +62,22 @@ if [ "$_node_st" -ne 0 ]; then
 fi
 ktap_result 2 dmirror_node "$_node_st"
 suite_splice --timed 3
-suite_rmmod $((SUITE_TOTAL - 1))
+suite_rmmod $((SUITE_TOTAL - 2))
+# shellcheck disable=SC2086 # parameters are split on purpose
+if insmod "$MODULE" $MODULE_PARAMS fault_ring_slots=1 > "$SUITE_TMP/insmod1" 2>&1; then
+	_i=0
+	while [ ! -c /dev/hmm_dmirror0 ] && [ "$_i" -lt 30 ]; do
+		sleep 0.1 2>/dev/null || usleep 100000
+		_i=$((_i + 1))
+	done
+	vugpu-mmu --case concurrent_contexts --expect-overflow > "$SUITE_TMP/overflow" 2>&1
+	_ovf_st=$?
+	rmmod vugpu >> "$SUITE_TMP/overflow" 2>&1 || _ovf_st=1
+else
+	cat "$SUITE_TMP/insmod1" > "$SUITE_TMP/overflow"
+	_ovf_st=1
+fi
+ktap_diag < "$SUITE_TMP/overflow"
+ktap_result $((SUITE_TOTAL - 1)) fault_ring_overflow "$_ovf_st"
 suite_dmesg_check "$SUITE_TOTAL"
 suite_end

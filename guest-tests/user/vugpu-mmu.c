@@ -17,13 +17,18 @@
  *   --inject mmu-no-fault-irq       every faulting case times out; fault_irq
  *                                   checks that faults arrived by interrupt
  *
+ * --case NAME runs one case; --expect-overflow (with vugpu.ko fault_ring_slots=1)
+ * makes concurrent_contexts require dropped fault records and their recovery.
+ *
  * Usage: vugpu-mmu [--dev N] [--first N] [--no-header] [--count] [--list]
+ *                  [--case NAME] [--expect-overflow]
  * Exit status: 0 when no test failed, 1 otherwise, 2 on bad usage.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +46,7 @@
 #define RATE_SECONDS	2
 
 struct mmu_ctx {
+	bool expect_overflow;	/* --expect-overflow: loaded with fault_ring_slots=1 */
 	char node[64];
 	char vugpu_node[64];
 	long page;
@@ -674,6 +680,97 @@ out:
 	free(mirror);
 }
 
+#define CONC_THREADS	3
+#define CONC_ROUNDS	40
+
+struct conc_arg {
+	struct mmu_ctx *c;
+	int fd, ret, bad;
+	uint64_t faults, rounds;
+};
+
+/* One context per thread: READs of fresh pages, so the engines fault together. */
+static void *conc_thread(void *p)
+{
+	struct conc_arg *a = p;
+	size_t len = 8 * a->c->page;
+	char *buf = map_anon(len, PROT_READ | PROT_WRITE), *mirror = malloc(len);
+	int i;
+
+	if (!buf || !mirror) {
+		a->ret = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < CONC_ROUNDS; i++) {
+		struct hmm_dmirror_cmd out;
+
+		fill(buf, len, 100 + i + 1000 * a->fd);
+		a->ret = dmirror_cmd(a->fd, HMM_DMIRROR_READ, buf, mirror, 8, &out);
+		if (a->ret)
+			break;
+		a->faults += out.faults;
+		a->bad += first_diff(buf, mirror, len) != len;
+		a->rounds++;
+		madvise(buf, len, MADV_DONTNEED);
+	}
+out:
+	if (buf)
+		munmap(buf, len);
+	free(mirror);
+	return NULL;
+}
+
+/*
+ * Several contexts fault at the same time on several engines: every fault
+ * is serviced for its own context (and, with a fault ring smaller than the
+ * engines, dropped records are recovered by replaying all contexts).
+ */
+static void concurrent_contexts(struct ktap_test *t, void *ctx)
+{
+	struct mmu_ctx *c = ctx;
+	struct conc_arg a[CONC_THREADS] = { 0 };
+	struct vugpu_dmirror_stats before, after;
+	pthread_t th[CONC_THREADS];
+	int i, started = 0;
+
+	for (i = 0; i < CONC_THREADS; i++) {
+		a[i].c = c;
+		a[i].fd = open_mirror(t, c);
+		if (a[i].fd < 0)
+			goto out;
+	}
+	KTAP_ASSERT(t, dmirror_stats(a[0].fd, &before) == 0, "STATS failed");
+	for (i = 0; i < CONC_THREADS; i++, started++)
+		if (pthread_create(&th[i], NULL, conc_thread, &a[i]))
+			break;
+	for (i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	KTAP_EXPECT(t, started == CONC_THREADS, "started %d threads", started);
+	for (i = 0; i < started; i++) {
+		KTAP_EXPECT(t, a[i].ret == 0 && a[i].rounds == CONC_ROUNDS,
+			    "thread %d: %s after %" PRIu64 " rounds", i, err_str(a[i].ret), a[i].rounds);
+		KTAP_EXPECT(t, a[i].bad == 0, "thread %d: %d READs returned wrong data", i, a[i].bad);
+		KTAP_EXPECT(t, a[i].faults >= a[i].rounds,
+			    "thread %d: %" PRIu64 " faults in %" PRIu64 " READs of fresh pages", i,
+			    a[i].faults, a[i].rounds);
+	}
+	KTAP_ASSERT(t, dmirror_stats(a[0].fd, &after) == 0, "STATS failed");
+	KTAP_EXPECT(t, !c->expect_overflow ||
+		    (after.hw[1] > before.hw[1] && after.overflows > before.overflows),
+		    "a 1-record fault ring and %d faulting contexts: %" PRIu64 " records dropped, %" PRIu64 " overflow recoveries",
+		    CONC_THREADS, (uint64_t)(after.hw[1] - before.hw[1]),
+		    (uint64_t)(after.overflows - before.overflows));
+	ktap_diag("%d contexts x %d faulting READs: device faults %" PRIu64 ", dropped %" PRIu64 ", driver overflow recoveries %" PRIu64 ", stray %" PRIu64,
+			  CONC_THREADS, CONC_ROUNDS, (uint64_t)(after.hw[0] - before.hw[0]),
+			  (uint64_t)(after.hw[1] - before.hw[1]),
+			  (uint64_t)(after.overflows - before.overflows),
+			  (uint64_t)(after.stray - before.stray));
+out:
+	for (i = 0; i < CONC_THREADS; i++)
+		if (a[i].fd > 0)
+			close(a[i].fd);
+}
+
 static const struct ktap_case cases[] = {
 	KTAP_CASE(read_costs_one_fault),
 	KTAP_CASE(write_costs_one_fault),
@@ -686,6 +783,7 @@ static const struct ktap_case cases[] = {
 	KTAP_CASE(stale_tlb_after_remap),
 	KTAP_CASE(atomic_needs_exclusive),
 	KTAP_CASE(two_contexts),
+	KTAP_CASE(concurrent_contexts),
 	KTAP_CASE(works_after_flr),
 	KTAP_CASE(works_after_soft_reset),
 	KTAP_CASE(unbind_with_mirror_open),
@@ -693,12 +791,14 @@ static const struct ktap_case cases[] = {
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: vugpu-mmu [--dev N] [--first N] [--no-header] [--count] [--list]\n");
+	fprintf(stderr, "usage: vugpu-mmu [--dev N] [--first N] [--no-header] [--count] [--list]\n"
+			"                 [--case NAME] [--expect-overflow]\n");
 }
 
 int main(int argc, char **argv)
 {
 	struct mmu_ctx c = { 0 };
+	const struct ktap_case *run = cases;
 	unsigned int n = KTAP_ARRAY_SIZE(cases), i, failed;
 	struct ktap_totals tot = { 0 };
 	uint64_t first = 1, dev = 0;
@@ -709,12 +809,26 @@ int main(int argc, char **argv)
 		const char *opt = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
 		uint64_t *num = NULL;
 
-		if (!strcmp(opt, "--count")) {
+		if (!strcmp(opt, "--case") && val) {
+			for (i = 0; i < KTAP_ARRAY_SIZE(cases) && strcmp(cases[i].name, val); i++)
+				;
+			if (i == KTAP_ARRAY_SIZE(cases)) {
+				usage();
+				return 2;
+			}
+			run = &cases[i];
+			n = 1;
+			a++;
+			continue;
+		} else if (!strcmp(opt, "--expect-overflow")) {
+			c.expect_overflow = true;
+			continue;
+		} else if (!strcmp(opt, "--count")) {
 			printf("%u\n", n);
 			return 0;
 		} else if (!strcmp(opt, "--list")) {
 			for (i = 0; i < n; i++)
-				printf("%s\n", cases[i].name);
+				printf("%s\n", run[i].name);
 			return 0;
 		} else if (!strcmp(opt, "--no-header")) {
 			header = false;
@@ -736,7 +850,7 @@ int main(int argc, char **argv)
 	snprintf(c.vugpu_node, sizeof(c.vugpu_node), "/dev/vugpu%" PRIu64, dev);
 	if (header)
 		ktap_print_header(n);
-	failed = ktap_run(cases, n, (unsigned int)first, &c, &tot);
+	failed = ktap_run(run, n, (unsigned int)first, &c, &tot);
 	if (header)
 		ktap_print_totals(&tot);
 	return failed ? 1 : 0;

@@ -1,4 +1,4 @@
-#![allow(dead_code)] // Each fuzz target uses one of the two harnesses.
+#![allow(dead_code)] // Each fuzz target uses one of the harnesses.
 
 //! Fuzz harness bodies, shared by the cargo-fuzz targets (`fuzz_targets/*.rs`) and by the
 //! deterministic `cargo test` run (`tests/fuzz_harness.rs`), so CI exercises them on stable.
@@ -19,18 +19,24 @@
 //!   round-trips (including after Resizable BAR changes), FLR restores power-on, the capability
 //!   chains stay as built, out-of-range accesses fail whole.
 //!
+//! - [`mmu_walk`]: the device MMU's translation alone (context table, 4-level walk, TLB) over
+//!   garbage tables, contexts and addresses, checked against a reference walk (`mmu.rs`).
+//!
 //! Layout: this file holds the input decoder and helpers; [`gpu`] the device world and its
 //! invariants, `gpu/ops.rs` the operations decoded from the input; [`config`] the
 //! config-space harness.
 
 mod config;
 mod gpu;
+mod mmu;
 
 // Each fuzz target uses one of the two.
 #[allow(unused_imports)]
 pub use config::{config_space, ConfigStats};
 #[allow(unused_imports)]
 pub use gpu::{gpu_regions, RegionStats};
+#[allow(unused_imports)]
+pub use mmu::{mmu_walk, MmuStats};
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -143,14 +143,14 @@ pub struct Reach {
     pub peer: Option<PeerId>,
     /// The access went through this peer window (hw-spec §6.10).
     pub window: Option<usize>,
-    /// The physical aperture of the access's first byte (a `VIRT` address's translation).
-    pub phys: Option<Aperture>,
+    /// The physical address of the access's first byte (a `VIRT` address's translation).
+    pub phys: Option<Addr>,
 }
 
 impl Reach {
     /// With `phys` set to the aperture of the first segment.
     fn with_phys(mut self, segs: &[(Addr, u64)]) -> Reach {
-        self.phys = segs.first().map(|s| s.0.aperture);
+        self.phys = segs.first().map(|s| s.0);
         self
     }
 
@@ -566,9 +566,10 @@ impl EngineEnv {
         len: u64,
         access: Access,
         abort: &AtomicBool,
-    ) -> Result<Vec<(Addr, u64)>, MemFault> {
+    ) -> Result<Segs, MemFault> {
         let Aperture::Virt(ctx) = at.aperture else {
-            return Ok(vec![(at, len)]);
+            // No allocation on the physical path.
+            return Ok(Segs::One([(at, len)]));
         };
         let mut mem = |pa: Addr| {
             let mut b = [0u8; 8];
@@ -578,6 +579,7 @@ impl EngineEnv {
         };
         self.mmu
             .translate(ctx, at.addr, len, access, &mut mem)
+            .map(Segs::Many)
             .map_err(|e| match e {
                 XlateError::Disabled => fault(
                     FaultKind::Translation,
@@ -961,7 +963,7 @@ impl EngineEnv {
         let _flight = self.ticket(at);
         let segs = self.translate(at, 8, Access::Write, abort)?;
         // Pages are 4 KiB aligned: an aligned 8-byte store translates to one segment.
-        let [(at, _)] = segs.as_slice() else {
+        let [(at, _)] = &*segs else {
             return Err(self.misaligned(at));
         };
         let at = *at;
@@ -997,7 +999,7 @@ impl EngineEnv {
                     msg: true,
                     peer: None,
                     window: msg_window,
-                    phys: Some(Aperture::Sys),
+                    phys: Some(at),
                 })
             }
         }
@@ -1028,7 +1030,7 @@ impl EngineEnv {
         }
         let _flight = self.ticket(at);
         let segs = self.translate(at, 8, Access::Atomic, abort)?;
-        let [(pa, _)] = segs.as_slice() else {
+        let [(pa, _)] = &*segs else {
             return Err(self.misaligned(at));
         };
         let pa = *pa;
@@ -1156,6 +1158,27 @@ impl EngineEnv {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The physical segments of an access ([`EngineEnv::translate`]): the address itself, or a
+/// `VIRT` address's translation page by page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segs {
+    /// A physical address: itself.
+    One([(Addr, u64); 1]),
+    /// A translated `VIRT` address.
+    Many(Vec<(Addr, u64)>),
+}
+
+impl std::ops::Deref for Segs {
+    type Target = [(Addr, u64)];
+
+    fn deref(&self) -> &[(Addr, u64)] {
+        match self {
+            Segs::One(one) => one,
+            Segs::Many(v) => v,
         }
     }
 }

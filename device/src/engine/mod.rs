@@ -333,6 +333,11 @@ impl EngineMonitor {
         self.env.peer_windows().report()
     }
 
+    /// The device MMU's state and counters (hw-spec §9.6).
+    pub fn mmu(&self) -> crate::mmu::MmuReport {
+        self.env.mmu().report(self.env.doorbell())
+    }
+
     /// Peer-to-peer traffic between this GPU and every member of its fabric (itself included:
     /// DMA to its own BAR's bus address), hw-spec §8.2.
     pub fn p2p(&self) -> Vec<P2pReport> {

@@ -234,10 +234,7 @@ fn attrs(ns: bool, ro: bool) -> &'static str {
 
 fn target(env: &EngineEnv, ap: Aperture, reach: Reach) -> std::borrow::Cow<'static, str> {
     match (ap, reach.msg, reach.peer) {
-        (Aperture::Virt(c), _, _) => {
-            let phys = reach.phys.filter(|p| !p.is_virt()).unwrap_or(Aperture::Sys);
-            format!("virt:{c}:{}", target(env, phys, reach)).into()
-        }
+        (Aperture::Virt(c), _, _) => format!("virt:{c}").into(),
         (Aperture::Vram, _, _) => "vram".into(),
         (Aperture::Sys, _, None) if reach.window.is_some() => {
             format!("peer-win:{}", reach.window.unwrap_or(0)).into()
@@ -277,10 +274,30 @@ impl Tx<'_> {
             window: reach.window.or(window),
             phys: reach.phys,
         };
+        if at.aperture.is_virt() {
+            // hw-spec §9.6: the virtual line; then, if the translated access itself failed
+            // (not its translation), the target's line at the failing physical byte.
+            self.one_line(write, at, size, reach, false);
+            if !f.at.aperture.is_virt() {
+                self.one_line(write, f.at, size, reach, false);
+            }
+            return;
+        }
         self.line(write, at, size, reach, false);
     }
 
+    /// The line of a transaction; for a `VIRT` address, its `target=virt:<ctx>` line and then
+    /// the target's own line at the physical address of its first byte (hw-spec §9.6).
     fn line(&self, write: bool, at: Addr, size: u64, reach: Reach, ok: bool) {
+        self.one_line(write, at, size, reach, ok);
+        if at.aperture.is_virt() {
+            if let Some(p) = reach.phys {
+                self.one_line(write, p, size, reach, ok);
+            }
+        }
+    }
+
+    fn one_line(&self, write: bool, at: Addr, size: u64, reach: Reach, ok: bool) {
         if !self.env.tracing() {
             return;
         }
@@ -407,34 +424,26 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
         ro: (desc.relaxed_ordering, ro_used),
         sys_bytes: 0,
     };
-    let sys_len = |a: Addr, n: u64| if a.aperture == Aperture::Sys { n } else { 0 };
+    // Bytes of SYS transactions, by the physical aperture a side reached (§8.1, §9.5).
+    let sys_len = |a: Addr, reach: Reach, n: u64| {
+        if phys(a, reach) == Aperture::Sys {
+            n
+        } else {
+            0
+        }
+    };
     let eng = (engine, env, &tx);
     let mut fence = None;
     let result: Result<(), MemFault> = match desc.op {
         Op::Nop => Ok(()),
         Op::Copy { src, dst, len } => copy(engine, env, &tx, src, dst, len).map(|(r, w)| {
-            let (s, d) = (phys(src, r), phys(dst, w));
-            counts.bytes = Some((direction(s, d), len));
-            counts.sys_bytes = sys_len(
-                Addr {
-                    aperture: s,
-                    addr: 0,
-                },
-                len,
-            ) + sys_len(
-                Addr {
-                    aperture: d,
-                    addr: 0,
-                },
-                len,
-            );
+            counts.bytes = Some((direction(phys(src, r), phys(dst, w)), len));
+            counts.sys_bytes = sys_len(src, r, len) + sys_len(dst, w, len);
         }),
-        Op::Fill { dst, len, pattern } => {
-            let r = fill(engine, env, &tx, dst, len, pattern);
+        Op::Fill { dst, len, pattern } => fill(engine, env, &tx, dst, len, pattern).map(|w| {
             counts.bytes = Some((Counter::Fill, len));
-            counts.sys_bytes = sys_len(dst, len);
-            r
-        }
+            counts.sys_bytes = sys_len(dst, w, len);
+        }),
         Op::Fence { dst, value } => {
             let r = replaying(eng, dst, || env.store_u64(dst, value, abort));
             match &r {
@@ -442,8 +451,7 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
                 Err(f) => tx.fault(true, dst, 8, Reach::default(), f),
             }
             fence = Some(value);
-            counts.sys_bytes = sys_len(dst, 8);
-            r.map(|_| ())
+            r.map(|w| counts.sys_bytes = sys_len(dst, w, 8))
         }
         Op::Timestamp { dst } => {
             let r = replaying(eng, dst, || env.store_u64(dst, env.clock_ns(), abort));
@@ -451,8 +459,7 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
                 Ok(reach) => tx.line(true, dst, 8, *reach, true),
                 Err(f) => tx.fault(true, dst, 8, Reach::default(), f),
             }
-            counts.sys_bytes = sys_len(dst, 8);
-            r.map(|_| ())
+            r.map(|w| counts.sys_bytes = sys_len(dst, w, 8))
         }
         Op::Atomic { dst, result, value } => {
             let r = replaying(eng, dst, || env.atomic_add(dst, value, abort));
@@ -464,22 +471,7 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
                         Ok(wr) => tx.line(true, result, 8, *wr, true),
                         Err(f) => tx.fault(true, result, 8, Reach::default(), f),
                     }
-                    counts.sys_bytes = sys_len(
-                        Addr {
-                            aperture: phys(dst, reach),
-                            addr: 0,
-                        },
-                        8,
-                    ) + w.as_ref().map_or(0, |wr| {
-                        sys_len(
-                            Addr {
-                                aperture: phys(result, *wr),
-                                addr: 0,
-                            },
-                            8,
-                        )
-                    });
-                    w.map(|_| ())
+                    w.map(|wr| counts.sys_bytes = sys_len(dst, reach, 8) + sys_len(result, wr, 8))
                 }
                 Err(f) => {
                     tx.fault(true, dst, 8, Reach::default(), &f);
@@ -527,7 +519,7 @@ fn direction(src: Aperture, dst: Aperture) -> Counter {
 /// (the statistics' direction, hw-spec §9.5).
 fn phys(a: Addr, reach: Reach) -> Aperture {
     match a.aperture {
-        Aperture::Virt(_) => reach.phys.unwrap_or(Aperture::Sys),
+        Aperture::Virt(_) => reach.phys.map_or(Aperture::Sys, |p| p.aperture),
         ap => ap,
     }
 }
@@ -648,7 +640,7 @@ fn fill(
     dst: Addr,
     len: u64,
     pattern: u32,
-) -> Result<(), MemFault> {
+) -> Result<Reach, MemFault> {
     let abort = &engine.abort;
     let first = len.min(CHUNK) as usize;
     let buf: Vec<u8> = pattern
@@ -676,7 +668,7 @@ fn fill(
         off += n as u64;
     }
     tx.line(true, dst, len, wr, true);
-    Ok(())
+    Ok(wr)
 }
 
 /// Builds the fault report of an engine error.

@@ -102,9 +102,14 @@ fn memfd(len: u64) -> std::fs::File {
 /// enabled with context 1's tables in VRAM (nothing mapped yet) and both engines' rings in
 /// VRAM. `inject` breaks the MMU deliberately.
 fn setup(inject: MmuInject) -> Gpu {
+    setup_traced(inject, None)
+}
+
+fn setup_traced(inject: MmuInject, trace: Option<std::path::PathBuf>) -> Gpu {
     let mut cfg = GpuConfig::new(64 * MIB);
     cfg.engines = 2;
     cfg.inject.mmu = inject;
+    cfg.trace = trace;
     let mut g = Gpu::new(&cfg).unwrap();
     g.region_write(7, 0x04, &0x6u16.to_le_bytes()).unwrap();
     // Context 1 -> L3 (VRAM); the upper levels point down to L0.
@@ -525,4 +530,57 @@ fn stale_tlb_injection_keeps_using_the_old_translation() {
     wait_head(&mut g, 0, 3);
     assert_eq!(get64(&g, DATA), 2, "written through the stale entry");
     assert!(!waiting(&mut g));
+}
+
+/// hw-spec §9.6: an `op=FAULT` line per record, and a `target=virt:<ctx>` line before the
+/// target's own line of every translated access.
+#[test]
+fn faults_and_translated_accesses_are_traced() {
+    let dir = std::env::temp_dir().join(format!("vugpu-mmu-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("mmu.trace");
+    let mut g = setup_traced(MmuInject::default(), Some(trace.clone()));
+    submit(&mut g, 0, RawDescriptor::fence(virt(VA + 0x1008), 7));
+    until(&mut g, "WAITING", waiting);
+    map4k(&g, 1, vram(DATA + 0x3000), RW);
+    submit(&mut g, 1, RawDescriptor::fault_replay(CTX, false));
+    wait_head(&mut g, 0, 1);
+    // A cancelled one: only its virtual line, with result=fault.
+    submit(&mut g, 0, RawDescriptor::fence(virt(VA + 0x2000), 7));
+    until(&mut g, "WAITING", waiting);
+    submit(&mut g, 1, RawDescriptor::fault_replay(CTX, true));
+    until(&mut g, "ERROR", |g| {
+        rd(g, ereg(0, eoff::STATUS)) == State::Error as u32
+    });
+    drop(g);
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines: Vec<&str> = text.lines().collect();
+    let fault = lines
+        .iter()
+        .position(|l| {
+            l.contains("eng=0 op=FAULT ctx=1 access=write addr=0x40001008 level=0 seq=0 result=NOT_PRESENT")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    let virt_line = lines
+        .iter()
+        .position(|l| {
+            l.contains(
+                "op=FENCE dir=write target=virt:1 addr=0x40001008 size=8 req=- used=- result=ok",
+            )
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(fault < virt_line);
+    assert!(
+        lines[virt_line + 1].contains(
+            "op=FENCE dir=write target=vram addr=0x1003008 size=8 req=- used=- result=ok"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "op=FENCE dir=write target=virt:1 addr=0x40002000 size=8 req=- used=- result=fault"
+        ),
+        "{text}"
+    );
 }

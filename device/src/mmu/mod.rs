@@ -430,7 +430,14 @@ impl Mmu {
         let Some(cfg) = self.lock().config else {
             return Err(XlateError::Disabled);
         };
-        let end = va.saturating_add(len);
+        // An access past the end of the 64-bit space starts above 2^48: VA_RANGE at its start.
+        let end = va.checked_add(len).ok_or(XlateError::Fault {
+            va,
+            fault: WalkFault {
+                reason: Reason::VaRange,
+                level: walk::CONTEXT_LEVEL,
+            },
+        })?;
         let mut out: Vec<(Addr, u64)> = Vec::with_capacity(1);
         let mut cur = va;
         while cur < end {
