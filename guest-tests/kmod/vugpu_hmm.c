@@ -779,7 +779,7 @@ int vugpu_hmm_probe(struct vugpu_device *vdev)
 	hmm->misc.name = hmm->name;
 	hmm->misc.fops = &vugpu_dmirror_fops;
 	hmm->misc.parent = &vdev->pdev->dev;
-	hmm->misc.mode = 0666;
+	hmm->misc.mode = 0600;	/* like test_hmm's nodes: root only */
 	ret = misc_register(&hmm->misc);
 	if (ret) {
 		dev_err(&vdev->pdev->dev, "/dev/%s: %d\n", hmm->name, ret);

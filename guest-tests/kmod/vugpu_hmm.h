@@ -30,27 +30,37 @@
  *   - Device-private pages of this GPU may be mapped by several mirrors; the
  *     mirror does not hold page references (like test_hmm): an
  *     mmu_interval_notifier invalidation, or the DEVMEM side through
- *     vugpu_mirror_unmap_all(), removes a mapping before the page goes away.
+ *     vugpu_hmm_unmap_all_mirrors(), removes a mapping before the page goes
+ *     away.
  *   - The mirror's interval notifier SKIPS MMU_NOTIFY_MIGRATE ranges whose
- *     owner is this vdev (like test_hmm): the DEVMEM side must therefore
+ *     owner is this vdev (like test_hmm), and MMU_NOTIFY_EXCLUSIVE ones of
+ *     this vdev (make_device_exclusive by the mirror, which maps the page
+ *     with ATOMIC itself); the DEVMEM side must therefore
  *     update every mirror's PTEs itself when it migrates:
  *       to VRAM:   after migrate_vma_pages(), vugpu_mirror_map_page() the new
  *                  device pages into the mirror that asked (MIGRATE_TO_DEV);
  *       to system: before migrate_vma_pages() / migrate_device_pages(),
  *                  vugpu_hmm_unmap_all_mirrors(vdev, ...) for the VA range
  *                  (migrate_to_ram, MIGRATE_TO_SYS) - it clears the PTEs of
- *                  every mirror of the GPU and waits for TLB_INVALIDATE.
+ *                  every mirror of the GPU and waits for TLB_INVALIDATE;
+ *                  only the runs of pages that really migrate (pages of the
+ *                  range that stay keep their mappings, as in test_hmm).
  *     Eviction without a VA (migrate_device_range / migrate_device_pfns at
  *     RELEASE, close, remove) unmaps through try_to_migrate(), which sends
  *     MMU_NOTIFY_CLEAR without an owner: the mirrors clear their PTEs by
  *     themselves there.
  *
  * Locking (outermost first):
- *   mmap_lock -> mirror->mutex -> vdev->engines_rwsem (read) -> engine->lock
- *   mirror->job_lock is taken before mmap_lock (it serialises the mirror's
- *   device jobs; never held by invalidation).  The MMU control engine's lock
- *   is only taken under mirror->mutex or by the fault thread; nothing that
- *   holds it waits for mmap_lock or for a device-private page lock.
+ *   hmm->rwsem (read: ioctl, open, release; write: remove) -> mirror->job_lock
+ *   -> engines_rwsem (read) -> data engine->lock: one VIRT job, which waits
+ *   for the device while the fault thread (FAULT_VECTOR's irq thread,
+ *   holding none of these) services its faults:
+ *   mmap_lock -> hmm->lock -> mirror->mutex -> engines_rwsem (read) ->
+ *   control engine->lock (TLB_INVALIDATE, FAULT_REPLAY).
+ *   mirror->mutex is taken by the interval notifier, which reclaim may call:
+ *   nothing under it allocates with reclaim (page tables come from a pool,
+ *   vugpu_mirror_pt_reserve(), else GFP_NOWAIT).  Resets take engines_rwsem
+ *   for writing and do not wait for the fault thread.
  */
 #ifndef VUGPU_HMM_H
 #define VUGPU_HMM_H
@@ -144,6 +154,9 @@ struct vugpu_mirror {
 	struct mutex		job_lock;	/* one device (VIRT) job at a time */
 	u16			ctx;		/* MMU context id, 1 .. VUGPU_MMU_CTX_COUNT-1 */
 	struct vugpu_pt		*root;		/* level-3 table, allocated at open */
+#define VUGPU_PT_POOL		4
+	struct vugpu_pt		*pt_pool[VUGPU_PT_POOL];	/* reserved tables (m->mutex) */
+	unsigned int		pt_pool_n;
 	u64			flags;		/* HMM_DMIRROR_FLAG_* (FLAGS ioctl) */
 	struct list_head	node;		/* vdev->hmm->mirrors, under hmm->lock */
 	void			*devmem;	/* [DEVMEM] private per-mirror data, or NULL */
@@ -194,6 +207,15 @@ struct vugpu_mirror_lookup {
  */
 int vugpu_mirror_map_page(struct vugpu_mirror *m, unsigned long va, struct page *page,
 			  unsigned int order, unsigned int perm);
+
+/*
+ * [MIRROR] Reserve page tables for the next mappings.  Call it WITHOUT
+ * m->mutex before a batch of vugpu_mirror_map_*() (which run under it and
+ * must not enter reclaim: reclaim may call the mirror's notifier, which
+ * takes m->mutex).  The map functions still work without it, allocating
+ * with GFP_NOWAIT (they fail with -ENOMEM if that fails).
+ */
+void vugpu_mirror_pt_reserve(struct vugpu_mirror *m);
 
 /* [MIRROR] Map @va to VRAM offset @vram_off directly (same rules). */
 int vugpu_mirror_map_vram(struct vugpu_mirror *m, unsigned long va, u64 vram_off,

@@ -101,14 +101,21 @@ static inline struct vugpu_mmu *vugpu_mmu(struct vugpu_device *vdev)
 
 /* --- page tables ------------------------------------------------------------- */
 
-static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_device *vdev, unsigned int level)
+static void vugpu_pt_free(struct vugpu_device *vdev, struct vugpu_pt *pt)
 {
-	size_t sz = sizeof(struct vugpu_pt) + (level ? VUGPU_PT_ENTRIES * sizeof(void *) : 0);
-	struct vugpu_pt *pt = kzalloc(sz, GFP_KERNEL);
+	dma_free_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, pt->cpu, pt->dma);
+	kfree(pt);
+}
+
+/* Every table has room for child pointers (only levels 3..1 use them). */
+static struct vugpu_pt *vugpu_pt_alloc_gfp(struct vugpu_device *vdev, gfp_t gfp)
+{
+	size_t sz = sizeof(struct vugpu_pt) + VUGPU_PT_ENTRIES * sizeof(void *);
+	struct vugpu_pt *pt = kzalloc(sz, gfp);
 
 	if (!pt)
 		return NULL;
-	pt->cpu = dma_alloc_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, &pt->dma, GFP_KERNEL);
+	pt->cpu = dma_alloc_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, &pt->dma, gfp);
 	if (!pt->cpu) {
 		kfree(pt);
 		return NULL;
@@ -116,11 +123,57 @@ static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_device *vdev, unsigned int l
 	return pt;
 }
 
-static void vugpu_pt_free(struct vugpu_device *vdev, struct vugpu_pt *pt)
+/*
+ * A table for the page-table walk, which runs under m->mutex: that mutex
+ * is taken by the interval notifier, which reclaim may call, so nothing
+ * allocated under it may enter reclaim.  Take a table reserved beforehand
+ * (vugpu_mirror_pt_reserve), else try without reclaim.
+ */
+static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_mirror *m)
 {
-	dma_free_coherent(&vdev->pdev->dev, VUGPU_PT_SIZE, pt->cpu, pt->dma);
-	kfree(pt);
+	lockdep_assert_held(&m->mutex);
+	if (m->pt_pool_n) {
+		struct vugpu_pt *pt = m->pt_pool[--m->pt_pool_n];
+
+		memset(pt->cpu, 0, VUGPU_PT_SIZE);
+		memset(pt->child, 0, VUGPU_PT_ENTRIES * sizeof(void *));
+		pt->valid = 0;
+		return pt;
+	}
+	return vugpu_pt_alloc_gfp(m->vdev, GFP_NOWAIT | __GFP_NOWARN);
 }
+
+/*
+ * Fill the mirror's pool of page tables (called without m->mutex, may
+ * reclaim): enough for a fault chunk or a 2 MiB mapping (3 new tables).
+ */
+void vugpu_mirror_pt_reserve(struct vugpu_mirror *m)
+{
+	for (;;) {
+		struct vugpu_pt *pt;
+
+		mutex_lock(&m->mutex);
+		if (m->pt_pool_n >= VUGPU_PT_POOL) {
+			mutex_unlock(&m->mutex);
+			return;
+		}
+		mutex_unlock(&m->mutex);
+		pt = vugpu_pt_alloc_gfp(m->vdev, GFP_KERNEL);
+		if (!pt)
+			return;
+		mutex_lock(&m->mutex);
+		if (m->pt_pool_n < VUGPU_PT_POOL) {
+			m->pt_pool[m->pt_pool_n++] = pt;
+			pt = NULL;
+		}
+		mutex_unlock(&m->mutex);
+		if (pt) {
+			vugpu_pt_free(m->vdev, pt);
+			return;
+		}
+	}
+}
+
 
 static unsigned int vugpu_pt_index(unsigned long va, unsigned int level)
 {
@@ -179,7 +232,7 @@ static struct vugpu_pt *vugpu_pt_walk(struct vugpu_mirror *m, unsigned long va,
 
 			if (!alloc || (e & (VUGPU_PTE_VALID | VUGPU_PTE_SW_ZOMBIE)))
 				return NULL;
-			c = vugpu_pt_alloc(m->vdev, l - 1);
+			c = vugpu_pt_alloc(m);
 			if (!c)
 				return NULL;
 			pt->child[i] = c;
@@ -636,7 +689,7 @@ int vugpu_mmu_ctx_alloc(struct vugpu_mirror *m)
 
 	if (!mmu || !mmu->ctx_table)
 		return -EOPNOTSUPP;
-	m->root = vugpu_pt_alloc(m->vdev, VUGPU_PT_LEVELS - 1);
+	m->root = vugpu_pt_alloc_gfp(m->vdev, GFP_KERNEL);
 	if (!m->root)
 		return -ENOMEM;
 	spin_lock(&mmu->ctx_lock);
@@ -670,6 +723,8 @@ void vugpu_mmu_ctx_free(struct vugpu_mirror *m)
 	vugpu_mmu_tlb_inv(mmu, VUGPU_DESC_CONTEXT_ALL, 0, 0);
 	vugpu_pt_free_tree(m->vdev, m->root, VUGPU_PT_LEVELS - 1);
 	m->root = NULL;
+	while (m->pt_pool_n)
+		vugpu_pt_free(m->vdev, m->pt_pool[--m->pt_pool_n]);
 	spin_lock(&mmu->ctx_lock);
 	mmu->ctx_mirror[m->ctx] = NULL;
 	__clear_bit(m->ctx, mmu->ctx_used);
@@ -707,6 +762,7 @@ static int vugpu_mirror_fault_range(struct vugpu_mirror *m, unsigned long start,
 		next = min(end, ALIGN(addr + 1, (unsigned long)VUGPU_FAULT_CHUNK << PAGE_SHIFT));
 		range.start = addr;
 		range.end = next;
+		vugpu_mirror_pt_reserve(m);
 		for (;;) {
 			if (time_after(jiffies, timeout)) {
 				ret = -EBUSY;
@@ -737,6 +793,7 @@ static int vugpu_mirror_fault_range(struct vugpu_mirror *m, unsigned long start,
 		if (ret)
 			break;
 
+		/* (Under m->mutex from here on: tables come from the pool.) */
 		n = (next - addr) >> PAGE_SHIFT;
 		for (i = 0; i < n && !ret;) {
 			unsigned long va = addr + (i << PAGE_SHIFT), e = pfns[i];
@@ -789,6 +846,7 @@ int vugpu_mirror_make_exclusive(struct vugpu_mirror *m, unsigned long start, uns
 			ret = PTR_ERR(page);
 			break;
 		}
+		vugpu_mirror_pt_reserve(m);
 		mutex_lock(&m->mutex);
 		ret = vugpu_mirror_map_page(m, addr, page, 0, VUGPU_MAP_READ | VUGPU_MAP_WRITE |
 					    VUGPU_MAP_ATOMIC | VUGPU_MAP_EXCLUSIVE);
@@ -805,6 +863,7 @@ int vugpu_mirror_make_exclusive(struct vugpu_mirror *m, unsigned long start, uns
 				ret = -EBUSY;
 			break;
 		}
+		vugpu_mirror_pt_reserve(m);
 		mutex_lock(&m->mutex);
 		ret = vugpu_mirror_map_page(m, addr, page, 0, VUGPU_MAP_READ | VUGPU_MAP_WRITE |
 					    VUGPU_MAP_ATOMIC | VUGPU_MAP_EXCLUSIVE);
@@ -1076,7 +1135,7 @@ struct vugpu_engine *vugpu_mmu_data_engine(struct vugpu_device *vdev)
 
 	if (mmu && mmu->enabled && count > 1)
 		count = mmu->ctl_engine;	/* the last engine */
-	first = atomic_inc_return(&mmu->next_engine) % count;
+	first = (unsigned int)atomic_inc_return(&mmu->next_engine) % count;
 	for (i = 0; i < count; i++) {
 		struct vugpu_engine *eng = &vdev->engines[(first + i) % count];
 

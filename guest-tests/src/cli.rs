@@ -135,9 +135,10 @@ pub struct RunArgs {
     /// Accelerator: auto tries KVM and falls back to TCG when the guest dies or stalls under it.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
-    /// Bound for one boot, in seconds (from QEMU start to VUGPU-END).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub timeout: u64,
+    /// Bound for one boot, in seconds (from QEMU start to VUGPU-END; default: the suite's
+    /// declared `timeout`, else 300).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: Option<u64>,
     /// Guest RAM (e.g. 2G, 4096M; default: the suite's declared minimum, else 2G).
     #[arg(long)]
     pub memory: Option<String>,
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(c.run.memory, None);
         assert_eq!(c.run.junit, None);
         assert_eq!(c.run.accel, AccelChoice::Auto);
-        assert_eq!(c.run.timeout, 300);
+        assert_eq!(c.run.timeout, None);
         assert_eq!(c.run.smp, 2);
         let c = parse(&["--suite", "smoke", "--junit", "/tmp/j.xml"]).unwrap();
         assert_eq!(c.run.junit, Some(PathBuf::from("/tmp/j.xml")));

@@ -483,7 +483,7 @@ pub fn pack_modules(
 }
 
 /// Takes an exclusive lock on `path` (created), saying when someone else holds it.
-fn lock(path: &Path) -> Result<File, KbuildError> {
+pub(crate) fn lock(path: &Path) -> Result<File, KbuildError> {
     let f = File::options()
         .create(true)
         .truncate(false)

@@ -16,6 +16,7 @@ mod initramfs;
 mod junit;
 mod kbuild;
 mod kernel;
+mod kselftest;
 mod ktap;
 mod process;
 mod provision;
@@ -79,6 +80,9 @@ impl Error {
         }
     }
 }
+
+/// `--timeout` when neither the command line nor the suite says.
+const DEFAULT_TIMEOUT_S: u64 = 300;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -258,6 +262,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     };
     let server_args = cli::split_words(&r.server_args)
         .map_err(|e| Error::Usage(format!("--server-args: {e}")))?;
+    // The suite's declared server arguments first; an option the command line gives wins.
+    let server_args = match &spec {
+        Some(s) => suite::merge_server_args(&s.server_args, &server_args),
+        None => server_args,
+    };
     let vugpu = match &r.vugpu {
         Some(p) => p.clone(),
         None => std::env::current_exe()
@@ -334,7 +343,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         peer: boot.peer,
         cmb_mb: r.cmb_mb,
         accel: r.accel,
-        timeout: Duration::from_secs(r.timeout),
+        timeout: Duration::from_secs(
+            r.timeout
+                .or(spec.as_ref().and_then(|s| s.timeout_s))
+                .unwrap_or(DEFAULT_TIMEOUT_S),
+        ),
         memory_mib: boot.memory_mib,
         smp: r.smp,
         ram_sealed: !r.unsealed_ram,
@@ -347,6 +360,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         junit: r.junit,
         guest_bins: r.guest_bin,
         facts,
+        kernel_tests: spec
+            .as_ref()
+            .map(|s| s.kernel_tests.clone())
+            .unwrap_or_default(),
+        kernel_config: Some(kconfig),
     };
     Ok(run::run(&env, &req)?)
 }

@@ -89,6 +89,10 @@ pub struct RunRequest {
     pub guest_bins: Vec<PathBuf>,
     /// What the run runs on.
     pub facts: RunFacts,
+    /// The guest kernel's own tests the suite declares (built from its source).
+    pub kernel_tests: crate::kselftest::Wanted,
+    /// The guest kernel's config (what those tests' modules need is checked against it).
+    pub kernel_config: Option<crate::kernel::KernelConfig>,
 }
 
 /// What a run runs on, reported in the KTAP header, the summary and the JUnit properties.
@@ -176,6 +180,9 @@ pub enum RunError {
     /// Building the initramfs failed.
     #[error(transparent)]
     Initramfs(#[from] InitramfsError),
+    /// Building the guest kernel's own tests failed.
+    #[error("building the guest kernel's own tests: {0}")]
+    KernelTests(#[from] crate::kbuild::KbuildError),
     /// A server failed to start.
     #[error(transparent)]
     Server(#[from] ServerError),
@@ -475,7 +482,16 @@ fn kernel_for_qemu(env: &Env, run_dir: &Path) -> Result<String, RunError> {
 }
 
 fn build_initramfs(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<String, RunError> {
-    let initramfs::Built { modules, mut bins } = initramfs::build(env, &req.tests, run_dir)?;
+    let initramfs::Built {
+        mut modules,
+        mut bins,
+    } = initramfs::build(env, &req.tests, run_dir)?;
+    if !req.kernel_tests.is_empty() {
+        let cfg = req.kernel_config.clone().unwrap_or_default();
+        let k = crate::kselftest::build(env, &req.kernel_tests, &cfg, run_dir)?;
+        modules.extend(k.modules);
+        bins.extend(k.bins);
+    }
     bins.extend(req.guest_bins.iter().cloned());
     let mut suites: Vec<PathBuf> = req
         .tests

@@ -16,6 +16,15 @@
 //! #                                   a skip that is expected (NAME: a test path or leaf name,
 //! #                                   `*` matches any run of characters); with `unless CONFIG_X`
 //! #                                   only on kernels without that option
+//! # vugpu-vm: timeout 900            default --timeout (seconds) for this suite
+//! # vugpu-vm: server-args --vram 1G   extra `vugpu serve` arguments (an option also given in
+//! #                                   --server-args is taken from there)
+//! # vugpu-vm: kernel-selftest mm/hmm-tests
+//! #                                   tools/testing/selftests/DIR/NAME of the guest kernel's own
+//! #                                   source, built static for the guest's /bin
+//! # vugpu-vm: kernel-test-module lib/test_hmm
+//! #                                   DIR/NAME.c of the guest kernel's source built out of tree
+//! #                                   against it, for the guest's /lib/modules
 //! ```
 //!
 //! `vugpu-vm --suite NAME` with no other option boots what the suite declares; an explicit
@@ -124,6 +133,12 @@ pub struct SuiteSpec {
     pub modules: Vec<String>,
     /// Skips that are expected.
     pub expected_skips: Vec<ExpectedSkip>,
+    /// Extra `vugpu serve` arguments.
+    pub server_args: Vec<String>,
+    /// Default boot bound, seconds.
+    pub timeout_s: Option<u64>,
+    /// The guest kernel's own tests to build.
+    pub kernel_tests: crate::kselftest::Wanted,
 }
 
 /// A declaration that cannot be read.
@@ -213,6 +228,9 @@ impl SuiteSpec {
             kernel_config: Vec::new(),
             modules: Vec::new(),
             expected_skips: Vec::new(),
+            server_args: Vec::new(),
+            timeout_s: None,
+            kernel_tests: crate::kselftest::Wanted::default(),
         };
         let mut gpus_seen = false;
         for (i, line) in text.lines().enumerate() {
@@ -256,9 +274,42 @@ impl SuiteSpec {
                     .modules
                     .extend(value.split([' ', ',']).filter(|m| !m.is_empty()).map(String::from)),
                 "expect-skip" => spec.expected_skips.push(parse_skip(value).map_err(err)?),
+                "timeout" => {
+                    spec.timeout_s = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|t| (1..=86400).contains(t))
+                            .ok_or_else(|| err(format!("timeout: {value:?} is not 1-86400 seconds")))?,
+                    )
+                }
+                "server-args" => spec.server_args.extend(
+                    crate::cli::split_words(value)
+                        .map_err(|e| err(format!("server-args: {e}")))?,
+                ),
+                "kernel-selftest" | "kernel-test-module" => {
+                    for w in value.split_whitespace() {
+                        let ok = w.contains('/')
+                            && !w.starts_with('/')
+                            && !w.split('/').any(|c| c.is_empty() || c == "..")
+                            && w.chars().all(|c| {
+                                c.is_ascii_alphanumeric() || "/_-.".contains(c)
+                            });
+                        if !ok {
+                            return Err(err(format!(
+                                "{key}: {w:?} is not a DIR/NAME path inside the kernel source"
+                            )));
+                        }
+                        if key == "kernel-selftest" {
+                            spec.kernel_tests.selftests.push(w.to_string());
+                        } else {
+                            spec.kernel_tests.modules.push(w.to_string());
+                        }
+                    }
+                }
                 other => {
                     return Err(err(format!(
-                        "unknown key {other:?} (gpus, topology, peer, memory, kernel-config, modules, expect-skip)"
+                        "unknown key {other:?} (gpus, topology, peer, memory, kernel-config, modules, expect-skip, timeout, server-args, kernel-selftest, kernel-test-module)"
                     )))
                 }
             }
@@ -351,6 +402,30 @@ impl SuiteSpec {
     }
 }
 
+/// The server arguments of a run: the suite's declared ones, except options the command line
+/// gives itself (an option is a word starting with `-` and the words after it up to the next
+/// such word; `--x=v` counts as `--x`), then the command line's.
+pub fn merge_server_args(declared: &[String], cli: &[String]) -> Vec<String> {
+    let opt = |w: &str| w.split('=').next().unwrap_or(w).to_string();
+    let given: Vec<String> = cli
+        .iter()
+        .filter(|w| w.starts_with('-'))
+        .map(|w| opt(w))
+        .collect();
+    let mut out = Vec::new();
+    let mut keep = true;
+    for w in declared {
+        if w.starts_with('-') {
+            keep = !given.contains(&opt(w));
+        }
+        if keep {
+            out.push(w.clone());
+        }
+    }
+    out.extend(cli.iter().cloned());
+    out
+}
+
 /// Guest RAM when neither the command line nor the suite says.
 pub const DEFAULT_MEMORY_MIB: u64 = 2048;
 
@@ -417,6 +492,39 @@ mod tests {
         assert_eq!(p.topology, Some(Topology::Switch));
         assert_eq!(p.peer, Some(Peer::NvmeCmb));
         assert_eq!(p.modules, vec!["nvme", "nvme_core"]);
+    }
+
+    #[test]
+    fn server_args_and_kernel_tests() {
+        let s = SuiteSpec::parse(
+            "hmm",
+            "hmm.sh",
+            "# vugpu-vm: gpus 2\n# vugpu-vm: server-args --vram 1G --inject 'a b'\n\
+             # vugpu-vm: kernel-selftest mm/hmm-tests\n# vugpu-vm: kernel-test-module lib/test_hmm\n",
+        )
+        .unwrap();
+        assert_eq!(s.server_args, vec!["--vram", "1G", "--inject", "a b"]);
+        assert_eq!(s.timeout_s, None);
+        let t = SuiteSpec::parse("t", "t.sh", "# vugpu-vm: gpus 1\n# vugpu-vm: timeout 900\n");
+        assert_eq!(t.unwrap().timeout_s, Some(900));
+        assert!(
+            SuiteSpec::parse("t", "t.sh", "# vugpu-vm: gpus 1\n# vugpu-vm: timeout 0\n").is_err()
+        );
+        assert_eq!(s.kernel_tests.selftests, vec!["mm/hmm-tests"]);
+        assert_eq!(s.kernel_tests.modules, vec!["lib/test_hmm"]);
+        for bad in ["/etc/x", "mm/../x", "hmm", "mm/$(x)"] {
+            let text = format!("# vugpu-vm: gpus 1\n# vugpu-vm: kernel-selftest {bad}\n");
+            assert!(SuiteSpec::parse("x", "x.sh", &text).is_err(), "{bad}");
+        }
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            merge_server_args(&w(&["--vram", "1G", "--engines", "2"]), &w(&["--vram=2G"])),
+            w(&["--engines", "2", "--vram=2G"])
+        );
+        assert_eq!(
+            merge_server_args(&w(&["--vram", "1G"]), &w(&["--inject", "x"])),
+            w(&["--vram", "1G", "--inject", "x"])
+        );
     }
 
     #[test]

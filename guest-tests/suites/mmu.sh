@@ -17,7 +17,9 @@
 #   3..N+2   vugpu-mmu (one fault per READ of N pages, faults serviced per
 #            second, cancel and engine recovery, no stale translation after
 #            munmap / remap, atomics only with the PTE ATOMIC bit, faults by
-#            interrupt, two contexts, MMU after FLR), spliced in
+#            interrupt, two and three concurrent contexts, MMU after FLR and
+#            SOFT_RESET, resets while faulting, unbind with a mirror open),
+#            spliced in
 #   N+3      rmmod vugpu (mirrors closed, MMU disabled)
 #   N+4      fault_ring_overflow: insmod with fault_ring_slots=1 (a ring smaller
 #            than the engines), vugpu-mmu --case concurrent_contexts

@@ -613,6 +613,107 @@ static void works_after_soft_reset(struct ktap_test *t, void *ctx)
 	works_after_reset(t, ctx, VUGPU_IOCTL_SOFT_RESET, "SOFT_RESET");
 }
 
+struct reset_arg {
+	struct mmu_ctx *c;
+	int fd;
+	volatile int stop;
+	uint64_t ok, failed, bad;
+	int last_err;
+};
+
+static void *reset_reader(void *p)
+{
+	struct reset_arg *a = p;
+	size_t len = 4 * a->c->page;
+	char *buf = map_anon(len, PROT_READ | PROT_WRITE), *mirror = malloc(len);
+	uint32_t i = 0;
+
+	while (buf && mirror && !a->stop) {
+		int ret;
+
+		fill(buf, len, 500 + i++);
+		ret = dmirror_cmd(a->fd, HMM_DMIRROR_READ, buf, mirror, 4, NULL);
+		if (ret) {
+			a->failed++;
+			a->last_err = ret;
+		} else if (first_diff(buf, mirror, len) != len) {
+			a->bad++;
+		} else {
+			a->ok++;
+		}
+		madvise(buf, len, MADV_DONTNEED);
+	}
+	if (buf)
+		munmap(buf, len);
+	free(mirror);
+	return NULL;
+}
+
+/*
+ * FLRs while another thread keeps faulting: the resets finish, jobs caught
+ * by a reset fail (never with wrong data), and the MMU works after them.
+ */
+static void reset_while_faulting(struct ktap_test *t, void *ctx)
+{
+	struct mmu_ctx *c = ctx;
+	struct reset_arg a = { .c = c };
+	struct vugpu_regs regs;
+	pthread_t th;
+	double t0;
+	int vfd, i, ret, resets = 0;
+
+	a.fd = open_mirror(t, c);
+	if (a.fd < 0)
+		return;
+	vfd = open(c->vugpu_node, O_RDWR | O_CLOEXEC);
+	if (vfd < 0) {
+		ktap_fail_at(t, KTAP_FILE, __LINE__, "open %s: %s", c->vugpu_node, strerror(errno));
+		close(a.fd);
+		return;
+	}
+	if (pthread_create(&th, NULL, reset_reader, &a)) {
+		ktap_fail_at(t, KTAP_FILE, __LINE__, "pthread_create failed");
+		goto out;
+	}
+	t0 = now_s();
+	for (i = 0; i < 3; i++) {
+		usleep(300000);
+		ret = vugpu_reset(vfd, i & 1 ? VUGPU_IOCTL_SOFT_RESET : VUGPU_IOCTL_FLR, &regs, NULL);
+		KTAP_EXPECT(t, ret == 0, "reset %d: %s", i, err_str(ret));
+		resets += !ret;
+	}
+	usleep(300000);
+	a.stop = 1;
+	pthread_join(th, NULL);
+	KTAP_EXPECT(t, a.bad == 0, "%" PRIu64 " READs returned wrong data", a.bad);
+	KTAP_EXPECT(t, a.ok > 0, "no READ succeeded across %d resets (last error %s)", resets,
+		    err_str(a.last_err));
+	ktap_diag("%d resets in %.1f s while faulting: %" PRIu64 " READs ok, %" PRIu64 " failed (last: %s)",
+		  resets, now_s() - t0, a.ok, a.failed, a.failed ? err_str(a.last_err) : "-");
+	/* Afterwards everything works again. */
+	a.stop = 0;
+	a.ok = a.failed = 0;
+	{
+		size_t len = 4 * c->page;
+		char *buf = map_anon(len, PROT_READ | PROT_WRITE), *mirror = malloc(len);
+		struct hmm_dmirror_cmd out;
+
+		if (buf && mirror) {
+			fill(buf, len, 77);
+			ret = dmirror_cmd(a.fd, HMM_DMIRROR_READ, buf, mirror, 4, &out);
+			KTAP_EXPECT(t, ret == 0 && out.faults == 1 && first_diff(buf, mirror, len) == len,
+				    "READ after the resets: %s, faults %" PRIu64, err_str(ret),
+				    (uint64_t)out.faults);
+		}
+		if (buf)
+			munmap(buf, len);
+		free(mirror);
+	}
+out:
+	close(vfd);
+	close(a.fd);
+}
+
 /* Wait up to 5 s for @path to exist (or not). */
 static bool wait_path(const char *path, bool exist)
 {
@@ -786,6 +887,7 @@ static const struct ktap_case cases[] = {
 	KTAP_CASE(concurrent_contexts),
 	KTAP_CASE(works_after_flr),
 	KTAP_CASE(works_after_soft_reset),
+	KTAP_CASE(reset_while_faulting),
 	KTAP_CASE(unbind_with_mirror_open),
 };
 
