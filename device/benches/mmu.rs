@@ -113,6 +113,13 @@ fn mmu(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    g.bench_function(BenchmarkId::new("translate", "chunk_1MiB_tlb_hit"), |b| {
+        // One engine chunk: 256 pages, all in the TLB.
+        b.iter(|| {
+            e.translate(black_box(virt(VA + MIB)), MIB, Access::Read, &abort)
+                .unwrap()
+        })
+    });
     let mut buf = [0u8; 64];
     g.bench_function(BenchmarkId::new("read64", "vram_physical"), |b| {
         b.iter(|| {

@@ -220,3 +220,56 @@ fn invalidate_and_atomic_through_the_protocol() {
     assert!(r.wait_head(0, 4, 1000));
     assert_ne!(r.dev_reg(mmu::STATUS) & mmu::WAITING, 0);
 }
+
+/// hw-spec §9.5: ATOMIC on memory the server maps is one host atomic instruction, so a CPU
+/// adding to the same u64 at the same time loses no update (a read and a write would).
+#[test]
+fn atomic_is_atomic_against_the_cpu() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use vm_memory::{GuestMemoryRegion, VolatileMemory};
+
+    let (_srv, mut r) = setup();
+    const N: u64 = 1000;
+    const CPU_ADDS: u64 = 10_000;
+    let target = FRAMES + 0x40;
+    let descs: Vec<RawDescriptor> = (0..N)
+        .map(|i| RawDescriptor::atomic(sys(target), vram(0x2_0000 + 8 * i), 1))
+        .collect();
+    // The CPU's own mapping of guest RAM (as a guest's).
+    let cpu_map = common::map_shared(r.sys_file.try_clone().unwrap(), r.sys_size);
+    let slice = cpu_map
+        .as_volatile_slice()
+        .unwrap()
+        .offset(usize::try_from(target - SYS_IOVA).unwrap())
+        .unwrap();
+    let cell: &AtomicU64 = slice.get_atomic_ref(0).unwrap();
+    // The CPU adds for as long as the device runs its atomics, so the two always overlap.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let cpu_adds = std::thread::scope(|s| {
+        let cpu = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) || n < CPU_ADDS {
+                cell.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+            }
+            n
+        });
+        r.submit(0, &descs, Doorbell::Hinted);
+        let done = r.wait_head(0, N as u32, 20_000);
+        stop.store(true, Ordering::Release);
+        let n = cpu.join().unwrap();
+        assert!(done, "the atomics did not complete");
+        n
+    });
+    assert_eq!(r.sys_u64(target), N + cpu_adds, "an update was lost");
+    // Every ATOMIC saw a distinct old value.
+    let mut olds: Vec<u64> = (0..N)
+        .map(|i| {
+            let b = r.vram_read(0x2_0000 + 8 * i, 8);
+            u64::from_le_bytes(b.try_into().unwrap())
+        })
+        .collect();
+    olds.sort_unstable();
+    olds.dedup();
+    assert_eq!(olds.len() as u64, N);
+}

@@ -148,7 +148,7 @@ pub struct Reach {
 }
 
 impl Reach {
-    /// With `phys` set to the aperture of the first segment.
+    /// With `phys` set to the first segment's (physical) address.
     fn with_phys(mut self, segs: &[(Addr, u64)]) -> Reach {
         self.phys = segs.first().map(|s| s.0);
         self

@@ -584,3 +584,22 @@ fn faults_and_translated_accesses_are_traced() {
         "{text}"
     );
 }
+
+/// `mmu-no-fault-irq`: the record and FAULT_PUT are there, the fault vector is not signalled.
+#[test]
+fn no_fault_irq_injection_keeps_the_fault_vector_quiet() {
+    let mut g = setup(MmuInject {
+        no_fault_irq: true,
+        ..MmuInject::default()
+    });
+    submit(&mut g, 0, RawDescriptor::fence(virt(VA), 1));
+    until(&mut g, "WAITING", waiting);
+    assert_eq!(rd(&mut g, mreg(moff::FAULT_PUT)), 1);
+    assert_eq!(record(&g, 0)[0x0c], 1, "NOT_PRESENT recorded");
+    assert!(!g.msix().is_pending(3), "the fault vector was signalled");
+    // Without the injection the same fault signals it (setup() enables FAULT_IRQ).
+    let mut g = setup(MmuInject::default());
+    submit(&mut g, 0, RawDescriptor::fence(virt(VA), 1));
+    until(&mut g, "WAITING", waiting);
+    assert!(g.msix().is_pending(3));
+}

@@ -330,7 +330,7 @@ impl Mmu {
                         }
                         Err(e) => {
                             crate::log!(
-                                crate::log::Level::Info,
+                                crate::log::Level::Debug,
                                 "MMU enable refused: {e} (MMU_STATUS.CONFIG_ERROR)"
                             );
                             st.config_error = true;
@@ -439,11 +439,7 @@ impl Mmu {
             },
         })?;
         let mut out: Vec<(Addr, u64)> = Vec::with_capacity(1);
-        let mut cur = va;
-        while cur < end {
-            let leaf = self
-                .page(&cfg, ctx, cur, access, mem)
-                .map_err(|fault| XlateError::Fault { va: cur, fault })?;
+        let push = |out: &mut Vec<(Addr, u64)>, leaf: &Leaf, cur: u64| {
             let n = (leaf.va + leaf.size).min(end) - cur;
             let pa = leaf.pa_of(cur);
             match out.last_mut() {
@@ -455,31 +451,52 @@ impl Mmu {
                 }
                 _ => out.push((pa, n)),
             }
-            cur += n;
+            cur + n
+        };
+        let ignore = self.inject.ignore_atomic_perm;
+        let mut cur = va;
+        while cur < end {
+            // The pages the TLB holds, under one lock (a chunk is up to 256 pages).
+            let (context, generation) = {
+                let t = lock(&self.tlb);
+                let mut hits = 0;
+                while cur < end {
+                    match t.lookup(ctx, cur).filter(|l| l.grants(access, ignore)) {
+                        Some(leaf) => {
+                            cur = push(&mut out, &leaf, cur);
+                            hits += 1;
+                        }
+                        None => break,
+                    }
+                }
+                self.count(Counter::TlbHits, hits);
+                (t.context(ctx), t.generation())
+            };
+            if cur >= end {
+                break;
+            }
+            let leaf = self
+                .walk(&cfg, ctx, cur, access, context, generation, mem)
+                .map_err(|fault| XlateError::Fault { va: cur, fault })?;
+            cur = push(&mut out, &leaf, cur);
         }
         Ok(out)
     }
 
-    /// The leaf for one page: from the TLB if it holds one granting the access, else walked
-    /// (a cached leaf without the permission is walked again: the driver may have upgraded
-    /// the entry without invalidating, which needs no invalidation).
-    fn page(
+    /// A TLB miss: walks the tables for one page (a cached leaf without the permission is
+    /// walked again: the driver may have upgraded the entry, which needs no invalidation) and
+    /// caches the leaf unless an invalidation happened since `generation`.
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
         &self,
         cfg: &Config,
         ctx: u16,
         va: u64,
         access: Access,
+        context: Option<walk::Context>,
+        generation: u64,
         mem: &mut dyn FnMut(Addr) -> Option<u64>,
     ) -> Result<Leaf, WalkFault> {
-        let ignore = self.inject.ignore_atomic_perm;
-        let (cached, context, generation) = {
-            let t = lock(&self.tlb);
-            (t.lookup(ctx, va), t.context(ctx), t.generation())
-        };
-        if let Some(l) = cached.filter(|l| l.grants(access, ignore)) {
-            self.count(Counter::TlbHits, 1);
-            return Ok(l);
-        }
         self.count(Counter::TlbMisses, 1);
         let context = match context {
             Some(c) => c,
@@ -490,7 +507,7 @@ impl Mmu {
             }
         };
         let leaf = walk::walk(context.root, va, mem)?;
-        if !leaf.grants(access, ignore) {
+        if !leaf.grants(access, self.inject.ignore_atomic_perm) {
             return Err(WalkFault {
                 reason: Reason::Protection,
                 level: leaf.level,

@@ -23,6 +23,10 @@ pub struct RegionStats {
     pub irqs: u64,
     /// DMA windows mapped.
     pub maps: u64,
+    /// Device MMU page translations (TLB hits and walks).
+    pub translations: u64,
+    /// Device MMU fault records written.
+    pub mmu_faults: u64,
 }
 
 /// Number of operation kinds of [`gpu_regions`].
@@ -48,6 +52,9 @@ const S_LEN: u64 = 0x10000;
 const F_IOVA: u64 = 0x2_0000_0000;
 
 const ENGINES: usize = 4;
+/// The device MMU's virtual region (its level-0 table maps `MMU_PAGES` pages from here).
+const MMU_VA: u64 = 0x0000_0040_0000_0000;
+const MMU_PAGES: u64 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backing {
@@ -637,6 +644,11 @@ impl World {
             (reg::ENGINE_COUNT, ENGINES as u32),
             (reg::ERR_CAUSE, 0),
         ];
+        // The device MMU's registers (hw-spec §9.1): disabled, unconfigured.
+        for off in [0x300u64, 0x304, 0x308, 0x310, 0x320, 0x328] {
+            let got = self.rd32(region::BAR0, off);
+            assert_eq!(got, Some(0), "{what}: MMU register {off:#x}");
+        }
         for (off, v) in expect {
             let got = self.rd32(region::BAR0, u64::from(off));
             assert_eq!(got, Some(v), "{what}: register {off:#x}");
@@ -734,6 +746,9 @@ impl World {
         }
         self.count_jobs();
         self.stats.engine_errors = self.gpu.stats().engine_errors;
+        let mmu = self.gpu.engine_monitor().mmu();
+        self.stats.translations = mmu.tlb_hits + mmu.tlb_misses;
+        self.stats.mmu_faults = mmu.faults;
         // Stop the engines (joins their threads), then look at client memory.
         let World {
             gpu,

@@ -131,6 +131,8 @@ impl World {
             12 => (1, self.vram_size - 64),
             13 => (1, self.vram_size),
             14 => (inp.u8(), inp.value64()),
+            // The device MMU's region (hw-spec §9, `mmu_op`), or a VRAM chunk.
+            _ if k & 0x10 != 0 => (3, MMU_VA),
             _ => (1, CHUNK),
         };
         (ap, inp.near(base))
@@ -165,7 +167,12 @@ impl World {
             3 | 4 => opcode::FILL,
             5 => opcode::FENCE,
             6 => opcode::TIMESTAMP,
-            _ => inp.u8(),
+            _ => match inp.u8() % 4 {
+                0 => opcode::ATOMIC,
+                1 => opcode::TLB_INVALIDATE,
+                2 => opcode::FAULT_REPLAY,
+                _ => inp.u8(),
+            },
         };
         b[1] = if mode & 0x80 != 0 {
             inp.u8()
@@ -186,11 +193,117 @@ impl World {
         b[0x10..0x18].copy_from_slice(&dst.to_le_bytes());
         b[0x18..0x20].copy_from_slice(&len.to_le_bytes());
         b[0x20..0x28].copy_from_slice(&value.to_le_bytes());
+        // The MMU opcodes (hw-spec §9.5), mostly well-formed; a context for VIRT addresses.
+        let ctx = u16::from(inp.u8() % 4);
+        match b[0] {
+            opcode::ATOMIC if mode & 0x10 == 0 => {
+                b[0x08..0x10].copy_from_slice(&(src & !7).to_le_bytes());
+                b[0x10..0x18].copy_from_slice(&(dst & !7).to_le_bytes());
+                b[0x18..0x20].copy_from_slice(&8u64.to_le_bytes());
+            }
+            opcode::TLB_INVALIDATE if mode & 0x10 == 0 => {
+                b[2] = 0;
+                b[3] = 0;
+                b[0x10..0x18].copy_from_slice(&(dst & !0xfff).to_le_bytes());
+                b[0x18..0x20].copy_from_slice(&(len & !0xfff & 0xff_ffff).to_le_bytes());
+                let c = if inp.u8() & 1 == 0 { 0xffff } else { ctx };
+                b[4..6].copy_from_slice(&c.to_le_bytes());
+            }
+            opcode::FAULT_REPLAY if mode & 0x10 == 0 => {
+                b[2..4].fill(0);
+                b[0x08..0x28].fill(0);
+                b[0x20] = inp.u8() & 1;
+                let c = if inp.u8() & 1 == 0 { 0xffff } else { ctx };
+                b[4..6].copy_from_slice(&c.to_le_bytes());
+            }
+            _ if b[2] == 3 || b[3] == 3 => b[4..6].copy_from_slice(&ctx.to_le_bytes()),
+            _ => {}
+        }
         if mode & 0x20 != 0 && inp.u8().is_multiple_of(4) {
             let i = 4 + usize::from(inp.u8()) % (DESC_SIZE - 4);
             b[i] ^= 1;
         }
         b
+    }
+
+    /// The device MMU (hw-spec §9): tables in VRAM mapping `MMU_PAGES` pages at `MMU_VA` of
+    /// contexts 0-3 to fuzzed targets (guest RAM windows, their guard pages, read-only and
+    /// message-only windows, VRAM, garbage), the fault ring in guest RAM A or VRAM; register
+    /// accesses of the block; rewritten entries. Whatever the tables say, the device may only
+    /// touch what the windows allow (the world's invariants).
+    fn mmu_op(&mut self, inp: &mut Input<'_>) {
+        const CTX_TABLE: u64 = 0xc_0000;
+        const L3: u64 = CTX_TABLE + PAGE;
+        const L2: u64 = L3 + PAGE;
+        const L1: u64 = L2 + PAGE;
+        const L0: u64 = L1 + PAGE;
+        const MMU_REGS: u64 = 0x300;
+        let pte = |inp: &mut Input<'_>, vram_size: u64| -> u64 {
+            let (ap, addr) = match inp.u8() % 10 {
+                0 | 1 => (0, A_IOVA + PAGE * u64::from(inp.u8() % 16)),
+                2 => (0, A_IOVA - PAGE),
+                3 => (0, B_IOVA),
+                4 => (0, C_IOVA + PAGE * u64::from(inp.u8() % 16)),
+                5 => (0, D_IOVA),
+                6 | 7 => (1, PAGE * u64::from(inp.u8())),
+                8 => (1, vram_size - PAGE),
+                _ => return inp.value64(),
+            };
+            let perms = u64::from(inp.u8() & 0x1c);
+            1 | 2 | perms | (ap << 5) | addr
+        };
+        match inp.u8() % 4 {
+            0 => {
+                let mut w = |at: u64, v: u64| {
+                    self.guest_write(1, at, &v.to_le_bytes());
+                };
+                for c in 0..4u64 {
+                    w(CTX_TABLE + 16 * c, 1 | (1 << 5) | L3);
+                    w(CTX_TABLE + 16 * c + 8, 0);
+                }
+                let idx = |va: u64, l: u32| (va >> (12 + 9 * l)) & 0x1ff;
+                w(L3 + idx(MMU_VA, 3) * 8, 1 | (1 << 5) | L2);
+                w(L2 + idx(MMU_VA, 2) * 8, 1 | (1 << 5) | L1);
+                w(L1 + idx(MMU_VA, 1) * 8, 1 | (1 << 5) | L0);
+                for p in 0..MMU_PAGES {
+                    let e = pte(inp, self.vram_size);
+                    self.guest_write(1, L0 + (idx(MMU_VA, 0) + p) * 8, &e.to_le_bytes());
+                }
+                let (ring_ap, ring) = if inp.u8() & 1 == 0 {
+                    (0u32, A_IOVA + A_SIZE - 0x400)
+                } else {
+                    (1, CTX_TABLE + 8 * PAGE)
+                };
+                for (off, v) in [
+                    (0x00, 0),
+                    (0x08, CTX_TABLE as u32),
+                    (0x0c, 0),
+                    (0x10, 1 + u32::from(inp.u8() % 8)),
+                    (0x14, 1),
+                    (0x18, ring as u32),
+                    (0x1c, (ring >> 32) as u32),
+                    (0x20, 1 << (inp.u8() % 6)),
+                    (0x24, ring_ap),
+                    (0x00, 1 | (u32::from(inp.u8() & 1) << 1)),
+                ] {
+                    self.wr32(region::BAR0, MMU_REGS + off, v);
+                }
+            }
+            1 => {
+                let off = MMU_REGS + 4 * u64::from(inp.u8() % 64);
+                if inp.u8() & 1 == 0 {
+                    let v = inp.value32();
+                    self.wr32(region::BAR0, off, v);
+                } else {
+                    let _ = self.rd32(region::BAR0, off);
+                }
+            }
+            _ => {
+                let at = L0 + 8 * ((MMU_VA >> 12) % 512 + u64::from(inp.u8()) % MMU_PAGES);
+                let e = pte(inp, self.vram_size);
+                self.guest_write(1, at, &e.to_le_bytes());
+            }
+        }
     }
 
     fn ring_setup(&mut self, inp: &mut Input<'_>) {
@@ -361,7 +474,12 @@ impl World {
     }
 
     fn register_op(&mut self, inp: &mut Input<'_>) {
-        let off = match inp.u8() % 10 {
+        let sel = inp.u8();
+        if sel % 16 >= 12 {
+            self.mmu_op(inp);
+            return;
+        }
+        let off = match sel % 10 {
             0 => reg::SCRATCH0,
             1 => reg::VRAM_INDEX_LO,
             2 => reg::VRAM_INDEX_HI,
