@@ -1182,7 +1182,7 @@ int vugpu_devmem_release(struct vugpu_device *vdev)
 	int ret;
 
 	if (!dm)
-		return -EOPNOTSUPP;
+		return 0;	/* no device memory: nothing to release */
 	mutex_lock(&dm->grow_lock);
 	ret = vugpu_evict_all(vdev, false);
 	vugpu_devmem_shrink(vdev);

@@ -455,7 +455,8 @@ static void release(struct ktap_test *t, void *arg)
 	fill(buf, size, 0x4444);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
 	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s", strerror(-ret));
-	ret = dmirror(c->fd, VUGPU_HMM_RELEASE, buf, NULL, npages, NULL);	/* npages 0 is -EINVAL (test_hmm) */
+	/* npages 0 would be -EINVAL, as in test_hmm. */
+	ret = dmirror(c->fd, VUGPU_HMM_RELEASE, buf, NULL, npages, NULL);
 	KTAP_ASSERT(t, ret == 0, "RELEASE: %s", strerror(-ret));
 	ret = snapshot(c, buf, npages, m);
 	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
