@@ -127,6 +127,7 @@ struct vugpu_mmu {
 
 	struct mutex		ctl_lock;	/* the control engine's submissions */
 	wait_queue_head_t	job_wq;		/* a job's users dropped to 0 */
+	struct task_struct	*fault_task;	/* FAULT_VECTOR's irq thread */
 	atomic_t		next_engine;	/* data engine round robin */
 	unsigned long		*fault_pfns;	/* the fault thread's hmm_pfns */
 

@@ -599,7 +599,20 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 	u64 t0;
 	int ret;
 
-	down_read(&vdev->engines_rwsem);
+	/*
+	 * The fault thread never blocks on engines_rwsem: a VIRT job holds it
+	 * for reading while it waits for the thread, so a reset queued behind
+	 * that job would deadlock the three of them.  A writer is only ever a
+	 * reset, MMU disable or remove, and each one flushes the TLB and drops
+	 * the waiting work: nothing of this context can use a translation
+	 * before it (one VIRT job per context, and it waits on this fault).
+	 */
+	if (READ_ONCE(mmu->fault_task) == current) {
+		if (!down_read_trylock(&vdev->engines_rwsem))
+			return -EAGAIN;
+	} else {
+		down_read(&vdev->engines_rwsem);
+	}
 	if (vdev->engines_dead || !vdev->engines || !mmu->enabled) {
 		ret = -ENODEV;
 		goto out;
@@ -657,8 +670,8 @@ int vugpu_mmu_invalidate(struct vugpu_mirror *m, unsigned long start, unsigned l
 	if (!mmu || !mmu->enabled)
 		return 0;	/* nothing can use a translation */
 	ret = vugpu_mmu_tlb_inv(mmu, m->ctx, start, end);
-	/* -ENODEV: removed or reset; the device's TLB is gone with it. */
-	return ret == -ENODEV ? 0 : ret;
+	/* -ENODEV / -EAGAIN: removed, or a reset is waiting: the TLB goes with it. */
+	return ret == -ENODEV || ret == -EAGAIN ? 0 : ret;
 }
 
 static int vugpu_mmu_replay(struct vugpu_mmu *mmu, u16 ctx, bool cancel)
@@ -1012,6 +1025,7 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data)
 	if (!hmm)
 		return IRQ_HANDLED;
 	mmu = &hmm->mmu;
+	WRITE_ONCE(mmu->fault_task, current);
 	/*
 	 * An engine waits on its one fault, so records can only be dropped
 	 * when the ring is smaller than the engines (or it was seen full):
