@@ -738,8 +738,11 @@ static void vugpu_unmap_collected(struct vugpu_device *vdev, struct migrate_vma 
 static int vugpu_to_dev_map(struct vugpu_mirror *m, struct migrate_vma *args)
 {
 	unsigned long npages = (args->end - args->start) >> PAGE_SHIFT, i = 0;
+	bool refilled = false;
 	int ret = 0;
 
+	/* Page tables come from the mirror's pool under m->mutex (no reclaim there). */
+	vugpu_mirror_pt_reserve(m);
 	mutex_lock(&m->mutex);
 	while (i < npages && !ret) {
 		unsigned long dst = args->dst[i];
@@ -755,6 +758,16 @@ static int vugpu_to_dev_map(struct vugpu_mirror *m, struct migrate_vma *args)
 		ret = vugpu_mirror_map_page(m, args->start + (i << PAGE_SHIFT), dpage, order,
 					    VUGPU_MAP_READ |
 					    (dst & MIGRATE_PFN_WRITE ? VUGPU_MAP_WRITE : 0));
+		if (ret == -ENOMEM && !refilled) {
+			/* The pool ran dry: refill it (may reclaim) outside the lock, retry once. */
+			mutex_unlock(&m->mutex);
+			vugpu_mirror_pt_reserve(m);
+			mutex_lock(&m->mutex);
+			refilled = true;
+			ret = 0;
+			continue;
+		}
+		refilled = false;
 		i += 1UL << order;
 	}
 	mutex_unlock(&m->mutex);
