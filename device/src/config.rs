@@ -97,9 +97,9 @@ pub struct ServeArgs {
     /// TLB_INVALIDATE completes but drops nothing (stale translations stay in use);
     /// `mmu-no-fault-irq`: fault records are written but the fault vector is never signalled;
     /// `mmu-ignore-atomic-perm`: ATOMIC on a SYS target works without the PTE's ATOMIC bit.
-    /// `vram-write-drop`: the engines' writes into this GPU's VRAM (COPY/FILL/FENCE/TIMESTAMP/
-    /// ATOMIC destinations via the VRAM, SYS or VIRT aperture) complete but leave VRAM
-    /// unchanged; the CPU's accesses (BAR2 mmap, VRAM_DATA) are not affected.
+    /// `vram-write-drop`: the engines' writes into this GPU's VRAM (COPY, FILL, FENCE,
+    /// TIMESTAMP and ATOMIC destinations via the VRAM, SYS or VIRT aperture) complete but leave
+    /// VRAM unchanged; the CPU's accesses (BAR2 mmap, VRAM_DATA) are not affected.
     #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
     pub inject: Vec<Fault>,
     /// Log verbosity.
