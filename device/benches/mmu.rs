@@ -76,6 +76,7 @@ fn env() -> EngineEnv {
         trace: None,
         timing: PollTiming::default(),
         mmu: Mmu::new(true, 5, MmuInject::default()),
+        vram_write_drop: false,
     })
     .unwrap();
     for (r, val) in [

@@ -81,6 +81,7 @@ fn env(peer: bool) -> (EngineEnv, Arc<Fabric>) {
         trace: None,
         timing: PollTiming::default(),
         mmu: vugpu_device::mmu::Mmu::new(true, 5, vugpu_device::mmu::MmuInject::default()),
+        vram_write_drop: false,
     })
     .unwrap();
     let ram = sealed_memfd(16 * MIB);

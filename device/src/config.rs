@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// TLB_INVALIDATE completes but drops nothing (stale translations stay in use);
     /// `mmu-no-fault-irq`: fault records are written but the fault vector is never signalled;
     /// `mmu-ignore-atomic-perm`: ATOMIC on a SYS target works without the PTE's ATOMIC bit.
+    /// `vram-write-drop`: the engines' writes into this GPU's VRAM (COPY, FILL, FENCE,
+    /// TIMESTAMP and ATOMIC destinations via the VRAM, SYS or VIRT aperture) complete but leave
+    /// VRAM unchanged; the CPU's accesses (BAR2 mmap, VRAM_DATA) are not affected.
     #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
     pub inject: Vec<Fault>,
     /// Log verbosity.
@@ -151,6 +154,8 @@ pub enum Fault {
     MmuNoFaultIrq,
     /// `mmu-ignore-atomic-perm`.
     MmuIgnoreAtomicPerm,
+    /// `vram-write-drop`.
+    VramWriteDrop,
 }
 
 const UNITS: &[(char, u32)] = &[('K', 10), ('M', 20), ('G', 30), ('T', 40)];
@@ -218,6 +223,7 @@ pub fn parse_inject(text: &str) -> Result<Fault, String> {
         "mmu-stale-tlb" => return Ok(Fault::MmuStaleTlb),
         "mmu-no-fault-irq" => return Ok(Fault::MmuNoFaultIrq),
         "mmu-ignore-atomic-perm" => return Ok(Fault::MmuIgnoreAtomicPerm),
+        "vram-write-drop" => return Ok(Fault::VramWriteDrop),
         _ => {}
     }
     match text.split_once('=') {
@@ -234,7 +240,7 @@ pub fn parse_inject(text: &str) -> Result<Fault, String> {
         },
         _ => Err(format!(
             "unknown fault '{text}' (known: msix-dead=N, cfg-stuck=OFFSET, mmu-stale-tlb, \
-             mmu-no-fault-irq, mmu-ignore-atomic-perm)"
+             mmu-no-fault-irq, mmu-ignore-atomic-perm, vram-write-drop)"
         )),
     }
 }
@@ -337,6 +343,7 @@ impl ServeArgs {
                 Fault::MmuStaleTlb => inject.mmu.stale_tlb = true,
                 Fault::MmuNoFaultIrq => inject.mmu.no_fault_irq = true,
                 Fault::MmuIgnoreAtomicPerm => inject.mmu.ignore_atomic_perm = true,
+                Fault::VramWriteDrop => inject.vram_write_drop = true,
             }
         }
         cfg.inject = inject;
@@ -446,6 +453,19 @@ mod tests {
         assert!(parse_inject("mmu-bogus")
             .unwrap_err()
             .contains("mmu-stale-tlb"));
+        assert_eq!(
+            parse_inject("vram-write-drop").unwrap(),
+            Fault::VramWriteDrop
+        );
+        assert_eq!(
+            parse_inject(" vram-write-drop ").unwrap(),
+            Fault::VramWriteDrop
+        );
+        assert!(parse_inject("vram-write-drop=1").is_err());
+        assert!(parse_inject("vram-write").is_err());
+        assert!(parse_inject("bogus")
+            .unwrap_err()
+            .contains("vram-write-drop"));
     }
 
     #[test]
@@ -521,8 +541,13 @@ mod tests {
             "mmu-ignore-atomic-perm",
         ])
         .unwrap();
-        let mmu = t.a.gpu_config().unwrap().inject.mmu;
+        let inject = t.a.gpu_config().unwrap().inject;
+        let mmu = inject.mmu;
         assert!(mmu.stale_tlb && mmu.ignore_atomic_perm && !mmu.no_fault_irq);
+        assert!(!inject.vram_write_drop);
+        let t = T::try_parse_from(["t", "--socket", "s", "--inject", "vram-write-drop"]).unwrap();
+        let inject = t.a.gpu_config().unwrap().inject;
+        assert!(inject.vram_write_drop && inject.mmu == crate::mmu::MmuInject::default());
         assert!(T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "0"]).is_err());
         // Engines need vectors; counts are bounded.
         let t = T::try_parse_from(["t", "--socket", "s", "--msix-vectors", "4"]).unwrap();

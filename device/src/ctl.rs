@@ -45,6 +45,7 @@ struct DeviceReport {
     irqs_sent: u64,
     bus_master: bool,
     name: String,
+    vram_bytes_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +70,7 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
             serde_json::to_string(&StatsReply {
                 device: DeviceReport {
                     name: monitor.name().to_string(),
+                    vram_bytes_dropped: monitor.vram_bytes_dropped(),
                     engines: engines.len(),
                     vectors: monitor.vectors(),
                     irqs_sent: monitor.irqs_sent(),
@@ -315,6 +317,7 @@ mod tests {
         assert_eq!(v["engines"][0]["bytes"]["fill"], 0);
         assert!(v["engines"][0]["error"].is_null());
         assert_eq!(v["device"]["name"], "gpu0");
+        assert_eq!(v["device"]["vram_bytes_dropped"], 0);
         assert_eq!(
             v["p2p"][0]["peer"], "gpu0",
             "a GPU alone is its own only peer"

@@ -135,6 +135,10 @@ pub struct Injections {
     pub cfg_stuck: Vec<u16>,
     /// Deliberate MMU breakage (`mmu-stale-tlb`, `mmu-no-fault-irq`, `mmu-ignore-atomic-perm`).
     pub mmu: MmuInject,
+    /// `vram-write-drop`: the engines' writes into this GPU's VRAM (COPY/FILL/FENCE/TIMESTAMP/
+    /// ATOMIC destinations, through any aperture) complete but leave VRAM unchanged; the CPU's
+    /// accesses (BAR2, `VRAM_DATA`) still work.
+    pub vram_write_drop: bool,
 }
 
 /// How to build a [`Gpu`].
@@ -491,6 +495,7 @@ impl Gpu {
                 1 + config.engines as u32,
                 config.inject.mmu,
             ),
+            vram_write_drop: config.inject.vram_write_drop,
         })
         .map_err(GpuError::Engines)?;
         let env = Arc::new(env);

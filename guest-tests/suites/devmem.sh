@@ -28,6 +28,9 @@
 # vugpu.dma_timeout_ms=MS become module parameters.
 # Environment (by hand): VUGPU_MODULE, VUGPU_MODULE_PARAMS, VUGPU_DEVMEM_ARGS
 # (default "-u -m 32").
+# Must fail with `--server-args '--inject vram-write-drop'` (the copy engines
+# lose their writes into VRAM): migrate_verify and every case after it that
+# moves data to VRAM.
 
 # shellcheck source-path=SCRIPTDIR source=lib/suite.sh
 . "$(dirname "$0")/lib/suite.sh"

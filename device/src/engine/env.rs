@@ -12,6 +12,13 @@
 //! through the seam. A translated access holds an in-flight ticket from before its translation
 //! until its last byte moved, which `TLB_INVALIDATE` waits for.
 //!
+//! `--inject vram-write-drop` lives here too: an engine's data write (a [`Dir::Data`] access:
+//! COPY/FILL destinations, FENCE/TIMESTAMP stores, an ATOMIC's target and result) whose pieces
+//! resolve to this GPU's own VRAM, through the VRAM aperture, its BAR2 bus address in the fabric
+//! (SYS) or a `VIRT` translation to either, gets [`Piece::Dropped`] pieces instead: the access
+//! completes normally and VRAM stays unchanged. The CPU's accesses (BAR2 mmap, the `VRAM_DATA`
+//! window) and the MMU's fault records are not engine data writes and are not affected.
+//!
 //! Ownership and locking:
 //! - The DMA space is behind an `RwLock`: engines hold it for reading only while they copy one
 //!   chunk (at most [`CHUNK`] bytes) between directly mapped memory, or read or write one chunk of
@@ -37,7 +44,7 @@
 
 use std::fs::File;
 use std::io::{LineWriter, Write};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{
     Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
@@ -54,6 +61,7 @@ use vugpu_backend::{
 use super::desc::{Addr, Aperture};
 use super::peer_window::PeerWindows;
 use super::regs::ErrorCode;
+use crate::log::Level;
 use crate::mmu::walk::{Access, WalkFault};
 use crate::mmu::{FaultSink, Mmu, Resume, XlateError};
 use crate::msix::Msix;
@@ -252,6 +260,12 @@ pub struct EngineEnv {
     mmu: Mmu,
     /// Serialises ATOMICs on memory the server does not map (read and write separately).
     atomic_lock: Mutex<()>,
+    /// `--inject vram-write-drop`: engine data writes into this GPU's VRAM are lost.
+    vram_write_drop: bool,
+    /// Bytes those writes lost.
+    vram_bytes_dropped: AtomicU64,
+    /// The first loss was logged.
+    drop_logged: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -283,6 +297,27 @@ pub struct EnvParts {
     pub timing: PollTiming,
     /// The device MMU (hw-spec §9).
     pub mmu: Mmu,
+    /// `--inject vram-write-drop`: engine data writes into this GPU's VRAM complete but change
+    /// nothing.
+    pub vram_write_drop: bool,
+}
+
+/// What an access does with the pieces [`EngineEnv::resolve`] hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Reads (descriptor fetches, COPY sources, page tables, the `VRAM_DATA` window).
+    Read,
+    /// Writes that are not an engine's data: the `VRAM_DATA` window, MMU fault records.
+    Write,
+    /// An engine's data write: COPY/FILL destinations, FENCE/TIMESTAMP stores, an ATOMIC's
+    /// target and result (what `--inject vram-write-drop` loses in this GPU's VRAM).
+    Data,
+}
+
+impl Dir {
+    fn writes(self) -> bool {
+        self != Dir::Read
+    }
 }
 
 /// One piece of an access (what the translation seam, [`EngineEnv::resolve`], hands out):
@@ -300,6 +335,12 @@ enum Piece<'a> {
         len: u64,
         window: Option<usize>,
     },
+    /// This GPU's VRAM under `--inject vram-write-drop` (engine data writes only): the bytes
+    /// are accepted and lost. `peer`: reached through its BAR (for the fabric's counters).
+    Dropped {
+        len: u64,
+        peer: Option<PeerId>,
+    },
 }
 
 impl Piece<'_> {
@@ -307,7 +348,7 @@ impl Piece<'_> {
         match self {
             Piece::Slice { slice, .. } => slice.len() as u64,
             Piece::File(f) => f.len(),
-            Piece::Msg { len, .. } => *len,
+            Piece::Msg { len, .. } | Piece::Dropped { len, .. } => *len,
         }
     }
 }
@@ -375,6 +416,9 @@ impl EngineEnv {
             peer_windows: PeerWindows::new(),
             mmu: parts.mmu,
             atomic_lock: Mutex::new(()),
+            vram_write_drop: parts.vram_write_drop,
+            vram_bytes_dropped: AtomicU64::new(0),
+            drop_logged: AtomicBool::new(false),
         };
         Ok((env, msg_rx))
     }
@@ -548,6 +592,11 @@ impl EngineEnv {
         &self.mmu
     }
 
+    /// Bytes of engine data writes `--inject vram-write-drop` lost (0 without it).
+    pub fn vram_bytes_dropped(&self) -> u64 {
+        self.vram_bytes_dropped.load(Ordering::Relaxed)
+    }
+
     /// An in-flight ticket for an access at `at` (VIRT only), which `TLB_INVALIDATE` waits for.
     fn ticket(&self, at: Addr) -> Option<crate::mmu::tlb::Ticket<'_>> {
         match at.aperture {
@@ -647,7 +696,39 @@ impl EngineEnv {
     ///   byte), as before peers existed, unless the whole access (none of it in a BAR or a
     ///   window) lies in one peer window granting it: then it is one message-only piece
     ///   (hw-spec §6.10, [`super::peer_window`]).
+    ///
+    /// Under `--inject vram-write-drop`, a [`Dir::Data`] access's pieces in this GPU's VRAM
+    /// (either way) become [`Piece::Dropped`].
     fn resolve<'h>(
+        &'h self,
+        held: &'h Held<'h>,
+        at: Addr,
+        len: u64,
+        dir: Dir,
+    ) -> Result<Vec<Piece<'h>>, MemFault> {
+        let write = dir.writes();
+        let mut pieces = self.resolve_phys(held, at, len, write)?;
+        if dir == Dir::Data && self.vram_write_drop {
+            for p in &mut pieces {
+                if let Piece::Slice { slice, peer } = *p {
+                    let own = match at.aperture {
+                        Aperture::Vram => true,
+                        _ => peer == Some(self.me),
+                    };
+                    if own {
+                        *p = Piece::Dropped {
+                            len: slice.len() as u64,
+                            peer,
+                        };
+                    }
+                }
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// [`resolve`](Self::resolve) before the injection.
+    fn resolve_phys<'h>(
         &'h self,
         held: &'h Held<'h>,
         at: Addr,
@@ -681,14 +762,14 @@ impl EngineEnv {
         &'h self,
         held: &'h Held<'h>,
         segs: &[(Addr, u64)],
-        write: bool,
+        dir: Dir,
     ) -> Result<Vec<Piece<'h>>, MemFault> {
         match segs {
-            [(at, len)] => self.resolve(held, *at, *len, write),
+            [(at, len)] => self.resolve(held, *at, *len, dir),
             _ => {
                 let mut out = Vec::new();
                 for (at, len) in segs {
-                    out.extend(self.resolve(held, *at, *len, write)?);
+                    out.extend(self.resolve(held, *at, *len, dir)?);
                 }
                 Ok(out)
             }
@@ -788,10 +869,29 @@ impl EngineEnv {
                     self.fabric
                         .record(self.me, *peer, write, slice.len() as u64);
                 }
+                Piece::Dropped { len, peer } => {
+                    if let Some(peer) = peer {
+                        reach.peer = reach.peer.or(Some(*peer));
+                        self.fabric.record(self.me, *peer, write, *len);
+                    }
+                    self.dropped(*len);
+                }
                 Piece::Slice { peer: None, .. } | Piece::File(_) => {}
             }
         }
         reach
+    }
+
+    /// Counts bytes `--inject vram-write-drop` lost; the first loss is logged.
+    fn dropped(&self, len: u64) {
+        self.vram_bytes_dropped.fetch_add(len, Ordering::Relaxed);
+        if !self.drop_logged.swap(true, Ordering::Relaxed) {
+            crate::log!(
+                Level::Warn,
+                "--inject vram-write-drop: engine writes into VRAM are being dropped \
+                 (first: {len} bytes; the count is the stats' vram_bytes_dropped)"
+            );
+        }
     }
 
     /// Reads `buf.len()` bytes at `at` (descriptor fetches, bounce buffers, the VRAM window,
@@ -819,7 +919,7 @@ impl EngineEnv {
         let mut msgs = Vec::new();
         let reach = {
             let held = self.hold(any_sys(segs));
-            let pieces = self.resolve_segs(&held, segs, false)?;
+            let pieces = self.resolve_segs(&held, segs, Dir::Read)?;
             let mut off = 0usize;
             for p in &pieces {
                 let n = usize_of(p.len());
@@ -835,6 +935,8 @@ impl EngineEnv {
                     }
                     Piece::File(f) => f.read(0, dst).map_err(|e| sys_fault(&e, at.addr, false))?,
                     Piece::Msg { iova, window, .. } => msgs.push((*iova, off, n, *window)),
+                    // Never for a read.
+                    Piece::Dropped { .. } => {}
                 }
                 off += n;
             }
@@ -852,16 +954,32 @@ impl EngineEnv {
         Ok(reach)
     }
 
-    /// Writes `data` at `at`.
+    /// Writes `data` at `at` (the `VRAM_DATA` window, MMU fault records: not an engine's data,
+    /// which is [`write_data`](Self::write_data)).
     pub fn write_bytes(
         &self,
         at: Addr,
         data: &[u8],
         abort: &AtomicBool,
     ) -> Result<Reach, MemFault> {
+        self.write_as(at, data, Dir::Write, abort)
+    }
+
+    /// An engine's data write of `data` at `at` (a FILL chunk).
+    pub fn write_data(&self, at: Addr, data: &[u8], abort: &AtomicBool) -> Result<Reach, MemFault> {
+        self.write_as(at, data, Dir::Data, abort)
+    }
+
+    fn write_as(
+        &self,
+        at: Addr,
+        data: &[u8],
+        dir: Dir,
+        abort: &AtomicBool,
+    ) -> Result<Reach, MemFault> {
         let _flight = self.ticket(at);
         let segs = self.translate(at, data.len() as u64, Access::Write, abort)?;
-        self.write_segs(at, &segs, data, abort)
+        self.write_segs(at, &segs, data, dir, abort)
     }
 
     fn write_segs(
@@ -869,6 +987,7 @@ impl EngineEnv {
         at: Addr,
         segs: &[(Addr, u64)],
         data: &[u8],
+        dir: Dir,
         abort: &AtomicBool,
     ) -> Result<Reach, MemFault> {
         // Errors name a physical address.
@@ -876,7 +995,7 @@ impl EngineEnv {
         let mut msgs = Vec::new();
         let reach = {
             let held = self.hold(any_sys(segs));
-            let pieces = self.resolve_segs(&held, segs, true)?;
+            let pieces = self.resolve_segs(&held, segs, dir)?;
             let mut off = 0usize;
             for p in &pieces {
                 let n = usize_of(p.len());
@@ -892,6 +1011,7 @@ impl EngineEnv {
                     }
                     Piece::File(f) => f.write(0, src).map_err(|e| sys_fault(&e, at.addr, true))?,
                     Piece::Msg { iova, window, .. } => msgs.push((*iova, off, n, *window)),
+                    Piece::Dropped { .. } => {}
                 }
                 off += n;
             }
@@ -930,12 +1050,12 @@ impl EngineEnv {
         let ds = self.translate(dst, len, Access::Write, abort)?;
         {
             let held = self.hold(any_sys(&ss) || any_sys(&ds));
-            let sp = self.resolve_segs(&held, &ss, false)?;
-            let dp = self.resolve_segs(&held, &ds, true)?;
+            let sp = self.resolve_segs(&held, &ss, Dir::Read)?;
+            let dp = self.resolve_segs(&held, &ds, Dir::Data)?;
             let direct = sp
                 .iter()
                 .chain(dp.iter())
-                .all(|p| matches!(p, Piece::Slice { .. }));
+                .all(|p| matches!(p, Piece::Slice { .. } | Piece::Dropped { .. }));
             if direct {
                 copy_pieces(&sp, &dp);
                 return Ok((
@@ -949,7 +1069,7 @@ impl EngineEnv {
         // flight.
         let mut buf = vec![0u8; usize_of(len)];
         let r = self.read_segs(src, &ss, &mut buf, abort)?;
-        let w = self.write_segs(dst, &ds, &buf, abort)?;
+        let w = self.write_segs(dst, &ds, &buf, Dir::Data, abort)?;
         Ok((r, w))
     }
 
@@ -971,8 +1091,9 @@ impl EngineEnv {
         let mut msg_window = None;
         let reach = {
             let held = self.hold(at.aperture == Aperture::Sys);
-            let pieces = self.resolve(&held, at, 8, true)?;
+            let pieces = self.resolve(&held, at, 8, Dir::Data)?;
             match pieces.as_slice() {
+                [Piece::Dropped { .. }] => {}
                 [Piece::Slice { slice, .. }] => slice
                     .store(value.to_le(), 0, std::sync::atomic::Ordering::Release)
                     .map_err(|_| misaligned())?,
@@ -1036,8 +1157,19 @@ impl EngineEnv {
         let pa = *pa;
         {
             let held = self.hold(pa.aperture == Aperture::Sys);
-            let rp = self.resolve(&held, pa, 8, false)?;
-            let wp = self.resolve(&held, pa, 8, true)?;
+            let rp = self.resolve(&held, pa, 8, Dir::Read)?;
+            let wp = self.resolve(&held, pa, 8, Dir::Data)?;
+            if let ([Piece::Slice { slice, .. }], [Piece::Dropped { .. }]) =
+                (rp.as_slice(), wp.as_slice())
+            {
+                // The add is lost: the old value, memory unchanged.
+                let cell = slice
+                    .get_atomic_ref::<std::sync::atomic::AtomicU64>(0)
+                    .map_err(|_| self.misaligned(pa))?;
+                let old = u64::from_le(cell.load(Ordering::SeqCst));
+                self.account(&rp, false);
+                return Ok((old, self.account(&wp, true).with_phys(&segs)));
+            }
             if let [Piece::Slice { slice, .. }] = wp.as_slice() {
                 let cell = slice
                     .get_atomic_ref::<std::sync::atomic::AtomicU64>(0)
@@ -1051,7 +1183,13 @@ impl EngineEnv {
         let mut b = [0u8; 8];
         let r = self.read_segs(pa, &segs, &mut b, abort)?;
         let old = u64::from_le_bytes(b);
-        let w = self.write_segs(pa, &segs, &old.wrapping_add(value).to_le_bytes(), abort)?;
+        let w = self.write_segs(
+            pa,
+            &segs,
+            &old.wrapping_add(value).to_le_bytes(),
+            Dir::Data,
+            abort,
+        )?;
         Ok((old, r.merge(w)))
     }
 
@@ -1263,30 +1401,34 @@ fn dma_pieces<'h>(
     Ok(out)
 }
 
-/// Copies between two piece lists of equal total length (all direct slices).
+/// Copies between two piece lists of equal total length (all direct slices; dropped
+/// destination pieces take their bytes and keep nothing).
 fn copy_pieces(src: &[Piece<'_>], dst: &[Piece<'_>]) {
-    fn slices<'a>(ps: &[Piece<'a>]) -> Vec<VolatileSlice<'a, ()>> {
+    fn slices<'a>(ps: &[Piece<'a>]) -> Vec<(Option<VolatileSlice<'a, ()>>, usize)> {
         ps.iter()
             .filter_map(|p| match p {
-                Piece::Slice { slice, .. } => Some(*slice),
+                Piece::Slice { slice, .. } => Some((Some(*slice), slice.len())),
+                Piece::Dropped { len, .. } => Some((None, usize_of(*len))),
                 Piece::File(_) | Piece::Msg { .. } => None,
             })
             .collect()
     }
     let (src, dst) = (slices(src), slices(dst));
     let (mut i, mut io, mut j, mut jo) = (0usize, 0usize, 0usize, 0usize);
-    while let (Some(s), Some(d)) = (src.get(i), dst.get(j)) {
-        let n = (s.len() - io).min(d.len() - jo);
-        if let (Ok(a), Ok(b)) = (s.subslice(io, n), d.subslice(jo, n)) {
-            a.copy_to_volatile_slice(b);
+    while let (Some((s, slen)), Some((d, dlen))) = (src.get(i), dst.get(j)) {
+        let n = (slen - io).min(dlen - jo);
+        if let (Some(s), Some(d)) = (s, d) {
+            if let (Ok(a), Ok(b)) = (s.subslice(io, n), d.subslice(jo, n)) {
+                a.copy_to_volatile_slice(b);
+            }
         }
         io += n;
         jo += n;
-        if io == s.len() {
+        if io == *slen {
             i += 1;
             io = 0;
         }
-        if jo == d.len() {
+        if jo == *dlen {
             j += 1;
             jo = 0;
         }
@@ -1306,6 +1448,11 @@ mod tests {
     /// gpu0's environment and a fabric where gpu1 (16 MiB) may decode; both served to one
     /// client. Guest RAM: 1 MiB at 16 MiB.
     fn env() -> (EngineEnv, Arc<Fabric>, PeerId) {
+        env_with(false)
+    }
+
+    /// [`env`], with or without `--inject vram-write-drop`.
+    fn env_with(vram_write_drop: bool) -> (EngineEnv, Arc<Fabric>, PeerId) {
         let fabric = Fabric::new(2);
         let v = Arc::new(Vram::new(&VramOptions::memfd(4 * MIB)).unwrap());
         let me = fabric.join("gpu0", v.clone()).unwrap();
@@ -1326,6 +1473,7 @@ mod tests {
             trace: None,
             timing: PollTiming::default(),
             mmu: Mmu::new(true, 5, crate::mmu::MmuInject::default()),
+            vram_write_drop,
         })
         .unwrap();
         let ram = vugpu_backend::Vram::new(&VramOptions::memfd(MIB)).unwrap();
@@ -1399,5 +1547,78 @@ mod tests {
         assert_eq!(e.vram_read_u32(4 * MIB - 4), Some(9));
         assert_eq!(e.vram_read_u32(4 * MIB), None);
         assert!(!e.vram_write_u32(u64::MAX - 1, 9));
+    }
+
+    fn vram(addr: u64) -> Addr {
+        Addr {
+            aperture: Aperture::Vram,
+            addr,
+        }
+    }
+
+    /// `--inject vram-write-drop`: an engine COPY SYS→VRAM (and every other engine write into
+    /// this GPU's VRAM, also through its BAR) completes and leaves VRAM unchanged; without it,
+    /// VRAM changes. The CPU's window and reads are not affected.
+    #[test]
+    fn vram_write_drop_loses_engine_writes_into_vram_only() {
+        for drop in [false, true] {
+            let (e, fabric, peer) = env_with(drop);
+            let no = AtomicBool::new(false);
+            let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8 + 1).collect();
+            e.write_bytes(sys(16 * MIB), &data, &no).unwrap();
+            // COPY SYS→VRAM.
+            e.copy_chunk(sys(16 * MIB), vram(MIB), 4096, &no).unwrap();
+            let mut got = vec![0u8; 4096];
+            e.read_bytes(vram(MIB), &mut got, &no).unwrap();
+            if drop {
+                assert_eq!(got, vec![0u8; 4096], "VRAM unchanged");
+            } else {
+                assert_eq!(got, data, "VRAM written");
+            }
+            // FILL, FENCE and ATOMIC on VRAM.
+            e.write_data(vram(2 * MIB), &[0xa5; 64], &no).unwrap();
+            e.store_u64(vram(2 * MIB + 64), 7, &no).unwrap();
+            let (old, _) = e.atomic_add(vram(2 * MIB + 64), 5, &no).unwrap();
+            let mut b = [0u8; 72];
+            e.read_bytes(vram(2 * MIB), &mut b, &no).unwrap();
+            let word = u64::from_le_bytes(b[64..].try_into().unwrap());
+            if drop {
+                assert_eq!((b[0], old, word), (0, 0, 0));
+            } else {
+                assert_eq!((b[0], old, word), (0xa5, 7, 12));
+            }
+            // Through this GPU's own BAR2 bus address (SYS): dropped too; a peer's VRAM is not
+            // this GPU's.
+            fabric
+                .set_bar(e.peer_id(), BarDecode::new(64 * MIB, 4 * MIB))
+                .unwrap();
+            fabric
+                .set_bar(peer, BarDecode::new(128 * MIB, 16 * MIB))
+                .unwrap();
+            let r = e.copy_chunk(sys(16 * MIB), sys(64 * MIB), 16, &no).unwrap();
+            assert_eq!(r.1.peer, Some(e.peer_id()));
+            e.copy_chunk(sys(16 * MIB), sys(128 * MIB), 16, &no)
+                .unwrap();
+            let mut b = [0u8; 16];
+            e.read_bytes(vram(0), &mut b, &no).unwrap();
+            assert_eq!(b[0], if drop { 0 } else { 1 });
+            e.read_bytes(sys(128 * MIB), &mut b, &no).unwrap();
+            assert_eq!(b[0], 1, "a peer's VRAM is written either way");
+            // COPY VRAM→SYS reads VRAM as it is.
+            e.vram_write_u32(3 * MIB, 0x1234_5678);
+            e.copy_chunk(vram(3 * MIB), sys(16 * MIB + 8192), 4, &no)
+                .unwrap();
+            let mut b = [0u8; 4];
+            e.read_bytes(sys(16 * MIB + 8192), &mut b, &no).unwrap();
+            assert_eq!(u32::from_le_bytes(b), 0x1234_5678);
+            // The VRAM_DATA window and other device writes (fault records) still work.
+            assert!(e.vram_write_u32(4 * MIB - 4, 9));
+            assert_eq!(e.vram_read_u32(4 * MIB - 4), Some(9));
+            e.write_bytes(vram(8), &[3u8; 8], &no).unwrap();
+            e.read_bytes(vram(8), &mut b, &no).unwrap();
+            assert_eq!(b, [3u8; 4]);
+            let lost = 4096 + 64 + 8 + 8 + 16;
+            assert_eq!(e.vram_bytes_dropped(), if drop { lost } else { 0 });
+        }
     }
 }

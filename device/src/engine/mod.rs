@@ -313,6 +313,11 @@ impl EngineMonitor {
         self.env.msix().stats().sent
     }
 
+    /// Bytes of engine writes `--inject vram-write-drop` lost.
+    pub fn vram_bytes_dropped(&self) -> u64 {
+        self.env.vram_bytes_dropped()
+    }
+
     /// Bus Master Enable (Command bit 2) as the engines see it.
     pub fn bus_master(&self) -> bool {
         self.env.bus_master()

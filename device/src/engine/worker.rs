@@ -656,7 +656,7 @@ fn fill(
         let n = (len - off).min(CHUNK) as usize;
         // In bounds: n <= min(len, CHUNK) = buf.len().
         let chunk = replaying((engine, env, tx), dst, || {
-            env.write_bytes(offset(dst, off), &buf[..n], abort)
+            env.write_data(offset(dst, off), &buf[..n], abort)
         });
         match chunk {
             Ok(r) => wr = wr.merge(r),
