@@ -39,7 +39,6 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
 #include <linux/hmm.h>
 #include <linux/huge_mm.h>
@@ -206,27 +205,12 @@ static unsigned int vugpu_pte_perm(u64 pte)
 	return perm;
 }
 
-/*
- * Streaming mappings of mirrored pages.  A mirror maps the same page more
- * than once at a time: the zero page behind every read-faulted anonymous
- * page, a page mirrored by two contexts or two GPUs, a page re-mapped while
- * its old mapping waits for the TLB_INVALIDATE fence (two-phase unmap).  The
- * DMA API allows overlapping mappings only without CPU cache maintenance
- * (CONFIG_DMA_API_DEBUG warns "overlapping mappings aren't supported"
- * otherwise), and a mirror has no point where it could do that maintenance
- * anyway: the CPU and the device use the page concurrently.  So the device
- * MMU is only enabled on a cache-coherent DMA path (vugpu_mmu_probe checks
- * dev_is_dma_coherent), where the syncs are no-ops, and the mappings skip them.
- */
-#define VUGPU_MIRROR_DMA_ATTRS	DMA_ATTR_SKIP_CPU_SYNC
-
 /* Undo the DMA mapping of a leaf (valid or zombie). */
 static void vugpu_pte_release(struct vugpu_device *vdev, u64 pte, unsigned int level)
 {
 	if (pte & VUGPU_PTE_SW_DMA)
-		dma_unmap_page_attrs(&vdev->pdev->dev, pte & VUGPU_PT_ADDR_MASK,
-				     level ? VUGPU_SZ_2M : PAGE_SIZE, DMA_BIDIRECTIONAL,
-				     VUGPU_MIRROR_DMA_ATTRS);
+		dma_unmap_page(&vdev->pdev->dev, pte & VUGPU_PT_ADDR_MASK,
+			       level ? VUGPU_SZ_2M : PAGE_SIZE, DMA_BIDIRECTIONAL);
 }
 
 /*
@@ -405,20 +389,17 @@ static int vugpu_mirror_map_page_r(struct vugpu_mirror *m, unsigned long va, str
 	ret = vugpu_map_checked(m, va, order);
 	if (ret)
 		return ret;
-	dma = dma_map_page_attrs(&vdev->pdev->dev, page, 0, size, DMA_BIDIRECTIONAL,
-				 VUGPU_MIRROR_DMA_ATTRS);
+	dma = dma_map_page(&vdev->pdev->dev, page, 0, size, DMA_BIDIRECTIONAL);
 	if (dma_mapping_error(&vdev->pdev->dev, dma))
 		return -ENOMEM;
 	if (!IS_ALIGNED(dma, size)) {
-		dma_unmap_page_attrs(&vdev->pdev->dev, dma, size, DMA_BIDIRECTIONAL,
-				     VUGPU_MIRROR_DMA_ATTRS);
+		dma_unmap_page(&vdev->pdev->dev, dma, size, DMA_BIDIRECTIONAL);
 		return -EINVAL;
 	}
 	ret = vugpu_set_leaf(m, va, (dma & VUGPU_PT_ADDR_MASK) | VUGPU_PTE_SW_DMA |
 			     vugpu_leaf_bits(perm, VUGPU_APERTURE_SYS, order), order);
 	if (ret < 0)
-		dma_unmap_page_attrs(&vdev->pdev->dev, dma, size, DMA_BIDIRECTIONAL,
-				     VUGPU_MIRROR_DMA_ATTRS);
+		dma_unmap_page(&vdev->pdev->dev, dma, size, DMA_BIDIRECTIONAL);
 	return ret;
 }
 
@@ -1292,11 +1273,6 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	if (VUGPU_VERSION_MINOR(vdev->version) < VUGPU_VERSION_MINOR(VUGPU_VERSION_MMU) ||
 	    !(caps & VUGPU_CAPS_MMU)) {
 		dev_info(dev, "no device MMU (VERSION %#x, CAPS %#x)\n", vdev->version, caps);
-		return -EOPNOTSUPP;
-	}
-	if (!dev_is_dma_coherent(dev)) {
-		/* Mirrored pages are shared with the CPU without cache maintenance. */
-		dev_warn(dev, "device MMU unused: DMA is not cache-coherent on this platform\n");
 		return -EOPNOTSUPP;
 	}
 	if (vdev->engines_init_err || vdev->engine_count < 2 || !vdev->engines) {
