@@ -528,9 +528,13 @@ int vugpu_mirror_unmap(struct vugpu_mirror *m, unsigned long start, unsigned lon
 	return ret;
 }
 
-/* Is anything mapped in [start, end)?  (Cheap check for non-blocking invalidations.) */
-static bool vugpu_any_mapped(struct vugpu_pt *pt, unsigned int level, unsigned long base,
-			     unsigned long start, unsigned long end)
+/*
+ * Does any valid leaf in [start, end) have every bit of @bits set?  (VALID
+ * alone: anything mapped, the cheap check of non-blocking invalidations;
+ * VALID | SW_EXCL: CHECK_EXCLUSIVE.)
+ */
+static bool vugpu_any_leaf(struct vugpu_pt *pt, unsigned int level, unsigned long base,
+			   unsigned long start, unsigned long end, u64 bits)
 {
 	unsigned long span = 1UL << VUGPU_PT_LEVEL_SHIFT(level), va;
 	unsigned int i = vugpu_pt_index(max(start, base), level);
@@ -539,47 +543,31 @@ static bool vugpu_any_mapped(struct vugpu_pt *pt, unsigned int level, unsigned l
 		u64 e = vugpu_pte_get(pt, i);
 
 		if (level && pt->child[i]) {
-			if (vugpu_any_mapped(pt->child[i], level - 1, va, start, end))
+			if (vugpu_any_leaf(pt->child[i], level - 1, va, start, end, bits))
 				return true;
-		} else if (e & VUGPU_PTE_VALID) {
+		} else if ((e & bits) == bits) {
 			return true;
 		}
 	}
 	return false;
+}
+
+static bool vugpu_mirror_any_leaf(struct vugpu_mirror *m, unsigned long start, unsigned long end,
+				  u64 bits)
+{
+	end = min(end, 1UL << VUGPU_VA_BITS);
+	return m->root && start < end &&
+	       vugpu_any_leaf(m->root, VUGPU_PT_LEVELS - 1, 0, start, end, bits);
 }
 
 bool vugpu_mirror_any_mapped(struct vugpu_mirror *m, unsigned long start, unsigned long end)
 {
-	end = min(end, 1UL << VUGPU_VA_BITS);
-	return m->root && start < end &&
-	       vugpu_any_mapped(m->root, VUGPU_PT_LEVELS - 1, 0, start, end);
-}
-
-/* Does any leaf in [start, end) carry the software EXCLUSIVE mark?  (CHECK_EXCLUSIVE) */
-static bool vugpu_any_excl(struct vugpu_pt *pt, unsigned int level, unsigned long base,
-			   unsigned long start, unsigned long end)
-{
-	unsigned long span = 1UL << VUGPU_PT_LEVEL_SHIFT(level), va;
-	unsigned int i = vugpu_pt_index(max(start, base), level);
-
-	for (va = base + i * span; i < VUGPU_PT_ENTRIES && va < end; i++, va += span) {
-		u64 e = vugpu_pte_get(pt, i);
-
-		if (level && pt->child[i]) {
-			if (vugpu_any_excl(pt->child[i], level - 1, va, start, end))
-				return true;
-		} else if ((e & VUGPU_PTE_VALID) && (e & VUGPU_PTE_SW_EXCL)) {
-			return true;
-		}
-	}
-	return false;
+	return vugpu_mirror_any_leaf(m, start, end, VUGPU_PTE_VALID);
 }
 
 bool vugpu_mirror_any_exclusive(struct vugpu_mirror *m, unsigned long start, unsigned long end)
 {
-	end = min(end, 1UL << VUGPU_VA_BITS);
-	return m->root && start < end &&
-	       vugpu_any_excl(m->root, VUGPU_PT_LEVELS - 1, 0, start, end);
+	return vugpu_mirror_any_leaf(m, start, end, VUGPU_PTE_VALID | VUGPU_PTE_SW_EXCL);
 }
 
 /* --- control engine: TLB_INVALIDATE, FAULT_REPLAY -------------------------------- */

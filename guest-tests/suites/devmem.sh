@@ -50,16 +50,8 @@ suite_tests vugpu-hmm-devmem
 suite_plan $((SUITE_NSLOTS + 4))
 suite_load_module
 suite_report_load 1
-_node_st=1
-_i=0
-while [ "$_i" -lt 30 ]; do
-	if [ -c /dev/hmm_dmirror0 ]; then
-		_node_st=0
-		break
-	fi
-	sleep 0.1 2>/dev/null || usleep 100000
-	_i=$((_i + 1))
-done
+_node_st=0
+suite_wait_char /dev/hmm_dmirror0 || _node_st=1
 if [ "$_node_st" -ne 0 ]; then
 	dmesg | grep -i -E 'vugpu|mmu|devmem|device-private' | tail -20 | ktap_diag
 fi

@@ -49,16 +49,8 @@ suite_tests vugpu-mmu
 suite_plan $((SUITE_NSLOTS + 5))
 suite_load_module
 suite_report_load 1
-_node_st=1
-_i=0
-while [ "$_i" -lt 30 ]; do
-	if [ -c /dev/hmm_dmirror0 ]; then
-		_node_st=0
-		break
-	fi
-	sleep 0.1 2>/dev/null || usleep 100000
-	_i=$((_i + 1))
-done
+_node_st=0
+suite_wait_char /dev/hmm_dmirror0 || _node_st=1
 if [ "$_node_st" -ne 0 ]; then
 	dmesg | grep -i -E 'vugpu|mmu' | tail -20 | ktap_diag
 fi
@@ -67,11 +59,7 @@ suite_splice --timed 3
 suite_rmmod $((SUITE_TOTAL - 2))
 # shellcheck disable=SC2086 # parameters are split on purpose
 if insmod "$MODULE" $MODULE_PARAMS fault_ring_slots=1 > "$SUITE_TMP/insmod1" 2>&1; then
-	_i=0
-	while [ ! -c /dev/hmm_dmirror0 ] && [ "$_i" -lt 30 ]; do
-		sleep 0.1 2>/dev/null || usleep 100000
-		_i=$((_i + 1))
-	done
+	suite_wait_char /dev/hmm_dmirror0
 	vugpu-mmu --case concurrent_contexts --expect-overflow > "$SUITE_TMP/overflow" 2>&1
 	_ovf_st=$?
 	rmmod vugpu >> "$SUITE_TMP/overflow" 2>&1 || _ovf_st=1

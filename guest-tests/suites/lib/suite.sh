@@ -274,6 +274,15 @@ suite_splice() { # suite_splice [--timed] N [ARGS]
 	fi
 }
 
+suite_wait_char() { # suite_wait_char PATH: up to 3 s for a character device node; 0 if it appeared
+	_s_i=0
+	while [ ! -c "$1" ] && [ "$_s_i" -lt 30 ]; do
+		sleep 0.1 2>/dev/null || usleep 100000
+		_s_i=$((_s_i + 1))
+	done
+	[ -c "$1" ]
+}
+
 suite_rmmod() { # suite_rmmod N
 	_s_st=0
 	if grep -q '^vugpu ' /proc/modules; then
