@@ -291,12 +291,36 @@ pub fn suite_outcome(
 }
 
 /// Lists the skips that were expected, with the suite's reasons.
+/// One line per (skip message, declared reason) with the tests it covers, so that forty
+/// coherent-memory skips read as one line (JUnit keeps one entry per test).
 fn say_expected_skips(report: &ktap::Report, expected: &[ExpectedSkip]) {
-    for (path, why) in report.summary().skips {
-        if let Some(e) = expected.iter().find(|e| e.matches(&path)) {
-            say!("  expected skip: {path}: {why} ({})", e.reason);
+    for ((why, reason), paths) in group_expected_skips(report.summary().skips, expected) {
+        say!(
+            "  expected skip ({}): {why} ({reason}): {}",
+            paths.len(),
+            paths.join(", ")
+        );
+    }
+}
+
+/// Groups the expected skips by their message and the suite's declared reason, in first-seen
+/// order; skips the suite does not expect are left out.
+fn group_expected_skips(
+    skips: Vec<(String, String)>,
+    expected: &[ExpectedSkip],
+) -> Vec<((String, String), Vec<String>)> {
+    let mut groups: Vec<((String, String), Vec<String>)> = Vec::new();
+    for (path, why) in skips {
+        let Some(e) = expected.iter().find(|e| e.matches(&path)) else {
+            continue;
+        };
+        let key = (why, e.reason.clone());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, paths)) => paths.push(path),
+            None => groups.push((key, vec![path])),
         }
     }
+    groups
 }
 
 /// Prints the outcome (and writes `--junit`) and returns the exit code.
@@ -422,6 +446,27 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_skips_grouped_by_message_and_reason() {
+        let exp = |pattern: &str, reason: &str| ExpectedSkip {
+            pattern: pattern.into(),
+            unless: None,
+            reason: reason.into(),
+        };
+        let expected = [exp("*_coherent.*", "no SPM"), exp("*.gup", "no GUP_TEST")];
+        let skips = vec![
+            ("s/a_coherent.x".to_string(), "not available".to_string()),
+            ("s/a.gup".to_string(), "needs GUP".to_string()),
+            ("s/unlisted".to_string(), "why".to_string()),
+            ("s/b_coherent.y".to_string(), "not available".to_string()),
+        ];
+        let g = group_expected_skips(skips, &expected);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].0, ("not available".to_string(), "no SPM".to_string()));
+        assert_eq!(g[0].1, ["s/a_coherent.x", "s/b_coherent.y"]);
+        assert_eq!(g[1].1, ["s/a.gup"]);
+    }
 
     #[test]
     fn collector_takes_lines_between_markers_from_the_first_source() {
