@@ -55,12 +55,17 @@
  *   -> engines_rwsem (read) -> data engine->lock: one VIRT job, which waits
  *   for the device while the fault thread (FAULT_VECTOR's irq thread,
  *   holding none of these) services its faults:
- *   mmap_lock -> hmm->lock -> mirror->mutex -> engines_rwsem (read) ->
- *   control engine->lock (TLB_INVALIDATE, FAULT_REPLAY).
+ *   mmap_lock -> hmm->lock -> mirror->mutex -> mmu->ctl_lock -> control
+ *   engine->lock (TLB_INVALIDATE, FAULT_REPLAY); mirror->mutex -> mmu->dma_lock
+ *   (the shared DMA mappings).
  *   mirror->mutex is taken by the interval notifier, which reclaim may call:
- *   nothing under it allocates with reclaim (page tables come from a pool,
- *   vugpu_mirror_pt_reserve(), else GFP_NOWAIT).  Resets take engines_rwsem
- *   for writing and do not wait for the fault thread.
+ *   nothing under it allocates with reclaim (page tables and DMA entries come
+ *   from pools, vugpu_mirror_pt_reserve(), else GFP_NOWAIT), and nothing under
+ *   it takes engines_rwsem, which FLR holds for writing across the PCI core's
+ *   config restore (that takes the MSI descriptor mutex, which allocates with
+ *   reclaim elsewhere).  Resets take engines_rwsem for writing, then mark the
+ *   MMU "resetting" under ctl_lock (vugpu_mmu_reset_prepare), and do not
+ *   wait for the fault thread.
  */
 #ifndef VUGPU_HMM_H
 #define VUGPU_HMM_H
@@ -84,6 +89,7 @@
 
 struct vugpu_device;
 struct vugpu_hw_desc;
+struct vugpu_dma_ent;
 struct vugpu_pt;
 struct vugpu_virt_job;
 
@@ -125,12 +131,28 @@ struct vugpu_mmu {
 	struct vugpu_virt_job	*jobs[VUGPU_ENGINE_MAX];	/* VIRT job in flight per engine */
 	unsigned long		ctx_used[BITS_TO_LONGS(VUGPU_MMU_CTX_COUNT)];
 
-	struct mutex		ctl_lock;	/* the control engine's submissions */
+	/*
+	 * The control engine's submissions (never engines_rwsem: see
+	 * vugpu_mmu_reset_prepare).  Also guards resetting, stopped and (for
+	 * vugpu_mmu_ctl_run) enabled.
+	 */
+	struct mutex		ctl_lock;
+	bool			resetting;	/* FLR / SOFT_RESET between prepare and done */
+	bool			stopped;	/* remove: never enabled again */
 	wait_queue_head_t	job_wq;		/* a job's users dropped to 0 */
-	struct task_struct	*fault_task;	/* FAULT_VECTOR's irq thread */
 	atomic_t		next_engine;	/* data engine round robin */
 	unsigned long		*fault_pfns;	/* the fault thread's hmm_pfns */
 
+	/*
+	 * DMA mappings of mirrored system pages: one per page (or 2 MiB THP)
+	 * and GPU, shared by every PTE of every context that maps it
+	 * (struct vugpu_dma_ent, vugpu_mmu.c), found by pfn when a PTE is
+	 * written and by bus address when one is released.
+	 */
+	spinlock_t		dma_lock;
+	struct hlist_head	*dma_by_pfn;
+	struct hlist_head	*dma_by_addr;
+	unsigned long		dma_maps;	/* live mappings (dma_lock) */
 	/* driver statistics (VUGPU_DMIRROR_STATS) */
 	atomic64_t		fault_irqs;	/* hard-IRQ handler runs on FAULT_VECTOR */
 	atomic64_t		faults;		/* records consumed */
@@ -158,6 +180,9 @@ struct vugpu_mirror {
 #define VUGPU_PT_POOL		4
 	struct vugpu_pt		*pt_pool[VUGPU_PT_POOL];	/* reserved tables (m->mutex) */
 	unsigned int		pt_pool_n;
+#define VUGPU_DMA_POOL		512	/* a fault chunk (VUGPU_FAULT_CHUNK) of new mappings */
+	struct vugpu_dma_ent	*dma_pool[VUGPU_DMA_POOL];	/* reserved DMA entries (m->mutex) */
+	unsigned int		dma_pool_n;
 	u64			flags;		/* HMM_DMIRROR_FLAG_* (FLAGS ioctl) */
 	struct list_head	node;		/* vdev->hmm->mirrors, under hmm->lock */
 	void			*devmem;	/* [DEVMEM] private per-mirror data, or NULL */
@@ -277,7 +302,9 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data);	/* FAULT_VECTOR's thread;
 int vugpu_mmu_probe(struct vugpu_device *vdev);		/* after the engines */
 void vugpu_mmu_stop(struct vugpu_device *vdev);		/* remove: disable */
 void vugpu_mmu_free_mem(struct vugpu_mmu *mmu);		/* remove: free memory */
-void vugpu_mmu_reinit(struct vugpu_device *vdev);	/* after FLR / SOFT_RESET */
+/* FLR / SOFT_RESET, with engines_rwsem held for writing: before, and after (@ok: the device is READY) */
+void vugpu_mmu_reset_prepare(struct vugpu_device *vdev);
+void vugpu_mmu_reset_done(struct vugpu_device *vdev, bool ok);
 bool vugpu_mmu_is_ctl_engine(struct vugpu_device *vdev, unsigned int engine);
 /* [MIRROR] internal to vugpu_mmu.c / vugpu_hmm.c */
 int vugpu_mmu_ctx_alloc(struct vugpu_mirror *m);

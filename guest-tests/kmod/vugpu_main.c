@@ -31,7 +31,9 @@
  * started elsewhere (sysfs "reset") takes vdev->lock in reset_prepare and
  * drops it in reset_done.  Every reset holds engines_rwsem for writing from
  * prepare to done, so no DMA job runs across it, and programs the engines'
- * rings again afterwards.
+ * rings again afterwards.  The device MMU's control path (TLB_INVALIDATE,
+ * FAULT_REPLAY) does not take engines_rwsem: it is told about the reset
+ * instead (vugpu_mmu_reset_prepare / _done in vugpu_mmu.c).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -228,8 +230,13 @@ static void vugpu_reset_prepare(struct pci_dev *pdev)
 	vdev->reset_took_lock = READ_ONCE(vdev->reset_owner) != current;
 	if (vdev->reset_took_lock)
 		mutex_lock(&vdev->lock);
-	/* No DMA job across the reset: it stops the engines. */
+	/*
+	 * No DMA job across the reset: it stops the engines.  The MMU's
+	 * invalidations do not wait for it (vugpu_mmu_reset_prepare): they may
+	 * come from reclaim, which the PCI core's restore may wait for.
+	 */
 	down_write(&vdev->engines_rwsem);
+	vugpu_mmu_reset_prepare(vdev);
 	vugpu_quiesce_irqs(vdev);
 }
 
@@ -245,10 +252,9 @@ static void vugpu_reset_done(struct pci_dev *pdev)
 			vdev->reset_regs.status);
 	else if (vdev->reset_regs.id != VUGPU_ID_VALUE)
 		dev_err(&pdev->dev, "bad ID %#x after reset\n", vdev->reset_regs.id);
-	if (!vdev->reset_ready_err) {
+	if (!vdev->reset_ready_err)
 		vugpu_engines_reinit(vdev);
-		vugpu_mmu_reinit(vdev);
-	}
+	vugpu_mmu_reset_done(vdev, !vdev->reset_ready_err);
 	vugpu_resume_irqs(vdev);
 	up_write(&vdev->engines_rwsem);
 	if (vdev->reset_took_lock) {
@@ -536,14 +542,14 @@ static int vugpu_do_soft_reset(struct vugpu_device *vdev, struct vugpu_regs *reg
 	int ret;
 
 	down_write(&vdev->engines_rwsem);
+	vugpu_mmu_reset_prepare(vdev);
 	vugpu_quiesce_irqs(vdev);
 	vugpu_wr(vdev, VUGPU_REG_SOFT_RESET, VUGPU_SOFT_RESET_MAGIC);
 	ret = vugpu_wait_ready(vdev);
 	vugpu_snapshot(vdev, regs);
-	if (!ret) {
+	if (!ret)
 		vugpu_engines_reinit(vdev);
-		vugpu_mmu_reinit(vdev);
-	}
+	vugpu_mmu_reset_done(vdev, !ret);
 	vugpu_resume_irqs(vdev);
 	up_write(&vdev->engines_rwsem);
 	return ret;

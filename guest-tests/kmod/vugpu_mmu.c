@@ -19,8 +19,9 @@
  * Per mirror (struct vugpu_mirror, one context): 4-level page tables of 4 KiB
  * tables (dma_alloc_coherent), allocated on demand and freed when empty or
  * at teardown.  A leaf maps a 4 KiB page (level 0) or a 2 MiB page (level
- * 1) either to a SYS bus address (a dma_map_page()d system page) or to a
- * VRAM offset (a device-private page of this GPU).
+ * 1) either to a SYS bus address (a system page's DMA mapping, shared with
+ * every other PTE of this GPU that maps the page: struct vugpu_dma_ent) or
+ * to a VRAM offset (a device-private page of this GPU).
  *
  * Unmapping is two-phase: leaves in the range lose VALID (the address and
  * the software bits stay: a "zombie"), the TLB is invalidated and waited
@@ -39,7 +40,9 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
+#include <linux/hash.h>
 #include <linux/hmm.h>
 #include <linux/huge_mm.h>
 #include <linux/interrupt.h>
@@ -54,13 +57,14 @@
 #include <linux/rmap.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
+#include <linux/swiotlb.h>
 #include <linux/version.h>
 
 #include "vugpu_drv.h"
 #include "vugpu_hmm.h"
 
 /* PTE software bits (63:56, ignored by the device). */
-#define VUGPU_PTE_SW_DMA	(1ULL << 56)	/* SYS page we dma_map_page()d: unmap on clear */
+#define VUGPU_PTE_SW_DMA	(1ULL << 56)	/* SYS page: holds a vugpu_dma_ent reference */
 #define VUGPU_PTE_SW_EXCL	(1ULL << 57)	/* granted by make_device_exclusive */
 #define VUGPU_PTE_SW_ZOMBIE	(1ULL << 58)	/* cleared, waiting for the TLB invalidation */
 
@@ -144,11 +148,174 @@ static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_mirror *m)
 }
 
 /*
- * Fill the mirror's pool of page tables (called without m->mutex, may
- * reclaim): enough for a fault chunk or a 2 MiB mapping (3 new tables).
+ * One DMA mapping of a system page (order 0) or of a PMD-mapped THP (order
+ * 9) for this GPU.  Every PTE of every context that maps the page holds one
+ * reference (valid and zombie PTEs alike), so the page has one streaming
+ * mapping per device however often it is mirrored: the zero page behind
+ * every read-faulted anonymous page, a page mirrored by two processes, a page
+ * re-mapped while its zombie waits for the TLB_INVALIDATE fence.  (The DMA
+ * API does not allow overlapping mappings of one buffer; DMA_API_DEBUG
+ * reports them as "cacheline tracking EEXIST".)  A 4 KiB PTE of the first
+ * page of a 2 MiB mapping shares that mapping (same bus address); a 2 MiB
+ * PTE over a page mapped alone cannot, and is written as 4 KiB PTEs instead.
+ * The other pages of a THP may have 4 KiB mappings of their own inside a 2
+ * MiB one: distinct buffers that start on different cache lines, harmless
+ * on the coherent, unbounced DMA path the MMU requires (vugpu_mmu_probe).
+ *
+ * Entries are found by pfn when a PTE is written and by bus address when one
+ * is released (a PTE holds only the bus address); both hashes and the
+ * counts are under mmu->dma_lock, which also covers the dma_map / dma_unmap
+ * calls, so a page is never mapped twice even for a moment.  Entries come
+ * from the mirror's pool (filled where reclaim is allowed) because the map
+ * and release paths run under m->mutex.
+ */
+struct vugpu_dma_ent {
+	struct hlist_node	by_pfn;
+	struct hlist_node	by_addr;
+	unsigned long		pfn;		/* first page */
+	dma_addr_t		dma;
+	unsigned long		refs;		/* PTEs holding it */
+	unsigned int		order;
+};
+
+#define VUGPU_DMA_HASH_BITS	14
+
+static struct hlist_head *vugpu_dma_bucket(struct hlist_head *tbl, unsigned long key)
+{
+	return &tbl[hash_long(key, VUGPU_DMA_HASH_BITS)];
+}
+
+/* Back to the pool, or freed.  Caller holds m->mutex. */
+static void vugpu_dma_ent_free(struct vugpu_mirror *m, struct vugpu_dma_ent *e)
+{
+	if (m->dma_pool_n < VUGPU_DMA_POOL)
+		m->dma_pool[m->dma_pool_n++] = e;
+	else
+		kfree(e);
+}
+
+/*
+ * A reference to the DMA mapping of @page (@order 0 or 9) for @m's GPU,
+ * mapping it if it has none: 0 and *@dma, -EXDEV (cannot be one 2 MiB
+ * mapping: write 4 KiB PTEs), -ENOMEM.  Caller holds m->mutex.
+ */
+static int vugpu_dma_get(struct vugpu_mirror *m, struct page *page, unsigned int order,
+			 dma_addr_t *dma)
+{
+	struct vugpu_mmu *mmu = vugpu_mmu(m->vdev);
+	struct device *dev = &m->vdev->pdev->dev;
+	unsigned long pfn = page_to_pfn(page);
+	size_t size = PAGE_SIZE << order;
+	struct vugpu_dma_ent *e;
+	dma_addr_t addr;
+	int ret = 0;
+
+	lockdep_assert_held(&m->mutex);
+	spin_lock(&mmu->dma_lock);
+	hlist_for_each_entry(e, vugpu_dma_bucket(mmu->dma_by_pfn, pfn), by_pfn) {
+		if (e->pfn != pfn)
+			continue;
+		if (e->order < order) {
+			ret = -EXDEV;
+		} else {
+			e->refs++;
+			*dma = e->dma;
+		}
+		goto out;
+	}
+	if (m->dma_pool_n)
+		e = m->dma_pool[--m->dma_pool_n];
+	else
+		e = kmalloc(sizeof(*e), GFP_NOWAIT | __GFP_NOWARN);
+	if (!e) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	addr = dma_map_page(dev, page, 0, size, DMA_BIDIRECTIONAL);
+	if (dma_mapping_error(dev, addr)) {
+		vugpu_dma_ent_free(m, e);
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (!IS_ALIGNED(addr, size)) {
+		/* A 2 MiB leaf needs a 2 MiB-aligned bus address. */
+		dma_unmap_page(dev, addr, size, DMA_BIDIRECTIONAL);
+		vugpu_dma_ent_free(m, e);
+		ret = order ? -EXDEV : -EINVAL;
+		goto out;
+	}
+	e->pfn = pfn;
+	e->dma = addr;
+	e->order = order;
+	e->refs = 1;
+	hlist_add_head(&e->by_pfn, vugpu_dma_bucket(mmu->dma_by_pfn, pfn));
+	hlist_add_head(&e->by_addr, vugpu_dma_bucket(mmu->dma_by_addr, addr >> PAGE_SHIFT));
+	mmu->dma_maps++;
+	*dma = addr;
+out:
+	spin_unlock(&mmu->dma_lock);
+	return ret;
+}
+
+/* Drop a PTE's reference to the mapping at bus address @dma.  Caller holds m->mutex. */
+static void vugpu_dma_put(struct vugpu_mirror *m, dma_addr_t dma)
+{
+	struct vugpu_mmu *mmu = vugpu_mmu(m->vdev);
+	struct vugpu_dma_ent *e;
+
+	lockdep_assert_held(&m->mutex);
+	spin_lock(&mmu->dma_lock);
+	hlist_for_each_entry(e, vugpu_dma_bucket(mmu->dma_by_addr, dma >> PAGE_SHIFT), by_addr) {
+		if (e->dma != dma)
+			continue;
+		if (--e->refs) {
+			spin_unlock(&mmu->dma_lock);
+			return;
+		}
+		hlist_del(&e->by_pfn);
+		hlist_del(&e->by_addr);
+		mmu->dma_maps--;
+		dma_unmap_page(&m->vdev->pdev->dev, dma, PAGE_SIZE << e->order, DMA_BIDIRECTIONAL);
+		spin_unlock(&mmu->dma_lock);
+		vugpu_dma_ent_free(m, e);
+		return;
+	}
+	spin_unlock(&mmu->dma_lock);
+	/* A PTE with SW_DMA always holds a reference: this is a driver bug. */
+	WARN_ONCE(1, "vugpu: no DMA mapping at %pad\n", &dma);
+}
+
+/*
+ * Fill the mirror's pools (called without m->mutex, may reclaim): page
+ * tables for a fault chunk or a 2 MiB mapping (3 new tables), DMA entries
+ * for a fault chunk of pages mapped for the first time.
  */
 void vugpu_mirror_pt_reserve(struct vugpu_mirror *m)
 {
+	for (;;) {
+		struct vugpu_dma_ent *batch[16];
+		unsigned int n, i;
+
+		mutex_lock(&m->mutex);
+		n = min_t(unsigned int, VUGPU_DMA_POOL - m->dma_pool_n, ARRAY_SIZE(batch));
+		mutex_unlock(&m->mutex);
+		if (!n)
+			break;
+		for (i = 0; i < n; i++) {
+			batch[i] = kmalloc(sizeof(*batch[i]), GFP_KERNEL);
+			if (!batch[i])
+				break;
+		}
+		n = i;
+		mutex_lock(&m->mutex);
+		for (i = 0; i < n && m->dma_pool_n < VUGPU_DMA_POOL; i++)
+			m->dma_pool[m->dma_pool_n++] = batch[i];
+		mutex_unlock(&m->mutex);
+		for (; i < n; i++)
+			kfree(batch[i]);
+		if (n < ARRAY_SIZE(batch))
+			break;
+	}
 	for (;;) {
 		struct vugpu_pt *pt;
 
@@ -205,12 +372,11 @@ static unsigned int vugpu_pte_perm(u64 pte)
 	return perm;
 }
 
-/* Undo the DMA mapping of a leaf (valid or zombie). */
-static void vugpu_pte_release(struct vugpu_device *vdev, u64 pte, unsigned int level)
+/* Drop the DMA mapping reference of a leaf (valid or zombie). */
+static void vugpu_pte_release(struct vugpu_mirror *m, u64 pte)
 {
 	if (pte & VUGPU_PTE_SW_DMA)
-		dma_unmap_page(&vdev->pdev->dev, pte & VUGPU_PT_ADDR_MASK,
-			       level ? VUGPU_SZ_2M : PAGE_SIZE, DMA_BIDIRECTIONAL);
+		vugpu_dma_put(m, pte & VUGPU_PT_ADDR_MASK);
 }
 
 /*
@@ -263,7 +429,7 @@ static u64 vugpu_leaf_bits(unsigned int perm, unsigned int aperture, unsigned in
 }
 
 /* Free the (empty) subtree under entry @i of @pt at @level and clear the entry. */
-static void vugpu_pt_free_tree(struct vugpu_device *vdev, struct vugpu_pt *pt, unsigned int level)
+static void vugpu_pt_free_tree(struct vugpu_mirror *m, struct vugpu_pt *pt, unsigned int level)
 {
 	unsigned int i;
 
@@ -271,13 +437,13 @@ static void vugpu_pt_free_tree(struct vugpu_device *vdev, struct vugpu_pt *pt, u
 		u64 e = vugpu_pte_get(pt, i);
 
 		if (level && pt->child[i]) {
-			vugpu_pt_free_tree(vdev, pt->child[i], level - 1);
+			vugpu_pt_free_tree(m, pt->child[i], level - 1);
 			pt->child[i] = NULL;
 		} else if (e & (VUGPU_PTE_VALID | VUGPU_PTE_SW_ZOMBIE)) {
-			vugpu_pte_release(vdev, e, level);
+			vugpu_pte_release(m, e);
 		}
 	}
-	vugpu_pt_free(vdev, pt);
+	vugpu_pt_free(m->vdev, pt);
 }
 
 /*
@@ -307,7 +473,7 @@ static int vugpu_set_leaf(struct vugpu_mirror *m, unsigned long va, u64 leaf, un
 			return -ENOMEM;
 		vugpu_pte_set(l1, j, 0);
 		l1->valid--;
-		vugpu_pte_release(m->vdev, old, 1);
+		vugpu_pte_release(m, old);
 		if (old & VUGPU_PTE_VALID)
 			atomic64_sub(VUGPU_PT_ENTRIES, &m->mapped_pages);
 		replaced = 1;
@@ -326,12 +492,12 @@ static int vugpu_set_leaf(struct vugpu_mirror *m, unsigned long va, u64 leaf, un
 		vugpu_pte_set(pt, i, 0);
 		pt->child[i] = NULL;
 		pt->valid--;
-		vugpu_pt_free_tree(m->vdev, c, 0);
+		vugpu_pt_free_tree(m, c, 0);
 		replaced = 1;
 	}
 	old = vugpu_pte_get(pt, i);
 	if (old & (VUGPU_PTE_VALID | VUGPU_PTE_SW_ZOMBIE)) {
-		vugpu_pte_release(m->vdev, old, level);
+		vugpu_pte_release(m, old);
 		if (old & VUGPU_PTE_VALID) {
 			replaced = 1;
 			atomic64_sub(level ? VUGPU_PT_ENTRIES : 1, &m->mapped_pages);
@@ -372,7 +538,6 @@ static int vugpu_mirror_map_page_r(struct vugpu_mirror *m, unsigned long va, str
 				   unsigned int order, unsigned int perm)
 {
 	struct vugpu_device *vdev = m->vdev;
-	size_t size = PAGE_SIZE << order;
 	dma_addr_t dma;
 	int ret;
 
@@ -389,17 +554,13 @@ static int vugpu_mirror_map_page_r(struct vugpu_mirror *m, unsigned long va, str
 	ret = vugpu_map_checked(m, va, order);
 	if (ret)
 		return ret;
-	dma = dma_map_page(&vdev->pdev->dev, page, 0, size, DMA_BIDIRECTIONAL);
-	if (dma_mapping_error(&vdev->pdev->dev, dma))
-		return -ENOMEM;
-	if (!IS_ALIGNED(dma, size)) {
-		dma_unmap_page(&vdev->pdev->dev, dma, size, DMA_BIDIRECTIONAL);
-		return -EINVAL;
-	}
+	ret = vugpu_dma_get(m, page, order, &dma);
+	if (ret)
+		return ret;
 	ret = vugpu_set_leaf(m, va, (dma & VUGPU_PT_ADDR_MASK) | VUGPU_PTE_SW_DMA |
 			     vugpu_leaf_bits(perm, VUGPU_APERTURE_SYS, order), order);
 	if (ret < 0)
-		dma_unmap_page(&vdev->pdev->dev, dma, size, DMA_BIDIRECTIONAL);
+		vugpu_dma_put(m, dma);
 	return ret;
 }
 
@@ -505,7 +666,7 @@ static void vugpu_reap(struct vugpu_mirror *m, struct vugpu_pt *pt, unsigned int
 		}
 		if (!(e & VUGPU_PTE_SW_ZOMBIE))
 			continue;
-		vugpu_pte_release(m->vdev, e, level);
+		vugpu_pte_release(m, e);
 		vugpu_pte_set(pt, i, 0);
 		pt->valid--;
 	}
@@ -574,9 +735,19 @@ bool vugpu_mirror_any_exclusive(struct vugpu_mirror *m, unsigned long start, uns
 
 /*
  * Run MMU control descriptors on the reserved engine and wait (polling: they
- * complete at once).  Takes engines_rwsem for reading: callers hold no
- * engine lock and not engines_rwsem (a reset waiting for it would block a
- * recursive reader).
+ * complete at once).  Returns -EAGAIN during a reset and -ENODEV once the MMU
+ * is stopped, without touching the device.
+ *
+ * This is the path of every invalidation, and the interval notifier runs it
+ * under m->mutex, maybe from reclaim: so it takes mmu->ctl_lock and the
+ * control engine's lock, never engines_rwsem, which an FLR holds for writing
+ * across the PCI core's reset (see vugpu_mmu_reset_prepare), and it never
+ * waits for a reset to end.  The engine needs no engines_rwsem here: resets
+ * reprogram it only after vugpu_mmu_reset_prepare() (which waits for a run in
+ * flight, under ctl_lock) and before vugpu_mmu_reset_done(); remove stops the
+ * MMU (vugpu_mmu_stop) before it stops and frees the engines.  Nor does the
+ * fault thread ever wait for a reset here: a VIRT job holds engines_rwsem for
+ * reading while it waits for the thread, and a reset waits for that job.
  */
 static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *descs,
 			     unsigned int n)
@@ -587,21 +758,12 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 	u64 t0;
 	int ret;
 
-	/*
-	 * The fault thread never blocks on engines_rwsem: a VIRT job holds it
-	 * for reading while it waits for the thread, so a reset queued behind
-	 * that job would deadlock the three of them.  A writer is only ever a
-	 * reset, MMU disable or remove, and each one flushes the TLB and drops
-	 * the waiting work: nothing of this context can use a translation
-	 * before it (one VIRT job per context, and it waits on this fault).
-	 */
-	if (READ_ONCE(mmu->fault_task) == current) {
-		if (!down_read_trylock(&vdev->engines_rwsem))
-			return -EAGAIN;
-	} else {
-		down_read(&vdev->engines_rwsem);
+	mutex_lock(&mmu->ctl_lock);
+	if (mmu->resetting) {
+		ret = -EAGAIN;
+		goto out;
 	}
-	if (vdev->engines_dead || !vdev->engines || !mmu->enabled) {
+	if (!mmu->enabled || READ_ONCE(vdev->engines_dead) || !vdev->engines) {
 		ret = -ENODEV;
 		goto out;
 	}
@@ -619,7 +781,7 @@ static int vugpu_mmu_ctl_run(struct vugpu_mmu *mmu, const struct vugpu_hw_desc *
 				     "MMU control engine %u: %d (code %u, addr %#llx)\n",
 				     mmu->ctl_engine, ret, res.regs.error_code, res.regs.error_addr);
 out:
-	up_read(&vdev->engines_rwsem);
+	mutex_unlock(&mmu->ctl_lock);
 	return ret;
 }
 
@@ -658,7 +820,11 @@ int vugpu_mmu_invalidate(struct vugpu_mirror *m, unsigned long start, unsigned l
 	if (!mmu || !mmu->enabled)
 		return 0;	/* nothing can use a translation */
 	ret = vugpu_mmu_tlb_inv(mmu, m->ctx, start, end);
-	/* -ENODEV / -EAGAIN: removed, or a reset is waiting: the TLB goes with it. */
+	/*
+	 * -EAGAIN: a reset is under way, and it empties the TLB before any
+	 * engine can use a translation again (vugpu_mmu_reset_prepare).
+	 * -ENODEV: the MMU is stopped (remove): no VIRT job runs any more.
+	 */
 	return ret == -ENODEV || ret == -EAGAIN ? 0 : ret;
 }
 
@@ -722,10 +888,12 @@ void vugpu_mmu_ctx_free(struct vugpu_mirror *m)
 		return;
 	vugpu_ctx_write(mmu, m->ctx, 0);
 	vugpu_mmu_tlb_inv(mmu, VUGPU_DESC_CONTEXT_ALL, 0, 0);
-	vugpu_pt_free_tree(m->vdev, m->root, VUGPU_PT_LEVELS - 1);
+	vugpu_pt_free_tree(m, m->root, VUGPU_PT_LEVELS - 1);
 	m->root = NULL;
 	while (m->pt_pool_n)
 		vugpu_pt_free(m->vdev, m->pt_pool[--m->pt_pool_n]);
+	while (m->dma_pool_n)
+		kfree(m->dma_pool[--m->dma_pool_n]);
 	spin_lock(&mmu->ctx_lock);
 	mmu->ctx_mirror[m->ctx] = NULL;
 	__clear_bit(m->ctx, mmu->ctx_used);
@@ -809,6 +977,11 @@ static int vugpu_mirror_fault_range(struct vugpu_mirror *m, unsigned long start,
 			    !vugpu_hmm_page_is_local(m->vdev, page))
 				order = VUGPU_PAGE_SHIFT_2M - PAGE_SHIFT;
 			ret = vugpu_mirror_map_page_r(m, va, page, order, perm);
+			if (ret == -EXDEV && order) {
+				/* The THP's first page has a 4 KiB mapping: 4 KiB PTEs. */
+				order = 0;
+				ret = vugpu_mirror_map_page_r(m, va, page, order, perm);
+			}
 			if (ret == 1) {
 				inv_s = min(inv_s, va);
 				inv_e = max(inv_e, va + (PAGE_SIZE << order));
@@ -936,7 +1109,9 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 {
 	u16 ctx = le16_to_cpu(rec->context);
 	struct vugpu_virt_job *job = NULL;
+	bool ctx_busy = false;
 	u64 t0 = ktime_get_ns();
+	unsigned int i;
 	int err;
 
 	atomic64_inc(&mmu->faults);
@@ -948,11 +1123,26 @@ static void vugpu_fault_one(struct vugpu_mmu *mmu, const struct vugpu_fault_rec 
 		if (job)
 			job->users++;
 	}
+	for (i = 0; !job && i < VUGPU_ENGINE_MAX; i++)
+		if (mmu->jobs[i] && !mmu->jobs[i]->done && mmu->jobs[i]->m->ctx == ctx)
+			ctx_busy = true;
 	spin_unlock(&mmu->ctx_lock);
 
 	if (!job) {
-		/* Nobody waits for this context on that engine: do not let it hang. */
 		atomic64_inc(&mmu->stray);
+		if (ctx_busy) {
+			/*
+			 * A stale duplicate: an overflow recovery (replay of all
+			 * contexts) let an engine fault again while its first
+			 * record was still in the ring, and the job finished on
+			 * the first.  The context has a new job, whose engine a
+			 * cancel would stop: replay instead (a waiting engine
+			 * faults again if it still misses, with a fresh record).
+			 */
+			vugpu_mmu_replay(mmu, ctx, false);
+			return;
+		}
+		/* Nobody waits for this context on that engine: do not let it hang. */
 		dev_warn_ratelimited(&mmu->vdev->pdev->dev,
 				     "MMU fault ctx %u engine %u addr %#llx without a job: cancelled\n",
 				     ctx, rec->engine, le64_to_cpu(rec->addr));
@@ -995,8 +1185,8 @@ static void vugpu_fault_ack(struct vugpu_mmu *mmu, u32 gen, u32 get)
 
 /*
  * The threaded half of FAULT_VECTOR: consume the ring.  It holds no lock
- * while it services a record (vugpu_mmu_ctl_run() takes engines_rwsem for
- * each replay), and resets do not wait for it (vugpu_main.c quiesces this
+ * while it services a record (vugpu_mmu_ctl_run() takes ctl_lock for each
+ * replay), and resets do not wait for it (vugpu_main.c quiesces this
  * vector with disable_irq_nosync): a reset restarts the ring (ring_gen), and
  * records read before it are answered harmlessly (the work they belonged
  * to was abandoned by the reset).
@@ -1013,7 +1203,6 @@ irqreturn_t vugpu_mmu_irq_thread(int irq, void *data)
 	if (!hmm)
 		return IRQ_HANDLED;
 	mmu = &hmm->mmu;
-	WRITE_ONCE(mmu->fault_task, current);
 	/*
 	 * An engine waits on its one fault, so records can only be dropped
 	 * when the ring is smaller than the engines (or it was seen full):
@@ -1219,6 +1408,14 @@ void vugpu_mmu_free_mem(struct vugpu_mmu *mmu)
 {
 	struct device *dev = &mmu->vdev->pdev->dev;
 
+	/* Every context is gone, and with it every PTE's DMA reference. */
+	if (mmu->dma_maps)
+		dev_err(dev, "%lu DMA mappings of mirrored pages left at remove\n", mmu->dma_maps);
+	kvfree(mmu->dma_by_pfn);
+	mmu->dma_by_pfn = NULL;
+	kvfree(mmu->dma_by_addr);
+	mmu->dma_by_addr = NULL;
+
 	if (mmu->ctx_table)
 		dma_free_coherent(dev, VUGPU_MMU_CTX_COUNT * VUGPU_CTX_ENTRY_SIZE, mmu->ctx_table,
 				  mmu->ctx_table_dma);
@@ -1257,6 +1454,7 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	mmu->vdev = vdev;
 	spin_lock_init(&mmu->ctx_lock);
 	mutex_init(&mmu->ctl_lock);
+	spin_lock_init(&mmu->dma_lock);
 	init_waitqueue_head(&mmu->job_wq);
 	if (VUGPU_VERSION_MINOR(vdev->version) < VUGPU_VERSION_MINOR(VUGPU_VERSION_MMU) ||
 	    !(caps & VUGPU_CAPS_MMU)) {
@@ -1266,6 +1464,16 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	if (vdev->engines_init_err || vdev->engine_count < 2 || !vdev->engines) {
 		dev_warn(dev, "device MMU unused: needs 2 working engines (have %u)\n",
 			 vdev->engine_count);
+		return -EOPNOTSUPP;
+	}
+	/*
+	 * A mirrored page is used by the CPU and the device at once, with no
+	 * point where ownership could pass (as hmm_dma_map_alloc() demands on
+	 * newer kernels): a bounce buffer or cache maintenance would break it.
+	 */
+	if (!dev_is_dma_coherent(dev) || is_swiotlb_force_bounce(dev) ||
+	    dma_addressing_limited(dev)) {
+		dev_warn(dev, "device MMU unused: DMA to system memory is not coherent and direct\n");
 		return -EOPNOTSUPP;
 	}
 	mmu->ctl_engine = vdev->engine_count - 1;
@@ -1287,7 +1495,11 @@ int vugpu_mmu_probe(struct vugpu_device *vdev)
 	mmu->ring = dma_alloc_coherent(dev, (size_t)mmu->ring_slots * VUGPU_FAULT_REC_SIZE,
 				       &mmu->ring_dma, GFP_KERNEL);
 	mmu->fault_pfns = kcalloc(VUGPU_FAULT_CHUNK, sizeof(*mmu->fault_pfns), GFP_KERNEL);
-	if (!mmu->ctx_table || !mmu->ring || !mmu->fault_pfns) {
+	mmu->dma_by_pfn = kvcalloc(1U << VUGPU_DMA_HASH_BITS, sizeof(struct hlist_head), GFP_KERNEL);
+	mmu->dma_by_addr = kvcalloc(1U << VUGPU_DMA_HASH_BITS, sizeof(struct hlist_head),
+				    GFP_KERNEL);
+	if (!mmu->ctx_table || !mmu->ring || !mmu->fault_pfns || !mmu->dma_by_pfn ||
+	    !mmu->dma_by_addr) {
 		ret = -ENOMEM;
 		goto err;
 	}
@@ -1313,27 +1525,85 @@ void vugpu_mmu_stop(struct vugpu_device *vdev)
 	if (!mmu || !mmu->ctx_table)
 		return;
 	down_write(&vdev->engines_rwsem);
+	mutex_lock(&mmu->ctl_lock);
 	if (mmu->enabled && !vdev->engines_dead)
 		vugpu_wr(vdev, VUGPU_REG_MMU_CONTROL, 0);
 	spin_lock(&mmu->ctx_lock);
 	mmu->enabled = false;
 	spin_unlock(&mmu->ctx_lock);
+	mmu->stopped = true;
+	mutex_unlock(&mmu->ctl_lock);
 	up_write(&vdev->engines_rwsem);
 	/* The fault thread sees !enabled; main's teardown frees the vector. */
 }
 
-/* After FLR / SOFT_RESET (engines_rwsem held for writing): program the MMU again. */
-void vugpu_mmu_reinit(struct vugpu_device *vdev)
+/*
+ * FLR / SOFT_RESET, before the device is reset.  The caller holds
+ * engines_rwsem for writing: no job runs (the last one has finished or was
+ * stopped by its timeout) and none can start until vugpu_mmu_reset_done().
+ *
+ * An FLR holds engines_rwsem across the PCI core's reset, and the core's
+ * config restore takes the MSI descriptor mutex, which is held elsewhere
+ * while allocating with reclaim; reclaim may invalidate a mirror.  So the
+ * invalidation path (m->mutex, then vugpu_mmu_ctl_run) must neither take
+ * engines_rwsem nor wait for the reset to end (either would close that
+ * cycle: lockdep reported the first).  Instead, from here until
+ * vugpu_mmu_reset_done() every TLB_INVALIDATE is skipped and reported done,
+ * and that keeps the guarantee that no device access uses a translation the
+ * kernel has taken back, because:
+ *   - an invalidation only needs to stop accesses that could use the old
+ *     translation after it returns; every such access is made by an engine
+ *     running a VIRT job (the MMU translates nothing else), and no job runs
+ *     from here on: the caller drained them and blocks new ones, and
+ *     FAULT_REPLAY is skipped too, so no stalled engine resumes;
+ *   - the reset flushes the TLB and stops every engine (hw-spec §9.1: FLR,
+ *     SOFT_RESET and DEVICE_RESET return the MMU to its reset value), and
+ *     vugpu_mmu_reset_done() enables the MMU again, which flushes it again
+ *     (ENABLE 0->1), before any job can run; if the device does not come
+ *     back READY, the MMU stays disabled and no VIRT job is submitted;
+ *   - the page tables live in system memory and survive the reset, already
+ *     without the cleared PTEs (the notifier clears them before it asks for
+ *     the invalidation), so the first walk after the reset sees the new state.
+ * The zombie PTEs' DMA mappings are released at once, as after a completed
+ * invalidation: no engine runs that could still use them.
+ * Taking ctl_lock here waits for a control submission already in flight.
+ */
+void vugpu_mmu_reset_prepare(struct vugpu_device *vdev)
 {
 	struct vugpu_mmu *mmu = vugpu_mmu(vdev);
 
-	if (!mmu || !mmu->ctx_table || !mmu->enabled)
+	lockdep_assert_held_write(&vdev->engines_rwsem);
+	if (!mmu || !mmu->ctx_table)
 		return;
-	spin_lock(&mmu->ctx_lock);
-	mmu->enabled = false;
-	spin_unlock(&mmu->ctx_lock);
-	if (vugpu_mmu_hw_init(mmu))
-		dev_err(&vdev->pdev->dev, "device MMU: cannot re-enable after reset\n");
+	mutex_lock(&mmu->ctl_lock);
+	mmu->resetting = true;
+	mutex_unlock(&mmu->ctl_lock);
+}
+
+/*
+ * After FLR / SOFT_RESET (engines_rwsem still held for writing, engines
+ * reprogrammed if @ok): program and enable the MMU again, or, if the device
+ * is not READY, leave it disabled.  Then invalidations run again.
+ */
+void vugpu_mmu_reset_done(struct vugpu_device *vdev, bool ok)
+{
+	struct vugpu_mmu *mmu = vugpu_mmu(vdev);
+
+	lockdep_assert_held_write(&vdev->engines_rwsem);
+	if (!mmu || !mmu->ctx_table)
+		return;
+	mutex_lock(&mmu->ctl_lock);
+	if (!mmu->stopped) {
+		spin_lock(&mmu->ctx_lock);
+		mmu->enabled = false;
+		spin_unlock(&mmu->ctx_lock);
+		if (!ok)
+			dev_err(&vdev->pdev->dev, "device MMU disabled: the device did not come back from the reset\n");
+		else if (vugpu_mmu_hw_init(mmu))
+			dev_err(&vdev->pdev->dev, "device MMU: cannot re-enable after reset\n");
+	}
+	mmu->resetting = false;
+	mutex_unlock(&mmu->ctl_lock);
 }
 
 void vugpu_mmu_read_stats(struct vugpu_device *vdev, u64 *hw)
