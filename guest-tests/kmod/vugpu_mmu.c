@@ -162,6 +162,11 @@ static struct vugpu_pt *vugpu_pt_alloc(struct vugpu_mirror *m)
  * MiB one: distinct buffers that start on different cache lines, harmless
  * on the coherent, unbounced DMA path the MMU requires (vugpu_mmu_probe).
  *
+ * Two GPUs mirroring one page (hmm-tests' double_map) still map it twice,
+ * once per device, and DMA_API_DEBUG tracks cache lines across devices: the
+ * mappings carry VUGPU_MIRROR_DMA_ATTRS, which tell the DMA API that the page
+ * is shared with the CPU without ownership passes and cache maintenance.
+ *
  * Entries are found by pfn when a PTE is written and by bus address when one
  * is released (a PTE holds only the bus address); both hashes and the
  * counts are under mmu->dma_lock, which also covers the dma_map / dma_unmap
@@ -179,6 +184,22 @@ struct vugpu_dma_ent {
 };
 
 #define VUGPU_DMA_HASH_BITS	14
+
+/*
+ * The DMA attributes of mirrored pages.  The CPU and the device use them at
+ * the same time, so the mapping must need no cache maintenance and no bounce
+ * buffer.  Kernels with DMA_ATTR_REQUIRE_COHERENT (7.x; what their own
+ * hmm_dma_map_pfn() uses) fail such a mapping otherwise, and DMA_API_DEBUG
+ * accepts overlapping mappings that all carry it.  6.12 has neither: the MMU
+ * is only used where the path is coherent and unbounced (vugpu_mmu_probe),
+ * where the CPU syncs are no-ops, so the mappings skip them, which is also
+ * what 6.12's DMA_API_DEBUG accepts for overlapping mappings.
+ */
+#ifdef DMA_ATTR_REQUIRE_COHERENT
+#define VUGPU_MIRROR_DMA_ATTRS	DMA_ATTR_REQUIRE_COHERENT
+#else
+#define VUGPU_MIRROR_DMA_ATTRS	DMA_ATTR_SKIP_CPU_SYNC
+#endif
 
 static struct hlist_head *vugpu_dma_bucket(struct hlist_head *tbl, unsigned long key)
 {
@@ -231,7 +252,7 @@ static int vugpu_dma_get(struct vugpu_mirror *m, struct page *page, unsigned int
 		ret = -ENOMEM;
 		goto out;
 	}
-	addr = dma_map_page(dev, page, 0, size, DMA_BIDIRECTIONAL);
+	addr = dma_map_page_attrs(dev, page, 0, size, DMA_BIDIRECTIONAL, VUGPU_MIRROR_DMA_ATTRS);
 	if (dma_mapping_error(dev, addr)) {
 		vugpu_dma_ent_free(m, e);
 		ret = -ENOMEM;
@@ -239,7 +260,7 @@ static int vugpu_dma_get(struct vugpu_mirror *m, struct page *page, unsigned int
 	}
 	if (!IS_ALIGNED(addr, size)) {
 		/* A 2 MiB leaf needs a 2 MiB-aligned bus address. */
-		dma_unmap_page(dev, addr, size, DMA_BIDIRECTIONAL);
+		dma_unmap_page_attrs(dev, addr, size, DMA_BIDIRECTIONAL, VUGPU_MIRROR_DMA_ATTRS);
 		vugpu_dma_ent_free(m, e);
 		ret = order ? -EXDEV : -EINVAL;
 		goto out;
@@ -275,7 +296,8 @@ static void vugpu_dma_put(struct vugpu_mirror *m, dma_addr_t dma)
 		hlist_del(&e->by_pfn);
 		hlist_del(&e->by_addr);
 		mmu->dma_maps--;
-		dma_unmap_page(&m->vdev->pdev->dev, dma, PAGE_SIZE << e->order, DMA_BIDIRECTIONAL);
+		dma_unmap_page_attrs(&m->vdev->pdev->dev, dma, PAGE_SIZE << e->order,
+				     DMA_BIDIRECTIONAL, VUGPU_MIRROR_DMA_ATTRS);
 		spin_unlock(&mmu->dma_lock);
 		vugpu_dma_ent_free(m, e);
 		return;
