@@ -24,8 +24,8 @@
  *     make_device_exclusive owner are all the struct vugpu_device pointer.
  *     vugpu_hmm_page_is_local() tests exactly that.
  *   - A mirror (one open of /dev/hmm_dmirrorN) is one MMU context.  Its page
- *     tables map user VAs either to a SYS bus address (a system page,
- *     dma_map_page()d by the MIRROR side) or to a VRAM offset (a device-private
+ *     tables map user VAs either to a SYS bus address (a system page, DMA-mapped
+ *     once per GPU by the MIRROR side and shared by all its PTEs) or to a VRAM offset (a device-private
  *     page of this GPU, offset from vugpu_devmem_vram_offset()).
  *   - Device-private pages of this GPU may be mapped by several mirrors; the
  *     mirror does not hold page references (like test_hmm): an
@@ -225,8 +225,9 @@ struct vugpu_mirror_lookup {
  * [MIRROR] Map @va (aligned to PAGE_SIZE << @order; order 0 or 9 =
  * HPAGE_PMD_ORDER) to @page with VUGPU_MAP_* @perm.  A device-private page of
  * this GPU (vugpu_hmm_page_is_local) is mapped to its VRAM offset
- * (vugpu_devmem_vram_offset); any other page is dma_map_page()d and mapped to
- * its SYS bus address (unmapped again when the PTE is cleared).  Replaces an
+ * (vugpu_devmem_vram_offset); any other page is mapped to its SYS bus address
+ * (the GPU's one DMA mapping of the page, taken for the PTE and dropped when
+ * the PTE is cleared).  Replaces an
  * existing mapping (invalidating the TLB if it was valid).  Caller holds
  * m->mutex and has checked mmu_interval_read_retry() under it, or knows the
  * range cannot change (migration with the pages locked).

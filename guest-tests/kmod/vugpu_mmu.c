@@ -184,6 +184,7 @@ struct vugpu_dma_ent {
 };
 
 #define VUGPU_DMA_HASH_BITS	14
+static_assert(VUGPU_DMA_POOL >= VUGPU_FAULT_CHUNK, "a fault chunk of new mappings fits the pool");
 
 /*
  * The DMA attributes of mirrored pages.  The CPU and the device use them at
