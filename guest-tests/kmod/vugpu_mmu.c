@@ -59,10 +59,10 @@
 #include "vugpu_drv.h"
 #include "vugpu_hmm.h"
 
-/* PTE software bits (63:56, ignored by the device). */
-#define VUGPU_PTE_SW_DMA	(1ULL << 56)	/* SYS page we dma_map_page()d: unmap on clear */
-#define VUGPU_PTE_SW_EXCL	(1ULL << 57)	/* granted by make_device_exclusive */
-#define VUGPU_PTE_SW_ZOMBIE	(1ULL << 58)	/* cleared, waiting for the TLB invalidation */
+/* The driver's use of the PTE software bits (vugpu_hw.h: from VUGPU_PTE_SW_SHIFT, ignored by the device). */
+#define VUGPU_PTE_SW_DMA	(1ULL << (VUGPU_PTE_SW_SHIFT + 0))	/* SYS page we dma_map_page()d: unmap on clear */
+#define VUGPU_PTE_SW_EXCL	(1ULL << (VUGPU_PTE_SW_SHIFT + 1))	/* granted by make_device_exclusive */
+#define VUGPU_PTE_SW_ZOMBIE	(1ULL << (VUGPU_PTE_SW_SHIFT + 2))	/* cleared, waiting for the TLB invalidation */
 
 #define VUGPU_SZ_2M		(1UL << VUGPU_PAGE_SHIFT_2M)
 

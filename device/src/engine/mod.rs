@@ -120,7 +120,7 @@ impl EngineState {
         let aperture = Aperture::from_raw(self.aperture);
         let size_ok = self.size.is_power_of_two() && self.size <= MAX_RING_SIZE;
         match aperture {
-            Some(aperture) if size_ok && base % 64 == 0 => Ok(Ring {
+            Some(aperture) if size_ok && base.is_multiple_of(regs::RING_ALIGN) => Ok(Ring {
                 base,
                 size: self.size,
                 aperture,

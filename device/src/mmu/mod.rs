@@ -75,7 +75,8 @@ pub enum Counter {
     Invalidations,
 }
 
-const COUNTERS: usize = 7;
+/// Number of counters.
+pub const COUNTERS: usize = Counter::Invalidations as usize + 1;
 
 /// A translation fault an engine raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

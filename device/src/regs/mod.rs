@@ -217,7 +217,7 @@ impl RegisterFile {
             Kind::SoftReset => out.soft_reset = value == spec::SOFT_RESET_MAGIC,
             Kind::IrqTrigger => {
                 if value < self.params.num_vectors {
-                    if value < 32 {
+                    if value < spec::IRQ_STATUS_VECTORS {
                         let s = self.value(spec::offset::IRQ_STATUS);
                         self.store(spec::offset::IRQ_STATUS, s | (1 << value));
                     }
