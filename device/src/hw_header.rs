@@ -5,8 +5,10 @@
 //! that the device model decodes or encodes with, so the driver's header cannot say something
 //! the model does not do: `vugpu hw-header > guest-tests/kmod/vugpu_hw.h` regenerates it, and
 //! the test `checked_in_header_is_generated` fails (with a diff and that command) when the
-//! checked-in file differs by a byte. A few values the model has no use for (the `VERSION`s a
-//! driver checks, `CAPS_KNOWN`) are defined here, once. The function-like macros and the
+//! checked-in file differs by a byte. A few values the model has no constant for are defined
+//! here, once: `VUGPU_DB_TAIL` and `VUGPU_REGFILE_START` (0: the first word of a doorbell area,
+//! the start of BAR0), `VUGPU_ENG_ERR_NONE` (0), `VUGPU_ENG_STATUS_STATE_MASK` (bits 3:0) and
+//! `VUGPU_CAPS_KNOWN` (the union of the `CAPS` bits). The function-like macros and the
 //! `_Static_assert`s are C text; the assertions are checked by every compile of the driver.
 //!
 //! [`HwHeader::values`] gives the same values by name, for the test that cross-checks the
@@ -352,11 +354,15 @@ fn bar0(h: &mut Builder) {
         hex(eregs::SLEEP_HINT, 1),
         "device-written sleep hint: read only",
     );
-    h.def("VUGPU_REG_WIDTH", dec(4u64), "every register is 32 bits");
+    h.def(
+        "VUGPU_REG_WIDTH",
+        dec(crate::regs::REGISTER_WIDTH as u64),
+        "every register is 32 bits",
+    );
     h.raw("/* A register read that the device rejects (bad size/alignment). */");
     h.def(
         "VUGPU_REG_BAD_READ",
-        Val::Hex(u64::from(u32::MAX), 8, U),
+        Val::Hex(crate::regs::BAD_READ.into(), 8, U),
         "",
     );
 }
@@ -511,7 +517,7 @@ fn register_file(h: &mut Builder) {
     );
     h.def(
         "VUGPU_VRAM_DATA_BAD",
-        Val::Hex(u64::from(u32::MAX), 8, U),
+        Val::Hex(crate::regs::VRAM_DATA_BAD.into(), 8, U),
         "out-of-range VRAM_DATA read",
     );
     h.def(
@@ -749,7 +755,7 @@ fn mmu(h: &mut Builder) {
         };
         h.def(
             &format!("VUGPU_REG_MMU_STAT_{name}"),
-            reg(o::STATS + 8 * c as u32),
+            reg(o::STATS + spec::COUNTER_SIZE * c as u32),
             note,
         );
     }
@@ -881,7 +887,17 @@ fn mmu(h: &mut Builder) {
 
 fn engine_stats(h: &mut Builder) {
     h.raw("");
-    h.raw("/* §8.1 per-engine 64-bit statistics counters (engine block offsets; _HI at +4). */");
+    h.raw("/* §8.1 per-engine 64-bit statistics counters (engine block offsets). */");
+    h.def(
+        "VUGPU_COUNTER_SIZE",
+        dec(spec::COUNTER_SIZE),
+        "64-bit counters (§8.1, §9.1): _LO latches _HI",
+    );
+    h.def(
+        "VUGPU_COUNTER_HI",
+        dec(spec::COUNTER_HI),
+        "_HI dword of a counter",
+    );
     for (name, c) in [
         ("JOBS", EngCounter::Jobs),
         ("BYTES_S2V", EngCounter::SysToVram),
@@ -900,13 +916,13 @@ fn engine_stats(h: &mut Builder) {
     ] {
         h.def(
             &format!("VUGPU_ENG_STAT_{name}"),
-            hex(stats::STATS_BASE + 8 * c as u32, 2),
+            hex(stats::STATS_BASE + spec::COUNTER_SIZE * c as u32, 2),
             "",
         );
     }
     h.expr(
         "VUGPU_ENG_NUM_STATS",
-        "((VUGPU_ENG_STATS_END - VUGPU_ENG_STATS_START) / 8)",
+        "((VUGPU_ENG_STATS_END - VUGPU_ENG_STATS_START) / VUGPU_COUNTER_SIZE)",
         "",
     );
 }

@@ -313,7 +313,9 @@
 #define VUGPU_FAULT_BAD_CONTEXT		5
 #define VUGPU_FAULT_VA_RANGE		6
 
-/* §8.1 per-engine 64-bit statistics counters (engine block offsets; _HI at +4). */
+/* §8.1 per-engine 64-bit statistics counters (engine block offsets). */
+#define VUGPU_COUNTER_SIZE		8	/* 64-bit counters (§8.1, §9.1): _LO latches _HI */
+#define VUGPU_COUNTER_HI		4	/* _HI dword of a counter */
 #define VUGPU_ENG_STAT_JOBS		0x40
 #define VUGPU_ENG_STAT_BYTES_S2V	0x48
 #define VUGPU_ENG_STAT_BYTES_V2S	0x50
@@ -328,7 +330,7 @@
 #define VUGPU_ENG_STAT_BYTES_RO		0x98
 #define VUGPU_ENG_STAT_ERRORS		0xa0
 #define VUGPU_ENG_STAT_IRQS		0xa8
-#define VUGPU_ENG_NUM_STATS		((VUGPU_ENG_STATS_END - VUGPU_ENG_STATS_START) / 8)
+#define VUGPU_ENG_NUM_STATS		((VUGPU_ENG_STATS_END - VUGPU_ENG_STATS_START) / VUGPU_COUNTER_SIZE)
 
 /* §1.3 PCIe Device Control bits the engines honour (§7.1). */
 #define VUGPU_DEVCTL_RELAX_EN		0x0010	/* bit 4 Enable Relaxed Ordering */

@@ -1341,9 +1341,9 @@ void vugpu_mmu_read_stats(struct vugpu_device *vdev, u64 *hw)
 	unsigned int i;
 
 	for (i = 0; i < VUGPU_MMU_NUM_STATS; i++) {
-		u32 off = VUGPU_REG_MMU_STAT_FAULTS + 8 * i;
+		u32 off = VUGPU_REG_MMU_STAT_FAULTS + VUGPU_COUNTER_SIZE * i;
 		u32 lo = vugpu_rd(vdev, off);
 
-		hw[i] = (u64)vugpu_rd(vdev, off + 4) << 32 | lo;
+		hw[i] = (u64)vugpu_rd(vdev, off + VUGPU_COUNTER_HI) << 32 | lo;
 	}
 }
