@@ -186,10 +186,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{text}' is too large"))
 }
 
+/// Smallest VRAM (and VRAM BAR) size.
+pub const MIN_VRAM_SIZE: u64 = 1 << 20;
+
 /// Parses a VRAM size: a power of two between 1 MiB and 128 TiB.
 pub fn parse_vram_size(text: &str) -> Result<u64, String> {
     let n = parse_size(text)?;
-    if n < 1 << 20 || !n.is_power_of_two() || n > 1 << 47 {
+    if n < MIN_VRAM_SIZE || !n.is_power_of_two() || n > 1 << 47 {
         return Err(format!(
             "VRAM size '{text}' must be a power of two between 1M and 128T"
         ));

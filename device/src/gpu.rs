@@ -63,6 +63,10 @@ pub const DEFAULT_DEVICE_ID: u16 = 0x5647;
 pub const DEFAULT_SUBSYSTEM_VENDOR_ID: u16 = 0x1234;
 /// Default Subsystem ID.
 pub const DEFAULT_SUBSYSTEM_ID: u16 = 0x0001;
+/// Revision ID.
+pub const REVISION: u8 = 0x01;
+/// Class code: 3D controller (0x03_02), prog-if 0.
+pub const CLASS_CODE: u32 = 0x03_02_00;
 /// Default number of MSI-X vectors.
 pub const DEFAULT_MSIX_VECTORS: u16 = 16;
 /// Default number of DMA engines.
@@ -178,8 +182,8 @@ impl GpuConfig {
                 device_id: DEFAULT_DEVICE_ID,
                 subsystem_vendor_id: DEFAULT_SUBSYSTEM_VENDOR_ID,
                 subsystem_id: DEFAULT_SUBSYSTEM_ID,
-                revision: 0x01,
-                class_code: 0x03_02_00,
+                revision: REVISION,
+                class_code: CLASS_CODE,
             },
             serial: 0,
             inject: Injections::default(),

@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod engine;
 pub mod event_loop;
 pub mod gpu;
+pub mod hw_header;
 pub mod irq;
 pub mod log;
 pub mod mmu;

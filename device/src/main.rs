@@ -38,6 +38,9 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
+    /// Print the C header of the hardware contract (guest-tests/kmod/vugpu_hw.h), generated
+    /// from the model's register map.
+    HwHeader,
     /// Print the QEMU `-device` argument that attaches the GPU served on SOCKET.
     QemuArgs {
         /// The server's socket.
@@ -73,6 +76,10 @@ fn main() -> ExitCode {
         Command::Stats { socket } => request(&ctl_path(socket), "stats")
             .map(|reply| println!("{reply}"))
             .map_err(|e| e.to_string()),
+        Command::HwHeader => {
+            print!("{}", vugpu_device::hw_header::generate().text);
+            Ok(())
+        }
         Command::QemuArgs { socket } => {
             println!("{}", qemu_device_arg(socket));
             Ok(())

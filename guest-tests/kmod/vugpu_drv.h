@@ -34,6 +34,9 @@
 #include "vugpu_hw.h"
 #include "vugpu_uapi.h"
 
+/* The ioctl ABI states the descriptor limit on its own; it must be the hardware's. */
+static_assert(VUGPU_DMA_MAX_LEN == VUGPU_DESC_MAX_LENGTH);
+
 #define VUGPU_DRIVER_NAME	"vugpu"
 
 /* Rings: default size and the per-engine VRAM ring reservation. */

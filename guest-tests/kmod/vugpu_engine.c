@@ -500,10 +500,10 @@ void vugpu_engine_stats(struct vugpu_engine *eng, struct vugpu_engine_stats *st)
 	/* One latch per engine (§8.1): no other statistics read between LO and HI. */
 	mutex_lock(&eng->stats_lock);
 	for (i = 0; i < VUGPU_ENG_NUM_STATS; i++) {
-		u32 off = VUGPU_ENG_STATS_START + 8 * i;
+		u32 off = VUGPU_ENG_STATS_START + VUGPU_COUNTER_SIZE * i;
 		u32 lo = eng_rd(eng, off);	/* latches the counter's high half */
 
-		st->hw[i] = (u64)eng_rd(eng, off + 4) << 32 | lo;
+		st->hw[i] = (u64)eng_rd(eng, off + VUGPU_COUNTER_HI) << 32 | lo;
 	}
 	mutex_unlock(&eng->stats_lock);
 	st->jobs = atomic64_read(&eng->jobs);

@@ -63,10 +63,10 @@
 #include "vugpu_drv.h"
 #include "vugpu_hmm.h"
 
-/* PTE software bits (63:56, ignored by the device). */
-#define VUGPU_PTE_SW_DMA	(1ULL << 56)	/* SYS page: holds a vugpu_dma_ent reference */
-#define VUGPU_PTE_SW_EXCL	(1ULL << 57)	/* granted by make_device_exclusive */
-#define VUGPU_PTE_SW_ZOMBIE	(1ULL << 58)	/* cleared, waiting for the TLB invalidation */
+/* The driver's use of the PTE software bits (vugpu_hw.h: from VUGPU_PTE_SW_SHIFT, ignored by the device). */
+#define VUGPU_PTE_SW_DMA	(1ULL << (VUGPU_PTE_SW_SHIFT + 0))	/* SYS page: holds a vugpu_dma_ent reference */
+#define VUGPU_PTE_SW_EXCL	(1ULL << (VUGPU_PTE_SW_SHIFT + 1))	/* granted by make_device_exclusive */
+#define VUGPU_PTE_SW_ZOMBIE	(1ULL << (VUGPU_PTE_SW_SHIFT + 2))	/* cleared, waiting for the TLB invalidation */
 
 #define VUGPU_SZ_2M		(1UL << VUGPU_PAGE_SHIFT_2M)
 
@@ -1634,9 +1634,9 @@ void vugpu_mmu_read_stats(struct vugpu_device *vdev, u64 *hw)
 	unsigned int i;
 
 	for (i = 0; i < VUGPU_MMU_NUM_STATS; i++) {
-		u32 off = VUGPU_REG_MMU_STAT_FAULTS + 8 * i;
+		u32 off = VUGPU_REG_MMU_STAT_FAULTS + VUGPU_COUNTER_SIZE * i;
 		u32 lo = vugpu_rd(vdev, off);
 
-		hw[i] = (u64)vugpu_rd(vdev, off + 4) << 32 | lo;
+		hw[i] = (u64)vugpu_rd(vdev, off + VUGPU_COUNTER_HI) << 32 | lo;
 	}
 }

@@ -25,7 +25,7 @@
 #define GAP_MS		200	/* how long the job must stay untouched */
 #define GAP_STEP_MS	20
 #define RESUME_MS	1000	/* after pci_set_master; far below dma_timeout_ms */
-#define MAX_VECTORS	2048
+#define MAX_VECTORS	VUGPU_MSIX_MAX_VECTORS
 
 struct gap_job {
 	struct dma_ctx *c;

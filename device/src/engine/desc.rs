@@ -24,6 +24,40 @@
 pub const DESC_SIZE: usize = 64;
 /// Largest COPY/FILL length (1 GiB).
 pub const MAX_LENGTH: u64 = 0x4000_0000;
+/// `FILL`: `dst` and `length` alignment.
+pub const FILL_ALIGN: u64 = 4;
+/// `FENCE`, `TIMESTAMP`, `ATOMIC`: alignment of the 8-byte stores.
+pub const FENCE_ALIGN: u64 = 8;
+/// `ATOMIC`: the only valid `length`.
+pub const ATOMIC_LENGTH: u64 = 8;
+/// `FAULT_REPLAY`: `value` bit 0, cancel instead of replay.
+pub const REPLAY_CANCEL: u64 = 1;
+
+/// Byte offsets of the fields (hw-spec §7).
+pub mod field {
+    /// `opcode` (u8).
+    pub const OPCODE: usize = 0x00;
+    /// `flags` (u8).
+    pub const FLAGS: usize = 0x01;
+    /// `src_aperture` (u8).
+    pub const SRC_APERTURE: usize = 0x02;
+    /// `dst_aperture` (u8).
+    pub const DST_APERTURE: usize = 0x03;
+    /// `context` (u16).
+    pub const CONTEXT: usize = 0x04;
+    /// Reserved (2 bytes, MBZ).
+    pub const RSVD0: usize = 0x06;
+    /// `src` (u64).
+    pub const SRC: usize = 0x08;
+    /// `dst` (u64).
+    pub const DST: usize = 0x10;
+    /// `length` (u64).
+    pub const LENGTH: usize = 0x18;
+    /// `value` (u64).
+    pub const VALUE: usize = 0x20;
+    /// Reserved (24 bytes, MBZ) to the end.
+    pub const RSVD1: usize = 0x28;
+}
 /// TLB_INVALIDATE granularity.
 const PAGE: u64 = 0x1000;
 
@@ -51,6 +85,8 @@ pub mod opcode {
 pub const CONTEXT_ALL: u16 = 0xffff;
 /// Aperture 3: a device-virtual address (hw-spec §9.5).
 pub const APERTURE_VIRT: u8 = 3;
+/// The PEER aperture value: reserved, rejected like any unknown aperture (hw-spec §6.1).
+pub const APERTURE_PEER: u8 = 2;
 
 /// Descriptor flags.
 pub mod flags {
@@ -276,28 +312,31 @@ fn range_end(addr: u64, len: u64) -> Result<u64, DescError> {
 impl Descriptor {
     /// Decodes and validates the 64 bytes of a descriptor.
     pub fn decode(b: &[u8; DESC_SIZE]) -> Result<Descriptor, DescError> {
-        let opcode = b[0];
-        let fl = b[1];
+        let opcode = b[field::OPCODE];
+        let fl = b[field::FLAGS];
         if fl & !flags::ALL != 0 {
             return Err(DescError::ReservedFlags(fl & !flags::ALL));
         }
-        if let Some(i) = (6..8).chain(0x28..DESC_SIZE).find(|&i| b[i] != 0) {
+        if let Some(i) = (field::RSVD0..field::SRC)
+            .chain(field::RSVD1..DESC_SIZE)
+            .find(|&i| b[i] != 0)
+        {
             return Err(DescError::ReservedBytes(i));
         }
-        let ctx = u16::from_le_bytes([b[4], b[5]]);
-        let src = u64_at(b, 0x08);
-        let dst = u64_at(b, 0x10);
-        let len = u64_at(b, 0x18);
-        let value = u64_at(b, 0x20);
+        let ctx = u16::from_le_bytes([b[field::CONTEXT], b[field::CONTEXT + 1]]);
+        let src = u64_at(b, field::SRC);
+        let dst = u64_at(b, field::DST);
+        let len = u64_at(b, field::LENGTH);
+        let value = u64_at(b, field::VALUE);
         let op = match opcode {
             opcode::NOP => Op::Nop,
             opcode::COPY => {
                 let src = Addr {
-                    aperture: aperture(b[2], ctx)?,
+                    aperture: aperture(b[field::SRC_APERTURE], ctx)?,
                     addr: src,
                 };
                 let dst = Addr {
-                    aperture: aperture(b[3], ctx)?,
+                    aperture: aperture(b[field::DST_APERTURE], ctx)?,
                     addr: dst,
                 };
                 if len == 0 || len > MAX_LENGTH {
@@ -312,13 +351,13 @@ impl Descriptor {
             }
             opcode::FILL => {
                 let dst = Addr {
-                    aperture: aperture(b[3], ctx)?,
+                    aperture: aperture(b[field::DST_APERTURE], ctx)?,
                     addr: dst,
                 };
-                if !(4..=MAX_LENGTH).contains(&len) || !len.is_multiple_of(4) {
+                if !(FILL_ALIGN..=MAX_LENGTH).contains(&len) || !len.is_multiple_of(FILL_ALIGN) {
                     return Err(DescError::BadLength(len));
                 }
-                if !dst.addr.is_multiple_of(4) {
+                if !dst.addr.is_multiple_of(FILL_ALIGN) {
                     return Err(DescError::Misaligned(dst.addr));
                 }
                 range_end(dst.addr, len)?;
@@ -333,13 +372,13 @@ impl Descriptor {
             }
             opcode::FENCE | opcode::TIMESTAMP => {
                 let dst = Addr {
-                    aperture: aperture(b[3], ctx)?,
+                    aperture: aperture(b[field::DST_APERTURE], ctx)?,
                     addr: dst,
                 };
-                if !dst.addr.is_multiple_of(8) {
+                if !dst.addr.is_multiple_of(FENCE_ALIGN) {
                     return Err(DescError::Misaligned(dst.addr));
                 }
-                range_end(dst.addr, 8)?;
+                range_end(dst.addr, FENCE_ALIGN)?;
                 if opcode == opcode::FENCE {
                     Op::Fence { dst, value }
                 } else {
@@ -348,26 +387,29 @@ impl Descriptor {
             }
             opcode::ATOMIC => {
                 let dst = Addr {
-                    aperture: aperture(b[3], ctx)?,
+                    aperture: aperture(b[field::DST_APERTURE], ctx)?,
                     addr: dst,
                 };
                 let result = Addr {
-                    aperture: aperture(b[2], ctx)?,
+                    aperture: aperture(b[field::SRC_APERTURE], ctx)?,
                     addr: src,
                 };
-                if len != 8 {
+                if len != ATOMIC_LENGTH {
                     return Err(DescError::BadLength(len));
                 }
                 for a in [dst, result] {
-                    if !a.addr.is_multiple_of(8) {
+                    if !a.addr.is_multiple_of(FENCE_ALIGN) {
                         return Err(DescError::Misaligned(a.addr));
                     }
-                    range_end(a.addr, 8)?;
+                    range_end(a.addr, ATOMIC_LENGTH)?;
                 }
                 Op::Atomic { dst, result, value }
             }
             opcode::TLB_INVALIDATE => {
-                if let Some(i) = [2, 3].into_iter().find(|&i| b[i] != 0) {
+                if let Some(i) = [field::SRC_APERTURE, field::DST_APERTURE]
+                    .into_iter()
+                    .find(|&i| b[i] != 0)
+                {
                     return Err(DescError::NonZeroField(i));
                 }
                 if !dst.is_multiple_of(PAGE) {
@@ -384,17 +426,20 @@ impl Descriptor {
                 }
             }
             opcode::FAULT_REPLAY => {
-                let fields = [(2, u64::from(b[2])), (3, u64::from(b[3])), (0x08, src)];
-                let fields =
-                    fields
-                        .into_iter()
-                        .chain([(0x10, dst), (0x18, len), (0x20, value & !1)]);
+                let fields = [
+                    (field::SRC_APERTURE, u64::from(b[field::SRC_APERTURE])),
+                    (field::DST_APERTURE, u64::from(b[field::DST_APERTURE])),
+                    (field::SRC, src),
+                    (field::DST, dst),
+                    (field::LENGTH, len),
+                    (field::VALUE, value & !REPLAY_CANCEL),
+                ];
                 if let Some((i, _)) = fields.into_iter().find(|&(_, v)| v != 0) {
                     return Err(DescError::NonZeroField(i));
                 }
                 Op::FaultReplay {
                     ctx: scope_ctx(ctx),
-                    cancel: value & 1 != 0,
+                    cancel: value & REPLAY_CANCEL != 0,
                 }
             }
             other => return Err(DescError::BadOpcode(other)),
@@ -439,15 +484,15 @@ impl RawDescriptor {
     /// The 64 bytes.
     pub fn to_bytes(&self) -> [u8; DESC_SIZE] {
         let mut b = [0u8; DESC_SIZE];
-        b[0] = self.opcode;
-        b[1] = self.flags;
-        b[2] = self.src_aperture;
-        b[3] = self.dst_aperture;
-        b[0x04..0x06].copy_from_slice(&self.context.to_le_bytes());
-        b[0x08..0x10].copy_from_slice(&self.src.to_le_bytes());
-        b[0x10..0x18].copy_from_slice(&self.dst.to_le_bytes());
-        b[0x18..0x20].copy_from_slice(&self.length.to_le_bytes());
-        b[0x20..0x28].copy_from_slice(&self.value.to_le_bytes());
+        b[field::OPCODE] = self.opcode;
+        b[field::FLAGS] = self.flags;
+        b[field::SRC_APERTURE] = self.src_aperture;
+        b[field::DST_APERTURE] = self.dst_aperture;
+        b[field::CONTEXT..field::RSVD0].copy_from_slice(&self.context.to_le_bytes());
+        b[field::SRC..field::DST].copy_from_slice(&self.src.to_le_bytes());
+        b[field::DST..field::LENGTH].copy_from_slice(&self.dst.to_le_bytes());
+        b[field::LENGTH..field::VALUE].copy_from_slice(&self.length.to_le_bytes());
+        b[field::VALUE..field::RSVD1].copy_from_slice(&self.value.to_le_bytes());
         b
     }
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::regs::spec::{COUNTER_HI, COUNTER_SIZE};
 use desc::Aperture;
 use env::{EngineEnv, FaultReport};
 use regs::{control, info, offset, ErrorCode, State, DOORBELL_STRIDE, MAX_RING_SIZE};
@@ -120,7 +121,7 @@ impl EngineState {
         let aperture = Aperture::from_raw(self.aperture);
         let size_ok = self.size.is_power_of_two() && self.size <= MAX_RING_SIZE;
         match aperture {
-            Some(aperture) if size_ok && base % 64 == 0 => Ok(Ring {
+            Some(aperture) if size_ok && base.is_multiple_of(regs::RING_ALIGN) => Ok(Ring {
                 base,
                 size: self.size,
                 aperture,
@@ -456,13 +457,16 @@ impl EngineSet {
             offset::LAST_FENCE_LO => st.last_fence as u32,
             offset::LAST_FENCE_HI => (st.last_fence >> 32) as u32,
             o if (STATS_BASE..STATS_END).contains(&o) => {
-                let v = e.stats.get(((o - STATS_BASE) / 8) as usize).unwrap_or(0);
-                if o % 8 == 0 {
+                let v = e
+                    .stats
+                    .get(((o - STATS_BASE) / COUNTER_SIZE) as usize)
+                    .unwrap_or(0);
+                if o % COUNTER_SIZE == 0 {
                     st.latch = Some((o, (v >> 32) as u32));
                     v as u32
                 } else {
                     match st.latch.take() {
-                        Some((lo, hi)) if lo + 4 == o => hi,
+                        Some((lo, hi)) if lo + COUNTER_HI == o => hi,
                         _ => (v >> 32) as u32,
                     }
                 }

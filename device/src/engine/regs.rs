@@ -29,6 +29,8 @@ pub const DOORBELL_STRIDE: u64 = 0x40;
 pub const SLEEP_HINT: u64 = 0x4;
 /// First MSI-X vector of the engines (engine i: vector `ENGINE_VECTOR_BASE + i`).
 pub const ENGINE_VECTOR_BASE: u32 = 1;
+/// Ring base alignment (bytes).
+pub const RING_ALIGN: u64 = 64;
 /// Largest ring (slots).
 pub const MAX_RING_SIZE: u32 = 65536;
 

@@ -44,7 +44,7 @@ pub const COUNTERS: usize = Counter::Irqs as usize + 1;
 /// Offset of the first counter in the engine block.
 pub const STATS_BASE: u32 = 0x40;
 /// End of the counters in the engine block.
-pub const STATS_END: u32 = STATS_BASE + 8 * COUNTERS as u32;
+pub const STATS_END: u32 = STATS_BASE + crate::regs::spec::COUNTER_SIZE * COUNTERS as u32;
 
 /// The counters of one engine.
 #[derive(Debug, Default)]

@@ -21,6 +21,25 @@ use super::walk::{Access, Reason};
 pub const RECORD_SIZE: u64 = 32;
 /// Largest ring (records).
 pub const MAX_RING_SIZE: u32 = 65536;
+/// Byte offsets of the record's fields.
+pub mod field {
+    /// `addr` (u64).
+    pub const ADDR: usize = 0x00;
+    /// `context` (u16).
+    pub const CONTEXT: usize = 0x08;
+    /// `engine` (u8).
+    pub const ENGINE: usize = 0x0a;
+    /// `access` (u8).
+    pub const ACCESS: usize = 0x0b;
+    /// `reason` (u8).
+    pub const REASON: usize = 0x0c;
+    /// `level` (u8).
+    pub const LEVEL: usize = 0x0d;
+    /// `timestamp` (u64).
+    pub const TIMESTAMP: usize = 0x10;
+    /// `seq` (u32).
+    pub const SEQ: usize = 0x18;
+}
 /// Doorbell page offset of `FAULT_PUT` (device-written).
 pub const DB_FAULT_PUT: u64 = 0x800;
 /// Doorbell page offset of `FAULT_GET` (driver-written).
@@ -51,14 +70,14 @@ impl Record {
     /// The 32 bytes in memory.
     pub fn to_bytes(&self) -> [u8; RECORD_SIZE as usize] {
         let mut b = [0u8; RECORD_SIZE as usize];
-        b[0x00..0x08].copy_from_slice(&self.addr.to_le_bytes());
-        b[0x08..0x0a].copy_from_slice(&self.context.to_le_bytes());
-        b[0x0a] = self.engine;
-        b[0x0b] = self.access as u8;
-        b[0x0c] = self.reason as u8;
-        b[0x0d] = self.level;
-        b[0x10..0x18].copy_from_slice(&self.timestamp.to_le_bytes());
-        b[0x18..0x1c].copy_from_slice(&self.seq.to_le_bytes());
+        b[field::ADDR..field::ADDR + 8].copy_from_slice(&self.addr.to_le_bytes());
+        b[field::CONTEXT..field::CONTEXT + 2].copy_from_slice(&self.context.to_le_bytes());
+        b[field::ENGINE] = self.engine;
+        b[field::ACCESS] = self.access as u8;
+        b[field::REASON] = self.reason as u8;
+        b[field::LEVEL] = self.level;
+        b[field::TIMESTAMP..field::TIMESTAMP + 8].copy_from_slice(&self.timestamp.to_le_bytes());
+        b[field::SEQ..field::SEQ + 4].copy_from_slice(&self.seq.to_le_bytes());
         b
     }
 }

@@ -33,6 +33,7 @@ use serde::Serialize;
 use vugpu_backend::SharedPage;
 
 use crate::engine::desc::Addr;
+use crate::regs::spec::{COUNTER_HI, COUNTER_SIZE};
 use fault_ring::{Record, DB_FAULT_GET, DB_FAULT_PUT};
 use regs::{control, offset, status, Config, Programmed};
 use tlb::{InFlight, Scope, Ticket, Tlb};
@@ -75,7 +76,8 @@ pub enum Counter {
     Invalidations,
 }
 
-const COUNTERS: usize = 7;
+/// Number of counters.
+pub const COUNTERS: usize = Counter::Invalidations as usize + 1;
 
 /// A translation fault an engine raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,14 +290,14 @@ impl Mmu {
             offset::FAULT_GET => doorbell.load_u32(DB_FAULT_GET).unwrap_or(0),
             offset::FAULT_VECTOR => self.fault_vector,
             o if (offset::STATS..offset::STATS_END).contains(&o) => {
-                let i = ((o - offset::STATS) / 8) as usize;
+                let i = ((o - offset::STATS) / COUNTER_SIZE) as usize;
                 let v = self.stats[i].load(Ordering::Relaxed);
-                if o % 8 == 0 {
+                if o % COUNTER_SIZE == 0 {
                     st.latch = Some((o, (v >> 32) as u32));
                     v as u32
                 } else {
                     match st.latch.take() {
-                        Some((lo, hi)) if lo + 4 == o => hi,
+                        Some((lo, hi)) if lo + COUNTER_HI == o => hi,
                         _ => (v >> 32) as u32,
                     }
                 }

@@ -27,6 +27,12 @@ pub const PAGE_2M: u64 = 1 << 21;
 pub const VA_BITS: u32 = 48;
 /// The level reported for faults of the context entry (and of the address itself).
 pub const CONTEXT_LEVEL: u8 = 4;
+/// Table levels (3 = root).
+pub const LEVELS: u8 = 4;
+/// Entries per table.
+pub const TABLE_ENTRIES: u64 = 512;
+/// Bytes per table.
+pub const TABLE_SIZE: u64 = TABLE_ENTRIES * 8;
 
 /// Entry bits.
 pub mod pte {
@@ -50,6 +56,8 @@ pub mod pte {
     pub const RESERVED: u64 = 0x00f0_0000_0000_0f80;
     /// Permission bits (must be 0 in a non-leaf entry).
     pub const PERMS: u64 = READ | WRITE | ATOMIC;
+    /// Bits 63:56: software bits, ignored by the device.
+    pub const SOFTWARE: u64 = 0xff00_0000_0000_0000;
 }
 
 /// Context entry bits (low qword; the high qword must be 0).
@@ -240,7 +248,8 @@ pub fn read_context(
 
 /// The table index of `va` at `level` (0-3).
 pub fn index(va: u64, level: u8) -> u64 {
-    (va >> (12 + 9 * u32::from(level))) & 0x1ff
+    (va >> (PAGE_4K.trailing_zeros() + TABLE_ENTRIES.trailing_zeros() * u32::from(level)))
+        & (TABLE_ENTRIES - 1)
 }
 
 /// Walks the four levels from `root` for `va` (bits 63:48 must be 0: else `VA_RANGE` at
@@ -254,7 +263,7 @@ pub fn walk(
         return Err(stop(Reason::VaRange, CONTEXT_LEVEL));
     }
     let mut table = root;
-    for level in (0..=3u8).rev() {
+    for level in (0..LEVELS).rev() {
         // The table address has bits 11:0 clear and at most 52 bits: no overflow.
         let at = Addr {
             aperture: table.aperture,

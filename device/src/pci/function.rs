@@ -18,6 +18,8 @@ use super::config_space::{ConfigSpace, ConfigSpaceError, Register};
 /// Command register: writable bits (Memory Space, Bus Master, Parity Error Response, SERR#,
 /// Interrupt Disable).
 pub const COMMAND_RW: u32 = 0x0546;
+/// Cache Line Size writable bits (stored, no effect).
+pub const CACHE_LINE_SIZE_RW: u32 = 0xff;
 /// Command: Memory Space Enable.
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 /// Command: Bus Master Enable.
@@ -87,7 +89,7 @@ fn header_registers(id: &PciIdentity, cap_ptr: u8) -> Vec<Register> {
             4,
             u32::from(id.revision) | ((id.class_code & 0xff_ffff) << 8),
         ),
-        Register::rw("Cache Line Size", 0x0c, 1, 0, 0xff),
+        Register::rw("Cache Line Size", 0x0c, 1, 0, CACHE_LINE_SIZE_RW),
         Register::ro("Latency Timer", 0x0d, 1, 0),
         Register::ro("Header Type", 0x0e, 1, 0),
         Register::ro("BIST", 0x0f, 1, 0),

@@ -62,6 +62,8 @@ pub const DEV_CTL2_RW: u32 = 0xf | (1 << 4) | (1 << 6) | (1 << 12);
 pub const LINK_CAP2: u32 = 0x1e;
 /// Link Control 2 reset: target 16 GT/s.
 pub const LINK_CTL2_RESET: u32 = 0x4;
+/// Link Control 2 writable bits: Target Link Speed.
+pub const LINK_CTL2_RW: u32 = 0xf;
 
 /// The PCI Express capability (Endpoint).
 #[derive(Debug, Default)]
@@ -96,7 +98,7 @@ impl Capability for PciExpress {
             Register::rw("Device Control 2", 0x28, 2, 0, DEV_CTL2_RW),
             Register::ro("Device Status 2", 0x2a, 2, 0),
             Register::ro("Link Capabilities 2", 0x2c, 4, LINK_CAP2),
-            Register::rw("Link Control 2", 0x30, 2, LINK_CTL2_RESET, 0xf),
+            Register::rw("Link Control 2", 0x30, 2, LINK_CTL2_RESET, LINK_CTL2_RW),
             Register::ro("Link Status 2", 0x32, 2, 0),
             Register::ro("Slot Capabilities 2", 0x34, 4, 0),
             Register::ro("Slot Control 2", 0x38, 2, 0),

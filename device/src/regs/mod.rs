@@ -10,6 +10,13 @@ pub mod spec;
 
 use spec::{Kind, Reset, REGISTERS};
 
+/// Bytes per register (the only access width the file accepts).
+pub const REGISTER_WIDTH: usize = 4;
+/// What a rejected access (bad width or alignment) reads.
+pub const BAD_READ: u32 = u32::MAX;
+/// What a `VRAM_DATA` read with the index out of range returns.
+pub const VRAM_DATA_BAD: u32 = u32::MAX;
+
 /// End of the register file inside BAR0.
 pub const REGISTER_FILE_SIZE: u64 = 0x10_0000;
 
@@ -133,8 +140,8 @@ impl RegisterFile {
     }
 
     fn decode(&mut self, offset: u64, len: usize) -> Option<u32> {
-        let ok = len == 4
-            && offset & 3 == 0
+        let ok = len == REGISTER_WIDTH
+            && offset.is_multiple_of(REGISTER_WIDTH as u64)
             && offset
                 .checked_add(4)
                 .is_some_and(|end| end <= REGISTER_FILE_SIZE);
@@ -165,7 +172,8 @@ impl RegisterFile {
     /// A read of `data.len()` bytes at `offset` (inside the register file).
     pub fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut dyn RegisterContext) {
         let Some(off) = self.decode(offset, data.len()) else {
-            data.fill(0xff);
+            // Every byte of BAD_READ (the access may be any width).
+            data.fill(BAD_READ.to_le_bytes()[0]);
             return;
         };
         let value = match spec::lookup(off) {
@@ -182,7 +190,7 @@ impl RegisterFile {
                 Kind::VramData => {
                     let v = ctx.vram_read_u32(self.vram_index());
                     self.vram_access(v.is_some());
-                    v.unwrap_or(u32::MAX)
+                    v.unwrap_or(VRAM_DATA_BAD)
                 }
             },
         };
@@ -217,7 +225,7 @@ impl RegisterFile {
             Kind::SoftReset => out.soft_reset = value == spec::SOFT_RESET_MAGIC,
             Kind::IrqTrigger => {
                 if value < self.params.num_vectors {
-                    if value < 32 {
+                    if value < spec::IRQ_STATUS_VECTORS {
                         let s = self.value(spec::offset::IRQ_STATUS);
                         self.store(spec::offset::IRQ_STATUS, s | (1 << value));
                     }

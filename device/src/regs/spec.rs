@@ -20,6 +20,16 @@ pub const CAPS_MMU: u32 = 1 << 5;
 pub const STATUS_READY: u32 = 1 << 0;
 /// `STATUS` bit 1: VRAM_INDEX_ERR.
 pub const STATUS_VRAM_INDEX_ERR: u32 = 1 << 1;
+/// First `VERSION` with the engine registers (spec 0.2; drivers check it).
+pub const VERSION_ENGINES: u32 = 0x0000_0002;
+/// First `VERSION` with the device MMU (spec 0.4).
+pub const VERSION_MMU: u32 = 0x0000_0004;
+/// `IRQ_STATUS` has a bit for vectors below this.
+pub const IRQ_STATUS_VECTORS: u32 = 32;
+/// Bytes per 64-bit statistics counter (engine §8.1, MMU §9.1): `_LO` at +0 latches `_HI`.
+pub const COUNTER_SIZE: u32 = 8;
+/// Offset of a counter's `_HI` dword from its `_LO`.
+pub const COUNTER_HI: u32 = 4;
 /// `SOFT_RESET` magic: "!TSR".
 pub const SOFT_RESET_MAGIC: u32 = 0x5253_5421;
 
