@@ -26,6 +26,8 @@ use crate::mmu::MmuReport;
 pub const MAX_REQUEST: usize = 256;
 /// Time a client has for one exchange.
 pub const CONN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (fd table full), so the thread does not spin.
+const ACCEPT_BACKOFF_MS: i32 = 50;
 /// Most bytes discarded after the reply.
 const MAX_DRAIN: usize = 64 << 10;
 /// Largest reply a client reads.
@@ -46,6 +48,14 @@ struct DeviceReport {
     bus_master: bool,
     name: String,
     vram_bytes_dropped: u64,
+    /// DMA windows the client holds, those with an fd, and their bytes (resource limits).
+    dma_windows: usize,
+    dma_fd_windows: usize,
+    dma_fd_bytes: u64,
+    /// Trace lines dropped at `--trace-max-bytes`.
+    trace_lines_dropped: u64,
+    /// Log lines (of the whole process) dropped by `--log-rate-limit`.
+    log_lines_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,10 +77,16 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
     let reply = match request.trim() {
         "stats" => {
             let engines = monitor.report();
+            let (dma_windows, dma_fd_windows, dma_fd_bytes) = monitor.dma_held();
             serde_json::to_string(&StatsReply {
                 device: DeviceReport {
                     name: monitor.name().to_string(),
                     vram_bytes_dropped: monitor.vram_bytes_dropped(),
+                    dma_windows,
+                    dma_fd_windows,
+                    dma_fd_bytes,
+                    trace_lines_dropped: monitor.trace_lines_dropped(),
+                    log_lines_dropped: crate::log::suppressed(),
                     engines: engines.len(),
                     vectors: monitor.vectors(),
                     irqs_sent: monitor.irqs_sent(),
@@ -121,8 +137,18 @@ pub struct CtlServer {
 }
 
 impl CtlServer {
-    /// Binds `path` (which must not exist) and serves it from a new thread.
+    /// Binds `path` (which must not exist) and serves it from a new thread, giving each client
+    /// [`CONN_TIMEOUT`].
     pub fn start(path: &Path, monitor: EngineMonitor) -> Result<CtlServer, CtlError> {
+        Self::start_with(path, monitor, CONN_TIMEOUT)
+    }
+
+    /// Like [`start`](Self::start), each client having `timeout` for its whole exchange.
+    pub fn start_with(
+        path: &Path,
+        monitor: EngineMonitor,
+        timeout: Duration,
+    ) -> Result<CtlServer, CtlError> {
         let err = |source| CtlError::Setup {
             path: path.to_path_buf(),
             source,
@@ -151,7 +177,7 @@ impl CtlServer {
             .name("vugpu-ctl".into())
             .spawn(move || {
                 crate::log::set_thread_gpu(monitor.name());
-                serve(&listener, &theirs, &monitor);
+                serve(&listener, &theirs, &monitor, timeout);
             });
         match thread {
             Ok(t) => Ok(CtlServer {
@@ -182,7 +208,7 @@ impl Drop for CtlServer {
     }
 }
 
-fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor) {
+fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, timeout: Duration) {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -210,19 +236,30 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor) {
         }
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = handle(stream, monitor) {
+                if let Err(e) = handle(stream, monitor, timeout) {
                     crate::log!(Level::Debug, "control socket client: {e}");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => crate::log!(Level::Warn, "control socket accept failed: {e}"),
+            Err(e) => {
+                // EMFILE/ENFILE leave the connection queued and the listener readable: back
+                // off instead of spinning (the log line is rate limited too).
+                crate::log!(Level::Warn, "control socket accept failed: {e}");
+                let mut pfd = libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, ACCEPT_BACKOFF_MS) };
+            }
         }
     }
 }
 
-fn handle(mut stream: UnixStream, monitor: &EngineMonitor) -> io::Result<()> {
+fn handle(mut stream: UnixStream, monitor: &EngineMonitor, timeout: Duration) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    let deadline = Instant::now() + CONN_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut buf = [0u8; MAX_REQUEST + 1];
     let mut len = 0;
     while !buf[..len].contains(&b'\n') {

@@ -28,6 +28,10 @@ pub struct ServePlan {
     pub gpus: Vec<(GpuConfig, PathBuf)>,
     /// DMA_READ/DMA_WRITE payload layout.
     pub dma_layout: DmaLayout,
+    /// vfio-user limits of every session.
+    pub server_config: ServerConfig,
+    /// Time a control-socket client has for one exchange.
+    pub ctl_timeout: std::time::Duration,
 }
 
 /// One GPU's event loop, running.
@@ -44,12 +48,55 @@ fn dup(e: &EventFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(e.try_clone()?.into_raw_fd()) })
 }
 
+/// Fds one GPU may need besides its client's DMA fds and eventfds: sockets, VRAM and doorbell
+/// memfds, engine eventfds, the trace, and slack.
+const FDS_PER_GPU: u64 = 64;
+
+/// Raises the soft RLIMIT_NOFILE so that every GPU's client can hold all the fds the limits
+/// allow (`--max-dma-fds` DMA windows, one eventfd per MSI-X vector): one client's fds must
+/// never make another GPU's accept fail with EMFILE. Warns when the hard limit is too low.
+fn raise_fd_limit(plan: &ServePlan) {
+    let need: u64 = plan
+        .gpus
+        .iter()
+        .map(|(cfg, _)| {
+            cfg.dma_limits.max_fd_windows as u64 + u64::from(cfg.msix_vectors) + 2 + FDS_PER_GPU
+        })
+        .sum::<u64>()
+        + FDS_PER_GPU;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the call to write.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= need {
+        return;
+    }
+    let want = need.min(lim.rlim_max);
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit for the call to read.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0;
+    if !ok || want < need {
+        crate::log!(
+            Level::Warn,
+            "open-file limit {} is below the {need} fds the resource limits allow \
+             (--max-dma-fds, --msix-vectors, GPUs): a client may exhaust it; raise ulimit -n \
+             or lower --max-dma-fds",
+            if ok { want } else { lim.rlim_cur }
+        );
+    }
+}
+
 /// Serves `plan` until `signals` (a signalfd from [`event_loop::shutdown_signalfd`], created
 /// before any thread) reports SIGINT or SIGTERM, or an event loop fails.
 pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
     for (_, socket) in &plan.gpus {
         check_socket_path(socket)?;
     }
+    raise_fd_limit(plan);
     let fabric = Fabric::new(plan.gpus.len());
     // Every GPU joins the fabric before any socket exists (a client sees the whole fabric), and
     // all are built before any event loop starts: a GPU that cannot start stops the whole
@@ -61,15 +108,15 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut built = Vec::new();
     for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
-        let ctl =
-            CtlServer::start(&ctl_path(socket), gpu.engine_monitor()).map_err(|e| e.to_string())?;
+        let ctl = CtlServer::start_with(&ctl_path(socket), gpu.engine_monitor(), plan.ctl_timeout)
+            .map_err(|e| e.to_string())?;
         let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
         let stop =
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
         let mut server = Server::new(
             listener,
             gpu,
-            ServerConfig::default(),
+            plan.server_config.clone(),
             Some(dup(&stop).map_err(|e| e.to_string())?),
         )
         .map_err(|e| e.to_string())?;
