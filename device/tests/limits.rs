@@ -118,7 +118,11 @@ fn dma_map_limits_from_the_command_line_enospc_and_all_given_back() {
         assert_eq!(v["device"]["dma_windows"], 4);
         assert_eq!(v["device"]["dma_fd_windows"], 2);
         assert_eq!(v["device"]["dma_fd_bytes"], 64 << 10);
-        assert_eq!(fd_count(pid), idle + 3, "two window fds and the session");
+        assert_eq!(
+            fds_settle(pid, idle + 3),
+            idle + 3,
+            "two window fds and the session"
+        );
         // Unmapping gives the budget back.
         c.dma_unmap(DmaUnmap::Range {
             iova: 0,
@@ -130,7 +134,11 @@ fn dma_map_limits_from_the_command_line_enospc_and_all_given_back() {
     }
     // The client is gone: its windows and fds too, and the next client gets the full budget.
     stats_until(&srv.socket, |v| v["device"]["dma_windows"] == 0);
-    assert_eq!(fd_count(pid), idle, "every fd the client left is closed");
+    assert_eq!(
+        fds_settle(pid, idle),
+        idle,
+        "every fd the client left is closed"
+    );
     let mut c = srv.client();
     c.dma_map(0, 16 << 10, 0, RW, Some(ram.as_fd())).unwrap();
     c.dma_map(0x10_0000, 48 << 10, 0, RW, Some(ram.as_fd()))
