@@ -53,6 +53,19 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// Waits (5 s at most) until the process has `want` fds open; returns the last count. (The
+/// control-socket thread closes a `vugpu stats` connection a moment after the reply.)
+fn fds_settle(pid: u32, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = fd_count(pid);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn errno<T: std::fmt::Debug>(r: Result<T, ProtocolError>) -> i32 {
     match r {
         Err(ProtocolError::Remote { errno }) => errno,
