@@ -9,6 +9,7 @@ use std::time::Duration;
 use vugpu_backend::{DmaLimits, DEFAULT_MAX_FD_WINDOWS};
 use vugpu_protocol::{DmaLayout, ServerConfig};
 
+use crate::ctl::CtlLimits;
 use crate::engine::env::PollTiming;
 use crate::engine::regs::MAX_ENGINES;
 use crate::gpu::{GpuConfig, Injections, DEFAULT_ENGINES, DEFAULT_MSIX_VECTORS};
@@ -143,10 +144,15 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub log_burst: u32,
     /// Resource limit: time a control-socket client has for its whole exchange (request line
-    /// and reply), in milliseconds (10-60000). Clients are served one at a time.
+    /// and reply), in milliseconds (10-60000); then the connection is closed.
     #[arg(long, value_name = "MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub ctl_timeout_ms: u64,
+    /// Resource limit: control-socket clients served at once (1-1024); one more is answered
+    /// {"error":"busy: ..."} and closed.
+    #[arg(long, value_name = "N", default_value_t = crate::ctl::DEFAULT_MAX_CLIENTS,
+          value_parser = parse_ctl_clients)]
+    pub ctl_max_clients: usize,
 }
 
 /// Most GPUs one process serves.
@@ -168,6 +174,14 @@ impl From<DmaLayoutArg> for DmaLayout {
             DmaLayoutArg::Qemu102 => DmaLayout::Qemu,
             DmaLayoutArg::Spec => DmaLayout::Spec,
         }
+    }
+}
+
+/// Parses `--ctl-max-clients` (1-1024).
+pub fn parse_ctl_clients(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("'{text}' is not a number of clients in 1..=1024")),
     }
 }
 
@@ -448,9 +462,12 @@ impl ServeArgs {
         }
     }
 
-    /// The control socket's time limit per client.
-    pub fn ctl_timeout(&self) -> Duration {
-        Duration::from_millis(self.ctl_timeout_ms)
+    /// The control socket's client limits.
+    pub fn ctl_limits(&self) -> CtlLimits {
+        CtlLimits {
+            timeout: Duration::from_millis(self.ctl_timeout_ms),
+            max_clients: self.ctl_max_clients,
+        }
     }
 }
 

@@ -58,7 +58,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             .collect(),
         dma_layout: args.dma_layout.into(),
         server_config: args.server_config(),
-        ctl_timeout: args.ctl_timeout(),
+        ctl: args.ctl_limits(),
     };
     // Before any thread exists, so every thread keeps the signals blocked.
     let signals = event_loop::shutdown_signalfd()

@@ -16,7 +16,7 @@ use vugpu_backend::Fabric;
 use vugpu_protocol::{DmaLayout, ServerConfig};
 
 use crate::config::check_socket_path;
-use crate::ctl::{ctl_path, CtlServer};
+use crate::ctl::{ctl_path, CtlLimits, CtlServer};
 use crate::event_loop::{self, Server, SocketFile};
 use crate::gpu::{Gpu, GpuConfig};
 use crate::log::Level;
@@ -30,8 +30,8 @@ pub struct ServePlan {
     pub dma_layout: DmaLayout,
     /// vfio-user limits of every session.
     pub server_config: ServerConfig,
-    /// Time a control-socket client has for one exchange.
-    pub ctl_timeout: std::time::Duration,
+    /// Limits of the control sockets' clients.
+    pub ctl: CtlLimits,
 }
 
 /// One GPU's event loop, running.
@@ -54,13 +54,18 @@ const FDS_PER_GPU: u64 = 64;
 
 /// Raises the soft RLIMIT_NOFILE so that every GPU's client can hold all the fds the limits
 /// allow (`--max-dma-fds` DMA windows, one eventfd per MSI-X vector): one client's fds must
-/// never make another GPU's accept fail with EMFILE. Warns when the hard limit is too low.
+/// never make another GPU's accept fail with EMFILE (control-socket clients counted too). Warns
+/// when the hard limit is too low.
 fn raise_fd_limit(plan: &ServePlan) {
     let need: u64 = plan
         .gpus
         .iter()
         .map(|(cfg, _)| {
-            cfg.dma_limits.max_fd_windows as u64 + u64::from(cfg.msix_vectors) + 2 + FDS_PER_GPU
+            cfg.dma_limits.max_fd_windows as u64
+                + u64::from(cfg.msix_vectors)
+                + plan.ctl.max_clients as u64
+                + 2
+                + FDS_PER_GPU
         })
         .sum::<u64>()
         + FDS_PER_GPU;
@@ -108,7 +113,7 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut built = Vec::new();
     for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
-        let ctl = CtlServer::start_with(&ctl_path(socket), gpu.engine_monitor(), plan.ctl_timeout)
+        let ctl = CtlServer::start_with(&ctl_path(socket), gpu.engine_monitor(), plan.ctl)
             .map_err(|e| e.to_string())?;
         let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
         let stop =

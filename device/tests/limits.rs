@@ -240,22 +240,57 @@ fn trace_and_log_volume_are_capped_and_what_was_dropped_is_counted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One exchange with the control socket (20 s at most: a test failure, never a hang).
+fn ask(ctl: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(ctl).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn control_socket_clients_are_served_concurrently_and_bounded_in_number() {
+    // A client has a minute: a silent one would hold a one-at-a-time server that long.
+    let srv = ServerProcess::spawn(&["--ctl-timeout-ms", "60000", "--ctl-max-clients", "2"]);
+    let ctl = ctl_of(&srv.socket);
+    let silent = UnixStream::connect(&ctl).unwrap();
+    assert!(
+        ask(&ctl, b"stats\n").contains("\"engines\""),
+        "answered beside a silent client"
+    );
+    // Two silent clients fill the two slots (the asker's slot was freed when it closed,
+    // before they connected): the next client is refused at once, before it sends anything.
+    let silent2 = UnixStream::connect(&ctl).unwrap();
+    let mut third = UnixStream::connect(&ctl).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut out = String::new();
+    third.read_to_string(&mut out).unwrap();
+    assert!(out.contains("busy"), "{out}");
+    // Their slots come back when they go.
+    drop(silent);
+    drop(silent2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ask(&ctl, b"stats\n").contains("\"engines\"") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, _) = srv.stop();
+    assert!(status.success());
+}
+
 #[test]
 fn control_socket_clients_are_bounded_in_time_and_size() {
     let srv = ServerProcess::spawn(&["--ctl-timeout-ms", "200"]);
     let ctl = ctl_of(&srv.socket);
-    let ask = |bytes: &[u8]| {
-        let mut s = UnixStream::connect(&ctl).unwrap();
-        s.write_all(bytes).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
     // A request longer than 256 bytes is answered with an error, not read on (what follows
     // is discarded, up to 64 KiB).
-    assert!(ask(&[b'x'; 60_000]).contains("request too long"));
+    assert!(ask(&ctl, &[b'x'; 60_000]).contains("request too long"));
     // A client that sends nothing is closed by the server at the timeout (it never has to
-    // close itself), and the next client is answered.
+    // close itself).
     let mut silent = UnixStream::connect(&ctl).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -263,12 +298,12 @@ fn control_socket_clients_are_bounded_in_time_and_size() {
     let mut out = Vec::new();
     silent.read_to_end(&mut out).unwrap();
     assert!(out.is_empty(), "no reply without a request");
-    assert!(ask(b"stats\n").contains("\"engines\""));
-    // A client that asks and never reads: the reply is written into the socket buffer (or
-    // the write times out), and the next client is answered.
+    assert!(ask(&ctl, b"stats\n").contains("\"engines\""));
+    // A client that asks and never reads: the reply waits in the socket buffer until the
+    // timeout closes the connection; the next client is answered meanwhile.
     let lazy = UnixStream::connect(&ctl).unwrap();
     (&lazy).write_all(b"stats\n").unwrap();
-    assert!(ask(b"stats\n").contains("\"engines\""));
+    assert!(ask(&ctl, b"stats\n").contains("\"engines\""));
     drop(lazy);
     let (status, _) = srv.stop();
     assert!(status.success());
