@@ -105,6 +105,10 @@ pub struct Server {
     stop: Option<OwnedFd>,
     shutdown: bool,
     stats: ServerStats,
+    /// An fd held in reserve (/dev/null): when the process is out of fds, closing it lets
+    /// [`Server::accept`] take the waiting connection off the queue and refuse it, instead of
+    /// leaving the listener readable and the loop spinning on EMFILE.
+    reserve: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Server {
@@ -137,6 +141,7 @@ impl Server {
             stop,
             shutdown: false,
             stats: ServerStats::default(),
+            reserve: open_reserve(),
         })
     }
 
@@ -166,6 +171,10 @@ impl Server {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.refuse_without_fds(&e);
+                    return;
+                }
                 Err(e) => {
                     crate::log!(Level::Warn, "accept failed: {e}");
                     return;
@@ -211,6 +220,23 @@ impl Server {
             );
             self.session = Some(session);
         }
+    }
+
+    /// Out of fds: the reserve fd makes room to take the waiting connection off the queue and
+    /// close it (the client sees its connection closed), so the listener stops being readable.
+    fn refuse_without_fds(&mut self, e: &io::Error) {
+        self.stats.refused += 1;
+        crate::log!(
+            Level::Warn,
+            "refusing a client: {e} (the process is out of file descriptors; see ulimit -n \
+             and --max-dma-fds)"
+        );
+        self.reserve = None;
+        match self.listener.accept() {
+            Ok((stream, _)) => drop(stream),
+            Err(e) => crate::log!(Level::Debug, "accept with the reserve fd failed: {e}"),
+        }
+        self.reserve = open_reserve();
     }
 
     fn end_session(&mut self, ops: &mut EventOps, why: &str) {
@@ -475,6 +501,11 @@ impl Server {
             }
         }
     }
+}
+
+/// The reserve fd of [`Server`] (`None` if even that cannot be opened).
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 /// The pid of the process at the other end of a UNIX stream (SO_PEERCRED), which identifies the

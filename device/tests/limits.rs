@@ -308,3 +308,105 @@ fn control_socket_clients_are_bounded_in_time_and_size() {
     let (status, _) = srv.stop();
     assert!(status.success());
 }
+
+/// `vugpu serve` with an open-file limit of `nofile` (soft and hard), logging every line.
+fn spawn_with_nofile(nofile: u64, extra: &[&str]) -> (std::process::Child, PathBuf, PathBuf) {
+    use std::os::unix::process::CommandExt;
+    let dir = common::temp_dir("nofile");
+    let socket = dir.join("gpu.sock");
+    let log = dir.join("stderr.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vugpu"));
+    cmd.arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--engines", "1", "--log-rate-limit", "0"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let lim = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
+    // SAFETY: setrlimit is async-signal-safe and touches only `lim`, copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    common::wait_for(&socket);
+    (child, socket, log)
+}
+
+#[test]
+fn out_of_fds_the_server_refuses_clients_without_spinning_and_recovers() {
+    let (mut child, socket, log) = spawn_with_nofile(
+        48,
+        &["--ctl-max-clients", "1024", "--ctl-timeout-ms", "60000"],
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_log().contains("open-file limit 48 is below") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning at start: {}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Fill the server's fd table with idle control-socket clients (each holds one fd there).
+    let ctl = ctl_of(&socket);
+    let held: Vec<UnixStream> = (0..60)
+        .map(|_| UnixStream::connect(&ctl).unwrap())
+        .collect();
+    while !read_log().contains("control socket accept failed") {
+        assert!(
+            Instant::now() < deadline,
+            "never out of fds: {}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A vfio-user client now: refused (its connection is closed), not left queued.
+    let refused =
+        vugpu_protocol::Client::connect(&socket).and_then(|mut c| c.negotiate().map(|_| ()));
+    assert!(refused.is_err(), "a client was served without fds");
+    while !read_log().contains("refusing a client: Too many open files") {
+        assert!(Instant::now() < deadline, "{}", read_log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One second out of fds: the threads whose accept fails must not spin (a spinning one
+    // logs a line per attempt, hundreds of thousands a second; --log-rate-limit 0 prints all).
+    let before = read_log();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = read_log();
+    let new = &after[before.len()..];
+    let ctl_fails = new.matches("control socket accept failed").count();
+    let loop_fails = new.matches("accept failed").count() - ctl_fails;
+    assert!(
+        ctl_fails <= 40,
+        "{ctl_fails} failed control-socket accepts in 1 s"
+    );
+    assert!(
+        loop_fails <= 2,
+        "{loop_fails} failed event-loop accepts in 1 s"
+    );
+    // The fds come back: the next client works.
+    drop(held);
+    let mut r = Rig::new(common::connect(&socket), 4 * MIB);
+    r.enable(0);
+    r.submit(
+        0,
+        &[RawDescriptor::fill(vram(0), 64, 0x5a5a_5a5a).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(1, 10_000), 1);
+    assert_eq!(r.vram_read(0, 4), [0x5a; 4]);
+    drop(r);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
