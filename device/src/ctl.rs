@@ -137,7 +137,12 @@ pub struct CtlServer {
     path: PathBuf,
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
+    /// What the thread takes, until [`CtlServer::serve`] starts it.
+    pending: Option<Box<PendingCtl>>,
 }
+
+/// The listener, the thread's stop fd, the monitor and the limits of a bound control socket.
+type PendingCtl = (UnixListener, EventFd, EngineMonitor, CtlLimits);
 
 impl CtlServer {
     /// Binds `path` (which must not exist) and serves it from a new thread, giving each client
@@ -148,6 +153,19 @@ impl CtlServer {
 
     /// Like [`start`](Self::start), with these client limits.
     pub fn start_with(
+        path: &Path,
+        monitor: EngineMonitor,
+        limits: CtlLimits,
+    ) -> Result<CtlServer, CtlError> {
+        let mut srv = Self::bind(path, monitor, limits)?;
+        srv.serve()?;
+        Ok(srv)
+    }
+
+    /// Binds `path` (which must not exist) without serving it yet: clients that connect wait in
+    /// the listen backlog until [`serve`](Self::serve). (`vugpu serve` creates every fd it
+    /// needs in between, so that clients flooding the socket at start cannot take them.)
+    pub fn bind(
         path: &Path,
         monitor: EngineMonitor,
         limits: CtlLimits,
@@ -169,30 +187,38 @@ impl CtlServer {
             let theirs = stop.try_clone()?;
             Ok((stop, theirs))
         };
-        let (stop, theirs) = match setup() {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                return Err(err(e));
-            }
-        };
-        let thread = std::thread::Builder::new()
-            .name("vugpu-ctl".into())
-            .spawn(move || {
-                crate::log::set_thread_gpu(monitor.name());
-                serve(&listener, &theirs, &monitor, limits);
-            });
-        match thread {
-            Ok(t) => Ok(CtlServer {
+        match setup() {
+            Ok((stop, theirs)) => Ok(CtlServer {
                 path: path.to_path_buf(),
                 stop,
-                thread: Some(t),
+                thread: None,
+                pending: Some(Box::new((listener, theirs, monitor, limits))),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 Err(err(e))
             }
         }
+    }
+
+    /// Starts serving from a new thread (once; later calls do nothing).
+    pub fn serve(&mut self) -> Result<(), CtlError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let (listener, theirs, monitor, limits) = *pending;
+        let thread = std::thread::Builder::new()
+            .name("vugpu-ctl".into())
+            .spawn(move || {
+                crate::log::set_thread_gpu(monitor.name());
+                serve(&listener, &theirs, &monitor, limits);
+            })
+            .map_err(|source| CtlError::Setup {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// The socket path.

@@ -588,13 +588,41 @@ impl Drop for SocketFile {
     }
 }
 
-/// Runs the server until its stop fd is readable (forever without one); returns the server, so
-/// callers (tests) can inspect the device.
-pub fn run(server: Server) -> Result<Server, ServeError> {
-    crate::log::set_thread_gpu(server.gpu().name());
+/// A server with its event manager, every fd of the loop created ([`prepare`]), ready to
+/// [`run_prepared`] on another thread.
+pub struct Prepared {
+    em: EventManager<Server>,
+    id: event_manager::SubscriberId,
+    name: String,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the event manager (its epoll fd) and registers the server's fds.
+pub fn prepare(server: Server) -> Result<Prepared, ServeError> {
+    let name = server.gpu().name().to_string();
     let mut em =
         EventManager::<Server>::new().map_err(|e| ServeError::EventManager(format!("{e:?}")))?;
     let id = em.add_subscriber(server);
+    Ok(Prepared { em, id, name })
+}
+
+/// Runs the server until its stop fd is readable (forever without one); returns the server, so
+/// callers (tests) can inspect the device.
+pub fn run(server: Server) -> Result<Server, ServeError> {
+    run_prepared(prepare(server)?)
+}
+
+/// [`run`] for a server made ready with [`prepare`].
+pub fn run_prepared(p: Prepared) -> Result<Server, ServeError> {
+    let Prepared { mut em, id, name } = p;
+    crate::log::set_thread_gpu(&name);
     loop {
         match em.run() {
             Ok(_) => {}

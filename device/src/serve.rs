@@ -111,9 +111,12 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
         .iter()
         .map(|(cfg, _)| Gpu::in_fabric(cfg, &fabric).map_err(|e| format!("{}: {e}", cfg.name)))
         .collect::<Result<Vec<_>, _>>()?;
+    // Every fd the server needs exists before a control socket accepts its first client: a
+    // local process flooding it at start cannot make the start fail with EMFILE.
+    let exited = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
     let mut built = Vec::new();
     for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
-        let ctl = CtlServer::start_with(&ctl_path(socket), gpu.engine_monitor(), plan.ctl)
+        let ctl = CtlServer::bind(&ctl_path(socket), gpu.engine_monitor(), plan.ctl)
             .map_err(|e| e.to_string())?;
         let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
         let stop =
@@ -126,11 +129,15 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         server.set_dma_layout(plan.dma_layout);
-        built.push((cfg, socket, server, stop, ctl, guard));
+        let server = event_loop::prepare(server).map_err(|e| e.to_string())?;
+        let done = exited.try_clone().map_err(|e| e.to_string())?;
+        built.push((cfg, socket, server, stop, ctl, guard, done));
     }
-    let exited = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
+    for (_, _, _, _, ctl, _, _) in &mut built {
+        ctl.serve().map_err(|e| e.to_string())?;
+    }
     let mut running = Vec::new();
-    for (cfg, socket, server, stop, ctl, guard) in built {
+    for (cfg, socket, server, stop, ctl, guard, done) in built {
         crate::log::set_thread_gpu(&cfg.name);
         crate::log!(
             Level::Info,
@@ -142,11 +149,10 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
             cfg.engines,
             socket.display()
         );
-        let done = exited.try_clone().map_err(|e| e.to_string())?;
         let thread = std::thread::Builder::new()
             .name(format!("vugpu-{}", cfg.name))
             .spawn(move || {
-                let r = event_loop::run(server);
+                let r = event_loop::run_prepared(server);
                 let _ = done.write(1);
                 r
             })
