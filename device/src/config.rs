@@ -752,6 +752,86 @@ mod tests {
     }
 
     #[test]
+    fn resource_limit_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ServeArgs,
+        }
+        // Defaults: docs/reliability.md, "Resource limits".
+        let t = T::try_parse_from(["t", "--socket", "s"]).unwrap();
+        assert_eq!(t.a.server_config(), ServerConfig::default());
+        let cfg = t.a.gpu_config().unwrap();
+        assert_eq!(cfg.dma_limits, DmaLimits::default());
+        assert_eq!(cfg.trace_max_bytes, 1 << 30);
+        assert_eq!(t.a.ctl_limits(), CtlLimits::default());
+        assert_eq!((t.a.log_rate_limit, t.a.log_burst), (20, 200));
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--max-dma-maps",
+            "7",
+            "--max-dma-fds",
+            "3",
+            "--max-dma-bytes",
+            "1G",
+            "--max-data-xfer-size",
+            "64K",
+            "--max-msg-fds",
+            "2",
+            "--trace-max-bytes",
+            "4K",
+            "--ctl-timeout-ms",
+            "100",
+            "--ctl-max-clients",
+            "2",
+        ])
+        .unwrap();
+        let sc = t.a.server_config();
+        assert_eq!(
+            (sc.max_dma_maps, sc.max_data_xfer_size, sc.max_msg_fds),
+            (7, 64 << 10, 2)
+        );
+        assert!(sc.validate().is_ok());
+        let cfg = t.a.gpu_config().unwrap();
+        assert_eq!(
+            cfg.dma_limits,
+            DmaLimits {
+                max_windows: 7,
+                max_fd_windows: 3,
+                max_fd_bytes: 1 << 30
+            }
+        );
+        assert_eq!(cfg.trace_max_bytes, 4096);
+        assert_eq!(
+            t.a.ctl_limits(),
+            CtlLimits {
+                timeout: Duration::from_millis(100),
+                max_clients: 2
+            }
+        );
+        for bad in [
+            ["--max-dma-maps", "0"],
+            ["--max-dma-maps", "65536"],
+            ["--max-dma-fds", "0"],
+            ["--max-dma-bytes", "0"],
+            ["--max-data-xfer-size", "4095"],
+            ["--max-data-xfer-size", "65M"],
+            ["--max-msg-fds", "17"],
+            ["--max-msg-fds", "0"],
+            ["--log-burst", "0"],
+            ["--ctl-timeout-ms", "5"],
+            ["--ctl-max-clients", "0"],
+        ] {
+            let mut args = vec!["t", "--socket", "s"];
+            args.extend(bad);
+            assert!(T::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn qemu_arg() {
         assert_eq!(
             qemu_device_arg(Path::new("/tmp/vugpu.sock")),
