@@ -136,7 +136,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     pub trace_max_bytes: u64,
     /// Resource limit: log lines per second on average (0: no limit); lines above it are
-    /// dropped and counted (`vugpu stats`: log_lines_dropped, and a line in the log).
+    /// dropped and counted (`vugpu stats`: log_lines_dropped, and a line in the log). With
+    /// --log-level debug (a line per message) use 0 to see every line.
     #[arg(long, value_name = "N", default_value_t = crate::log::DEFAULT_RATE)]
     pub log_rate_limit: u32,
     /// Resource limit: log lines allowed at once above --log-rate-limit.
