@@ -47,6 +47,33 @@ use crate::dma_file::{self, Access, FileSlice};
 
 /// Default limit on the number of windows (the `max_dma_maps` a server advertises).
 pub const DEFAULT_MAX_WINDOWS: usize = 65535;
+/// Default limit on the windows that hold a client fd (mapped or file-accessed): each keeps one
+/// open file in the server process, whose fd table every GPU and client of it shares.
+pub const DEFAULT_MAX_FD_WINDOWS: usize = 1024;
+/// Default limit on the bytes of all fd-backed windows together (4 TiB): mapped windows take
+/// server address space (128 TiB on x86_64, shared by every GPU of the process).
+pub const DEFAULT_MAX_FD_BYTES: u64 = 4 << 40;
+
+/// Limits on what one client's DMA_MAPs make the server hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaLimits {
+    /// Windows of any kind.
+    pub max_windows: usize,
+    /// Windows with an fd (each holds one open file).
+    pub max_fd_windows: usize,
+    /// Bytes of all windows with an fd together.
+    pub max_fd_bytes: u64,
+}
+
+impl Default for DmaLimits {
+    fn default() -> Self {
+        DmaLimits {
+            max_windows: DEFAULT_MAX_WINDOWS,
+            max_fd_windows: DEFAULT_MAX_FD_WINDOWS,
+            max_fd_bytes: DEFAULT_MAX_FD_BYTES,
+        }
+    }
+}
 
 /// Alignment required of a mapped window's file offset (the host page size on x86_64/aarch64 4K
 /// kernels; mmap itself rejects anything finer for hugetlbfs files).
@@ -161,6 +188,21 @@ pub enum DmaError {
     /// The limit on the number of windows is reached.
     #[error("too many DMA windows (limit {0})")]
     TooManyWindows(usize),
+    /// The limit on windows holding an fd is reached.
+    #[error("too many DMA windows with an fd (limit {0})")]
+    TooManyFdWindows(usize),
+    /// The window would take the fd-backed windows past their byte limit.
+    #[error(
+        "DMA windows with an fd would exceed {max:#x} bytes ({held:#x} held, {size:#x} asked)"
+    )]
+    TooManyBytes {
+        /// The limit.
+        max: u64,
+        /// Bytes held before this window.
+        held: u64,
+        /// Size of the refused window.
+        size: u64,
+    },
     /// A file-accessed window's file no longer covers the access: the client shrank it.
     #[error("DMA access at {iova} is past the end of the window's file (shrunk by the client)")]
     Truncated {
@@ -255,7 +297,9 @@ struct Window {
 #[derive(Debug)]
 pub struct DmaSpace {
     windows: BTreeMap<u64, Window>,
-    max_windows: usize,
+    limits: DmaLimits,
+    fd_windows: usize,
+    fd_bytes: u64,
 }
 
 impl Default for DmaSpace {
@@ -322,12 +366,42 @@ impl DmaSpace {
         Self::with_limit(DEFAULT_MAX_WINDOWS)
     }
 
-    /// An empty space holding at most `max_windows` windows.
+    /// An empty space holding at most `max_windows` windows (other limits: defaults).
     pub fn with_limit(max_windows: usize) -> Self {
+        Self::with_limits(DmaLimits {
+            max_windows,
+            ..DmaLimits::default()
+        })
+    }
+
+    /// An empty space with these limits.
+    pub fn with_limits(limits: DmaLimits) -> Self {
         DmaSpace {
             windows: BTreeMap::new(),
-            max_windows,
+            limits,
+            fd_windows: 0,
+            fd_bytes: 0,
         }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> DmaLimits {
+        self.limits
+    }
+
+    /// Changes the limits; windows already held stay (the limits apply to the next DMA_MAP).
+    pub fn set_limits(&mut self, limits: DmaLimits) {
+        self.limits = limits;
+    }
+
+    /// Windows holding a client fd (mapped or file-accessed).
+    pub fn fd_windows(&self) -> usize {
+        self.fd_windows
+    }
+
+    /// Bytes of all windows holding a client fd.
+    pub fn fd_bytes(&self) -> u64 {
+        self.fd_bytes
     }
 
     /// Number of windows.
@@ -378,13 +452,30 @@ impl DmaSpace {
                 existing: Iova(existing),
             });
         }
-        if self.windows.len() >= self.max_windows {
-            return Err(DmaError::TooManyWindows(self.max_windows));
+        if self.windows.len() >= self.limits.max_windows {
+            return Err(DmaError::TooManyWindows(self.limits.max_windows));
+        }
+        if fd.is_some() {
+            if self.fd_windows >= self.limits.max_fd_windows {
+                return Err(DmaError::TooManyFdWindows(self.limits.max_fd_windows));
+            }
+            let total = self.fd_bytes.checked_add(size);
+            if total.is_none_or(|t| t > self.limits.max_fd_bytes) {
+                return Err(DmaError::TooManyBytes {
+                    max: self.limits.max_fd_bytes,
+                    held: self.fd_bytes,
+                    size,
+                });
+            }
         }
         let store = match fd {
             None => Store::Message,
             Some(fd) => open_window(iova, size, file_offset, perms, fd)?,
         };
+        if !matches!(store, Store::Message) {
+            self.fd_windows += 1;
+            self.fd_bytes += size;
+        }
         self.windows.insert(
             iova.raw(),
             Window {
@@ -411,12 +502,18 @@ impl DmaSpace {
             .windows
             .remove(&iova.raw())
             .ok_or(DmaError::NotFound { iova, size })?;
+        if !matches!(w.store, Store::Message) {
+            self.fd_windows -= 1;
+            self.fd_bytes -= w.size;
+        }
         Ok(describe(iova.raw(), &w))
     }
 
     /// Removes every window.
     pub fn unmap_all(&mut self) {
         self.windows.clear();
+        self.fd_windows = 0;
+        self.fd_bytes = 0;
     }
 
     /// Reads `buf.len()` bytes at `iova` (fd-backed windows only).
@@ -1109,6 +1206,47 @@ mod tests {
             space.map(Iova(2 * PAGE), PAGE, 0, DmaPermissions::READ_WRITE, None),
             Err(DmaError::TooManyWindows(2))
         ));
+    }
+
+    #[test]
+    fn fd_windows_and_bytes_are_limited_and_given_back() {
+        let mut space = DmaSpace::with_limits(DmaLimits {
+            max_windows: 8,
+            max_fd_windows: 2,
+            max_fd_bytes: 3 * PAGE,
+        });
+        for (f, _) in both_kinds(4 * PAGE) {
+            space.unmap_all();
+            let rw = DmaPermissions::READ_WRITE;
+            space.map(Iova(0), PAGE, 0, rw, Some(fd_of(&f))).unwrap();
+            // 3 pages in all: one more page would be 4.
+            assert!(matches!(
+                space.map(Iova(PAGE), 3 * PAGE, 0, rw, Some(fd_of(&f))),
+                Err(DmaError::TooManyBytes { max, held, size })
+                    if max == 3 * PAGE && held == PAGE && size == 3 * PAGE
+            ));
+            space
+                .map(Iova(PAGE), 2 * PAGE, 0, rw, Some(fd_of(&f)))
+                .unwrap();
+            assert_eq!((space.fd_windows(), space.fd_bytes()), (2, 3 * PAGE));
+            // A third fd is refused even if it is small; fd-less windows cost no fd.
+            space.unmap(Iova(0), PAGE).unwrap();
+            space.map(Iova(0), PAGE, 0, rw, Some(fd_of(&f))).unwrap();
+            assert!(matches!(
+                space.map(Iova(8 * PAGE), PAGE, 0, rw, Some(fd_of(&f))),
+                Err(DmaError::TooManyFdWindows(2))
+            ));
+            space.map(Iova(8 * PAGE), 64 * PAGE, 0, rw, None).unwrap();
+            assert_eq!((space.fd_windows(), space.fd_bytes()), (2, 3 * PAGE));
+            // Unmapping gives the budget back.
+            space.unmap(Iova(PAGE), 2 * PAGE).unwrap();
+            assert_eq!((space.fd_windows(), space.fd_bytes()), (1, PAGE));
+            space
+                .map(Iova(PAGE), 2 * PAGE, 0, rw, Some(fd_of(&f)))
+                .unwrap();
+            space.unmap_all();
+            assert_eq!((space.fd_windows(), space.fd_bytes()), (0, 0));
+        }
     }
 
     #[test]

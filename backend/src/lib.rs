@@ -40,7 +40,10 @@ mod vram;
 
 pub use addr::{Iova, VramOffset};
 pub use dma_file::FileSlice;
-pub use dma_space::{DmaError, DmaPermissions, DmaSpace, DmaWindow, Segment, WindowBacking};
+pub use dma_space::{
+    DmaError, DmaLimits, DmaPermissions, DmaSpace, DmaWindow, Segment, WindowBacking,
+    DEFAULT_MAX_FD_BYTES, DEFAULT_MAX_FD_WINDOWS,
+};
 pub use p2p::{BarDecode, ClientId, Fabric, FabricError, FabricView, PeerId, PeerTraffic, Route};
 pub use shared_page::{SharedPage, PAGE_SIZE as SHARED_PAGE_SIZE};
 pub use vram::{Vram, VramError, VramOptions};

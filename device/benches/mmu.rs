@@ -74,6 +74,8 @@ fn env() -> EngineEnv {
         dev_ctl: DeviceControl(0),
         command: 0x6,
         trace: None,
+        trace_max_bytes: u64::MAX,
+        dma_limits: vugpu_backend::DmaLimits::default(),
         timing: PollTiming::default(),
         mmu: Mmu::new(true, 5, MmuInject::default()),
         vram_write_drop: false,

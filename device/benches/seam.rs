@@ -79,6 +79,8 @@ fn env(peer: bool) -> (EngineEnv, Arc<Fabric>) {
         dev_ctl: DeviceControl(0),
         command: 0x6,
         trace: None,
+        trace_max_bytes: u64::MAX,
+        dma_limits: vugpu_backend::DmaLimits::default(),
         timing: PollTiming::default(),
         mmu: vugpu_device::mmu::Mmu::new(true, 5, vugpu_device::mmu::MmuInject::default()),
         vram_write_drop: false,

@@ -6,8 +6,10 @@ use clap::Args;
 
 use std::time::Duration;
 
-use vugpu_protocol::DmaLayout;
+use vugpu_backend::{DmaLimits, DEFAULT_MAX_FD_WINDOWS};
+use vugpu_protocol::{DmaLayout, ServerConfig};
 
+use crate::ctl::CtlLimits;
 use crate::engine::env::PollTiming;
 use crate::engine::regs::MAX_ENGINES;
 use crate::gpu::{GpuConfig, Injections, DEFAULT_ENGINES, DEFAULT_MSIX_VECTORS};
@@ -105,6 +107,53 @@ pub struct ServeArgs {
     /// Log verbosity.
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: Level,
+    /// Resource limit: most DMA mappings one client may hold (1-65535; advertised as
+    /// `max_dma_maps` in the VERSION reply). One more DMA_MAP gets ENOSPC.
+    #[arg(long, value_name = "N", default_value_t = 65535,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub max_dma_maps: u32,
+    /// Resource limit: most DMA mappings with an fd one client may hold (each keeps a file
+    /// open in this process); one more gets ENOSPC.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FD_WINDOWS,
+          value_parser = parse_max_dma_fds)]
+    pub max_dma_fds: usize,
+    /// Resource limit: most bytes of all DMA mappings with an fd of one client together (the
+    /// server maps them); a DMA_MAP past it gets ENOSPC. Suffix K, M, G or T.
+    #[arg(long, value_name = "SIZE", default_value = "4T", value_parser = parse_nonzero_size)]
+    pub max_dma_bytes: u64,
+    /// Resource limit: largest data transfer of one message (4K-64M; advertised as
+    /// `max_data_xfer_size`). A larger REGION_READ/WRITE gets E2BIG; a larger message ends
+    /// the session.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_xfer_size)]
+    pub max_data_xfer_size: u32,
+    /// Resource limit: most fds on one message (1-16; advertised as `max_msg_fds`). A message
+    /// with more ends the session.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub max_msg_fds: u32,
+    /// Resource limit: most bytes written to the --trace file; later lines are counted
+    /// (`vugpu stats`: trace_lines_dropped). Suffix K, M, G or T.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub trace_max_bytes: u64,
+    /// Resource limit: log lines per second on average (0: no limit); lines above it are
+    /// dropped and counted (`vugpu stats`: log_lines_dropped, and a line in the log). With
+    /// --log-level debug (a line per message) use 0 to see every line.
+    #[arg(long, value_name = "N", default_value_t = crate::log::DEFAULT_RATE)]
+    pub log_rate_limit: u32,
+    /// Resource limit: log lines allowed at once above --log-rate-limit.
+    #[arg(long, value_name = "N", default_value_t = crate::log::DEFAULT_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub log_burst: u32,
+    /// Resource limit: time a control-socket client has for its whole exchange (request line
+    /// and reply), in milliseconds (10-60000); then the connection is closed.
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub ctl_timeout_ms: u64,
+    /// Resource limit: control-socket clients served at once (1-1024); one more is answered
+    /// {"error":"busy: ..."} and closed.
+    #[arg(long, value_name = "N", default_value_t = crate::ctl::DEFAULT_MAX_CLIENTS,
+          value_parser = parse_ctl_clients)]
+    pub ctl_max_clients: usize,
 }
 
 /// Most GPUs one process serves.
@@ -127,6 +176,39 @@ impl From<DmaLayoutArg> for DmaLayout {
             DmaLayoutArg::Spec => DmaLayout::Spec,
         }
     }
+}
+
+/// Parses `--ctl-max-clients` (1-1024).
+pub fn parse_ctl_clients(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!("'{text}' is not a number of clients in 1..=1024")),
+    }
+}
+
+/// Parses `--max-dma-fds` (1-65535).
+pub fn parse_max_dma_fds(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(n),
+        _ => Err(format!("'{text}' is not a number of DMA fds in 1..=65535")),
+    }
+}
+
+/// Parses a size that must not be 0.
+pub fn parse_nonzero_size(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err(format!("'{text}' must be larger than 0")),
+        n => Ok(n),
+    }
+}
+
+/// Parses `--max-data-xfer-size`: 4 KiB to 64 MiB (QEMU refuses more).
+pub fn parse_xfer_size(text: &str) -> Result<u32, String> {
+    let n = parse_size(text)?;
+    if !(4096..=64 << 20).contains(&n) {
+        return Err(format!("'{text}' must be between 4K and 64M"));
+    }
+    Ok(n as u32)
 }
 
 /// Parses `--engines`.
@@ -364,8 +446,32 @@ impl ServeArgs {
             max_sleep: Duration::from_micros(self.engine_poll_us),
         };
         cfg.trace = self.trace.clone();
+        cfg.trace_max_bytes = self.trace_max_bytes;
         cfg.err_irq = self.err_irq;
+        cfg.dma_limits = DmaLimits {
+            max_windows: self.max_dma_maps as usize,
+            max_fd_windows: self.max_dma_fds,
+            max_fd_bytes: self.max_dma_bytes,
+        };
         Ok(cfg)
+    }
+
+    /// The vfio-user limits every GPU's sessions advertise and enforce.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_data_xfer_size: self.max_data_xfer_size,
+            max_msg_fds: self.max_msg_fds,
+            max_dma_maps: self.max_dma_maps,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// The control socket's client limits.
+    pub fn ctl_limits(&self) -> CtlLimits {
+        CtlLimits {
+            timeout: Duration::from_millis(self.ctl_timeout_ms),
+            max_clients: self.ctl_max_clients,
+        }
     }
 }
 
@@ -647,6 +753,86 @@ mod tests {
         assert!(t.a.gpu_configs().unwrap_err().contains("--vram-file"));
         let t = T::try_parse_from(["t", "--socket", "a", "--socket", "a"]).unwrap();
         assert!(t.a.gpu_configs().unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn resource_limit_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: ServeArgs,
+        }
+        // Defaults: docs/reliability.md, "Resource limits".
+        let t = T::try_parse_from(["t", "--socket", "s"]).unwrap();
+        assert_eq!(t.a.server_config(), ServerConfig::default());
+        let cfg = t.a.gpu_config().unwrap();
+        assert_eq!(cfg.dma_limits, DmaLimits::default());
+        assert_eq!(cfg.trace_max_bytes, 1 << 30);
+        assert_eq!(t.a.ctl_limits(), CtlLimits::default());
+        assert_eq!((t.a.log_rate_limit, t.a.log_burst), (20, 200));
+        let t = T::try_parse_from([
+            "t",
+            "--socket",
+            "s",
+            "--max-dma-maps",
+            "7",
+            "--max-dma-fds",
+            "3",
+            "--max-dma-bytes",
+            "1G",
+            "--max-data-xfer-size",
+            "64K",
+            "--max-msg-fds",
+            "2",
+            "--trace-max-bytes",
+            "4K",
+            "--ctl-timeout-ms",
+            "100",
+            "--ctl-max-clients",
+            "2",
+        ])
+        .unwrap();
+        let sc = t.a.server_config();
+        assert_eq!(
+            (sc.max_dma_maps, sc.max_data_xfer_size, sc.max_msg_fds),
+            (7, 64 << 10, 2)
+        );
+        assert!(sc.validate().is_ok());
+        let cfg = t.a.gpu_config().unwrap();
+        assert_eq!(
+            cfg.dma_limits,
+            DmaLimits {
+                max_windows: 7,
+                max_fd_windows: 3,
+                max_fd_bytes: 1 << 30
+            }
+        );
+        assert_eq!(cfg.trace_max_bytes, 4096);
+        assert_eq!(
+            t.a.ctl_limits(),
+            CtlLimits {
+                timeout: Duration::from_millis(100),
+                max_clients: 2
+            }
+        );
+        for bad in [
+            ["--max-dma-maps", "0"],
+            ["--max-dma-maps", "65536"],
+            ["--max-dma-fds", "0"],
+            ["--max-dma-bytes", "0"],
+            ["--max-data-xfer-size", "4095"],
+            ["--max-data-xfer-size", "65M"],
+            ["--max-msg-fds", "17"],
+            ["--max-msg-fds", "0"],
+            ["--log-burst", "0"],
+            ["--ctl-timeout-ms", "5"],
+            ["--ctl-max-clients", "0"],
+        ] {
+            let mut args = vec!["t", "--socket", "s"];
+            args.extend(bad);
+            assert!(T::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

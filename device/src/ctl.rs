@@ -2,10 +2,13 @@
 //! `stats` with the engines' state and counters as JSON.
 //!
 //! It runs on its own thread so that a slow or hostile local client can never delay the
-//! vfio-user event loop. Each connection is bounded: one request line of at most
-//! [`MAX_REQUEST`] bytes, [`CONN_TIMEOUT`] for the whole exchange, one reply, close. The reply
-//! reads the engines through an [`EngineMonitor`] (atomics and short locks), never the socket
-//! or the device model.
+//! vfio-user event loop. Clients are served concurrently, without blocking, at most
+//! [`CtlLimits::max_clients`] at once (one more is answered `busy` and closed), and each
+//! connection is bounded: one request line of at most [`MAX_REQUEST`] bytes,
+//! [`CtlLimits::timeout`] for the whole exchange, one reply, close. A silent or slow client thus
+//! holds one slot for at most the timeout and never delays the others. The reply reads the
+//! engines through an [`EngineMonitor`] (atomics and short locks), never the socket or the
+//! device model.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -24,8 +27,10 @@ use crate::mmu::MmuReport;
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 256;
-/// Time a client has for one exchange.
+/// Default time a client has for one exchange.
 pub const CONN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (fd table full), so the thread does not spin.
+const ACCEPT_BACKOFF_MS: u64 = 50;
 /// Most bytes discarded after the reply.
 const MAX_DRAIN: usize = 64 << 10;
 /// Largest reply a client reads.
@@ -46,6 +51,14 @@ struct DeviceReport {
     bus_master: bool,
     name: String,
     vram_bytes_dropped: u64,
+    /// DMA windows the client holds, those with an fd, and their bytes (resource limits).
+    dma_windows: usize,
+    dma_fd_windows: usize,
+    dma_fd_bytes: u64,
+    /// Trace lines dropped at `--trace-max-bytes`.
+    trace_lines_dropped: u64,
+    /// Log lines (of the whole process) dropped by `--log-rate-limit`.
+    log_lines_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,10 +80,16 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
     let reply = match request.trim() {
         "stats" => {
             let engines = monitor.report();
+            let (dma_windows, dma_fd_windows, dma_fd_bytes) = monitor.dma_held();
             serde_json::to_string(&StatsReply {
                 device: DeviceReport {
                     name: monitor.name().to_string(),
                     vram_bytes_dropped: monitor.vram_bytes_dropped(),
+                    dma_windows,
+                    dma_fd_windows,
+                    dma_fd_bytes,
+                    trace_lines_dropped: monitor.trace_lines_dropped(),
+                    log_lines_dropped: crate::log::suppressed(),
                     engines: engines.len(),
                     vectors: monitor.vectors(),
                     irqs_sent: monitor.irqs_sent(),
@@ -118,11 +137,39 @@ pub struct CtlServer {
     path: PathBuf,
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
+    /// What the thread takes, until [`CtlServer::serve`] starts it.
+    pending: Option<Box<PendingCtl>>,
 }
 
+/// The listener, the thread's stop fd, the monitor and the limits of a bound control socket.
+type PendingCtl = (UnixListener, EventFd, EngineMonitor, CtlLimits);
+
 impl CtlServer {
-    /// Binds `path` (which must not exist) and serves it from a new thread.
+    /// Binds `path` (which must not exist) and serves it from a new thread, giving each client
+    /// [`CONN_TIMEOUT`].
     pub fn start(path: &Path, monitor: EngineMonitor) -> Result<CtlServer, CtlError> {
+        Self::start_with(path, monitor, CtlLimits::default())
+    }
+
+    /// Like [`start`](Self::start), with these client limits.
+    pub fn start_with(
+        path: &Path,
+        monitor: EngineMonitor,
+        limits: CtlLimits,
+    ) -> Result<CtlServer, CtlError> {
+        let mut srv = Self::bind(path, monitor, limits)?;
+        srv.serve()?;
+        Ok(srv)
+    }
+
+    /// Binds `path` (which must not exist) without serving it yet: clients that connect wait in
+    /// the listen backlog until [`serve`](Self::serve). (`vugpu serve` creates every fd it
+    /// needs in between, so that clients flooding the socket at start cannot take them.)
+    pub fn bind(
+        path: &Path,
+        monitor: EngineMonitor,
+        limits: CtlLimits,
+    ) -> Result<CtlServer, CtlError> {
         let err = |source| CtlError::Setup {
             path: path.to_path_buf(),
             source,
@@ -140,30 +187,38 @@ impl CtlServer {
             let theirs = stop.try_clone()?;
             Ok((stop, theirs))
         };
-        let (stop, theirs) = match setup() {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = std::fs::remove_file(path);
-                return Err(err(e));
-            }
-        };
-        let thread = std::thread::Builder::new()
-            .name("vugpu-ctl".into())
-            .spawn(move || {
-                crate::log::set_thread_gpu(monitor.name());
-                serve(&listener, &theirs, &monitor);
-            });
-        match thread {
-            Ok(t) => Ok(CtlServer {
+        match setup() {
+            Ok((stop, theirs)) => Ok(CtlServer {
                 path: path.to_path_buf(),
                 stop,
-                thread: Some(t),
+                thread: None,
+                pending: Some(Box::new((listener, theirs, monitor, limits))),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 Err(err(e))
             }
         }
+    }
+
+    /// Starts serving from a new thread (once; later calls do nothing).
+    pub fn serve(&mut self) -> Result<(), CtlError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let (listener, theirs, monitor, limits) = *pending;
+        let thread = std::thread::Builder::new()
+            .name("vugpu-ctl".into())
+            .spawn(move || {
+                crate::log::set_thread_gpu(monitor.name());
+                serve(&listener, &theirs, &monitor, limits);
+            })
+            .map_err(|source| CtlError::Setup {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// The socket path.
@@ -182,22 +237,162 @@ impl Drop for CtlServer {
     }
 }
 
-fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor) {
+/// Limits of the control socket's clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtlLimits {
+    /// Time a client has for its whole exchange (request, reply, drain).
+    pub timeout: Duration,
+    /// Clients served at once; one more is answered `{"error":"busy"}` and closed.
+    pub max_clients: usize,
+}
+
+impl Default for CtlLimits {
+    fn default() -> Self {
+        CtlLimits {
+            timeout: CONN_TIMEOUT,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
+}
+
+/// Default of [`CtlLimits::max_clients`].
+pub const DEFAULT_MAX_CLIENTS: usize = 8;
+
+const BUSY: &[u8] = b"{\"error\":\"busy: too many control-socket clients\"}\n";
+
+/// Where one client's exchange is.
+enum Phase {
+    /// Reading the request line.
+    Reading(Vec<u8>),
+    /// Writing the reply from this position.
+    Writing(Vec<u8>, usize),
+    /// Reply sent and our side shut down: discarding what the client still sends (bounded),
+    /// so that closing does not reset the connection before it has read the reply.
+    Draining(usize),
+    /// Finished (or failed): close.
+    Done,
+}
+
+/// One client, non-blocking, with a deadline for the whole exchange.
+struct Conn {
+    stream: UnixStream,
+    deadline: Instant,
+    phase: Phase,
+}
+
+impl Conn {
+    fn events(&self) -> libc::c_short {
+        match self.phase {
+            Phase::Writing(..) => libc::POLLOUT,
+            _ => libc::POLLIN,
+        }
+    }
+
+    /// Makes what progress the socket allows.
+    fn step(&mut self, monitor: &EngineMonitor) {
+        loop {
+            let next = match &mut self.phase {
+                Phase::Reading(buf) => {
+                    let mut chunk = [0u8; MAX_REQUEST + 1];
+                    let room = MAX_REQUEST + 1 - buf.len();
+                    let n = match (&self.stream).read(&mut chunk[..room]) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(_) => 0,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if n > 0 && !buf.contains(&b'\n') && buf.len() <= MAX_REQUEST {
+                        continue;
+                    }
+                    // A whole line, too much, or the end of the stream: answer what is there.
+                    let mut reply = reply_to(buf, monitor).into_bytes();
+                    reply.push(b'\n');
+                    Phase::Writing(reply, 0)
+                }
+                Phase::Writing(out, pos) => match (&self.stream).write(&out[*pos..]) {
+                    Ok(n) if *pos + n == out.len() => {
+                        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                        Phase::Draining(0)
+                    }
+                    Ok(n) => {
+                        *pos += n;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => Phase::Done,
+                },
+                Phase::Draining(drained) => {
+                    let mut rest = [0u8; 4096];
+                    match (&self.stream).read(&mut rest) {
+                        Ok(n) if n > 0 && *drained + n < MAX_DRAIN => {
+                            *drained += n;
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        _ => Phase::Done,
+                    }
+                }
+                Phase::Done => return,
+            };
+            self.phase = next;
+        }
+    }
+}
+
+/// The reply to what a client sent (`buf` holds at most `MAX_REQUEST + 1` bytes).
+fn reply_to(buf: &[u8], monitor: &EngineMonitor) -> String {
+    if buf.len() > MAX_REQUEST && !buf.contains(&b'\n') {
+        return r#"{"error":"request too long"}"#.to_string();
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    match std::str::from_utf8(line) {
+        Ok(text) => answer(text, monitor),
+        Err(_) => r#"{"error":"request is not UTF-8"}"#.to_string(),
+    }
+}
+
+/// Serves clients, at most `limits.max_clients` at once, each within `limits.timeout`, until
+/// `stop` is readable. Nothing a client does (silence, a slow read, a huge request, dying
+/// halfway) holds more than its slot, its buffers and its timeout.
+fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limits: CtlLimits) {
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut backoff_until: Option<Instant> = None;
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listener.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+        let now = Instant::now();
+        conns.retain(|c| !matches!(c.phase, Phase::Done) && c.deadline > now);
+        let accepting = backoff_until.is_none_or(|t| t <= now);
+        let mut fds = vec![
             libc::pollfd {
                 fd: stop.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: if accepting {
+                    listener.as_fd().as_raw_fd()
+                } else {
+                    -1
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        fds.extend(conns.iter().map(|c| libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: c.events(),
+            revents: 0,
+        }));
+        let wake = conns
+            .iter()
+            .map(|c| c.deadline)
+            .chain(backoff_until)
+            .min()
+            .map_or(-1, |t| {
+                let ms = t.saturating_duration_since(now).as_millis() + 1;
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            });
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wake) };
         if rc < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -205,74 +400,65 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor) {
             crate::log!(Level::Error, "control socket poll failed; stopping it");
             return;
         }
-        if fds[1].revents != 0 {
+        if fds[0].revents != 0 {
             return;
         }
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = handle(stream, monitor) {
-                    crate::log!(Level::Debug, "control socket client: {e}");
-                }
+        for (c, pfd) in conns.iter_mut().zip(&fds[2..]) {
+            if pfd.revents != 0 {
+                c.step(monitor);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => crate::log!(Level::Warn, "control socket accept failed: {e}"),
+        }
+        // Slots of clients that finished are free for the ones waiting to be accepted.
+        conns.retain(|c| !matches!(c.phase, Phase::Done));
+        if fds[1].revents != 0 {
+            backoff_until = accept_all(listener, &mut conns, limits);
+        } else if !accepting {
+            backoff_until = None;
         }
     }
 }
 
-fn handle(mut stream: UnixStream, monitor: &EngineMonitor) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    let deadline = Instant::now() + CONN_TIMEOUT;
-    let mut buf = [0u8; MAX_REQUEST + 1];
-    let mut len = 0;
-    while !buf[..len].contains(&b'\n') {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request timed out"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let Some(room) = buf.get_mut(len..) else {
-            break;
-        };
-        if room.is_empty() {
-            break;
-        }
-        let n = stream.read(room)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let reply = if len > MAX_REQUEST && !buf[..len].contains(&b'\n') {
-        r#"{"error":"request too long"}"#.to_string()
-    } else {
-        match std::str::from_utf8(line) {
-            Ok(text) => answer(text, monitor),
-            Err(_) => r#"{"error":"request is not UTF-8"}"#.to_string(),
-        }
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    stream.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
-    stream.write_all(reply.as_bytes())?;
-    stream.write_all(b"\n")?;
-    // Discard what the client still sends (bounded), so closing does not reset the connection
-    // before it has read the reply.
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut rest = [0u8; 4096];
-    let mut drained = 0;
-    while drained < MAX_DRAIN {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut rest) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
+/// Accepts every waiting client; `Some(until)` to pause accepting after a failure.
+fn accept_all(
+    listener: &UnixListener,
+    conns: &mut Vec<Conn>,
+    limits: CtlLimits,
+) -> Option<Instant> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
+                }
+                if conns.len() >= limits.max_clients {
+                    // Best effort, never blocking: the busy reply fits any socket buffer. What
+                    // the client already sent is read first (one bounded read), so that the
+                    // close does not reset the connection before it reads the reply.
+                    let _ = (&stream).write(BUSY);
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                    let _ = (&stream).read(&mut [0u8; MAX_REQUEST + 1]);
+                    crate::log!(
+                        Level::Debug,
+                        "control socket: {} clients already, one more refused",
+                        conns.len()
+                    );
+                    continue;
+                }
+                conns.push(Conn {
+                    stream,
+                    deadline: Instant::now() + limits.timeout,
+                    phase: Phase::Reading(Vec::new()),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) => {
+                // EMFILE/ENFILE leave the connection queued and the listener readable: pause
+                // accepting instead of spinning (the log line is rate limited too).
+                crate::log!(Level::Warn, "control socket accept failed: {e}");
+                return Some(Instant::now() + Duration::from_millis(ACCEPT_BACKOFF_MS));
+            }
         }
     }
-    Ok(())
 }
 
 /// Sends one request line to the control socket at `path` and returns the reply.

@@ -105,6 +105,10 @@ pub struct Server {
     stop: Option<OwnedFd>,
     shutdown: bool,
     stats: ServerStats,
+    /// An fd held in reserve (/dev/null): when the process is out of fds, closing it lets
+    /// [`Server::accept`] take the waiting connection off the queue and refuse it, instead of
+    /// leaving the listener readable and the loop spinning on EMFILE.
+    reserve: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Server {
@@ -137,6 +141,7 @@ impl Server {
             stop,
             shutdown: false,
             stats: ServerStats::default(),
+            reserve: open_reserve(),
         })
     }
 
@@ -166,6 +171,10 @@ impl Server {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.refuse_without_fds(&e);
+                    return;
+                }
                 Err(e) => {
                     crate::log!(Level::Warn, "accept failed: {e}");
                     return;
@@ -211,6 +220,23 @@ impl Server {
             );
             self.session = Some(session);
         }
+    }
+
+    /// Out of fds: the reserve fd makes room to take the waiting connection off the queue and
+    /// close it (the client sees its connection closed), so the listener stops being readable.
+    fn refuse_without_fds(&mut self, e: &io::Error) {
+        self.stats.refused += 1;
+        crate::log!(
+            Level::Warn,
+            "refusing a client: {e} (the process is out of file descriptors; see ulimit -n \
+             and --max-dma-fds)"
+        );
+        self.reserve = None;
+        match self.listener.accept() {
+            Ok((stream, _)) => drop(stream),
+            Err(e) => crate::log!(Level::Debug, "accept with the reserve fd failed: {e}"),
+        }
+        self.reserve = open_reserve();
     }
 
     fn end_session(&mut self, ops: &mut EventOps, why: &str) {
@@ -477,6 +503,11 @@ impl Server {
     }
 }
 
+/// The reserve fd of [`Server`] (`None` if even that cannot be opened).
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
 /// The pid of the process at the other end of a UNIX stream (SO_PEERCRED), which identifies the
 /// client for peer-to-peer routing (hw-spec §6.9).
 fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
@@ -557,13 +588,41 @@ impl Drop for SocketFile {
     }
 }
 
-/// Runs the server until its stop fd is readable (forever without one); returns the server, so
-/// callers (tests) can inspect the device.
-pub fn run(server: Server) -> Result<Server, ServeError> {
-    crate::log::set_thread_gpu(server.gpu().name());
+/// A server with its event manager, every fd of the loop created ([`prepare`]), ready to
+/// [`run_prepared`] on another thread.
+pub struct Prepared {
+    em: EventManager<Server>,
+    id: event_manager::SubscriberId,
+    name: String,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the event manager (its epoll fd) and registers the server's fds.
+pub fn prepare(server: Server) -> Result<Prepared, ServeError> {
+    let name = server.gpu().name().to_string();
     let mut em =
         EventManager::<Server>::new().map_err(|e| ServeError::EventManager(format!("{e:?}")))?;
     let id = em.add_subscriber(server);
+    Ok(Prepared { em, id, name })
+}
+
+/// Runs the server until its stop fd is readable (forever without one); returns the server, so
+/// callers (tests) can inspect the device.
+pub fn run(server: Server) -> Result<Server, ServeError> {
+    run_prepared(prepare(server)?)
+}
+
+/// [`run`] for a server made ready with [`prepare`].
+pub fn run_prepared(p: Prepared) -> Result<Server, ServeError> {
+    let Prepared { mut em, id, name } = p;
+    crate::log::set_thread_gpu(&name);
     loop {
         match em.run() {
             Ok(_) => {}

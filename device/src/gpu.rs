@@ -23,8 +23,8 @@ use std::sync::{Arc, MutexGuard, RwLockReadGuard};
 
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
-    BarDecode, ClientId, DmaError, DmaPermissions, DmaSpace, Fabric, FabricError, Iova, PeerId,
-    SharedPage, Vram, VramError, VramOffset, VramOptions, WindowBacking,
+    BarDecode, ClientId, DmaError, DmaLimits, DmaPermissions, DmaSpace, Fabric, FabricError, Iova,
+    PeerId, SharedPage, Vram, VramError, VramOffset, VramOptions, WindowBacking,
 };
 use vugpu_protocol::backend::{
     irq_flags, region_flags, BackendError, BackendResult, DeviceBackend, DeviceInfo, DmaMapping,
@@ -71,6 +71,8 @@ pub const CLASS_CODE: u32 = 0x03_02_00;
 pub const DEFAULT_MSIX_VECTORS: u16 = 16;
 /// Default number of DMA engines.
 pub const DEFAULT_ENGINES: usize = 4;
+/// Default byte limit of the `--trace` file (1 GiB).
+pub const DEFAULT_TRACE_MAX_BYTES: u64 = 1 << 30;
 /// BAR0 size.
 pub const BAR0_SIZE: u64 = 16 << 20;
 /// Config space region size.
@@ -168,6 +170,10 @@ pub struct GpuConfig {
     pub trace: Option<PathBuf>,
     /// Signal the ERR irq (index 3) on unmasked AER errors (QEMU stops the VM on it).
     pub err_irq: bool,
+    /// What one client's DMA_MAPs may make the server hold (windows, fds, bytes).
+    pub dma_limits: DmaLimits,
+    /// Most bytes written to the trace file; lines beyond are counted, not written.
+    pub trace_max_bytes: u64,
 }
 
 impl GpuConfig {
@@ -191,6 +197,8 @@ impl GpuConfig {
             engine_timing: PollTiming::default(),
             trace: None,
             err_irq: false,
+            dma_limits: DmaLimits::default(),
+            trace_max_bytes: DEFAULT_TRACE_MAX_BYTES,
         }
     }
 }
@@ -493,6 +501,8 @@ impl Gpu {
             dev_ctl: pcie::device_control(pci.config(), cap_offset::PCIE),
             command: pci.command(),
             trace,
+            trace_max_bytes: config.trace_max_bytes,
+            dma_limits: config.dma_limits,
             timing: config.engine_timing,
             mmu: Mmu::new(
                 mmu::present(config.engines as u32, u32::from(vectors)),
@@ -1091,9 +1101,10 @@ impl DeviceBackend for Gpu {
             )
             .map_err(|e| match e {
                 DmaError::Overlap { .. } => BackendError::Exists(e.to_string()),
-                DmaError::TooManyWindows(_) | DmaError::Map { .. } => {
-                    BackendError::NoMemory(e.to_string())
-                }
+                DmaError::TooManyWindows(_)
+                | DmaError::TooManyFdWindows(_)
+                | DmaError::TooManyBytes { .. } => BackendError::NoSpace(e.to_string()),
+                DmaError::Map { .. } => BackendError::NoMemory(e.to_string()),
                 _ => BackendError::Invalid(e.to_string()),
             })?;
         if crate::log::enabled(crate::log::Level::Debug) {

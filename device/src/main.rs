@@ -24,7 +24,7 @@ enum Command {
     /// are peers (DMA to a peer's VRAM BAR goes straight to its VRAM). Each socket serves one
     /// client at a time; a client that disconnects (or misbehaves) is dropped and the next one is
     /// accepted.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Connect to a running server as a client and print the device it exposes: protocol
     /// capabilities, device info, regions, IRQs and the decoded config space.
     Probe {
@@ -51,6 +51,7 @@ enum Command {
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
     log::set_level(args.log_level);
+    log::set_rate_limit(args.log_rate_limit, args.log_burst);
     log::start_clock();
     let plan = ServePlan {
         gpus: args
@@ -59,6 +60,8 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
             .zip(args.sockets())
             .collect(),
         dma_layout: args.dma_layout.into(),
+        server_config: args.server_config(),
+        ctl: args.ctl_limits(),
     };
     // Before any thread exists, so every thread keeps the signals blocked.
     let signals = event_loop::shutdown_signalfd()

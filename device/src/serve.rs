@@ -16,7 +16,7 @@ use vugpu_backend::Fabric;
 use vugpu_protocol::{DmaLayout, ServerConfig};
 
 use crate::config::check_socket_path;
-use crate::ctl::{ctl_path, CtlServer};
+use crate::ctl::{ctl_path, CtlLimits, CtlServer};
 use crate::event_loop::{self, Server, SocketFile};
 use crate::gpu::{Gpu, GpuConfig};
 use crate::log::Level;
@@ -28,6 +28,10 @@ pub struct ServePlan {
     pub gpus: Vec<(GpuConfig, PathBuf)>,
     /// DMA_READ/DMA_WRITE payload layout.
     pub dma_layout: DmaLayout,
+    /// vfio-user limits of every session.
+    pub server_config: ServerConfig,
+    /// Limits of the control sockets' clients.
+    pub ctl: CtlLimits,
 }
 
 /// One GPU's event loop, running.
@@ -44,12 +48,60 @@ fn dup(e: &EventFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(e.try_clone()?.into_raw_fd()) })
 }
 
+/// Fds one GPU may need besides its client's DMA fds and eventfds: sockets, VRAM and doorbell
+/// memfds, engine eventfds, the trace, and slack.
+const FDS_PER_GPU: u64 = 64;
+
+/// Raises the soft RLIMIT_NOFILE so that every GPU's client can hold all the fds the limits
+/// allow (`--max-dma-fds` DMA windows, one eventfd per MSI-X vector): one client's fds must
+/// never make another GPU's accept fail with EMFILE (control-socket clients counted too). Warns
+/// when the hard limit is too low.
+fn raise_fd_limit(plan: &ServePlan) {
+    let need: u64 = plan
+        .gpus
+        .iter()
+        .map(|(cfg, _)| {
+            cfg.dma_limits.max_fd_windows as u64
+                + u64::from(cfg.msix_vectors)
+                + plan.ctl.max_clients as u64
+                + 2
+                + FDS_PER_GPU
+        })
+        .sum::<u64>()
+        + FDS_PER_GPU;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the call to write.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= need {
+        return;
+    }
+    let want = need.min(lim.rlim_max);
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit for the call to read.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0;
+    if !ok || want < need {
+        crate::log!(
+            Level::Warn,
+            "open-file limit {} is below the {need} fds the resource limits allow \
+             (--max-dma-fds, --msix-vectors, GPUs): a client may exhaust it; raise ulimit -n \
+             or lower --max-dma-fds",
+            if ok { want } else { lim.rlim_cur }
+        );
+    }
+}
+
 /// Serves `plan` until `signals` (a signalfd from [`event_loop::shutdown_signalfd`], created
 /// before any thread) reports SIGINT or SIGTERM, or an event loop fails.
 pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
     for (_, socket) in &plan.gpus {
         check_socket_path(socket)?;
     }
+    raise_fd_limit(plan);
     let fabric = Fabric::new(plan.gpus.len());
     // Every GPU joins the fabric before any socket exists (a client sees the whole fabric), and
     // all are built before any event loop starts: a GPU that cannot start stops the whole
@@ -59,26 +111,33 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
         .iter()
         .map(|(cfg, _)| Gpu::in_fabric(cfg, &fabric).map_err(|e| format!("{}: {e}", cfg.name)))
         .collect::<Result<Vec<_>, _>>()?;
+    // Every fd the server needs exists before a control socket accepts its first client: a
+    // local process flooding it at start cannot make the start fail with EMFILE.
+    let exited = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
     let mut built = Vec::new();
     for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
-        let ctl =
-            CtlServer::start(&ctl_path(socket), gpu.engine_monitor()).map_err(|e| e.to_string())?;
+        let ctl = CtlServer::bind(&ctl_path(socket), gpu.engine_monitor(), plan.ctl)
+            .map_err(|e| e.to_string())?;
         let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
         let stop =
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
         let mut server = Server::new(
             listener,
             gpu,
-            ServerConfig::default(),
+            plan.server_config.clone(),
             Some(dup(&stop).map_err(|e| e.to_string())?),
         )
         .map_err(|e| e.to_string())?;
         server.set_dma_layout(plan.dma_layout);
-        built.push((cfg, socket, server, stop, ctl, guard));
+        let server = event_loop::prepare(server).map_err(|e| e.to_string())?;
+        let done = exited.try_clone().map_err(|e| e.to_string())?;
+        built.push((cfg, socket, server, stop, ctl, guard, done));
     }
-    let exited = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
+    for (_, _, _, _, ctl, _, _) in &mut built {
+        ctl.serve().map_err(|e| e.to_string())?;
+    }
     let mut running = Vec::new();
-    for (cfg, socket, server, stop, ctl, guard) in built {
+    for (cfg, socket, server, stop, ctl, guard, done) in built {
         crate::log::set_thread_gpu(&cfg.name);
         crate::log!(
             Level::Info,
@@ -90,11 +149,10 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
             cfg.engines,
             socket.display()
         );
-        let done = exited.try_clone().map_err(|e| e.to_string())?;
         let thread = std::thread::Builder::new()
             .name(format!("vugpu-{}", cfg.name))
             .spawn(move || {
-                let r = event_loop::run(server);
+                let r = event_loop::run_prepared(server);
                 let _ = done.write(1);
                 r
             })

@@ -194,6 +194,10 @@ pub enum BackendError {
     /// An I/O error in the device or its storage: `EIO`.
     #[error("I/O error: {0}")]
     Io(String),
+    /// A configured limit on what one client may make the device hold is reached (DMA windows
+    /// with fds, their bytes): `ENOSPC`, like `max_dma_maps`.
+    #[error("limit reached: {0}")]
+    NoSpace(String),
 }
 
 impl BackendError {
@@ -208,6 +212,7 @@ impl BackendError {
             BackendError::Busy(_) => libc::EBUSY,
             BackendError::NoMemory(_) => libc::ENOMEM,
             BackendError::Io(_) => libc::EIO,
+            BackendError::NoSpace(_) => libc::ENOSPC,
         }
     }
 }

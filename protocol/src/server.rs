@@ -34,15 +34,15 @@ mod serving;
 mod config;
 mod dma;
 
-pub use config::ServerConfig;
+pub use config::{
+    ServerConfig, DEFAULT_MAX_PENDING_BYTES, DEFAULT_MAX_PENDING_FDS, DEFAULT_MAX_PENDING_MSGS,
+};
 pub use dma::DMA_MESSAGE_MAX_DATA;
 
 /// Spec default of `max_dma_maps` when not advertised.
 const DEFAULT_MAX_DMA_MAPS: u32 = 65535;
 /// Spec default of `pgsizes`.
 const DEFAULT_PGSIZES: u64 = 4096;
-/// Bound on client requests queued while waiting for a DMA reply.
-const MAX_PENDING_MSGS: usize = 4096;
 
 /// Outcome of [`Session::handle_message`] and [`Session::handle_ready_message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,9 @@ pub struct Session {
     peer: Option<Peer>,
     stats: SessionStats,
     pending: VecDeque<RawMessage>,
+    /// Payload bytes and fds of `pending`.
+    pending_bytes: usize,
+    pending_fds: usize,
     next_id: u16,
     dma_layout: DmaLayout,
     dma_timeout: Duration,
@@ -153,6 +156,8 @@ impl Session {
             peer: None,
             stats: SessionStats::default(),
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            pending_fds: 0,
             next_id: 0,
             dma_layout: DmaLayout::default(),
             dma_timeout: Duration::from_secs(5),
@@ -191,6 +196,14 @@ impl Session {
     /// not readable.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// The oldest queued request, if any.
+    fn pop_pending(&mut self) -> Option<RawMessage> {
+        let m = self.pending.pop_front()?;
+        self.pending_bytes -= m.body.len();
+        self.pending_fds -= m.fds.len();
+        Some(m)
     }
 
     /// Number of DMA mappings the client currently holds (as counted by the session).
@@ -237,7 +250,7 @@ impl Session {
         if self.closed {
             return Ok(Status::Closed);
         }
-        let msg = match self.pending.pop_front() {
+        let msg = match self.pop_pending() {
             Some(m) => m,
             None => match recv_message(self.stream.as_fd(), &self.recv_limits(), first_deadline) {
                 Ok(Some(m)) => m,

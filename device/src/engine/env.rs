@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, VolatileMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{
-    DmaError, DmaSpace, Fabric, FabricView, FileSlice, Iova, PeerId, Route, Segment, SharedPage,
-    Vram, VramError, VramOffset,
+    DmaError, DmaLimits, DmaSpace, Fabric, FabricView, FileSlice, Iova, PeerId, Route, Segment,
+    SharedPage, Vram, VramError, VramOffset,
 };
 
 use super::desc::{Addr, Aperture};
@@ -253,7 +253,9 @@ pub struct EngineEnv {
     faults_pending: AtomicBool,
     events: EventFd,
     msg_tx: Sender<MsgDmaRequest>,
-    trace: Option<Mutex<LineWriter<File>>>,
+    trace: Option<Mutex<Trace>>,
+    /// Trace lines not written because the trace reached its byte limit.
+    trace_dropped: AtomicU64,
     shutdown: AtomicBool,
     timing: PollTiming,
     peer_windows: PeerWindows,
@@ -266,6 +268,15 @@ pub struct EngineEnv {
     vram_bytes_dropped: AtomicU64,
     /// The first loss was logged.
     drop_logged: AtomicBool,
+}
+
+/// The trace file and how much of its byte limit is used.
+#[derive(Debug)]
+struct Trace {
+    out: LineWriter<File>,
+    written: u64,
+    max: u64,
+    full: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -293,6 +304,10 @@ pub struct EnvParts {
     pub command: u16,
     /// Trace file.
     pub trace: Option<File>,
+    /// Most bytes written to the trace file (one final line noting the limit may pass it).
+    pub trace_max_bytes: u64,
+    /// What the client's DMA_MAPs may make the server hold.
+    pub dma_limits: DmaLimits,
     /// Doorbell polling.
     pub timing: PollTiming,
     /// The device MMU (hw-spec §9).
@@ -395,7 +410,7 @@ impl EngineEnv {
     pub fn new(parts: EnvParts) -> std::io::Result<(EngineEnv, Receiver<MsgDmaRequest>)> {
         let (msg_tx, msg_rx) = mpsc::channel();
         let env = EngineEnv {
-            dma: RwLock::new(DmaSpace::new()),
+            dma: RwLock::new(DmaSpace::with_limits(parts.dma_limits)),
             vram: parts.vram,
             fabric: parts.fabric,
             me: parts.me,
@@ -410,7 +425,15 @@ impl EngineEnv {
             faults_pending: AtomicBool::new(false),
             events: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
             msg_tx,
-            trace: parts.trace.map(|f| Mutex::new(LineWriter::new(f))),
+            trace: parts.trace.map(|f| {
+                Mutex::new(Trace {
+                    out: LineWriter::new(f),
+                    written: 0,
+                    max: parts.trace_max_bytes,
+                    full: false,
+                })
+            }),
+            trace_dropped: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             timing: parts.timing,
             peer_windows: PeerWindows::new(),
@@ -559,12 +582,37 @@ impl EngineEnv {
         self.trace.is_some()
     }
 
-    /// Appends one line to the trace (no-op without `--trace`).
+    /// Appends one line to the trace (no-op without `--trace`). Once the trace holds its byte
+    /// limit (`--trace-max-bytes`), one line says so and later lines are only counted
+    /// ([`trace_lines_dropped`](Self::trace_lines_dropped)): a guest cannot fill the disk.
     pub fn trace_line(&self, line: std::fmt::Arguments<'_>) {
         if let Some(t) = &self.trace {
-            let mut w = lock(t);
-            let _ = writeln!(w, "{} gpu={} {line}", self.clock_ns(), self.name);
+            let text = format!("{} gpu={} {line}\n", self.clock_ns(), self.name);
+            let mut t = lock(t);
+            let len = text.len() as u64;
+            if t.full || t.written.saturating_add(len) > t.max {
+                self.trace_dropped.fetch_add(1, Ordering::Relaxed);
+                if !t.full {
+                    t.full = true;
+                    let max = t.max;
+                    let _ = writeln!(
+                        t.out,
+                        "{} gpu={} trace limit of {max} bytes reached: later lines are dropped \
+                         and counted (vugpu stats: trace_lines_dropped)",
+                        self.clock_ns(),
+                        self.name
+                    );
+                }
+                return;
+            }
+            t.written += len;
+            let _ = t.out.write_all(text.as_bytes());
         }
+    }
+
+    /// Trace lines dropped at the trace's byte limit.
+    pub fn trace_lines_dropped(&self) -> u64 {
+        self.trace_dropped.load(Ordering::Relaxed)
     }
 
     /// The GPU's name.
@@ -1471,6 +1519,8 @@ mod tests {
             dev_ctl: DeviceControl(0),
             command: 0x6,
             trace: None,
+            trace_max_bytes: u64::MAX,
+            dma_limits: DmaLimits::default(),
             timing: PollTiming::default(),
             mmu: Mmu::new(true, 5, crate::mmu::MmuInject::default()),
             vram_write_drop,

@@ -319,6 +319,17 @@ impl EngineMonitor {
         self.env.vram_bytes_dropped()
     }
 
+    /// Trace lines dropped at the trace's byte limit.
+    pub fn trace_lines_dropped(&self) -> u64 {
+        self.env.trace_lines_dropped()
+    }
+
+    /// The client's DMA windows: (all, with an fd, bytes of those with an fd).
+    pub fn dma_held(&self) -> (usize, usize, u64) {
+        let d = self.env.dma();
+        (d.len(), d.fd_windows(), d.fd_bytes())
+    }
+
     /// Bus Master Enable (Command bit 2) as the engines see it.
     pub fn bus_master(&self) -> bool {
         self.env.bus_master()

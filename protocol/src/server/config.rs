@@ -23,6 +23,13 @@ pub struct ServerConfig {
     /// Once a message's first byte has arrived, the rest must arrive within this time; also
     /// bounds every send.
     pub body_timeout: Duration,
+    /// Most client requests queued during a [`Session::dma_read`](super::Session::dma_read) /
+    /// `dma_write` wait (the `_serving` variants queue none); one more ends the session.
+    pub max_pending_msgs: usize,
+    /// Most payload bytes of those queued requests together; more ends the session.
+    pub max_pending_bytes: usize,
+    /// Most fds carried by those queued requests together; more ends the session.
+    pub max_pending_fds: usize,
 }
 
 impl Default for ServerConfig {
@@ -34,9 +41,19 @@ impl Default for ServerConfig {
             pgsize: 4096,
             write_multiple: false,
             body_timeout: Duration::from_secs(5),
+            max_pending_msgs: DEFAULT_MAX_PENDING_MSGS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            max_pending_fds: DEFAULT_MAX_PENDING_FDS,
         }
     }
 }
+
+/// Default of [`ServerConfig::max_pending_msgs`].
+pub const DEFAULT_MAX_PENDING_MSGS: usize = 1024;
+/// Default of [`ServerConfig::max_pending_bytes`] (16 MiB).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 16 << 20;
+/// Default of [`ServerConfig::max_pending_fds`].
+pub const DEFAULT_MAX_PENDING_FDS: usize = 64;
 
 impl ServerConfig {
     /// Check the values QEMU's client would reject (or that make no sense).
@@ -81,6 +98,9 @@ impl ServerConfig {
             } else {
                 self.body_timeout
             },
+            max_pending_msgs: self.max_pending_msgs,
+            max_pending_bytes: self.max_pending_bytes,
+            max_pending_fds: self.max_pending_fds,
         }
     }
 

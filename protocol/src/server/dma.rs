@@ -4,7 +4,7 @@
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use super::{Session, MAX_PENDING_MSGS};
+use super::Session;
 use crate::error::{ProtocolError, Result};
 use crate::transport::{recv_message, send_message, RawMessage};
 use crate::wire::{flags, Command, DmaLayout, DmaRwHeader, Header, Writer};
@@ -196,13 +196,22 @@ impl Session {
                 self.stats.stray_replies += 1;
                 continue;
             }
-            if self.pending.len() >= MAX_PENDING_MSGS {
+            let c = &self.config;
+            if self.pending.len() >= c.max_pending_msgs
+                || self.pending_bytes.saturating_add(m.body.len()) > c.max_pending_bytes
+                || self.pending_fds.saturating_add(m.fds.len()) > c.max_pending_fds
+            {
+                // The client floods us while it owes a reply: nothing it sends now can be
+                // answered, and holding all of it has no bound.
                 self.closed = true;
-                return Err(ProtocolError::Violation(
-                    "too many requests queued during a DMA wait".into(),
-                ));
+                return Err(ProtocolError::Violation(format!(
+                    "more than {} requests, {} bytes or {} fds queued during a DMA wait",
+                    c.max_pending_msgs, c.max_pending_bytes, c.max_pending_fds
+                )));
             }
             self.stats.queued_requests += 1;
+            self.pending_bytes += m.body.len();
+            self.pending_fds += m.fds.len();
             self.pending.push_back(m);
         }
     }

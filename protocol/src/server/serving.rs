@@ -101,7 +101,7 @@ impl Session {
 
     /// Handles the requests queued by earlier non-serving DMA calls.
     fn serve_queued<D: DeviceBackend + ?Sized>(&mut self, dev: &mut D) -> Result<()> {
-        while let Some(m) = self.pending.pop_front() {
+        while let Some(m) = self.pop_pending() {
             self.serve_request(m, dev)?;
         }
         Ok(())
