@@ -3,11 +3,11 @@
 # milliseconds; gpu_regions joins its engine threads at the end of each input, so a hang there is
 # a libFuzzer timeout too.
 #
-#   device/fuzz/run.sh SECONDS [TARGET...]     (targets: gpu_regions config_space mmu_walk;
-#                                               default all three)
+#   device/fuzz/run.sh SECONDS [TARGET...]
+#       targets: gpu_regions config_space mmu_walk desc_decode (default: all four)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-secs=${1:?usage: run.sh SECONDS [gpu_regions|config_space|mmu_walk ...]}
+secs=${1:?usage: run.sh SECONDS [gpu_regions|config_space|mmu_walk|desc_decode ...]}
 shift
-[ $# -gt 0 ] || set -- gpu_regions config_space mmu_walk
+[ $# -gt 0 ] || set -- gpu_regions config_space mmu_walk desc_decode
 exec "$here/../../scripts/fuzz-run" "$here" "$secs" 20 4096 "$@"

@@ -408,3 +408,129 @@ fn mmu_walk_harness_over_pseudo_random_inputs() {
         total.invalidations
     );
 }
+
+/// Named `desc_decode` seeds: descriptor rings as the guest driver and the engine tests build
+/// them (every opcode valid, with flags and VIRT sides, plus one refusal of each kind), each
+/// descriptor through the `RawDescriptor` builders. `device/fuzz/seeds/desc_decode/` holds them
+/// (and the minimised corpus of the recorded long run beside them);
+/// `VUGPU_WRITE_SEEDS=1 cargo test -p vugpu-device --test fuzz_harness desc` rewrites them.
+fn desc_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use vugpu_device::engine::desc::{flags, Addr, Aperture, RawDescriptor, CONTEXT_ALL};
+    let at = |aperture, addr| Addr { aperture, addr };
+    let (sys, vram, virt) = (Aperture::Sys, Aperture::Vram, Aperture::Virt(3));
+    let ring = |ds: &[RawDescriptor]| -> Vec<u8> { ds.iter().flat_map(|d| d.to_bytes()).collect() };
+    let upload = [
+        RawDescriptor::copy(at(sys, 0x1_0000), at(vram, 0), 0x1000),
+        RawDescriptor::fill(at(vram, 0x1000), 0x100, 0xdead_beef),
+        RawDescriptor::copy(at(vram, 0), at(vram, 0x2000), 0x1000),
+        RawDescriptor::copy(at(vram, 0x2000), at(sys, 0x2_0000), 0x1000),
+        RawDescriptor::fence(at(sys, 0x3_0000), 1).with_flags(flags::IRQ),
+        RawDescriptor::timestamp(at(sys, 0x3_0008)),
+        RawDescriptor::default().with_flags(flags::IRQ),
+    ];
+    let mmu = [
+        RawDescriptor::copy(at(virt, 0x40_0000), at(vram, 0), 0x2000),
+        RawDescriptor::fill(at(virt, 0x40_2000), 0x1000, 7),
+        RawDescriptor::atomic(at(virt, 0x40_3000), at(sys, 0x3_0010), 1),
+        RawDescriptor::fence(at(virt, 0x40_3008), 2),
+        RawDescriptor::tlb_invalidate(3, 0x40_0000, 0x4000),
+        RawDescriptor::tlb_invalidate(CONTEXT_ALL, 0, 0),
+        RawDescriptor::fault_replay(3, false),
+        RawDescriptor::fault_replay(CONTEXT_ALL, true),
+    ];
+    let attrs = [RawDescriptor::copy(at(sys, 0), at(vram, 0), 64)
+        .with_flags(flags::NO_SNOOP | flags::RELAXED_ORDERING | flags::IRQ)];
+    // One refusal of each kind: reserved flag, reserved byte, unknown opcode, PEER aperture,
+    // zero length, misaligned FILL, overflow, overlap, FILL high bits, stray context,
+    // non-zero FAULT_REPLAY field.
+    let mut bad = vec![
+        RawDescriptor::default().with_flags(0x80).to_bytes(),
+        {
+            let mut b = RawDescriptor::default().to_bytes();
+            b[0x30] = 1;
+            b
+        },
+        RawDescriptor {
+            opcode: 8,
+            ..RawDescriptor::default()
+        }
+        .to_bytes(),
+    ];
+    let mut peer = RawDescriptor::copy(at(sys, 0), at(vram, 0), 8);
+    peer.src_aperture = 2;
+    let mut high = RawDescriptor::fill(at(sys, 0), 4, 0);
+    high.value = 1 << 32;
+    let mut stray = RawDescriptor::fence(at(sys, 0), 0);
+    stray.context = 1;
+    let mut replay = RawDescriptor::fault_replay(1, false);
+    replay.length = 1;
+    for d in [
+        peer,
+        RawDescriptor::copy(at(sys, 0), at(vram, 0), 0),
+        RawDescriptor::fill(at(vram, 2), 4, 0),
+        RawDescriptor::copy(at(sys, u64::MAX - 2), at(vram, 0), 4),
+        RawDescriptor::copy(at(vram, 0x100), at(vram, 0x1ff), 0x100),
+        high,
+        stray,
+        replay,
+    ] {
+        bad.push(d.to_bytes());
+    }
+    vec![
+        ("ring-upload", ring(&upload)),
+        ("ring-mmu", ring(&mmu)),
+        ("attributes", ring(&attrs)),
+        ("refusals", bad.concat()),
+    ]
+}
+
+#[test]
+fn desc_decode_harness_seeds_and_pseudo_random_rings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/desc_decode");
+    let seeds = desc_seeds();
+    let write = std::env::var_os("VUGPU_WRITE_SEEDS").is_some();
+    let mut total = harness::DescStats::default();
+    let add = |total: &mut harness::DescStats, s: harness::DescStats| {
+        for (t, n) in total.accepted.iter_mut().zip(s.accepted) {
+            *t += n;
+        }
+        total.reserved += s.reserved;
+        total.bad_opcode += s.bad_opcode;
+        total.rules += s.rules;
+    };
+    for (name, bytes) in &seeds {
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let on_disk = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            on_disk == *bytes,
+            "{} is stale: rerun with VUGPU_WRITE_SEEDS=1",
+            path.display()
+        );
+        add(&mut total, harness::desc_decode(bytes));
+    }
+    // The seeds alone: every opcode accepted, and each refusal (11) refused.
+    assert!(total.accepted.iter().all(|&n| n > 0), "{total:?}");
+    assert_eq!(
+        total.reserved + total.bad_opcode + total.rules,
+        11,
+        "{total:?}"
+    );
+    // Mutated seed rings and noise.
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for i in 0..20_000 {
+        let input = if i % 4 == 0 {
+            (0..64 * (1 + rng.below(4))).map(|_| rng.byte()).collect()
+        } else {
+            let t = seeds[rng.below(seeds.len())].1.clone();
+            mutate(&mut rng, t)
+        };
+        add(&mut total, harness::desc_decode(&input));
+    }
+    eprintln!("desc_decode totals: {total:?}");
+    assert!(total.accepted.iter().all(|&n| n > 100), "{total:?}");
+    assert!(total.reserved > 1_000 && total.bad_opcode > 100 && total.rules > 1_000);
+}

@@ -307,9 +307,10 @@ fn version_message() -> Vec<u8> {
     w.into_vec()
 }
 
-/// Feed bytes to a real session. First byte: bits 0-1 = fds attached (0-3), bit 2 = prepend a
-/// valid VERSION, bit 3 = spec DMA layout, bit 4 = server DMA after the first message, bit 5 =
-/// advertise write_multiple, bit 6 = the DMA serves client requests while it waits.
+/// Feed bytes to a real session. First byte: bits 0-1 = fds attached (0-3) to the first
+/// fuzzed byte, bit 2 = send a valid VERSION first, bit 3 = spec DMA layout, bit 4 = server DMA
+/// after the first message, bit 5 = advertise write_multiple, bit 6 = the DMA serves client
+/// requests while it waits.
 /// Returns the session's counters (for coverage checks in tests).
 pub fn session(data: &[u8]) -> SessionStats {
     let Some((&ctl, input)) = data.split_first() else {
@@ -321,15 +322,21 @@ pub fn session(data: &[u8]) -> SessionStats {
     let Ok(drain) = client.try_clone() else {
         return SessionStats::default();
     };
-    let mut bytes = Vec::with_capacity(input.len() + 128);
-    if ctl & 4 != 0 {
-        bytes.extend_from_slice(&version_message());
-    }
-    bytes.extend_from_slice(input);
+    // The VERSION goes alone, so the fds ride with the first fuzzed message (a DMA_MAP with
+    // its fd after negotiation, as QEMU sends it).
+    let version = if ctl & 4 != 0 {
+        version_message()
+    } else {
+        Vec::new()
+    };
+    let bytes = input.to_vec();
     let fds = dev_null_fds(ctl & 3);
     let writer = std::thread::spawn(move || {
         let b: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let _ = send_message(client.as_fd(), &bytes, &b, Duration::from_secs(5));
+        let t = Duration::from_secs(5);
+        if version.is_empty() || send_message(client.as_fd(), &version, &[], t).is_ok() {
+            let _ = send_message(client.as_fd(), &bytes, &b, t);
+        }
         let _ = client.shutdown(std::net::Shutdown::Write);
     });
     let reader = std::thread::spawn(move || {

@@ -185,3 +185,99 @@ fn session_harness_over_pseudo_random_inputs() {
         assert!(commands[c] > 30, "command {c} seen {} times", commands[c]);
     }
 }
+
+/// Generated `session` seeds (`fuzz/seeds/session/gen-*`, beside the hand-encoded ones): a
+/// negotiated client mapping guest RAM with its fd attached, region traffic with write-multiple
+/// advertised, and a server DMA served while the client keeps sending. First byte: the harness's
+/// control byte (fds, VERSION, DMA). `VUGPU_WRITE_SEEDS=1 cargo test -p vugpu-protocol --test
+/// fuzz_harness seeds` rewrites them; otherwise the test fails if they are stale, and each must
+/// reach the handlers it was made for.
+fn session_seeds() -> Vec<(&'static str, Vec<u8>, Vec<usize>)> {
+    let dma_map = |flags: u32, iova: u64| {
+        let mut w = Writer::default();
+        w.u32(32).u32(flags).u64(0).u64(iova).u64(0x4000);
+        msg(Command::DmaMap as u16, 0, &w.into_vec())
+    };
+    let read = |off: u64, n: u32| {
+        let mut w = Writer::default();
+        w.u64(off).u32(0).u32(n);
+        msg(Command::RegionRead as u16, 0, &w.into_vec())
+    };
+    let write = |off: u64, data: &[u8]| {
+        let mut w = Writer::default();
+        w.u64(off).u32(0).u32(data.len() as u32).bytes(data);
+        msg(Command::RegionWrite as u16, 0, &w.into_vec())
+    };
+    let mut multi = Writer::default();
+    multi.u64(3);
+    for off in [0u64, 8, 0x100] {
+        multi.u64(off).u32(0).u32(8).bytes(&[0x5a; 8]);
+    }
+    let multi = msg(Command::RegionWriteMulti as u16, 0x10, &multi.into_vec());
+    let mut unmap = Writer::default();
+    unmap.u32(24).u32(0).u64(0x10_0000).u64(0x4000);
+    let unmap = msg(Command::DmaUnmap as u16, 0, &unmap.into_vec());
+    // ctl 0x05: VERSION, then one fd attached to the first DMA_MAP.
+    let mut map_fd = vec![0x05];
+    map_fd.extend(dma_map(3, 0x10_0000));
+    map_fd.extend(dma_map(1, 0x20_0000));
+    map_fd.extend(unmap);
+    // ctl 0x24: VERSION, write_multiple advertised.
+    let mut region = vec![0x24];
+    region.extend(write(0x10, &[1, 2, 3, 4]));
+    region.extend(read(0x10, 4));
+    region.extend(multi.clone());
+    region.extend(read(0, 0x1000));
+    // ctl 0x54: VERSION, a server DMA after the first message, served while waiting.
+    let mut dma = vec![0x54];
+    dma.extend(dma_map(3, 0));
+    dma.extend(read(0x20, 8));
+    dma.extend(write(0x20, &[7; 8]));
+    vec![
+        (
+            "gen-dma-map-fd",
+            map_fd,
+            vec![Command::DmaMap as usize, Command::DmaUnmap as usize],
+        ),
+        (
+            "gen-region-access",
+            region,
+            vec![
+                Command::RegionRead as usize,
+                Command::RegionWrite as usize,
+                Command::RegionWriteMulti as usize,
+            ],
+        ),
+        (
+            "gen-dma-serving",
+            dma,
+            vec![Command::DmaMap as usize, Command::RegionRead as usize],
+        ),
+    ]
+}
+
+#[test]
+fn session_seeds_are_current_and_reach_their_handlers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/session");
+    let write = std::env::var_os("VUGPU_WRITE_SEEDS").is_some();
+    for (name, bytes, commands) in session_seeds() {
+        let path = dir.join(name);
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let on_disk = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            on_disk == bytes,
+            "{} is stale: rerun with VUGPU_WRITE_SEEDS=1",
+            path.display()
+        );
+        let s = harness::session(&bytes);
+        for c in commands {
+            assert!(
+                s.per_command[c] > 0,
+                "{name}: command {c} not handled: {s:?}"
+            );
+        }
+        harness::decode(&bytes);
+    }
+}

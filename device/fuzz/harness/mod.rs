@@ -21,18 +21,23 @@
 //!
 //! - [`mmu_walk`]: the device MMU's translation alone (context table, 4-level walk, TLB) over
 //!   garbage tables, contexts and addresses, checked against a reference walk (`mmu.rs`).
+//! - [`desc_decode`]: the engine's descriptor decoder over arbitrary descriptor rings, checked
+//!   against a reference decoder written from the hw-spec tables (`desc.rs`).
 //!
 //! Layout: this file holds the input decoder and helpers; [`gpu`] the device world and its
 //! invariants, `gpu/ops.rs` the operations decoded from the input; [`config`] the
 //! config-space harness.
 
 mod config;
+mod desc;
 mod gpu;
 mod mmu;
 
 // Each fuzz target uses one of the two.
 #[allow(unused_imports)]
 pub use config::{config_space, ConfigStats};
+#[allow(unused_imports)]
+pub use desc::{desc_decode, DescStats};
 #[allow(unused_imports)]
 pub use gpu::{gpu_regions, RegionStats};
 #[allow(unused_imports)]
