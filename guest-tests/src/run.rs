@@ -55,6 +55,8 @@ pub struct RunRequest {
     pub vugpu: PathBuf,
     /// Extra arguments for every server.
     pub server_args: Vec<String>,
+    /// `--attach`: sockets of a running server, one per GPU (then no server is started).
+    pub attach: Vec<PathBuf>,
     /// PCIe topology.
     pub topology: Topology,
     /// P2P peer.
@@ -610,7 +612,32 @@ fn results_reader(listener: UnixListener, log: PathBuf, tx: Sender<Event>, stop:
     });
 }
 
-fn qemu_command(env: &Env, args: &[String]) -> Command {
+/// The path QEMU uses for GPU `k`'s socket. A socket in the run directory, or anywhere QEMU
+/// sees the host's paths, is used as it is; an `--attach` socket outside the root of a QEMU that
+/// runs inside it is bind-mounted (in QEMU's private mount namespace only) onto an empty file
+/// `attachK.sock` in the run directory, recorded in `binds`.
+fn attached_socket_path(
+    env: &Env,
+    run_dir: &Path,
+    socket: &Path,
+    k: usize,
+    binds: &mut Vec<(PathBuf, String)>,
+) -> Result<String, RunError> {
+    let (QemuBinary::InRoot { .. }, Some(root)) = (&env.qemu, env.root()) else {
+        return Ok(qemu_path(env, socket));
+    };
+    let real = fs::canonicalize(socket).unwrap_or_else(|_| socket.to_path_buf());
+    if let Some(inner) = root.inner_path(&real) {
+        return Ok(inner);
+    }
+    let target = run_dir.join(format!("attach{k}.sock"));
+    File::create(&target).map_err(io_err(format!("create {}", target.display())))?;
+    let inner = qemu_path(env, &target);
+    binds.push((real, inner.clone()));
+    Ok(inner)
+}
+
+fn qemu_command(env: &Env, args: &[String], binds: &[(PathBuf, String)]) -> Command {
     match (&env.qemu, env.root()) {
         (QemuBinary::Host { path, .. }, _) => {
             let mut c = Command::new(path);
@@ -620,7 +647,7 @@ fn qemu_command(env: &Env, args: &[String]) -> Command {
         (QemuBinary::InRoot { .. }, Some(root)) => {
             let mut argv = vec!["qemu-system-x86_64".to_string()];
             argv.extend(args.iter().cloned());
-            root.command(&argv)
+            root.command_with_binds(&argv, binds)
         }
         // Not produced by provisioning (host-only mode always has a host QEMU): the name on PATH.
         (QemuBinary::InRoot { .. }, None) => {
@@ -660,8 +687,18 @@ fn attempt(
     listener
         .set_nonblocking(true)
         .map_err(io_err("results socket"))?;
-    let mut servers = Servers::start(&req.vugpu, req.gpus, run_dir, &req.server_args)?;
-    let sockets: Vec<String> = servers.iter().map(|s| qemu_path(env, &s.socket)).collect();
+    let mut servers = if req.attach.is_empty() {
+        Servers::start(&req.vugpu, req.gpus, run_dir, &req.server_args)?
+    } else {
+        Servers::attach(&req.attach)?
+    };
+    let mut binds = Vec::new();
+    let mut sockets = Vec::new();
+    for (k, s) in servers.iter().enumerate() {
+        sockets.push(attached_socket_path(
+            env, run_dir, &s.socket, k, &mut binds,
+        )?);
+    }
     let devices = topology::device_args(&TopologySpec {
         topology: req.topology,
         gpu_sockets: sockets,
@@ -694,7 +731,7 @@ fn attempt(
         run_dir.join("qemu.cmdline"),
         format!("qemu-system-x86_64 {}\n", initramfs::shell_quote(&args)),
     );
-    let mut cmd = qemu_command(env, &args);
+    let mut cmd = qemu_command(env, &args, &binds);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
