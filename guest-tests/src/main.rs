@@ -12,6 +12,7 @@ pub(crate) use say;
 
 mod cli;
 mod hostonly;
+mod hotplug;
 mod initramfs;
 mod junit;
 mod kbuild;
@@ -387,6 +388,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             Vec::new()
         },
         attach,
+        hotplug: spec.as_ref().is_some_and(|s| s.hotplug),
         topology: boot.topology,
         peer: boot.peer,
         cmb_mb: r.cmb_mb,

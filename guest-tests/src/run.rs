@@ -57,6 +57,8 @@ pub struct RunRequest {
     pub server_args: Vec<String>,
     /// `--attach`: sockets of a running server, one per GPU (then no server is started).
     pub attach: Vec<PathBuf>,
+    /// The suite declares `hotplug gpus`: QMP socket and the hotplug agent.
+    pub hotplug: bool,
     /// PCIe topology.
     pub topology: Topology,
     /// P2P peer.
@@ -463,7 +465,21 @@ fn run_in(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<i32, RunError> 
             Attempt::KvmFailed(reason) => return Err(RunError::Kvm(reason)),
         }
     };
-    Ok(report(req, &finish, run_dir, accel, t_run.elapsed()))
+    let code = report(req, &finish, run_dir, accel, t_run.elapsed());
+    if req.hotplug {
+        // The server-side checks of each unplug / re-plug (the guest checks its own side).
+        let failed = crate::hotplug::failures(run_dir);
+        if !failed.is_empty() {
+            say!("hotplug: {} server-side check(s) failed:", failed.len());
+            for f in &failed {
+                say!("  - {f}");
+            }
+            if code == exit::PASS {
+                return Ok(exit::FAIL);
+            }
+        }
+    }
+    Ok(code)
 }
 
 fn kernel_for_qemu(env: &Env, run_dir: &Path) -> Result<String, RunError> {
@@ -714,6 +730,20 @@ fn attempt(
         append.push(' ');
         append.push_str(req.append.trim());
     }
+    let mut extra = req.qemu_args.clone();
+    let qmp_sock = run_dir.join("qmp.sock");
+    if req.hotplug {
+        let _ = fs::remove_file(&qmp_sock);
+        extra.push("-qmp".into());
+        extra.push(format!(
+            "unix:{},server=on,wait=off",
+            qemu_path(env, &qmp_sock)
+        ));
+    }
+    // The server's counts before QEMU connects (the hotplug agent's reference).
+    let server_before = servers
+        .pid()
+        .and_then(|pid| Some((pid, crate::hotplug::ServerSample::of(pid)?)));
     let cfg = QemuConfig {
         accel,
         memory_mib: req.memory_mib,
@@ -724,7 +754,7 @@ fn attempt(
         append,
         results_socket: qemu_path(env, &results_sock),
         devices,
-        extra: req.qemu_args.clone(),
+        extra,
     };
     let args = qemu::args(&cfg);
     let _ = fs::write(
@@ -747,7 +777,19 @@ fn attempt(
     }
     results_reader(listener, run_dir.join("results.log"), tx, stop.clone());
     let mut w = Watch::default();
+    if req.hotplug {
+        w.hotplug = Some(crate::hotplug::Agent::start(crate::hotplug::AgentConfig {
+            qmp: qmp_sock.clone(),
+            devices: crate::hotplug::gpu_devices(&args),
+            server: server_before,
+            log: run_dir.join(crate::hotplug::LOG_NAME),
+        }));
+    }
     let outcome = watch(req, &mut child, &rx, &mut servers, accel, &mut w);
+    if let Some(agent) = w.hotplug.take() {
+        // QEMU may still run (the guest powers off); the agent's pending requests finish first.
+        agent.finish();
+    }
     stop.store(true, Ordering::Relaxed);
     if let Ok(None) = child.try_wait() {
         process::terminate(&mut child, Duration::from_secs(3));
@@ -796,6 +838,7 @@ fn drain(rx: &Receiver<Event>, open: usize, limit: Duration) {
 
 #[derive(Default)]
 struct Watch {
+    hotplug: Option<crate::hotplug::Agent>,
     collector: Collector,
     console_lines: usize,
     alarms: Vec<String>,
@@ -825,7 +868,16 @@ impl Watch {
                     self.qemu_stderr.push(line);
                 }
             }
-            Event::Result(line) => self.feed(Source::Results, &line, out),
+            Event::Result(line) => {
+                if let Some(agent) = &self.hotplug {
+                    match crate::hotplug::parse_request(&line) {
+                        Some(Ok(r)) => agent.request(r),
+                        Some(Err(why)) => agent.fail(why),
+                        None => {}
+                    }
+                }
+                self.feed(Source::Results, &line, out)
+            }
             Event::Closed => self.closed += 1,
         }
     }

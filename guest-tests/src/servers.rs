@@ -397,6 +397,14 @@ impl Servers {
         Ok(servers)
     }
 
+    /// The server process's pid (the attached one's, or the one started), if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.attached
+            .first()
+            .copied()
+            .or_else(|| self.child.as_ref().map(Child::id))
+    }
+
     /// Whether the GPUs are served by a server the user started (`--attach`).
     pub fn is_attached(&self) -> bool {
         !self.attached.is_empty()
