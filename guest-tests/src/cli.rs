@@ -112,6 +112,12 @@ pub struct RunArgs {
     /// Number of vugpu GPUs to attach (default: what the suite declares; 0 with -- CMD).
     #[arg(long, value_parser = clap::value_parser!(u16).range(0..=MAX_GPUS as i64))]
     pub gpus: Option<u16>,
+    /// Attach a GPU to the socket of an already running `vugpu serve` instead of starting a
+    /// server (repeatable: one per GPU, gpu0 first; --gpus defaults to their number). The
+    /// socket must be a vugpu server's (its SOCKET.ctl answers) and idle (one client at a
+    /// time); the server is never stopped. Excludes --server-args.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "server_args")]
+    pub attach: Vec<PathBuf>,
     /// The vugpu server binary (default: `vugpu` next to this executable).
     #[arg(long, value_name = "PATH")]
     pub vugpu: Option<PathBuf>,
@@ -374,6 +380,36 @@ mod tests {
             matches!(c.sub, Some(Sub::BuildKernel(b)) if b.spec.series == crate::kbuild::Series::Newest)
         );
         assert!(parse(&["build-kernel"]).is_err());
+    }
+
+    #[test]
+    fn attach_is_repeatable_and_excludes_server_args() {
+        let c = parse(&[
+            "--attach",
+            "/run/a.sock",
+            "--attach",
+            "b.sock",
+            "--suite",
+            "dma",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.run.attach,
+            [PathBuf::from("/run/a.sock"), PathBuf::from("b.sock")]
+        );
+        assert_eq!(c.run.gpus, None);
+        let c = parse(&["--suite", "smoke"]).unwrap();
+        assert!(c.run.attach.is_empty());
+        assert!(parse(&[
+            "--attach",
+            "/a",
+            "--server-args",
+            "--vram 1G",
+            "--suite",
+            "smoke"
+        ])
+        .is_err());
+        assert!(parse(&["--attach", "--suite", "smoke"]).is_err());
     }
 
     #[test]

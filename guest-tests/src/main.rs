@@ -12,6 +12,7 @@ pub(crate) use say;
 
 mod cli;
 mod hostonly;
+mod hotplug;
 mod initramfs;
 mod junit;
 mod kbuild;
@@ -146,6 +147,35 @@ fn provision_options(
     })
 }
 
+/// `--attach` sockets as absolute paths (the runner works from other directories).
+fn attach_sockets(attach: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    attach
+        .iter()
+        .map(|p| {
+            std::path::absolute(p)
+                .map_err(|e| Error::Usage(format!("--attach {}: {e}", p.display())))
+        })
+        .collect()
+}
+
+/// The GPU count asked for, given `n` `--attach` sockets and `--gpus`: with sockets, one GPU
+/// per socket, and `--gpus` must agree.
+fn attach_gpus(n: usize, gpus: Option<u16>) -> Result<Option<u16>, String> {
+    if n == 0 {
+        return Ok(gpus);
+    }
+    let n16 = u16::try_from(n)
+        .ok()
+        .filter(|&v| usize::from(v) <= topology::MAX_GPUS)
+        .ok_or_else(|| format!("{n} --attach sockets; at most {} GPUs", topology::MAX_GPUS))?;
+    match gpus {
+        Some(g) if g != n16 => Err(format!(
+            "--gpus {g} but {n} --attach socket(s): each attached GPU is one socket"
+        )),
+        _ => Ok(Some(n16)),
+    }
+}
+
 fn real_main(cli: Cli) -> Result<i32, Error> {
     if let Some(Sub::BuildKernel(b)) = &cli.sub {
         let env_args = EnvArgs {
@@ -234,8 +264,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             )));
         }
     }
+    let attach = attach_sockets(&r.attach)?;
+    // Fail fast on a wrong path; the server itself is checked right before each boot.
+    servers::check_attach_paths(&attach).map_err(RunError::from)?;
     let requested = Requested {
-        gpus: r.gpus,
+        gpus: attach_gpus(attach.len(), r.gpus).map_err(Error::Usage)?,
         topology: r.topology,
         peer: r.peer,
         memory_mib: r
@@ -262,6 +295,16 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     };
     let server_args = cli::split_words(&r.server_args)
         .map_err(|e| Error::Usage(format!("--server-args: {e}")))?;
+    if let Some(s) = spec
+        .as_ref()
+        .filter(|s| !attach.is_empty() && !s.server_args.is_empty())
+    {
+        say!(
+            "note: suite {} declares server arguments `{}`; with --attach the running server's own arguments apply",
+            s.name,
+            s.server_args.join(" ")
+        );
+    }
     // The suite's declared server arguments first; an option the command line gives wins.
     let server_args = match &spec {
         Some(s) => suite::merge_server_args(&s.server_args, &server_args),
@@ -282,7 +325,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             )));
         }
     }
-    if boot.gpus > 0 && !vugpu.is_file() {
+    if boot.gpus > 0 && attach.is_empty() && !vugpu.is_file() {
         return Err(RunError::Server(servers::ServerError::NoBinary(vugpu)).into());
     }
     // The servers are started from the run directory: a relative path must not depend on that.
@@ -338,7 +381,14 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         mode,
         gpus: usize::from(boot.gpus),
         vugpu,
-        server_args,
+        // The attached server's arguments are not ours to know (or to merge).
+        server_args: if attach.is_empty() {
+            server_args
+        } else {
+            Vec::new()
+        },
+        attach,
+        hotplug: spec.as_ref().is_some_and(|s| s.hotplug),
         topology: boot.topology,
         peer: boot.peer,
         cmb_mb: r.cmb_mb,
@@ -367,4 +417,28 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
         kernel_config: Some(kconfig),
     };
     Ok(run::run(&env, &req)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_sets_the_gpu_count() {
+        assert_eq!(attach_gpus(0, None), Ok(None));
+        assert_eq!(attach_gpus(0, Some(3)), Ok(Some(3)));
+        assert_eq!(attach_gpus(2, None), Ok(Some(2)));
+        assert_eq!(attach_gpus(2, Some(2)), Ok(Some(2)));
+        let e = attach_gpus(2, Some(1)).unwrap_err();
+        assert!(e.contains("--gpus 1") && e.contains("2 --attach"), "{e}");
+        assert!(attach_gpus(topology::MAX_GPUS + 1, None).is_err());
+    }
+
+    #[test]
+    fn attach_paths_become_absolute() {
+        let a =
+            attach_sockets(&[PathBuf::from("x/gpu0.sock"), PathBuf::from("/r/g.sock")]).unwrap();
+        assert!(a[0].is_absolute() && a[0].ends_with("x/gpu0.sock"));
+        assert_eq!(a[1], PathBuf::from("/r/g.sock"));
+    }
 }

@@ -11,12 +11,15 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Mounts the pseudo file systems in the fresh namespace, then chroots with a clean environment.
+/// Mounts the pseudo file systems in the fresh namespace, bind-mounts the `N` (host file,
+/// target under the root) pairs that follow the root (`--attach` sockets outside the root), then
+/// chroots with a clean environment.
 const ENTER: &str = r#"set -e
-r=$1; shift
+r=$1; n=$2; shift 2
 mount -t proc proc "$r/proc"
 mount -t sysfs sysfs "$r/sys"
 mount --rbind /dev "$r/dev"
+while [ "$n" -gt 0 ]; do mount --bind "$1" "$r$2"; shift 2; n=$((n - 1)); done
 exec chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
 "#;
 
@@ -43,6 +46,17 @@ impl Root {
 
     /// A command that runs `argv` inside the root, in a private mount namespace.
     pub fn command<S: AsRef<OsStr>>(&self, argv: &[S]) -> Command {
+        self.command_with_binds(argv, &[])
+    }
+
+    /// As [`Root::command`], with each (host file, absolute path inside the root) of `binds`
+    /// bind-mounted in the command's namespace first (the target file must exist). Used for a
+    /// UNIX socket outside the root: connect() reaches the socket through the bind mount.
+    pub fn command_with_binds<S: AsRef<OsStr>>(
+        &self,
+        argv: &[S],
+        binds: &[(PathBuf, String)],
+    ) -> Command {
         let mut c = Command::new("unshare");
         c.env("PATH", SYSTEM_PATH)
             .args([
@@ -56,7 +70,11 @@ impl Root {
                 "sh",
             ])
             .arg(&self.path)
-            .args(argv);
+            .arg(binds.len().to_string());
+        for (host, inner) in binds {
+            c.arg(host).arg(inner);
+        }
+        c.args(argv);
         c
     }
 
@@ -109,6 +127,46 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert_eq!(&args[..4], ["--mount", "--propagation", "private", "--"]);
-        assert_eq!(&args[args.len() - 3..], ["/r", "apt-get", "update"]);
+        assert_eq!(&args[args.len() - 4..], ["/r", "0", "apt-get", "update"]);
+        let c = r.command_with_binds(
+            &["qemu-system-x86_64"],
+            &[(
+                PathBuf::from("/tmp/s/gpu0.sock"),
+                "/run/v-1/attach0.sock".into(),
+            )],
+        );
+        let args: Vec<_> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            &args[args.len() - 5..],
+            [
+                "/r",
+                "1",
+                "/tmp/s/gpu0.sock",
+                "/run/v-1/attach0.sock",
+                "qemu-system-x86_64"
+            ]
+        );
+    }
+
+    #[test]
+    fn bind_mounts_happen_in_the_namespace() {
+        // The script itself, with `mount` and `chroot` replaced by echo: the pairs are consumed
+        // before the command.
+        let script = ENTER
+            .replace("mount ", "echo mount ")
+            .replace("exec chroot", "echo chroot");
+        let out = Command::new("sh")
+            .args([
+                "-c", &script, "sh", "/r", "2", "/a", "/x", "/b", "/y", "cmd", "arg",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("mount --bind /a /r/x\n"), "{text}");
+        assert!(text.contains("mount --bind /b /r/y\n"), "{text}");
+        assert!(text.trim_end().ends_with("cmd arg"), "{text}");
     }
 }

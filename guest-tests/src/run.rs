@@ -55,6 +55,10 @@ pub struct RunRequest {
     pub vugpu: PathBuf,
     /// Extra arguments for every server.
     pub server_args: Vec<String>,
+    /// `--attach`: sockets of a running server, one per GPU (then no server is started).
+    pub attach: Vec<PathBuf>,
+    /// The suite declares `hotplug gpus`: QMP socket and the hotplug agent.
+    pub hotplug: bool,
     /// PCIe topology.
     pub topology: Topology,
     /// P2P peer.
@@ -461,7 +465,21 @@ fn run_in(env: &Env, req: &RunRequest, run_dir: &Path) -> Result<i32, RunError> 
             Attempt::KvmFailed(reason) => return Err(RunError::Kvm(reason)),
         }
     };
-    Ok(report(req, &finish, run_dir, accel, t_run.elapsed()))
+    let code = report(req, &finish, run_dir, accel, t_run.elapsed());
+    if req.hotplug {
+        // The server-side checks of each unplug / re-plug (the guest checks its own side).
+        let failed = crate::hotplug::failures(run_dir);
+        if !failed.is_empty() {
+            say!("hotplug: {} server-side check(s) failed:", failed.len());
+            for f in &failed {
+                say!("  - {f}");
+            }
+            if code == exit::PASS {
+                return Ok(exit::FAIL);
+            }
+        }
+    }
+    Ok(code)
 }
 
 fn kernel_for_qemu(env: &Env, run_dir: &Path) -> Result<String, RunError> {
@@ -610,7 +628,32 @@ fn results_reader(listener: UnixListener, log: PathBuf, tx: Sender<Event>, stop:
     });
 }
 
-fn qemu_command(env: &Env, args: &[String]) -> Command {
+/// The path QEMU uses for GPU `k`'s socket. A socket in the run directory, or anywhere QEMU
+/// sees the host's paths, is used as it is; an `--attach` socket outside the root of a QEMU that
+/// runs inside it is bind-mounted (in QEMU's private mount namespace only) onto an empty file
+/// `attachK.sock` in the run directory, recorded in `binds`.
+fn attached_socket_path(
+    env: &Env,
+    run_dir: &Path,
+    socket: &Path,
+    k: usize,
+    binds: &mut Vec<(PathBuf, String)>,
+) -> Result<String, RunError> {
+    let (QemuBinary::InRoot { .. }, Some(root)) = (&env.qemu, env.root()) else {
+        return Ok(qemu_path(env, socket));
+    };
+    let real = fs::canonicalize(socket).unwrap_or_else(|_| socket.to_path_buf());
+    if let Some(inner) = root.inner_path(&real) {
+        return Ok(inner);
+    }
+    let target = run_dir.join(format!("attach{k}.sock"));
+    File::create(&target).map_err(io_err(format!("create {}", target.display())))?;
+    let inner = qemu_path(env, &target);
+    binds.push((real, inner.clone()));
+    Ok(inner)
+}
+
+fn qemu_command(env: &Env, args: &[String], binds: &[(PathBuf, String)]) -> Command {
     match (&env.qemu, env.root()) {
         (QemuBinary::Host { path, .. }, _) => {
             let mut c = Command::new(path);
@@ -620,7 +663,7 @@ fn qemu_command(env: &Env, args: &[String]) -> Command {
         (QemuBinary::InRoot { .. }, Some(root)) => {
             let mut argv = vec!["qemu-system-x86_64".to_string()];
             argv.extend(args.iter().cloned());
-            root.command(&argv)
+            root.command_with_binds(&argv, binds)
         }
         // Not produced by provisioning (host-only mode always has a host QEMU): the name on PATH.
         (QemuBinary::InRoot { .. }, None) => {
@@ -660,8 +703,18 @@ fn attempt(
     listener
         .set_nonblocking(true)
         .map_err(io_err("results socket"))?;
-    let mut servers = Servers::start(&req.vugpu, req.gpus, run_dir, &req.server_args)?;
-    let sockets: Vec<String> = servers.iter().map(|s| qemu_path(env, &s.socket)).collect();
+    let mut servers = if req.attach.is_empty() {
+        Servers::start(&req.vugpu, req.gpus, run_dir, &req.server_args)?
+    } else {
+        Servers::attach(&req.attach)?
+    };
+    let mut binds = Vec::new();
+    let mut sockets = Vec::new();
+    for (k, s) in servers.iter().enumerate() {
+        sockets.push(attached_socket_path(
+            env, run_dir, &s.socket, k, &mut binds,
+        )?);
+    }
     let devices = topology::device_args(&TopologySpec {
         topology: req.topology,
         gpu_sockets: sockets,
@@ -677,6 +730,20 @@ fn attempt(
         append.push(' ');
         append.push_str(req.append.trim());
     }
+    let mut extra = req.qemu_args.clone();
+    let qmp_sock = run_dir.join("qmp.sock");
+    if req.hotplug {
+        let _ = fs::remove_file(&qmp_sock);
+        extra.push("-qmp".into());
+        extra.push(format!(
+            "unix:{},server=on,wait=off",
+            qemu_path(env, &qmp_sock)
+        ));
+    }
+    // The server's counts before QEMU connects (the hotplug agent's reference).
+    let server_before = servers
+        .pid()
+        .and_then(|pid| Some((pid, crate::hotplug::ServerSample::of(pid)?)));
     let cfg = QemuConfig {
         accel,
         memory_mib: req.memory_mib,
@@ -687,14 +754,14 @@ fn attempt(
         append,
         results_socket: qemu_path(env, &results_sock),
         devices,
-        extra: req.qemu_args.clone(),
+        extra,
     };
     let args = qemu::args(&cfg);
     let _ = fs::write(
         run_dir.join("qemu.cmdline"),
         format!("qemu-system-x86_64 {}\n", initramfs::shell_quote(&args)),
     );
-    let mut cmd = qemu_command(env, &args);
+    let mut cmd = qemu_command(env, &args, &binds);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -710,7 +777,19 @@ fn attempt(
     }
     results_reader(listener, run_dir.join("results.log"), tx, stop.clone());
     let mut w = Watch::default();
+    if req.hotplug {
+        w.hotplug = Some(crate::hotplug::Agent::start(crate::hotplug::AgentConfig {
+            qmp: qmp_sock.clone(),
+            devices: crate::hotplug::gpu_devices(&args),
+            server: server_before,
+            log: run_dir.join(crate::hotplug::LOG_NAME),
+        }));
+    }
     let outcome = watch(req, &mut child, &rx, &mut servers, accel, &mut w);
+    if let Some(agent) = w.hotplug.take() {
+        // QEMU may still run (the guest powers off); the agent's pending requests finish first.
+        agent.finish();
+    }
     stop.store(true, Ordering::Relaxed);
     if let Ok(None) = child.try_wait() {
         process::terminate(&mut child, Duration::from_secs(3));
@@ -759,6 +838,7 @@ fn drain(rx: &Receiver<Event>, open: usize, limit: Duration) {
 
 #[derive(Default)]
 struct Watch {
+    hotplug: Option<crate::hotplug::Agent>,
     collector: Collector,
     console_lines: usize,
     alarms: Vec<String>,
@@ -788,7 +868,16 @@ impl Watch {
                     self.qemu_stderr.push(line);
                 }
             }
-            Event::Result(line) => self.feed(Source::Results, &line, out),
+            Event::Result(line) => {
+                if let Some(agent) = &self.hotplug {
+                    match crate::hotplug::parse_request(&line) {
+                        Some(Ok(r)) => agent.request(r),
+                        Some(Err(why)) => agent.fail(why),
+                        None => {}
+                    }
+                }
+                self.feed(Source::Results, &line, out)
+            }
             Event::Closed => self.closed += 1,
         }
     }

@@ -22,6 +22,8 @@
 //! # vugpu-vm: kernel-selftest mm/hmm-tests
 //! #                                   tools/testing/selftests/DIR/NAME of the guest kernel's own
 //! #                                   source, built static for the guest's /bin
+//! # vugpu-vm: hotplug gpus           the guest asks the runner (results-channel lines) to
+//! #                                   unplug and re-plug GPUs through QMP (src/hotplug.rs)
 //! # vugpu-vm: kernel-test-module lib/test_hmm
 //! #                                   DIR/NAME.c of the guest kernel's source built out of tree
 //! #                                   against it, for the guest's /lib/modules
@@ -139,6 +141,9 @@ pub struct SuiteSpec {
     pub timeout_s: Option<u64>,
     /// The guest kernel's own tests to build.
     pub kernel_tests: crate::kselftest::Wanted,
+    /// `hotplug gpus`: the guest asks the runner to unplug and re-plug GPUs through QMP
+    /// (src/hotplug.rs).
+    pub hotplug: bool,
 }
 
 /// A declaration that cannot be read.
@@ -231,6 +236,7 @@ impl SuiteSpec {
             server_args: Vec::new(),
             timeout_s: None,
             kernel_tests: crate::kselftest::Wanted::default(),
+            hotplug: false,
         };
         let mut gpus_seen = false;
         for (i, line) in text.lines().enumerate() {
@@ -283,6 +289,12 @@ impl SuiteSpec {
                             .ok_or_else(|| err(format!("timeout: {value:?} is not 1-86400 seconds")))?,
                     )
                 }
+                "hotplug" => {
+                    if value != "gpus" {
+                        return Err(err(format!("hotplug: {value:?} (only `hotplug gpus`)")));
+                    }
+                    spec.hotplug = true;
+                }
                 "server-args" => spec.server_args.extend(
                     crate::cli::split_words(value)
                         .map_err(|e| err(format!("server-args: {e}")))?,
@@ -309,7 +321,7 @@ impl SuiteSpec {
                 }
                 other => {
                     return Err(err(format!(
-                        "unknown key {other:?} (gpus, topology, peer, memory, kernel-config, modules, expect-skip, timeout, server-args, kernel-selftest, kernel-test-module)"
+                        "unknown key {other:?} (gpus, topology, peer, memory, kernel-config, modules, expect-skip, timeout, server-args, kernel-selftest, kernel-test-module, hotplug)"
                     )))
                 }
             }
@@ -492,6 +504,22 @@ mod tests {
         assert_eq!(p.topology, Some(Topology::Switch));
         assert_eq!(p.peer, Some(Peer::NvmeCmb));
         assert_eq!(p.modules, vec!["nvme", "nvme_core"]);
+    }
+
+    #[test]
+    fn hotplug_declaration() {
+        let s = SuiteSpec::parse(
+            "h",
+            "h.sh",
+            "# vugpu-vm: gpus 1\n# vugpu-vm: hotplug gpus\n",
+        )
+        .unwrap();
+        assert!(s.hotplug);
+        let s = SuiteSpec::parse("d", "d.sh", DMA).unwrap();
+        assert!(!s.hotplug);
+        let e = SuiteSpec::parse("h", "h.sh", "# vugpu-vm: gpus 1\n# vugpu-vm: hotplug all\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("only `hotplug gpus`"), "{e}");
     }
 
     #[test]
