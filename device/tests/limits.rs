@@ -357,6 +357,7 @@ fn out_of_fds_the_server_refuses_clients_without_spinning_and_recovers() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let idle = fd_count(child.id());
     // Fill the server's fd table with idle control-socket clients (each holds one fd there).
     let ctl = ctl_of(&socket);
     let held: Vec<UnixStream> = (0..60)
@@ -394,8 +395,19 @@ fn out_of_fds_the_server_refuses_clients_without_spinning_and_recovers() {
         loop_fails <= 2,
         "{loop_fails} failed event-loop accepts in 1 s"
     );
-    // The fds come back: the next client works.
+    // The fds come back: the server closes the control clients' fds when it sees them hang up
+    // (asynchronously, on its control threads), then the next client works. A client that
+    // arrives before that may find no room for its eventfds (SCM_RIGHTS truncated: disconnected).
     drop(held);
+    let back = Instant::now() + Duration::from_secs(30);
+    while fd_count(child.id()) > idle {
+        assert!(
+            Instant::now() < back,
+            "the server kept {} fds after its control clients left (idle {idle})",
+            fd_count(child.id())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut r = Rig::new(common::connect(&socket), 4 * MIB);
     r.enable(0);
     r.submit(

@@ -383,17 +383,20 @@ static int vugpu_engine_wait(struct vugpu_engine *eng, u64 seq, u32 flags,
 {
 	struct vugpu_device *vdev = eng->vdev;
 	unsigned int ms = READ_ONCE(vugpu_dma_timeout_ms) ?: 1;
-	unsigned long deadline = jiffies + msecs_to_jiffies(ms);
 	u64 start = ktime_get_ns(), deadline_ns = start + (u64)ms * NSEC_PER_MSEC, now;
 	bool irq = flags & VUGPU_DMA_IRQ;
 
+	/*
+	 * The deadline is on the monotonic clock, in both modes: jiffies can lag it (a tick
+	 * delivered late on a busy host) and a deadline taken from a stale jiffies ends early.
+	 */
 	for (;;) {
 		if (irq) {
-			long left = (long)(deadline - jiffies);
-
-			if (left > 0)
+			now = ktime_get_ns();
+			if (now < deadline_ns)
 				wait_event_timeout(eng->wq, vugpu_fence_done(eng, seq) ||
-						   atomic_read(&eng->err_pending), left);
+						   atomic_read(&eng->err_pending),
+						   nsecs_to_jiffies(deadline_ns - now) + 1);
 		} else {
 			while (!vugpu_fence_done(eng, seq) && !atomic_read(&eng->err_pending)) {
 				now = ktime_get_ns();
@@ -418,7 +421,7 @@ static int vugpu_engine_wait(struct vugpu_engine *eng, u64 seq, u32 flags,
 			/* A late vector 0 for an error from before the last reset. */
 			continue;
 		}
-		if (irq ? time_after_eq(jiffies, deadline) : ktime_get_ns() >= deadline_ns)
+		if (ktime_get_ns() >= deadline_ns)
 			break;
 	}
 
