@@ -58,7 +58,7 @@ impl RawMessage {
     /// Encoded bytes (header + body), as they were on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(Header::SIZE + self.body.len());
-        self.header.encode(&mut w);
+        w.put(&self.header);
         w.bytes(&self.body);
         w.into_vec()
     }
@@ -422,14 +422,13 @@ mod tests {
 
     fn msg(size: u32, body: &[u8]) -> Vec<u8> {
         let mut w = Writer::default();
-        Header {
+        w.put(&Header {
             msg_id: 1,
             command: 4,
             size,
             flags: 0,
             error: 0,
-        }
-        .encode(&mut w);
+        });
         w.bytes(body);
         w.into_vec()
     }

@@ -31,14 +31,13 @@ struct Raw {
 
 fn frame(id: u16, cmd: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: id,
         command: cmd,
         size: (16 + payload.len()) as u32,
         flags,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(payload);
     w.into_vec()
 }
@@ -433,14 +432,13 @@ fn oversize_message_closes_the_session() {
     let max = ServerConfig::default().max_data_xfer_size + 16 + 16 + 8192;
     // Only a header claiming max + 1 bytes: the server must not wait for (or allocate) it.
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 1,
         command: Command::RegionWrite as u16,
         size: max + 1,
         flags: 0,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     r.c.send_raw(&w.into_vec(), &[]).expect("send");
     let run = r.closed();
     assert!(matches!(
@@ -461,14 +459,13 @@ fn oversize_message_closes_the_session() {
 fn undersize_header_closes_the_session() {
     let mut r = Raw::ready();
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 1,
         command: 4,
         size: 8,
         flags: 0,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     r.c.send_raw(&w.into_vec(), &[]).expect("send");
     let run = r.closed();
     assert!(matches!(run.result, Err(ProtocolError::Violation(_))));

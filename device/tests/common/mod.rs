@@ -282,14 +282,13 @@ pub fn wr32(c: &mut Client, region: u32, off: u64, v: u32) {
 /// One framed message: header `id`, `command`, `flags` and `body`.
 pub fn frame(id: u16, command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
     let mut w = Writer::with_capacity(Header::SIZE + body.len());
-    Header {
+    w.put(&Header {
         msg_id: id,
         command,
         size: (Header::SIZE + body.len()) as u32,
         flags,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(body);
     w.into_vec()
 }
@@ -298,12 +297,11 @@ pub fn frame(id: u16, command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
 /// waiting for the reply (`Client::send_raw`).
 pub fn region_read_msg(id: u16, off: u64) -> Vec<u8> {
     let mut body = Writer::with_capacity(RegionAccessWire::SIZE);
-    RegionAccessWire {
+    body.put(&RegionAccessWire {
         offset: off,
         region: 0,
         count: 4,
-    }
-    .encode(&mut body);
+    });
     frame(
         id,
         Cmd::RegionRead as u16,
