@@ -1,5 +1,9 @@
 //! Child processes: spawning so nothing outlives the runner, bounded waits with progress, graceful
 //! termination, and log tails for failure reports.
+//!
+//! System calls go through rustix (death signal, SIGTERM) and signal-hook (the interrupt flag).
+//! The one `unsafe` left is [`die_with_parent`]'s `Command::pre_exec`: std has no safe way to run
+//! code between fork and exec, and `Command` has no death-signal option.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
