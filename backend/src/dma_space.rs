@@ -777,7 +777,7 @@ fn map_file(
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
 
     use super::*;
@@ -942,11 +942,7 @@ mod tests {
 
     #[test]
     fn rejects_non_regular_fd() {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two fds pipe() writes.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: fresh fds owned by nobody else.
-        let (r, _w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, _w) = rustix::pipe::pipe().unwrap();
         let mut space = DmaSpace::new();
         assert!(matches!(
             space.map(Iova(0), PAGE, 0, DmaPermissions::READ_WRITE, Some(r)),

@@ -38,21 +38,11 @@ fn vram(addr: u64) -> Addr {
 }
 
 fn sealed_memfd(len: u64) -> std::fs::File {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: valid C string literal; the result is checked.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"bench".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd owned by nobody else.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let f = std::fs::File::from(rustix::fs::memfd_create(c"bench", flags).unwrap());
     f.set_len(len).unwrap();
-    // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
-    assert_eq!(rc, 0);
+    rustix::fs::fcntl_add_seals(&f, SealFlags::SHRINK).unwrap();
     f
 }
 

@@ -21,11 +21,12 @@
 //! engine stopped waiting (reset, shutdown) are dropped unsent.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use vugpu_backend::ClientId;
 use vugpu_protocol::backend::DeviceBackend;
 use vugpu_protocol::{DmaLayout, ProtocolError, ServerConfig, Session, Status};
@@ -269,15 +270,10 @@ impl Server {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        let mut pfd = libc::pollfd {
-            fd: session.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1, timeout 0.
-        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-        let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
-        if rc <= 0 || pfd.revents & hung_up == 0 {
+        let mut pfd = [PollFd::new(session, PollFlags::IN | PollFlags::RDHUP)];
+        let ready = rustix::event::poll(&mut pfd, Some(&Timespec::default()));
+        let hung_up = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
+        if !matches!(ready, Ok(n) if n > 0) || !pfd[0].revents().intersects(hung_up) {
             return;
         }
         // The peer is gone, so what is left to read is finite: drain it.
@@ -440,10 +436,7 @@ impl Server {
         if let Some(fd) = &self.stop {
             // One signalfd_siginfo (128 bytes) or one eventfd counter (8 bytes).
             let mut info = [0u8; 128];
-            // SAFETY: the buffer is valid for 128 bytes and outlives the call; the fd is owned by
-            // `self`.
-            let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
-            if n > 0 {
+            if matches!(rustix::io::read(fd, &mut info), Ok(n) if n > 0) {
                 crate::log!(Level::Info, "shutdown requested");
                 self.shutdown = true;
             }
@@ -510,46 +503,29 @@ fn open_reserve() -> Option<std::fs::File> {
 
 /// The pid of the process at the other end of a UNIX stream (SO_PEERCRED), which identifies the
 /// client for peer-to-peer routing (hw-spec §6.9).
+///
+/// Through `nix`: rustix's `socket_peercred` stores the pid in a non-zero `Pid`, but the kernel
+/// reports 0 for a peer outside this process's pid namespace.
 fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
-    // SAFETY: ucred is plain data; all zeroes is a valid value.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes for the duration of the call and `len` holds
-    // the size of `cred`; the fd is owned by `stream`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then(|| cred.pid.unsigned_abs())
+    let cred =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    (cred.pid() > 0).then(|| cred.pid().unsigned_abs())
 }
 
 /// Blocks SIGINT and SIGTERM for this thread (and threads it spawns later) and returns a
 /// signalfd that reports them. Call before spawning threads.
+///
+/// Through `nix` (rustix has no signalfd); the signalfd is handed back as a plain [`OwnedFd`] (a
+/// close-on-exec duplicate sharing its non-blocking file description), read as bytes by the loop.
 pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t for all four calls; pthread_sigmask's old-set pointer
-    // may be null. signalfd with fd -1 creates a new fd whose result is checked.
-    let fd = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    sfd.as_fd().try_clone_to_owned()
 }
 
 /// Removes the socket file when dropped.
