@@ -476,19 +476,28 @@ impl DmaSpace {
             self.fd_windows += 1;
             self.fd_bytes += size;
         }
-        self.windows.insert(
-            iova.raw(),
-            Window {
-                size,
-                file_offset: if matches!(store, Store::Message) {
-                    0
-                } else {
-                    file_offset
-                },
-                perms,
-                store,
+        let window = Window {
+            size,
+            file_offset: if matches!(store, Store::Message) {
+                0
+            } else {
+                file_offset
             },
+            perms,
+            store,
+        };
+        tracing::debug!(
+            "DMA_MAP {:#x}+{size:#x} {}{}: {}",
+            iova.raw(),
+            if perms.read { "r" } else { "-" },
+            if perms.write { "w" } else { "-" },
+            match window.store {
+                Store::Mapped(_) => "mapped",
+                Store::File(_) => "file-accessed (pread/pwrite: fd not sealed)",
+                Store::Message => "message-only (no fd)",
+            }
         );
+        self.windows.insert(iova.raw(), window);
         Ok(())
     }
 
@@ -506,6 +515,7 @@ impl DmaSpace {
             self.fd_windows -= 1;
             self.fd_bytes -= w.size;
         }
+        tracing::debug!("DMA_UNMAP {:#x}+{size:#x}", iova.raw());
         Ok(describe(iova.raw(), &w))
     }
 

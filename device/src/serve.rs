@@ -19,7 +19,6 @@ use crate::config::check_socket_path;
 use crate::ctl::{ctl_path, CtlLimits, CtlServer};
 use crate::event_loop::{self, Server, SocketFile};
 use crate::gpu::{Gpu, GpuConfig};
-use crate::log::Level;
 
 /// What to serve: one GPU per socket.
 #[derive(Debug, Clone)]
@@ -88,8 +87,7 @@ fn raise_fd_limit(plan: &ServePlan) {
     };
     let ok = rustix::process::setrlimit(Resource::Nofile, new).is_ok();
     if !ok || want < need {
-        crate::log!(
-            Level::Warn,
+        tracing::warn!(
             "open-file limit {} is below the {need} fds the resource limits allow \
              (--max-dma-fds, --msix-vectors, GPUs): a client may exhaust it; raise ulimit -n \
              or lower --max-dma-fds",
@@ -140,9 +138,8 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
     }
     let mut running = Vec::new();
     for (cfg, socket, server, stop, ctl, guard, done) in built {
-        crate::log::set_thread_gpu(&cfg.name);
-        crate::log!(
-            Level::Info,
+        let _gpu = crate::log::gpu_span(&cfg.name).entered();
+        tracing::info!(
             "serving {:04x}:{:04x} with {} MiB VRAM, {} MSI-X vectors, {} DMA engines on {}",
             cfg.identity.vendor_id,
             cfg.identity.device_id,
@@ -167,15 +164,9 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
             _socket: guard,
         });
     }
-    crate::log::set_thread_gpu("");
     if running.len() > 1 {
         let names: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
-        crate::log!(
-            Level::Info,
-            "{} GPUs in one fabric: {}",
-            running.len(),
-            names.join(", ")
-        );
+        tracing::info!("{} GPUs in one fabric: {}", running.len(), names.join(", "));
     }
     wait_readable(&signals, &exited);
     for r in &running {
@@ -183,18 +174,13 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
     }
     let mut failed = Vec::new();
     for r in running {
-        crate::log::set_thread_gpu(&r.name);
+        let _gpu = crate::log::gpu_span(&r.name).entered();
         match r.thread.join() {
-            Ok(Ok(server)) => crate::log!(
-                Level::Info,
-                "stopped after {} clients",
-                server.stats().clients
-            ),
+            Ok(Ok(server)) => tracing::info!("stopped after {} clients", server.stats().clients),
             Ok(Err(e)) => failed.push(format!("{}: {e}", r.name)),
             Err(_) => failed.push(format!("{}: event loop panicked", r.name)),
         }
     }
-    crate::log::set_thread_gpu("");
     if failed.is_empty() {
         Ok(())
     } else {

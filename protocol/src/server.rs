@@ -304,9 +304,20 @@ impl Session {
             // Nothing is outstanding here (DMA waits consume their own replies): a late reply
             // after a timeout. Its body was read in full, so the stream stays in sync.
             self.stats.stray_replies += 1;
+            tracing::debug!(
+                id = h.msg_id,
+                "stray reply to command {} dropped",
+                h.command
+            );
             return Ok(Status::Continue);
         }
         self.count(h.command);
+        tracing::debug!(
+            id = h.msg_id,
+            size = h.size,
+            "request {}",
+            CommandName(h.command)
+        );
         let result = if !h.is_command() || h.is_error() || h.flags & !flags::KNOWN != 0 {
             Err(ProtocolError::invalid(format!(
                 "bad header flags {:#x} on a request",
@@ -336,6 +347,11 @@ impl Session {
                     self.stats.backend_errors += 1;
                 }
                 self.stats.last_error = Some(e.to_string());
+                tracing::debug!(
+                    id = h.msg_id,
+                    "request {} failed: {e}",
+                    CommandName(h.command)
+                );
                 if h.no_reply() {
                     self.stats.suppressed_errors += 1;
                 } else {
@@ -673,3 +689,15 @@ fn write_multi<D: DeviceBackend + ?Sized>(dev: &mut D, entries: &[WriteMultiEntr
 
 // Our largest max_msg_fds must fit in one SCM_RIGHTS message.
 const _: () = assert!(SCM_MAX_FD >= 16);
+
+/// A command number as its name in log lines (`RegionRead`), or the number if unknown.
+struct CommandName(u16);
+
+impl std::fmt::Display for CommandName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Command::try_from(self.0) {
+            Ok(c) => write!(f, "{c:?}"),
+            Err(_) => write!(f, "command {}", self.0),
+        }
+    }
+}
