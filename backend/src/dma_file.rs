@@ -29,8 +29,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+use rustix::fs::{OFlags, SealFlags};
 
 use crate::addr::Iova;
 use crate::dma_space::{DmaError, DmaPermissions};
@@ -44,38 +45,14 @@ pub(crate) enum Access {
     File,
 }
 
-/// The two `fcntl` queries this module makes (neither takes an argument).
-#[derive(Debug, Clone, Copy)]
-enum Query {
-    /// `F_GETFL`: file status flags and access mode.
-    StatusFlags,
-    /// `F_GET_SEALS`: the memfd/shmem seals.
-    Seals,
-}
-
-fn fcntl_query(file: &File, query: Query) -> io::Result<libc::c_int> {
-    let cmd = match query {
-        Query::StatusFlags => libc::F_GETFL,
-        Query::Seals => libc::F_GET_SEALS,
-    };
-    // SAFETY: F_GETFL and F_GET_SEALS take no third argument and only return an int: the call
-    // touches no memory of this process. The fd is owned by `file`, which outlives the call.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// The file's seals; 0 for a file that does not support sealing (`F_GET_SEALS` fails with
+/// The file's seals; none for a file that does not support sealing (`F_GET_SEALS` fails with
 /// EINVAL there), which is what it is: not sealed.
-fn seals(file: &File) -> libc::c_int {
-    fcntl_query(file, Query::Seals).unwrap_or(0)
+fn seals(file: &File) -> SealFlags {
+    rustix::fs::fcntl_get_seals(file).unwrap_or(SealFlags::empty())
 }
 
 fn appending(file: &File) -> io::Result<bool> {
-    Ok(fcntl_query(file, Query::StatusFlags)? & libc::O_APPEND != 0)
+    Ok(rustix::fs::fcntl_getfl(file)?.contains(OFlags::APPEND))
 }
 
 /// Decides how the window `[iova, iova + size)` at `file_offset` of `file` is reached and checks
@@ -87,10 +64,10 @@ pub(crate) fn inspect(
     perms: DmaPermissions,
 ) -> Result<Access, DmaError> {
     let seals = seals(file);
-    if perms.write && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) != 0 {
+    if perms.write && seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE) {
         return Err(DmaError::WriteSealed(iova));
     }
-    if seals & libc::F_SEAL_SHRINK != 0 {
+    if seals.contains(SealFlags::SHRINK) {
         return Ok(Access::Map);
     }
     if appending(file).map_err(DmaError::BadFd)? {
@@ -224,7 +201,9 @@ impl<'a> FileSlice<'a> {
 #[cfg(test)]
 mod tests {
     use std::io;
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
+
+    use rustix::fs::MemfdFlags;
 
     use super::*;
     use crate::test_fds::{
@@ -273,7 +252,7 @@ mod tests {
         );
         // F_SEAL_GROW alone does not keep the file from shrinking.
         let grow_only = sealable_memfd(PAGE);
-        add_seals(&grow_only, libc::F_SEAL_GROW | libc::F_SEAL_SEAL);
+        add_seals(&grow_only, SealFlags::GROW | SealFlags::SEAL);
         map_fd(
             &mut space,
             Iova(PAGE),
@@ -476,16 +455,14 @@ mod tests {
     /// hugetlbfs; no huge page is needed (nothing is allocated).
     #[test]
     fn rejects_writable_window_of_unsealed_hugetlbfs_file() {
-        // SAFETY: valid C string literal; the result is checked.
-        let raw = unsafe {
-            libc::memfd_create(c"dma-huge".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_HUGETLB)
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB;
+        let f = match rustix::fs::memfd_create(c"dma-huge", flags) {
+            Ok(fd) => File::from(fd),
+            Err(e) => {
+                eprintln!("SKIP: no hugetlbfs memfd: {}", io::Error::from(e));
+                return;
+            }
         };
-        if raw < 0 {
-            eprintln!("SKIP: no hugetlbfs memfd: {}", io::Error::last_os_error());
-            return;
-        }
-        // SAFETY: fresh fd owned by nobody else.
-        let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
         f.set_len(2 << 20).unwrap();
         let mut space = DmaSpace::new();
         assert!(matches!(
@@ -499,10 +476,10 @@ mod tests {
 
     #[test]
     fn rejects_writable_window_of_write_sealed_file() {
-        for extra in [0, libc::F_SEAL_SHRINK] {
+        for extra in [SealFlags::empty(), SealFlags::SHRINK] {
             let f = sealable_memfd(PAGE);
             f.write_all_at(b"ro", 0).unwrap();
-            add_seals(&f, libc::F_SEAL_WRITE | extra);
+            add_seals(&f, SealFlags::WRITE | extra);
             let mut space = DmaSpace::new();
             assert!(matches!(
                 space.map(
@@ -518,7 +495,7 @@ mod tests {
             let mut b = [0u8; 2];
             space.read(Iova(0), &mut b).unwrap();
             assert_eq!(&b, b"ro");
-            let want = if extra == 0 {
+            let want = if extra.is_empty() {
                 WindowBacking::File
             } else {
                 WindowBacking::Mapped

@@ -476,19 +476,28 @@ impl DmaSpace {
             self.fd_windows += 1;
             self.fd_bytes += size;
         }
-        self.windows.insert(
-            iova.raw(),
-            Window {
-                size,
-                file_offset: if matches!(store, Store::Message) {
-                    0
-                } else {
-                    file_offset
-                },
-                perms,
-                store,
+        let window = Window {
+            size,
+            file_offset: if matches!(store, Store::Message) {
+                0
+            } else {
+                file_offset
             },
+            perms,
+            store,
+        };
+        tracing::debug!(
+            "DMA_MAP {:#x}+{size:#x} {}{}: {}",
+            iova.raw(),
+            if perms.read { "r" } else { "-" },
+            if perms.write { "w" } else { "-" },
+            match window.store {
+                Store::Mapped(_) => "mapped",
+                Store::File(_) => "file-accessed (pread/pwrite: fd not sealed)",
+                Store::Message => "message-only (no fd)",
+            }
         );
+        self.windows.insert(iova.raw(), window);
         Ok(())
     }
 
@@ -506,6 +515,7 @@ impl DmaSpace {
             self.fd_windows -= 1;
             self.fd_bytes -= w.size;
         }
+        tracing::debug!("DMA_UNMAP {:#x}+{size:#x}", iova.raw());
         Ok(describe(iova.raw(), &w))
     }
 
@@ -777,7 +787,7 @@ fn map_file(
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
 
     use super::*;
@@ -942,11 +952,7 @@ mod tests {
 
     #[test]
     fn rejects_non_regular_fd() {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two fds pipe() writes.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: fresh fds owned by nobody else.
-        let (r, _w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, _w) = rustix::pipe::pipe().unwrap();
         let mut space = DmaSpace::new();
         assert!(matches!(
             space.map(Iova(0), PAGE, 0, DmaPermissions::READ_WRITE, Some(r)),

@@ -14,12 +14,14 @@
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::sync::atomic::Ordering;
+
+use rustix::fs::{MemfdFlags, SealFlags};
 use vm_memory::mmap::MmapRegionError;
 
 use vm_memory::{
@@ -227,30 +229,13 @@ fn out_of_range(offset: VramOffset, len: usize, size: u64) -> VramError {
 }
 
 pub(crate) fn create_sealed_memfd(name: &CStr, size: u64) -> Result<File, VramError> {
-    // SAFETY: the name is a valid NUL-terminated C string literal; memfd_create has no other
-    // memory-safety preconditions. The return value is checked before use.
-    let raw =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
-        return Err(VramError::Create(io::Error::last_os_error()));
-    }
-    // SAFETY: `raw` is a freshly created fd that nothing else owns.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let file =
+        File::from(rustix::fs::memfd_create(name, flags).map_err(|e| VramError::Create(e.into()))?);
     file.set_len(size)
         .map_err(|source| VramError::Resize { size, source })?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS takes an int argument and touches no memory of this process; the fd is
-    // owned by `file`, which outlives the call.
-    let rc = unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::F_ADD_SEALS,
-            seals,
-        )
-    };
-    if rc < 0 {
-        return Err(VramError::Seal(io::Error::last_os_error()));
-    }
+    rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(|e| VramError::Seal(e.into()))?;
     Ok(file)
 }
 
@@ -285,7 +270,6 @@ fn open_sized_file(path: &Path, size: u64) -> Result<File, VramError> {
 #[cfg(test)]
 mod tests {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
 
     use super::*;
 
@@ -398,12 +382,16 @@ mod tests {
     #[test]
     fn memfd_is_sealed_against_resize() {
         let vram = Vram::new(&VramOptions::memfd(MIB)).unwrap();
-        // SAFETY: ftruncate on a valid fd touches no memory.
-        let rc = unsafe { libc::ftruncate(vram.as_fd().as_raw_fd(), 4096) };
-        assert_eq!(rc, -1, "shrinking the sealed memfd must fail");
-        // SAFETY: as above.
-        let rc = unsafe { libc::ftruncate(vram.as_fd().as_raw_fd(), (2 * MIB) as i64) };
-        assert_eq!(rc, -1, "growing the sealed memfd must fail");
+        assert_eq!(
+            rustix::fs::ftruncate(vram.as_fd(), 4096),
+            Err(rustix::io::Errno::PERM),
+            "shrinking the sealed memfd must fail"
+        );
+        assert_eq!(
+            rustix::fs::ftruncate(vram.as_fd(), 2 * MIB),
+            Err(rustix::io::Errno::PERM),
+            "growing the sealed memfd must fail"
+        );
         assert_eq!(vram.read_u32(VramOffset(MIB - 4)).unwrap(), 0);
     }
 

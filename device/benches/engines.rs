@@ -12,7 +12,6 @@
 mod common;
 
 use std::hint::black_box;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -58,18 +57,17 @@ fn setup() -> (InProcServer, Rig, std::fs::File) {
 
 /// Blocks until the eventfd fires.
 fn wait_irq(r: &Rig, v: usize) {
-    let fd = r.vectors[v].as_raw_fd();
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let five_s = Timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
     loop {
         if r.vectors[v].read().is_ok() {
             return;
         }
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut p, 1, 5000) };
+        let mut p = [PollFd::new(&r.vectors[v], PollFlags::IN)];
+        let _ = rustix::event::poll(&mut p, Some(&five_s));
     }
 }
 
@@ -391,15 +389,23 @@ fn wakeup(c: &mut Criterion) {
 
 /// CPU time of this process (the bench thread sleeps, so this is the server's threads).
 fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we own.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(u.ru_utime) + tv(u.ru_stime)
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else {
+        return Duration::ZERO;
+    };
+    let us = u.user_time().num_microseconds() + u.system_time().num_microseconds();
+    Duration::from_micros(us.max(0).unsigned_abs())
 }
 
 fn config() -> Criterion {
+    // The log as `vugpu serve` sets it up (info, rate limited, stderr): the hot paths pay for
+    // their disabled debug events and their spans as they do in the server.
+    let _ = vugpu_device::log::init(
+        vugpu_device::log::Level::Info,
+        vugpu_device::log::DEFAULT_RATE,
+        vugpu_device::log::DEFAULT_BURST,
+    );
     Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))

@@ -147,6 +147,13 @@ fn mmu(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    // The log as `vugpu serve` sets it up (info, rate limited, stderr): the hot paths pay for
+    // their disabled debug events and their spans as they do in the server.
+    let _ = vugpu_device::log::init(
+        vugpu_device::log::Level::Info,
+        vugpu_device::log::DEFAULT_RATE,
+        vugpu_device::log::DEFAULT_BURST,
+    );
     Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))

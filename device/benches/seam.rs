@@ -38,21 +38,11 @@ fn vram(addr: u64) -> Addr {
 }
 
 fn sealed_memfd(len: u64) -> std::fs::File {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    // SAFETY: valid C string literal; the result is checked.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"bench".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd owned by nobody else.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let f = std::fs::File::from(rustix::fs::memfd_create(c"bench", flags).unwrap());
     f.set_len(len).unwrap();
-    // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
-    assert_eq!(rc, 0);
+    rustix::fs::fcntl_add_seals(&f, SealFlags::SHRINK).unwrap();
     f
 }
 
@@ -152,6 +142,13 @@ fn seam(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    // The log as `vugpu serve` sets it up (info, rate limited, stderr): the hot paths pay for
+    // their disabled debug events and their spans as they do in the server.
+    let _ = vugpu_device::log::init(
+        vugpu_device::log::Level::Info,
+        vugpu_device::log::DEFAULT_RATE,
+        vugpu_device::log::DEFAULT_BURST,
+    );
     Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))

@@ -104,7 +104,8 @@ pub struct ServeArgs {
     /// VRAM unchanged; the CPU's accesses (BAR2 mmap, VRAM_DATA) are not affected.
     #[arg(long, value_name = "FAULT", value_parser = parse_inject)]
     pub inject: Vec<Fault>,
-    /// Log verbosity.
+    /// Log verbosity. RUST_LOG, when set, replaces it (`tracing-subscriber` EnvFilter syntax,
+    /// e.g. `info,vugpu_protocol=debug` or `info,[gpu{name=gpu1}]=debug`).
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: Level,
     /// Resource limit: most DMA mappings one client may hold (1-65535; advertised as

@@ -22,7 +22,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::engine::peer_window::PeerWindowReport;
 use crate::engine::{EngineMonitor, EngineReport, P2pReport};
-use crate::log::Level;
 use crate::mmu::MmuReport;
 
 /// Longest request line accepted.
@@ -210,7 +209,7 @@ impl CtlServer {
         let thread = std::thread::Builder::new()
             .name("vugpu-ctl".into())
             .spawn(move || {
-                crate::log::set_thread_gpu(monitor.name());
+                let _gpu = crate::log::gpu_span(monitor.name()).entered();
                 serve(&listener, &theirs, &monitor, limits);
             })
             .map_err(|source| CtlError::Setup {
@@ -397,7 +396,7 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limit
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            crate::log!(Level::Error, "control socket poll failed; stopping it");
+            tracing::error!("control socket poll failed; stopping it");
             return;
         }
         if fds[0].revents != 0 {
@@ -437,8 +436,7 @@ fn accept_all(
                     let _ = (&stream).write(BUSY);
                     let _ = stream.shutdown(std::net::Shutdown::Write);
                     let _ = (&stream).read(&mut [0u8; MAX_REQUEST + 1]);
-                    crate::log!(
-                        Level::Debug,
+                    tracing::debug!(
                         "control socket: {} clients already, one more refused",
                         conns.len()
                     );
@@ -454,7 +452,7 @@ fn accept_all(
             Err(e) => {
                 // EMFILE/ENFILE leave the connection queued and the listener readable: pause
                 // accepting instead of spinning (the log line is rate limited too).
-                crate::log!(Level::Warn, "control socket accept failed: {e}");
+                tracing::warn!("control socket accept failed: {e}");
                 return Some(Instant::now() + Duration::from_millis(ACCEPT_BACKOFF_MS));
             }
         }

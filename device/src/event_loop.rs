@@ -21,11 +21,12 @@
 //! engine stopped waiting (reset, shutdown) are dropped unsent.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use vugpu_backend::ClientId;
 use vugpu_protocol::backend::DeviceBackend;
 use vugpu_protocol::{DmaLayout, ProtocolError, ServerConfig, Session, Status};
@@ -33,7 +34,6 @@ use vugpu_protocol::{DmaLayout, ProtocolError, ServerConfig, Session, Status};
 use crate::engine::env::{MsgDmaRequest, MsgOp};
 
 use crate::gpu::Gpu;
-use crate::log::Level;
 
 /// Event handling or a DMA message this long (µs) is logged as a warning: a stall worth a look.
 const SLOW_US: u128 = 250_000;
@@ -99,6 +99,9 @@ pub struct ServerStats {
 pub struct Server {
     listener: UnixListener,
     session: Option<Session>,
+    /// The session's span (`client{id=N}`, [`crate::log::client_span`]), entered while its
+    /// messages are handled; `Span::none()` without a session.
+    client: tracing::Span,
     gpu: Gpu,
     config: ServerConfig,
     dma_layout: DmaLayout,
@@ -133,6 +136,7 @@ impl Server {
         Ok(Server {
             listener,
             session: None,
+            client: tracing::Span::none(),
             gpu,
             config,
             // QEMU 11.1.3 speaks the specification's layout (verified with the real binary,
@@ -176,7 +180,7 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    crate::log!(Level::Warn, "accept failed: {e}");
+                    tracing::warn!("accept failed: {e}");
                     return;
                 }
             };
@@ -187,15 +191,12 @@ impl Server {
             }
             if self.session.is_some() {
                 self.stats.refused += 1;
-                crate::log!(
-                    Level::Warn,
-                    "refusing a second client: one client is already connected"
-                );
+                tracing::warn!("refusing a second client: one client is already connected");
                 drop(stream);
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(false) {
-                crate::log!(Level::Warn, "cannot configure client socket: {e}");
+                tracing::warn!("cannot configure client socket: {e}");
                 continue;
             }
             let client = peer_pid(&stream);
@@ -206,14 +207,15 @@ impl Server {
                 Token::Session as u32,
                 EventSet::IN | EventSet::HANG_UP | EventSet::ERROR,
             )) {
-                crate::log!(Level::Error, "cannot watch client socket: {e:?}");
+                tracing::error!("cannot watch client socket: {e:?}");
                 continue;
             }
             self.stats.clients += 1;
+            self.client = crate::log::client_span(self.stats.clients);
+            let _client = self.client.enter();
             self.gpu
                 .client_connected(client.map(|pid| ClientId(u64::from(pid))));
-            crate::log!(
-                Level::Info,
+            tracing::info!(
                 "client {} connected (pid {})",
                 self.stats.clients,
                 client.map_or_else(|| "unknown".to_string(), |p| p.to_string())
@@ -226,24 +228,24 @@ impl Server {
     /// close it (the client sees its connection closed), so the listener stops being readable.
     fn refuse_without_fds(&mut self, e: &io::Error) {
         self.stats.refused += 1;
-        crate::log!(
-            Level::Warn,
+        tracing::warn!(
             "refusing a client: {e} (the process is out of file descriptors; see ulimit -n \
              and --max-dma-fds)"
         );
         self.reserve = None;
         match self.listener.accept() {
             Ok((stream, _)) => drop(stream),
-            Err(e) => crate::log!(Level::Debug, "accept with the reserve fd failed: {e}"),
+            Err(e) => tracing::debug!("accept with the reserve fd failed: {e}"),
         }
         self.reserve = open_reserve();
     }
 
     fn end_session(&mut self, ops: &mut EventOps, why: &str) {
+        let span = std::mem::replace(&mut self.client, tracing::Span::none());
+        let _client = span.enter();
         if let Some(session) = self.session.take() {
             let _ = ops.remove(Events::empty(&session));
-            crate::log!(
-                Level::Info,
+            tracing::info!(
                 "client {} disconnected ({why}); {} messages handled",
                 self.stats.clients,
                 session.stats().total_messages()
@@ -252,9 +254,7 @@ impl Server {
         self.gpu.client_disconnected();
         let g = self.gpu.stats();
         let m = self.gpu.msix().stats();
-        crate::log!(
-            Level::Info,
-            "device: {} DEVICE_RESETs, {} FLRs, {} SOFT_RESETs, {} MSI-X messages, {} held, {} suppressed",
+        tracing::info!("device: {} DEVICE_RESETs, {} FLRs, {} SOFT_RESETs, {} MSI-X messages, {} held, {} suppressed",
             g.device_resets,
             g.flrs,
             g.soft_resets,
@@ -269,18 +269,15 @@ impl Server {
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        let mut pfd = libc::pollfd {
-            fd: session.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1, timeout 0.
-        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-        let hung_up = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
-        if rc <= 0 || pfd.revents & hung_up == 0 {
+        let mut pfd = [PollFd::new(session, PollFlags::IN | PollFlags::RDHUP)];
+        let ready = rustix::event::poll(&mut pfd, Some(&Timespec::default()));
+        let hung_up = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
+        if !matches!(ready, Ok(n) if n > 0) || !pfd[0].revents().intersects(hung_up) {
             return;
         }
         // The peer is gone, so what is left to read is finite: drain it.
+        let span = self.client.clone();
+        let _client = span.enter();
         while let Some(session) = self.session.as_mut() {
             match session.handle_message(&mut self.gpu) {
                 Ok(Status::Continue | Status::Idle) => {}
@@ -290,7 +287,7 @@ impl Server {
                     let why = format!("protocol error: {e}");
                     self.end_session(ops, &why);
                 }
-                Err(e) => crate::log!(Level::Debug, "request failed: {e}"),
+                Err(e) => tracing::debug!("request failed: {e}"),
             }
         }
     }
@@ -320,7 +317,7 @@ impl Server {
                     self.end_session(ops, &why);
                     return;
                 }
-                Err(e) => crate::log!(Level::Debug, "request failed: {e}"),
+                Err(e) => tracing::debug!("request failed: {e}"),
             }
             if !session.has_pending() {
                 return;
@@ -346,10 +343,7 @@ impl Server {
 
     fn engine_dma(&mut self, ops: &mut EventOps, mut req: MsgDmaRequest) {
         if req.abandoned() {
-            crate::log!(
-                Level::Debug,
-                "engine DMA message dropped: the engine stopped waiting for it"
-            );
+            tracing::debug!("engine DMA message dropped: the engine stopped waiting for it");
             return;
         }
         let Some(session) = self.session.as_mut().filter(|s| s.is_negotiated()) else {
@@ -403,28 +397,25 @@ impl Server {
         let us = started.elapsed().as_micros();
         match result {
             Ok(true) => {
-                crate::log!(
-                    if us + queued_us >= SLOW_US {
-                        Level::Warn
-                    } else {
-                        Level::Debug
-                    },
-                    "engine {what} {addr:#x}+{len:#x} in {us} us (queued {queued_us} us before)"
-                );
+                if us + queued_us >= SLOW_US {
+                    tracing::warn!(
+                        "engine {what} {addr:#x}+{len:#x} in {us} us (queued {queued_us} us before)"
+                    );
+                } else {
+                    tracing::debug!(
+                        "engine {what} {addr:#x}+{len:#x} in {us} us (queued {queued_us} us before)"
+                    );
+                }
                 if !read {
                     data.clear();
                 }
                 let _ = req.reply.send(Ok(data));
             }
-            Ok(false) => crate::log!(
-                Level::Debug,
-                "engine {what} {addr:#x}+{len:#x} stopped after {us} us: the engine stopped waiting"
+            Ok(false) => tracing::debug!("engine {what} {addr:#x}+{len:#x} stopped after {us} us: the engine stopped waiting"
             ),
             Err(e) => {
                 self.stats.engine_dma_failures += 1;
-                crate::log!(
-                    Level::Warn,
-                    "engine {what} {addr:#x}+{len:#x} failed after {us} us: {e}"
+                tracing::warn!("engine {what} {addr:#x}+{len:#x} failed after {us} us: {e}"
                 );
                 let _ = req.reply.send(Err(e.to_string()));
                 if e.is_fatal() {
@@ -440,11 +431,8 @@ impl Server {
         if let Some(fd) = &self.stop {
             // One signalfd_siginfo (128 bytes) or one eventfd counter (8 bytes).
             let mut info = [0u8; 128];
-            // SAFETY: the buffer is valid for 128 bytes and outlives the call; the fd is owned by
-            // `self`.
-            let n = unsafe { libc::read(fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
-            if n > 0 {
-                crate::log!(Level::Info, "shutdown requested");
+            if matches!(rustix::io::read(fd, &mut info), Ok(n) if n > 0) {
+                tracing::info!("shutdown requested");
                 self.shutdown = true;
             }
         }
@@ -458,12 +446,12 @@ impl MutEventSubscriber for Server {
             Token::Listener as u32,
             EventSet::IN,
         )) {
-            crate::log!(Level::Error, "cannot watch the listening socket: {e:?}");
+            tracing::error!("cannot watch the listening socket: {e:?}");
             self.shutdown = true;
         }
         if let Some(fd) = &self.stop {
             if let Err(e) = ops.add(Events::with_data(fd, Token::Stop as u32, EventSet::IN)) {
-                crate::log!(Level::Error, "cannot watch the stop fd: {e:?}");
+                tracing::error!("cannot watch the stop fd: {e:?}");
             }
         }
         if let Err(e) = ops.add(Events::with_data(
@@ -471,7 +459,7 @@ impl MutEventSubscriber for Server {
             Token::Engine as u32,
             EventSet::IN,
         )) {
-            crate::log!(Level::Error, "cannot watch the engine events: {e:?}");
+            tracing::error!("cannot watch the engine events: {e:?}");
             self.shutdown = true;
         }
     }
@@ -479,11 +467,17 @@ impl MutEventSubscriber for Server {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let started = std::time::Instant::now();
         let token = Token::from_data(events.data());
+        // The client's messages, and the engines' DMA messages to it, are handled in its span.
+        let span = match token {
+            Some(Token::Session | Token::Engine) => self.client.clone(),
+            _ => tracing::Span::none(),
+        };
+        let _client = span.enter();
         self.dispatch(token, events, ops);
         let us = started.elapsed().as_micros();
         if us >= SLOW_US {
             // A stall worth a look: nothing else of this GPU is served meanwhile.
-            crate::log!(Level::Warn, "handling {token:?} took {us} us");
+            tracing::warn!("handling {token:?} took {us} us");
         }
     }
 }
@@ -496,7 +490,7 @@ impl Server {
             Some(Token::Stop) => self.read_stop(),
             Some(Token::Engine) => self.engine_events(ops),
             None => {
-                crate::log!(Level::Warn, "event for unknown token {}", events.data());
+                tracing::warn!("event for unknown token {}", events.data());
                 let _ = ops.remove(events);
             }
         }
@@ -510,46 +504,29 @@ fn open_reserve() -> Option<std::fs::File> {
 
 /// The pid of the process at the other end of a UNIX stream (SO_PEERCRED), which identifies the
 /// client for peer-to-peer routing (hw-spec §6.9).
+///
+/// Through `nix`: rustix's `socket_peercred` stores the pid in a non-zero `Pid`, but the kernel
+/// reports 0 for a peer outside this process's pid namespace.
 fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
-    // SAFETY: ucred is plain data; all zeroes is a valid value.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes for the duration of the call and `len` holds
-    // the size of `cred`; the fd is owned by `stream`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then(|| cred.pid.unsigned_abs())
+    let cred =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    (cred.pid() > 0).then(|| cred.pid().unsigned_abs())
 }
 
 /// Blocks SIGINT and SIGTERM for this thread (and threads it spawns later) and returns a
 /// signalfd that reports them. Call before spawning threads.
+///
+/// Through `nix` (rustix has no signalfd); the signalfd is handed back as a plain [`OwnedFd`] (a
+/// close-on-exec duplicate sharing its non-blocking file description), read as bytes by the loop.
 pub fn shutdown_signalfd() -> io::Result<OwnedFd> {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t for all four calls; pthread_sigmask's old-set pointer
-    // may be null. signalfd with fd -1 creates a new fd whose result is checked.
-    let fd = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    sfd.as_fd().try_clone_to_owned()
 }
 
 /// Removes the socket file when dropped.
@@ -622,7 +599,7 @@ pub fn run(server: Server) -> Result<Server, ServeError> {
 /// [`run`] for a server made ready with [`prepare`].
 pub fn run_prepared(p: Prepared) -> Result<Server, ServeError> {
     let Prepared { mut em, id, name } = p;
-    crate::log::set_thread_gpu(&name);
+    let _gpu = crate::log::gpu_span(&name).entered();
     loop {
         match em.run() {
             Ok(_) => {}

@@ -1107,23 +1107,6 @@ impl DeviceBackend for Gpu {
                 DmaError::Map { .. } => BackendError::NoMemory(e.to_string()),
                 _ => BackendError::Invalid(e.to_string()),
             })?;
-        if crate::log::enabled(crate::log::Level::Debug) {
-            if let Some(w) = self.env.dma().find(Iova(mapping.iova)) {
-                let how = match w.backing {
-                    WindowBacking::Mapped => "mapped",
-                    WindowBacking::File => "file-accessed (pread/pwrite: fd not sealed)",
-                    WindowBacking::MessageOnly => "message-only (no fd)",
-                };
-                crate::log!(
-                    crate::log::Level::Debug,
-                    "DMA_MAP {:#x}+{:#x} {}{}: {how}",
-                    mapping.iova,
-                    mapping.size,
-                    if perms.read { "r" } else { "-" },
-                    if perms.write { "w" } else { "-" },
-                );
-            }
-        }
         Ok(())
     }
 

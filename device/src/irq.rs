@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use rustix::event::{PollFd, PollFlags, Timespec};
+
 /// Something that delivers one interrupt message.
 pub trait Notifier: Send + fmt::Debug {
     /// Signal once.
@@ -50,17 +52,9 @@ impl Notifier for EventFdNotifier {
     fn notify(&self) -> io::Result<()> {
         // A write of 1 blocks only if the counter is at its maximum (a client that never reads);
         // check writability first so a hostile client cannot stall the server.
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
-        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if rc == 0 || pfd.revents & libc::POLLOUT == 0 {
+        let mut pfd = [PollFd::new(&self.file, PollFlags::OUT)];
+        let rc = rustix::event::poll(&mut pfd, Some(&Timespec::default()))?;
+        if rc == 0 || !pfd[0].revents().contains(PollFlags::OUT) {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "eventfd counter is full",
@@ -109,24 +103,23 @@ pub(crate) mod fake {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-
-    use vmm_sys_util::eventfd::EventFd;
+    use rustix::event::EventfdFlags;
 
     use super::*;
 
-    fn owned(efd: &EventFd) -> OwnedFd {
-        // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
-        unsafe { OwnedFd::from_raw_fd(efd.try_clone().unwrap().into_raw_fd()) }
+    fn eventfd(initval: u32) -> OwnedFd {
+        rustix::event::eventfd(initval, EventfdFlags::NONBLOCK).unwrap()
     }
 
     #[test]
     fn eventfd_notifier_signals() {
-        let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let n = EventFdNotifier::new(owned(&efd)).unwrap();
+        let efd = eventfd(0);
+        let n = EventFdNotifier::new(efd.try_clone().unwrap()).unwrap();
         n.notify().unwrap();
         n.notify().unwrap();
-        assert_eq!(efd.read().unwrap(), 2);
+        let mut counter = [0u8; 8];
+        assert_eq!(rustix::io::read(&efd, &mut counter), Ok(8));
+        assert_eq!(u64::from_ne_bytes(counter), 2);
     }
 
     #[test]
@@ -140,9 +133,10 @@ mod tests {
 
     #[test]
     fn full_eventfd_does_not_block() {
-        let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        efd.write(u64::MAX - 1).unwrap();
-        let n = EventFdNotifier::new(owned(&efd)).unwrap();
+        let efd = eventfd(0);
+        let full = (u64::MAX - 1).to_ne_bytes();
+        assert_eq!(rustix::io::write(&efd, &full), Ok(8));
+        let n = EventFdNotifier::new(efd.try_clone().unwrap()).unwrap();
         assert_eq!(n.notify().unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 }

@@ -1,11 +1,49 @@
-//! Minimal leveled logging to stderr (the server's only output channel besides the socket).
+//! The server's log: `tracing` events, written to stderr by a `tracing-subscriber` fmt layer.
+//!
+//! Every crate of the workspace logs with the `tracing` macros (`tracing::info!`, ...); only the
+//! `vugpu` binary installs a subscriber ([`init`]). A line looks like
+//!
+//! ```text
+//! vugpu     12.345678 [Info] gpu{name=gpu1}:client{id=2}: client 2 disconnected (closed); 812 messages handled
+//! ```
+//!
+//! seconds since the server started, the level (`[Error]`, `[Warn]`, `[Info]`, `[Debug]`:
+//! scripts grep them), then the spans the event happened in, outermost first, and the message
+//! with any fields. Each GPU's threads (event loop, engines, control socket) run inside a
+//! [`gpu_span`], and the event loop enters the client's [`client_span`] while it handles that
+//! client's messages, so one process serving several GPUs says which GPU, and which session,
+//! speaks. The spans are at ERROR level so that any level that lets a line through keeps them.
+//!
+//! What is printed: `--log-level` (default `info`), or the `RUST_LOG` environment variable when
+//! it is set (the `EnvFilter` syntax: `RUST_LOG=info,vugpu_protocol=debug`, or
+//! `RUST_LOG='info,[gpu{name=gpu1}]=debug'` for one GPU's debug lines; keep a global level in
+//! it, or the lines of the other crates lose their GPU span). A filtered-out event costs a
+//! load and a compare at its call site, nothing more.
+//!
+//! Lines are rate limited ([`RateLimit`], `--log-rate-limit`, `--log-burst`): a client that makes
+//! the server warn in a loop cannot flood the disk. Dropped lines are counted ([`suppressed`],
+//! `vugpu stats`: `log_lines_dropped`) and the next line printed is preceded by one saying how
+//! many were lost.
+//!
+//! The engines' transaction trace (`--trace`) is not a log: it is a per-GPU file of one
+//! structured line per memory transaction, with its own byte limit and counter
+//! (`EngineEnv::trace_line`), and does not go through here.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
-/// Log levels, most severe first.
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+/// `--log-level` values, most severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Level {
     /// Errors only.
@@ -18,16 +56,31 @@ pub enum Level {
     Debug = 3,
 }
 
-static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-
-/// Sets the maximum level printed.
-pub fn set_level(level: Level) {
-    LEVEL.store(level as u8, Ordering::Relaxed);
+impl From<Level> for LevelFilter {
+    fn from(l: Level) -> LevelFilter {
+        match l {
+            Level::Error => LevelFilter::ERROR,
+            Level::Warn => LevelFilter::WARN,
+            Level::Info => LevelFilter::INFO,
+            Level::Debug => LevelFilter::DEBUG,
+        }
+    }
 }
 
-/// Would a message at `level` be printed.
-pub fn enabled(level: Level) -> bool {
-    level as u8 <= LEVEL.load(Ordering::Relaxed)
+/// Why the log could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `RUST_LOG` is not a valid filter.
+    #[error("RUST_LOG={value:?} is not a valid log filter: {reason}")]
+    Filter {
+        /// The variable's value.
+        value: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A subscriber was installed already.
+    #[error("the log was set up twice")]
+    AlreadySet,
 }
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -42,26 +95,16 @@ pub fn elapsed() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-thread_local! {
-    static GPU: RefCell<String> = const { RefCell::new(String::new()) };
+/// The span of one GPU: its event loop, engine and control-socket threads enter it for their
+/// whole life, so every line they log names the GPU (`gpu{name=gpu0}`).
+pub fn gpu_span(name: &str) -> tracing::Span {
+    tracing::error_span!("gpu", name = %name)
 }
 
-/// Names the GPU this thread works for (its event loop, engines, control socket): every line
-/// the thread logs carries it, so the lines of several GPUs in one process can be told apart.
-pub fn set_thread_gpu(name: &str) {
-    GPU.with(|g| name.clone_into(&mut g.borrow_mut()));
-}
-
-/// The prefix naming this thread's GPU (`"gpu0: "`), empty if none was set.
-pub fn gpu_prefix() -> String {
-    GPU.with(|g| {
-        let g = g.borrow();
-        if g.is_empty() {
-            String::new()
-        } else {
-            format!("{g}: ")
-        }
-    })
+/// The span of one client session of a GPU (`client{id=N}`, N counting the GPU's sessions
+/// from 1, as "client N connected" does); the event loop enters it while it serves the client.
+pub fn client_span(id: u64) -> tracing::Span {
+    tracing::error_span!("client", id)
 }
 
 /// Default sustained rate of log lines per second (`--log-rate-limit`).
@@ -113,63 +156,175 @@ impl Bucket {
     }
 }
 
-static BUCKET: Mutex<Bucket> = Mutex::new(Bucket::new(DEFAULT_RATE, DEFAULT_BURST));
+/// Lines the rate limit of the installed log dropped.
 static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-
-/// Sets the rate limit of the log: `rate` lines a second (0: no limit), bursts of `burst`.
-pub fn set_rate_limit(rate: u32, burst: u32) {
-    *BUCKET.lock().unwrap_or_else(PoisonError::into_inner) = Bucket::new(rate, burst);
-}
 
 /// Lines the rate limit dropped since the process started.
 pub fn suppressed() -> u64 {
     SUPPRESSED.load(Ordering::Relaxed)
 }
 
-/// Asks the rate limit for one line: `None` if it must be dropped (it is counted), else the
-/// number of lines dropped since the previous line printed.
-pub fn admit() -> Option<u64> {
-    let r = BUCKET
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .admit(Instant::now());
-    if r.is_none() {
-        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
-    }
-    r
+thread_local! {
+    /// Lines dropped before the event this thread is about to print: set by
+    /// [`RateLimit::event_enabled`], taken by [`LineFormat`] for the same event.
+    static DROPPED_BEFORE: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Prints one line at `level`, prefixed with the seconds since the server started and the name
-/// of the thread's GPU ([`set_thread_gpu`]).
-#[macro_export]
-macro_rules! log {
-    ($level:expr, $($arg:tt)*) => {
-        if $crate::log::enabled($level) {
-            if let Some(skipped) = $crate::log::admit() {
-                if skipped > 0 {
-                    eprintln!(
-                        "vugpu {:>12.6} [Warn] {}{} log lines dropped by the rate limit \
-                         (--log-rate-limit)",
-                        $crate::log::elapsed(),
-                        $crate::log::gpu_prefix(),
-                        skipped
-                    );
-                }
-                eprintln!(
-                    "vugpu {:>12.6} [{:?}] {}{}",
-                    $crate::log::elapsed(),
-                    $level,
-                    $crate::log::gpu_prefix(),
-                    format_args!($($arg)*)
-                );
+/// The rate limit as a layer: vetoes events above the rate (`event_enabled`), counts them, and
+/// hands the count of the next admitted event to [`LineFormat`]. It sees only events the level
+/// filter let through (that filter decides first, per call site).
+#[derive(Debug)]
+pub struct RateLimit {
+    bucket: Mutex<Bucket>,
+    dropped: &'static AtomicU64,
+}
+
+impl RateLimit {
+    /// `rate` lines a second (0: no limit), bursts of `burst`; dropped lines are added to
+    /// `dropped`.
+    pub fn new(rate: u32, burst: u32, dropped: &'static AtomicU64) -> RateLimit {
+        RateLimit {
+            bucket: Mutex::new(Bucket::new(rate, burst)),
+            dropped,
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for RateLimit {
+    fn event_enabled(&self, _event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        let admitted = self
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(Instant::now());
+        match admitted {
+            None => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Some(skipped) => {
+                DROPPED_BEFORE.with(|d| d.set(skipped));
+                true
             }
         }
-    };
+    }
+}
+
+/// The line format: `vugpu <seconds> [<Level>] <span>{<fields>}:...: <message> <fields>`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LineFormat;
+
+fn level_name(l: &tracing::Level) -> &'static str {
+    match *l {
+        tracing::Level::ERROR => "Error",
+        tracing::Level::WARN => "Warn",
+        tracing::Level::INFO => "Info",
+        tracing::Level::DEBUG => "Debug",
+        tracing::Level::TRACE => "Trace",
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let t = elapsed();
+        let mut scope = String::new();
+        if let Some(spans) = ctx.event_scope() {
+            for span in spans.from_root() {
+                scope.push_str(span.name());
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(scope, "{{{fields}}}")?;
+                    }
+                }
+                scope.push(':');
+            }
+            if !scope.is_empty() {
+                scope.push(' ');
+            }
+        }
+        let dropped = DROPPED_BEFORE.with(|d| d.replace(0));
+        if dropped > 0 {
+            writeln!(
+                w,
+                "vugpu {t:>12.6} [Warn] {scope}{dropped} log lines dropped by the rate limit \
+                 (--log-rate-limit)"
+            )?;
+        }
+        write!(
+            w,
+            "vugpu {t:>12.6} [{}] {scope}",
+            level_name(event.metadata().level())
+        )?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+/// The filter: `RUST_LOG` when set (and not empty), else `level`.
+fn filter(level: Level, rust_log: Option<&str>) -> Result<EnvFilter, LogError> {
+    let builder = EnvFilter::builder().with_default_directive(LevelFilter::from(level).into());
+    match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(builder.parse_lossy("")),
+        Some(v) => builder.parse(v).map_err(|e| LogError::Filter {
+            value: v.to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The subscriber [`init`] installs, writing to `writer` and counting dropped lines in
+/// `dropped` (separate for tests).
+pub fn subscriber<W>(
+    level: Level,
+    rust_log: Option<&str>,
+    rate: u32,
+    burst: u32,
+    dropped: &'static AtomicU64,
+    writer: W,
+) -> Result<impl Subscriber + Send + Sync, LogError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(LineFormat)
+        .with_writer(writer);
+    Ok(tracing_subscriber::registry()
+        .with(filter(level, rust_log)?)
+        .with(RateLimit::new(rate, burst, dropped))
+        .with(fmt))
+}
+
+/// Sets up the process's log (once, in the binary): stderr, `--log-level` or `RUST_LOG`, the
+/// rate limit, the clock.
+pub fn init(level: Level, rate: u32, burst: u32) -> Result<(), LogError> {
+    start_clock();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let s = subscriber(
+        level,
+        rust_log.as_deref(),
+        rate,
+        burst,
+        &SUPPRESSED,
+        std::io::stderr,
+    )?;
+    tracing::subscriber::set_global_default(s).map_err(|_| LogError::AlreadySet)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[test]
@@ -196,5 +351,166 @@ mod tests {
         for _ in 0..10_000 {
             assert_eq!(free.admit(t0), Some(0));
         }
+    }
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn with_log(
+        level: Level,
+        rust_log: Option<&str>,
+        rate: u32,
+        burst: u32,
+        dropped: &'static AtomicU64,
+        f: impl FnOnce(),
+    ) -> String {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let s = subscriber(level, rust_log, rate, burst, dropped, move || w.clone()).unwrap();
+        tracing::subscriber::with_default(s, f);
+        buf.text()
+    }
+
+    /// The shape scripts and the runner rely on: `vugpu <seconds> [Level] `, the GPU and client
+    /// spans, the message; levels above the filter print nothing.
+    #[test]
+    fn lines_name_their_gpu_and_client_and_keep_the_old_shape() {
+        static DROPPED: AtomicU64 = AtomicU64::new(0);
+        let text = with_log(Level::Info, None, 0, 1, &DROPPED, || {
+            tracing::warn!("before any span");
+            let _g = gpu_span("gpu1").entered();
+            tracing::info!("serving");
+            let _c = client_span(3).entered();
+            tracing::warn!(bytes = 4096, "engine DMA_READ slow");
+            tracing::debug!("not printed at info");
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let rest = |l: &str| {
+            let l = l.strip_prefix("vugpu ").unwrap();
+            let (secs, rest) = l.trim_start().split_once(' ').unwrap();
+            assert!(secs.parse::<f64>().unwrap() >= 0.0, "{l}");
+            assert_eq!(secs.split_once('.').unwrap().1.len(), 6, "{l}");
+            rest.to_string()
+        };
+        assert_eq!(rest(lines[0]), "[Warn] before any span");
+        assert_eq!(rest(lines[1]), "[Info] gpu{name=gpu1}: serving");
+        assert_eq!(
+            rest(lines[2]),
+            "[Warn] gpu{name=gpu1}:client{id=3}: engine DMA_READ slow bytes=4096"
+        );
+    }
+
+    /// The spans survive a filter that prints warnings only, and debug lines appear at debug.
+    #[test]
+    fn spans_survive_a_strict_level_and_debug_prints_at_debug() {
+        static DROPPED: AtomicU64 = AtomicU64::new(0);
+        let text = with_log(Level::Warn, None, 0, 1, &DROPPED, || {
+            let _g = gpu_span("gpu0").entered();
+            tracing::info!("hidden");
+            tracing::warn!("shown");
+        });
+        assert!(text.ends_with("[Warn] gpu{name=gpu0}: shown\n"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let text = with_log(Level::Debug, None, 0, 1, &DROPPED, || {
+            tracing::debug!("a debug line");
+        });
+        assert!(text.contains("[Debug] a debug line"), "{text}");
+    }
+
+    /// RUST_LOG replaces --log-level (per-crate and per-GPU directives work); a bad one is an
+    /// error naming the variable.
+    #[test]
+    fn rust_log_overrides_the_level_and_a_bad_value_is_an_error() {
+        static DROPPED: AtomicU64 = AtomicU64::new(0);
+        let text = with_log(
+            Level::Error,
+            Some("info,[gpu{name=gpu1}]=debug"),
+            0,
+            1,
+            &DROPPED,
+            || {
+                tracing::info!("info everywhere");
+                gpu_span("gpu0").in_scope(|| tracing::debug!("gpu0 debug"));
+                gpu_span("gpu1").in_scope(|| tracing::debug!("gpu1 debug"));
+            },
+        );
+        assert!(text.contains("[Info] info everywhere"), "{text}");
+        assert!(!text.contains("gpu0 debug"), "{text}");
+        assert!(
+            text.contains("[Debug] gpu{name=gpu1}: gpu1 debug"),
+            "{text}"
+        );
+        let e = subscriber(
+            Level::Info,
+            Some("info,vugpu=loud"),
+            0,
+            1,
+            &DROPPED,
+            std::io::sink,
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string().starts_with("RUST_LOG=\"info,vugpu=loud\""),
+            "{e}"
+        );
+        // Empty: the level.
+        let text = with_log(Level::Warn, Some(" "), 0, 1, &DROPPED, || {
+            tracing::info!("hidden");
+        });
+        assert!(text.is_empty(), "{text}");
+    }
+
+    /// The rate limit drops lines above the burst, counts them, and the next line printed is
+    /// preceded by the count; filtered-out levels consume no tokens.
+    #[test]
+    fn rate_limit_drops_counts_and_reports() {
+        static DROPPED: AtomicU64 = AtomicU64::new(0);
+        let text = with_log(Level::Info, None, 1000, 3, &DROPPED, || {
+            let _g = gpu_span("gpu0").entered();
+            for i in 0..100 {
+                tracing::debug!("debug {i} is filtered before the bucket");
+            }
+            for i in 0..10 {
+                tracing::warn!("flood {i}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            tracing::info!("after the pause");
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        for (i, l) in lines[..3].iter().enumerate() {
+            assert!(
+                l.ends_with(&format!("[Warn] gpu{{name=gpu0}}: flood {i}")),
+                "{l}"
+            );
+        }
+        assert!(
+            lines[3].ends_with(
+                "[Warn] gpu{name=gpu0}: 7 log lines dropped by the rate limit (--log-rate-limit)"
+            ),
+            "{}",
+            lines[3]
+        );
+        assert!(lines[4].ends_with("[Info] gpu{name=gpu0}: after the pause"));
+        assert_eq!(DROPPED.load(Ordering::Relaxed), 7);
     }
 }

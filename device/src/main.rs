@@ -50,9 +50,7 @@ enum Command {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
-    log::set_level(args.log_level);
-    log::set_rate_limit(args.log_rate_limit, args.log_burst);
-    log::start_clock();
+    log::init(args.log_level, args.log_rate_limit, args.log_burst).map_err(|e| e.to_string())?;
     let plan = ServePlan {
         gpus: args
             .gpu_configs()?

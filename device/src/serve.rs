@@ -6,12 +6,12 @@
 //! thread only waits: for SIGINT/SIGTERM (the signalfd) or for an event loop that ended on its own
 //! (an error), then stops every event loop and joins them.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
-use vmm_sys_util::eventfd::EventFd;
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::process::{Resource, Rlimit};
 use vugpu_backend::Fabric;
 use vugpu_protocol::{DmaLayout, ServerConfig};
 
@@ -19,7 +19,6 @@ use crate::config::check_socket_path;
 use crate::ctl::{ctl_path, CtlLimits, CtlServer};
 use crate::event_loop::{self, Server, SocketFile};
 use crate::gpu::{Gpu, GpuConfig};
-use crate::log::Level;
 
 /// What to serve: one GPU per socket.
 #[derive(Debug, Clone)]
@@ -37,15 +36,21 @@ pub struct ServePlan {
 /// One GPU's event loop, running.
 struct Running {
     name: String,
-    stop: EventFd,
+    stop: OwnedFd,
     thread: JoinHandle<Result<Server, event_loop::ServeError>>,
     _ctl: CtlServer,
     _socket: SocketFile,
 }
 
-fn dup(e: &EventFd) -> io::Result<OwnedFd> {
-    // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(e.try_clone()?.into_raw_fd()) })
+/// A non-blocking eventfd.
+fn eventfd() -> Result<OwnedFd, String> {
+    rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
+        .map_err(|e| e.to_string())
+}
+
+/// Adds 1 to an eventfd's counter.
+fn signal(e: &OwnedFd) {
+    let _ = rustix::io::write(e, &1u64.to_ne_bytes());
 }
 
 /// Fds one GPU may need besides its client's DMA fds and eventfds: sockets, VRAM and doorbell
@@ -69,28 +74,24 @@ fn raise_fd_limit(plan: &ServePlan) {
         })
         .sum::<u64>()
         + FDS_PER_GPU;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the call to write.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= need {
+    let lim = rustix::process::getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    let cur = lim.current.unwrap_or(u64::MAX);
+    if cur >= need {
         return;
     }
-    let want = need.min(lim.rlim_max);
-    let new = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: lim.rlim_max,
+    let want = lim.maximum.map_or(need, |max| need.min(max));
+    let new = Rlimit {
+        current: Some(want),
+        maximum: lim.maximum,
     };
-    // SAFETY: `new` is a valid rlimit for the call to read.
-    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0;
+    let ok = rustix::process::setrlimit(Resource::Nofile, new).is_ok();
     if !ok || want < need {
-        crate::log!(
-            Level::Warn,
+        tracing::warn!(
             "open-file limit {} is below the {need} fds the resource limits allow \
              (--max-dma-fds, --msix-vectors, GPUs): a client may exhaust it; raise ulimit -n \
              or lower --max-dma-fds",
-            if ok { want } else { lim.rlim_cur }
+            if ok { want } else { cur }
         );
     }
 }
@@ -113,19 +114,18 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     // Every fd the server needs exists before a control socket accepts its first client: a
     // local process flooding it at start cannot make the start fail with EMFILE.
-    let exited = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
+    let exited = eventfd()?;
     let mut built = Vec::new();
     for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
         let ctl = CtlServer::bind(&ctl_path(socket), gpu.engine_monitor(), plan.ctl)
             .map_err(|e| e.to_string())?;
         let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
-        let stop =
-            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| e.to_string())?;
+        let stop = eventfd()?;
         let mut server = Server::new(
             listener,
             gpu,
             plan.server_config.clone(),
-            Some(dup(&stop).map_err(|e| e.to_string())?),
+            Some(stop.try_clone().map_err(|e| e.to_string())?),
         )
         .map_err(|e| e.to_string())?;
         server.set_dma_layout(plan.dma_layout);
@@ -138,9 +138,8 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
     }
     let mut running = Vec::new();
     for (cfg, socket, server, stop, ctl, guard, done) in built {
-        crate::log::set_thread_gpu(&cfg.name);
-        crate::log!(
-            Level::Info,
+        let _gpu = crate::log::gpu_span(&cfg.name).entered();
+        tracing::info!(
             "serving {:04x}:{:04x} with {} MiB VRAM, {} MSI-X vectors, {} DMA engines on {}",
             cfg.identity.vendor_id,
             cfg.identity.device_id,
@@ -153,7 +152,7 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
             .name(format!("vugpu-{}", cfg.name))
             .spawn(move || {
                 let r = event_loop::run_prepared(server);
-                let _ = done.write(1);
+                signal(&done);
                 r
             })
             .map_err(|e| e.to_string())?;
@@ -165,34 +164,23 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
             _socket: guard,
         });
     }
-    crate::log::set_thread_gpu("");
     if running.len() > 1 {
         let names: Vec<&str> = running.iter().map(|r| r.name.as_str()).collect();
-        crate::log!(
-            Level::Info,
-            "{} GPUs in one fabric: {}",
-            running.len(),
-            names.join(", ")
-        );
+        tracing::info!("{} GPUs in one fabric: {}", running.len(), names.join(", "));
     }
     wait_readable(&signals, &exited);
     for r in &running {
-        let _ = r.stop.write(1);
+        signal(&r.stop);
     }
     let mut failed = Vec::new();
     for r in running {
-        crate::log::set_thread_gpu(&r.name);
+        let _gpu = crate::log::gpu_span(&r.name).entered();
         match r.thread.join() {
-            Ok(Ok(server)) => crate::log!(
-                Level::Info,
-                "stopped after {} clients",
-                server.stats().clients
-            ),
+            Ok(Ok(server)) => tracing::info!("stopped after {} clients", server.stats().clients),
             Ok(Err(e)) => failed.push(format!("{}: {e}", r.name)),
             Err(_) => failed.push(format!("{}: event loop panicked", r.name)),
         }
     }
-    crate::log::set_thread_gpu("");
     if failed.is_empty() {
         Ok(())
     } else {
@@ -201,24 +189,12 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
 }
 
 /// Blocks until one of the fds is readable.
-fn wait_readable(a: &OwnedFd, b: &EventFd) {
+fn wait_readable(a: &OwnedFd, b: &OwnedFd) {
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: a.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: b.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
-            return;
+        let mut fds = [PollFd::new(a, PollFlags::IN), PollFd::new(b, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, None) {
+            Err(rustix::io::Errno::INTR) | Ok(0) => {}
+            _ => return,
         }
     }
 }

@@ -323,16 +323,15 @@ fn spawn_with_nofile(nofile: u64, extra: &[&str]) -> (std::process::Child, PathB
         .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    let lim = libc::rlimit {
-        rlim_cur: nofile,
-        rlim_max: nofile,
+    let lim = rustix::process::Rlimit {
+        current: Some(nofile),
+        maximum: Some(nofile),
     };
-    // SAFETY: setrlimit is async-signal-safe and touches only `lim`, copied into the closure.
+    // SAFETY: the hook only makes the setrlimit system call (async-signal-safe, no allocation)
+    // with `lim`, copied into the closure. (`pre_exec` is unsafe whatever the hook does.)
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, lim)?;
             Ok(())
         });
     }
@@ -418,7 +417,6 @@ fn out_of_fds_the_server_refuses_clients_without_spinning_and_recovers() {
     assert_eq!(r.wait_vector(1, 10_000), 1);
     assert_eq!(r.vram_read(0, 4), [0x5a; 4]);
     drop(r);
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    common::sigterm(&child);
     assert!(child.wait().unwrap().success());
 }

@@ -28,8 +28,7 @@ fn spawn(dir: &Path, args: &[&str]) -> Child {
 }
 
 fn terminate(mut child: Child) -> std::process::ExitStatus {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    common::sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -96,11 +95,12 @@ fn two_gpus_on_repeated_sockets_are_peers() {
     assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     for want in [
-        "[Info] gpu0: serving",
-        "[Info] gpu1: serving",
-        "2 GPUs in one fabric: gpu0, gpu1",
-        "[Info] gpu1: client 1 connected",
-        "[Info] gpu0: stopped after 1 clients",
+        "[Info] gpu{name=gpu0}: serving",
+        "[Info] gpu{name=gpu1}: serving",
+        "[Info] 2 GPUs in one fabric: gpu0, gpu1",
+        "[Info] gpu{name=gpu1}:client{id=1}: client 1 connected",
+        "[Info] gpu{name=gpu0}:client{id=1}: client 1 disconnected",
+        "[Info] gpu{name=gpu0}: stopped after 1 clients",
     ] {
         assert!(log.contains(want), "{want:?} not in:\n{log}");
     }

@@ -184,66 +184,15 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// Splits shell-style words: whitespace separates, single quotes are literal, double quotes
-/// allow `\"` and `\\`, a backslash outside quotes escapes the next character.
+/// Splits shell-style words as `sh` does (the `shlex` crate, POSIX rules): whitespace separates,
+/// single quotes are literal, double quotes allow `\"`, `\\`, `\$` and `` \` ``, a backslash
+/// outside quotes escapes the next character, and a `#` starting a word comments out the rest of
+/// the line.
 pub fn split_words(s: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(x) => cur.push(x),
-                        None => return Err(format!("unterminated ' in {s:?}")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(x @ ('"' | '\\' | '$' | '`')) => cur.push(x),
-                            Some(x) => {
-                                cur.push('\\');
-                                cur.push(x);
-                            }
-                            None => return Err(format!("unterminated \" in {s:?}")),
-                        },
-                        Some(x) => cur.push(x),
-                        None => return Err(format!("unterminated \" in {s:?}")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(x) => cur.push(x),
-                    None => return Err(format!("trailing backslash in {s:?}")),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut cur));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                cur.push(c);
-            }
-        }
+    if s.contains('\0') {
+        return Err(format!("NUL byte in {s:?}"));
     }
-    if in_word {
-        words.push(cur);
-    }
-    Ok(words)
+    shlex::split(s).ok_or_else(|| format!("unterminated quote or trailing backslash in {s:?}"))
 }
 
 #[cfg(test)]
@@ -423,5 +372,8 @@ mod tests {
         assert!(split_words("'open").is_err());
         assert!(split_words("\"open").is_err());
         assert!(split_words("end\\").is_err());
+        assert!(split_words("a\0b").is_err());
+        assert_eq!(split_words("a # b").unwrap(), ["a"]);
+        assert_eq!(split_words("a#b").unwrap(), ["a#b"]);
     }
 }

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -197,25 +197,13 @@ pub fn path_safe(s: &str) -> String {
         .collect()
 }
 
-/// SHA-256 of `data` in hex (coreutils' sha256sum).
-pub fn sha256_hex(data: &[u8]) -> Result<String, KbuildError> {
-    let mut c = Command::new("sha256sum");
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = c.spawn().map_err(io_err("start sha256sum"))?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(data).map_err(io_err("write to sha256sum"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(io_err("wait for sha256sum"))?;
-    let s = String::from_utf8_lossy(&out.stdout);
-    let hex = s.split_whitespace().next().unwrap_or_default();
-    if !out.status.success() || hex.len() != 64 {
-        return Err(KbuildError::Other(format!("sha256sum said {s:?}")));
-    }
-    Ok(hex.to_string())
+/// SHA-256 of `data` in lower-case hex (the `sha2` crate; the same digits as `sha256sum`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The cache key of a build: the build tree's name, `<source version>-<variant>-<first 12 hex
@@ -692,16 +680,13 @@ pub fn fragment_text(tests: &TestsDir, spec: &KernelSpec) -> Result<String, Kbui
 
 /// CPU time (user + system) of the waited-for children so far.
 fn children_cpu() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we own.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        ru
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    let Ok(ru) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
+        return Duration::ZERO;
     };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    let us = ru.user_time().num_microseconds() + ru.system_time().num_microseconds();
+    Duration::from_micros(us.max(0).unsigned_abs())
 }
 
 fn jobs() -> u32 {
@@ -754,7 +739,7 @@ pub fn build(
 ) -> Result<BuiltKernel, KbuildError> {
     let (series, version) = ensure_source(env, spec, update)?;
     let fragment = fragment_text(tests, spec)?;
-    let hash = sha256_hex(fragment.as_bytes())?;
+    let hash = sha256_hex(fragment.as_bytes());
     let name = build_dir_name(&version, spec.variant(), &hash);
     let kernels = need_root(env)?.host_path(KERNELS_DIR);
     fs::create_dir_all(&kernels).map_err(io_err(format!("create {}", kernels.display())))?;
@@ -1082,7 +1067,7 @@ mod tests {
 
     #[test]
     fn cache_key() {
-        let h = sha256_hex(b"abc").unwrap();
+        let h = sha256_hex(b"abc");
         assert_eq!(
             h,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -1096,7 +1081,7 @@ mod tests {
             "6.12.118-1-normal-ba7816bf8f01"
         );
         // Any change of the fragment is a new key.
-        let h2 = sha256_hex(b"abc\n").unwrap();
+        let h2 = sha256_hex(b"abc\n");
         assert_ne!(
             build_dir_name("6.12.118-1", "normal", &h),
             build_dir_name("6.12.118-1", "normal", &h2)

@@ -208,38 +208,18 @@ pub fn gcc_package(command: &str) -> Option<String> {
     (pkg.len() > 4 && pkg.as_bytes()[3] == b'-').then(|| pkg.to_string())
 }
 
-/// Orders kernel releases such as `7.2.12+deb13-amd64` naturally (digit runs compare as numbers).
+/// Orders kernel releases such as `7.2.12+deb13-amd64` by dpkg's version rules (the
+/// `debversion` crate: epoch, then upstream part, then the part after the last `-`; digit runs
+/// compare as numbers, letters before other characters, `~` before anything, even the end). A
+/// release that cannot be a version string (a space, a `/`) sorts before every version, by plain
+/// byte order.
 pub fn compare_releases(a: &str, b: &str) -> Ordering {
-    let (mut x, mut y) = (a, b);
-    loop {
-        match (x.is_empty(), y.is_empty()) {
-            (true, true) => return Ordering::Equal,
-            (true, false) => return Ordering::Less,
-            (false, true) => return Ordering::Greater,
-            _ => {}
-        }
-        let xd = x.starts_with(|c: char| c.is_ascii_digit());
-        let yd = y.starts_with(|c: char| c.is_ascii_digit());
-        let split = |s: &str, digits: bool| {
-            let end = s
-                .find(|c: char| c.is_ascii_digit() != digits)
-                .unwrap_or(s.len());
-            (s[..end].to_string(), end)
-        };
-        let (xs, xe) = split(x, xd);
-        let (ys, ye) = split(y, yd);
-        let ord = if xd && yd {
-            let xt = xs.trim_start_matches('0');
-            let yt = ys.trim_start_matches('0');
-            xt.len().cmp(&yt.len()).then_with(|| xt.cmp(yt))
-        } else {
-            xs.cmp(&ys)
-        };
-        if ord != Ordering::Equal {
-            return ord;
-        }
-        x = &x[xe..];
-        y = &y[ye..];
+    use debversion::Version;
+    match (Version::parse_lenient(a), Version::parse_lenient(b)) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => Ordering::Greater,
+        (Err(_), Ok(_)) => Ordering::Less,
+        (Err(_), Err(_)) => a.cmp(b),
     }
 }
 
@@ -442,6 +422,70 @@ CONFIG_BINFMT_ELF=y
         let mut v = vec!["7.10.1", "7.2.13", "7.2.9"];
         v.sort_by(|a, b| compare_releases(a, b));
         assert_eq!(v, vec!["7.2.9", "7.2.13", "7.10.1"]);
+    }
+
+    /// dpkg's documented ordering (deb-version(7), Debian Policy 5.6.12) and the kernel
+    /// releases the runner sorts.
+    const DPKG_ORDERED: &[&str] = &[
+        "0",
+        "0.9",
+        "1.0~~",
+        "1.0~~a",
+        "1.0~",
+        "1.0~rc1",
+        "1.0",
+        "1.0-1",
+        "1.0-1+b1",
+        "1.0-2",
+        "1.0a",
+        "1.0a+",
+        "1.0a.",
+        "1.0.1",
+        "1.00.2",
+        "1.10",
+        "6.12.118+deb13-amd64",
+        "7.2.9+deb13-amd64",
+        "7.2.12+deb13-amd64",
+        "7.3.0~rc7-amd64",
+        "7.3.4-1~bpo13+1",
+        "7.3.4-1",
+        "7.3.4+deb13-amd64",
+        "7.3.4+deb13-cloud-amd64",
+        "1:0.1",
+        "1:1.0~rc1",
+        "2:0",
+    ];
+
+    #[test]
+    fn release_order_follows_dpkg_rules() {
+        for (i, a) in DPKG_ORDERED.iter().enumerate() {
+            for (j, b) in DPKG_ORDERED.iter().enumerate() {
+                assert_eq!(compare_releases(a, b), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+        // Letters alone still compare as dpkg does; a string no version can be (a space, a `/`)
+        // sorts before every version, among such strings by byte order.
+        assert_eq!(compare_releases("custom", "0"), Ordering::Greater);
+        assert_eq!(compare_releases("my kernel", "0"), Ordering::Less);
+        assert_eq!(compare_releases("0", "a/b"), Ordering::Greater);
+        assert_eq!(compare_releases("b c", "a c"), Ordering::Greater);
+    }
+
+    /// The same pairs through `dpkg --compare-versions` itself (the runner needs a Debian host:
+    /// it provisions with debootstrap, so dpkg is there).
+    #[test]
+    fn release_order_agrees_with_dpkg() {
+        let dpkg = find_in_path("dpkg").expect("dpkg on the host (the runner needs a Debian host)");
+        for w in DPKG_ORDERED.windows(2) {
+            for (a, op, b) in [(w[0], "lt", w[1]), (w[1], "gt", w[0]), (w[0], "eq", w[0])] {
+                let ok = std::process::Command::new(&dpkg)
+                    .args(["--compare-versions", a, op, b])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "dpkg --compare-versions {a} {op} {b} is false");
+            }
+        }
     }
 
     fn tmp(name: &str) -> PathBuf {

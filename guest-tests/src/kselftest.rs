@@ -506,10 +506,10 @@ pub fn build(
         key.push_str(&format!(
             "{} {}\n",
             p.strip_prefix(&src_host).unwrap_or(p).display(),
-            kbuild::sha256_hex(&data)?
+            kbuild::sha256_hex(&data)
         ));
     }
-    let hash = kbuild::sha256_hex(key.as_bytes())?;
+    let hash = kbuild::sha256_hex(key.as_bytes());
     let name = format!("{}-{}", kbuild::path_safe(&env.kernel.release), &hash[..12]);
     let base_cmd = match &place {
         Place::Root(_) => KTESTS_DIR.to_string(),

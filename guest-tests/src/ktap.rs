@@ -25,6 +25,9 @@
 //!
 //! A skip is never a silent pass: the verdict takes the suite's expected skips, and any other skip
 //! (or a `1..0 # SKIP` plan) makes the run [`Verdict::UnexpectedSkip`].
+//!
+//! The parser is the runner's own: the grammar is small and the verdict rules (plans, nesting,
+//! expected skips) are the runner's, not a TAP library's.
 
 use std::fmt;
 

@@ -1,5 +1,9 @@
 //! Child processes: spawning so nothing outlives the runner, bounded waits with progress, graceful
 //! termination, and log tails for failure reports.
+//!
+//! System calls go through rustix (death signal, SIGTERM) and signal-hook (the interrupt flag).
+//! The one `unsafe` left is [`die_with_parent`]'s `Command::pre_exec`: std has no safe way to run
+//! code between fork and exec, and `Command` has no death-signal option.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
@@ -7,31 +11,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// The signal (SIGINT, SIGTERM, SIGHUP) that asked the runner to stop, or 0.
-static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    INTERRUPTED.store(sig, Ordering::SeqCst);
-}
+static INTERRUPTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Turns SIGINT, SIGTERM and SIGHUP into a flag that the wait loops poll, so the runner stops
 /// QEMU and the servers and reports instead of dying in the middle. (Children get the default
-/// dispositions back at exec.)
+/// dispositions back at exec.) Through `signal-hook`, whose handler only stores to the atomic
+/// (async-signal-safe) and is installed with SA_RESTART.
 pub fn catch_signals() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: `sa` is fully initialised (zeroed, then the fields sigaction(2) reads are set);
-        // the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+        // Cannot fail for these signals (only the forbidden ones, SIGKILL/SIGSTOP/..., are refused).
+        let _ = signal_hook::flag::register_usize(sig, &INTERRUPTED, sig.unsigned_abs() as usize);
     }
 }
 
@@ -39,7 +33,7 @@ pub fn catch_signals() {
 pub fn interrupted() -> Option<i32> {
     match INTERRUPTED.load(Ordering::SeqCst) {
         0 => None,
-        s => Some(s),
+        s => i32::try_from(s).ok(),
     }
 }
 
@@ -101,13 +95,14 @@ pub enum ProcessError {
 /// when the runner itself is killed. Must be called on a command spawned from the main thread
 /// (the signal follows the thread that forked).
 pub fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
-    // async-signal-safe; it touches no memory shared with the parent.
+    use rustix::process::{set_parent_process_death_signal, Signal};
+    // SAFETY: the closure runs in the forked child before exec and only makes the prctl(2)
+    // system call, which is async-signal-safe; it allocates nothing and touches no memory shared
+    // with the parent. (`pre_exec` is unsafe whatever the hook does: there is no safe way to run
+    // code between fork and exec, and Command has no death-signal option.)
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            set_parent_process_death_signal(Some(Signal::KILL))?;
             Ok(())
         });
     }
@@ -118,13 +113,9 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) with a pid of a child we have not reaped yet (try_wait returned None,
-        // so the pid still names our child or its zombie); no memory is involved.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
+    // The child is not reaped yet (try_wait returned None), so its pid still names it.
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let end = Instant::now() + grace;
     while Instant::now() < end {
         match child.try_wait() {

@@ -6,6 +6,9 @@
 //! with `pread`/`pwrite` instead (ARCHITECTURE.md §5), which the suites can then exercise. Two serial ports:
 //! ttyS0 is the kernel console (QEMU's stdout, captured by the runner), ttyS1 is the results
 //! channel (a UNIX socket the runner listens on), so kernel messages never interleave with KTAP.
+//!
+//! The KVM probe ([`kvm_usable`]) is the runner's one raw `ioctl`, and so `unsafe`: rustix's
+//! `ioctl` is unsafe too, and kvm-ioctls would bring kvm-bindings for one argument-less call.
 
 use std::fmt;
 use std::fs::OpenOptions;

@@ -8,7 +8,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -149,23 +148,13 @@ pub fn ctl_request(ctl: &Path, request: &str) -> io::Result<String> {
     Ok(reply.trim().to_string())
 }
 
-/// The pid of the process at the other end of a UNIX stream.
+/// The pid of the process at the other end of a UNIX stream (SO_PEERCRED through `nix`: rustix's
+/// `socket_peercred` keeps the pid in a non-zero type, and the kernel reports 0 for a peer in
+/// another pid namespace).
 fn peer_pid(stream: &UnixStream) -> Option<u32> {
-    // SAFETY: ucred is plain data; all zeroes is a valid value.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes for the duration of the call and `len` holds
-    // the size of `cred`; the fd is owned by `stream`, which outlives the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cred.pid > 0).then(|| cred.pid.unsigned_abs())
+    let cred =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    (cred.pid() > 0).then(|| cred.pid().unsigned_abs())
 }
 
 /// The cheap `--attach` checks, done before anything is built: each path is a UNIX socket, and

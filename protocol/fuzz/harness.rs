@@ -24,7 +24,7 @@ use vugpu_protocol::message::{IrqSetData, Request};
 use vugpu_protocol::transport::send_message;
 use vugpu_protocol::validate::Limits;
 use vugpu_protocol::wire::{
-    Capabilities, Command, DmaLayout, Header, Reader, RegionInfoWire, SparseMmapHeader,
+    read_prefix, Capabilities, Command, DmaLayout, Header, RegionInfoWire, SparseMmapHeader,
     VersionWire, Writer,
 };
 use vugpu_protocol::{ServerConfig, Session, SessionStats, Status};
@@ -48,6 +48,10 @@ pub fn decode(data: &[u8]) {
         pgsize: 4096,
     };
     if let Ok(h) = Header::decode(rest) {
+        // The header's byte view is the bytes it was decoded from.
+        let mut w = Writer::default();
+        w.put(&h);
+        assert_eq!(rest.get(..Header::SIZE), Some(&w.into_vec()[..]));
         let body = rest.get(Header::SIZE..).unwrap_or(&[]).to_vec();
         let fds = dev_null_fds((ctl >> 3) & 3);
         if let Ok(req) = Request::decode(&h, body, fds, &limits) {
@@ -75,13 +79,18 @@ pub fn decode(data: &[u8]) {
             let mut w = Writer::default();
             if layout.encode(h, &[], &mut w).is_ok() {
                 assert_eq!(w.len(), layout.prefix_len() + layout.trailer_len());
+                // Re-encoding the decoded prefix gives back the received bytes.
+                assert_eq!(
+                    rest.get(..layout.prefix_len()),
+                    w.into_vec().get(..layout.prefix_len())
+                );
             }
         }
     }
-    if let Some(areas) = SparseMmapHeader::decode_areas(&mut Reader::new(rest)) {
+    if let Some(areas) = SparseMmapHeader::decode_areas(rest) {
         assert!(areas.len() * SparseMmapHeader::AREA_SIZE <= rest.len());
     }
-    if let Some(info) = RegionInfoWire::decode(&mut Reader::new(rest)) {
+    if let Some((info, _)) = read_prefix::<RegionInfoWire>(rest) {
         if let Ok(areas) = parse_region_caps(&info, rest) {
             assert!(areas.len() * SparseMmapHeader::AREA_SIZE <= rest.len());
         }
@@ -295,14 +304,13 @@ fn version_message() -> Vec<u8> {
     VersionWire { major: 0, minor: 0 }.encode(Some(json), &mut body);
     let body = body.into_vec();
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 0,
         command: Command::Version as u16,
         size: (Header::SIZE + body.len()) as u32,
         flags: 0,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(&body);
     w.into_vec()
 }

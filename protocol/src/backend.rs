@@ -11,28 +11,33 @@
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-/// Region flags reported in DEVICE_GET_REGION_INFO (`VFIO_REGION_INFO_FLAG_*`).
+/// Region flags reported in DEVICE_GET_REGION_INFO (`VFIO_REGION_INFO_FLAG_*`, from
+/// `vfio-bindings`).
 pub mod region_flags {
+    use vfio_bindings::bindings::vfio as vfio_sys;
+
     /// Region supports REGION_READ.
-    pub const READ: u32 = 1 << 0;
+    pub const READ: u32 = vfio_sys::VFIO_REGION_INFO_FLAG_READ;
     /// Region supports REGION_WRITE.
-    pub const WRITE: u32 = 1 << 1;
+    pub const WRITE: u32 = vfio_sys::VFIO_REGION_INFO_FLAG_WRITE;
     /// Region may be mmapped through the fd sent with the reply.
-    pub const MMAP: u32 = 1 << 2;
+    pub const MMAP: u32 = vfio_sys::VFIO_REGION_INFO_FLAG_MMAP;
     /// Reply carries a capability chain (set by the server, never by the backend).
-    pub const CAPS: u32 = 1 << 3;
+    pub const CAPS: u32 = vfio_sys::VFIO_REGION_INFO_FLAG_CAPS;
 }
 
-/// IRQ flags reported in DEVICE_GET_IRQ_INFO (`VFIO_IRQ_INFO_*`).
+/// IRQ flags reported in DEVICE_GET_IRQ_INFO (`VFIO_IRQ_INFO_*`, from `vfio-bindings`).
 pub mod irq_flags {
+    use vfio_bindings::bindings::vfio as vfio_sys;
+
     /// Interrupts are signalled through eventfds.
-    pub const EVENTFD: u32 = 1 << 0;
+    pub const EVENTFD: u32 = vfio_sys::VFIO_IRQ_INFO_EVENTFD;
     /// Sub-indexes can be masked.
-    pub const MASKABLE: u32 = 1 << 1;
+    pub const MASKABLE: u32 = vfio_sys::VFIO_IRQ_INFO_MASKABLE;
     /// Triggering masks automatically (level-triggered INTx).
-    pub const AUTOMASKED: u32 = 1 << 2;
+    pub const AUTOMASKED: u32 = vfio_sys::VFIO_IRQ_INFO_AUTOMASKED;
     /// The number of sub-indexes cannot be changed after setup.
-    pub const NORESIZE: u32 = 1 << 3;
+    pub const NORESIZE: u32 = vfio_sys::VFIO_IRQ_INFO_NORESIZE;
 }
 
 /// DEVICE_GET_INFO answer.
@@ -47,7 +52,19 @@ pub struct DeviceInfo {
 }
 
 /// One mmappable window inside a region (sparse-mmap capability entry), relative to the region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Also the entry's wire layout (`struct vfio_region_sparse_mmap_area`).
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::KnownLayout,
+    zerocopy::Immutable,
+)]
 pub struct SparseArea {
     /// Offset from the start of the region.
     pub offset: u64,

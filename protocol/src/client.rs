@@ -11,12 +11,14 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use zerocopy::{FromBytes, IntoBytes};
+
 use crate::backend::{DmaProt, DmaUnmap, IrqAction, SparseArea};
 use crate::error::{ProtocolError, Result};
 use crate::transport::{recv_message, send_message, RawMessage, RecvLimits};
 use crate::wire::{
-    dma_map_flags, dma_unmap_flags, flags, irq_set_flags, CapHeader, Capabilities, Command,
-    DeviceInfoWire, DmaLayout, DmaMapWire, DmaUnmapWire, Header, IrqInfoWire, IrqSetWire, Reader,
+    dma_map_flags, dma_unmap_flags, flags, irq_set_flags, read_prefix, CapHeader, Capabilities,
+    Command, DeviceInfoWire, DmaLayout, DmaMapWire, DmaUnmapWire, Header, IrqInfoWire, IrqSetWire,
     RegionAccessWire, RegionInfoWire, RegionIoFdsWire, SparseMmapHeader, VersionWire,
     WriteMultiEntry, Writer, CAP_ID_SPARSE_MMAP, DEFAULT_MAX_DATA_XFER_SIZE, DEFAULT_MAX_MSG_FDS,
 };
@@ -301,14 +303,13 @@ impl Client {
         let size = u32::try_from(Header::SIZE + payload.len())
             .map_err(|_| ProtocolError::invalid("message too large"))?;
         let mut w = Writer::with_capacity(size as usize);
-        Header {
+        w.put(&Header {
             msg_id: id,
             command: cmd as u16,
             size,
             flags: flags::TYPE_COMMAND | extra_flags,
             error: 0,
-        }
-        .encode(&mut w);
+        });
         w.bytes(payload);
         Ok((id, w.into_vec()))
     }
@@ -394,17 +395,15 @@ impl Client {
         if prot.write {
             flags |= dma_map_flags::WRITE;
         }
-        let mut w = Writer::with_capacity(DmaMapWire::SIZE);
-        DmaMapWire {
+        let msg = DmaMapWire {
             argsz: DmaMapWire::SIZE as u32,
             flags,
             offset: file_offset,
             address: iova,
             size,
-        }
-        .encode(&mut w);
+        };
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        self.request(Command::DmaMap, &w.into_vec(), &fds)?;
+        self.request(Command::DmaMap, msg.as_bytes(), &fds)?;
         Ok(())
     }
 
@@ -420,25 +419,19 @@ impl Client {
             address,
             size,
         };
-        let mut w = Writer::with_capacity(DmaUnmapWire::SIZE);
-        sent.encode(&mut w);
-        let reply = self.request(Command::DmaUnmap, &w.into_vec(), &[])?;
-        let echo = DmaUnmapWire::decode(&mut Reader::new(&reply.body))
-            .ok_or_else(|| ProtocolError::Violation("short DMA_UNMAP reply".into()))?;
+        let reply = self.request(Command::DmaUnmap, sent.as_bytes(), &[])?;
+        let echo = reply_fixed::<DmaUnmapWire>(&reply.body, "short DMA_UNMAP reply")?;
         Ok(echo)
     }
 
     /// DEVICE_GET_INFO.
     pub fn device_info(&mut self) -> Result<DeviceInfoWire> {
-        let mut w = Writer::with_capacity(DeviceInfoWire::SIZE);
-        DeviceInfoWire {
+        let msg = DeviceInfoWire {
             argsz: DeviceInfoWire::SIZE as u32,
             ..DeviceInfoWire::default()
-        }
-        .encode(&mut w);
-        let reply = self.request(Command::DeviceGetInfo, &w.into_vec(), &[])?;
-        DeviceInfoWire::decode(&mut Reader::new(&reply.body))
-            .ok_or_else(|| ProtocolError::Violation("short DEVICE_GET_INFO reply".into()))
+        };
+        let reply = self.request(Command::DeviceGetInfo, msg.as_bytes(), &[])?;
+        reply_fixed::<DeviceInfoWire>(&reply.body, "short DEVICE_GET_INFO reply")
     }
 
     fn region_info_once(
@@ -446,14 +439,12 @@ impl Client {
         index: u32,
         argsz: u32,
     ) -> Result<(RegionInfoWire, Vec<u8>, Vec<OwnedFd>)> {
-        let mut w = Writer::with_capacity(RegionInfoWire::SIZE);
-        RegionInfoWire {
+        let msg = RegionInfoWire {
             argsz,
             index,
             ..RegionInfoWire::default()
-        }
-        .encode(&mut w);
-        let reply = self.request(Command::DeviceGetRegionInfo, &w.into_vec(), &[])?;
+        };
+        let reply = self.request(Command::DeviceGetRegionInfo, msg.as_bytes(), &[])?;
         if reply.body.len() > argsz as usize {
             return Err(ProtocolError::Violation(format!(
                 "GET_REGION_INFO reply of {} bytes for argsz {argsz}",
@@ -465,8 +456,7 @@ impl Client {
                 "more than one fd in region info".into(),
             ));
         }
-        let info = RegionInfoWire::decode(&mut Reader::new(&reply.body))
-            .ok_or_else(|| ProtocolError::Violation("short GET_REGION_INFO reply".into()))?;
+        let info = reply_fixed::<RegionInfoWire>(&reply.body, "short GET_REGION_INFO reply")?;
         Ok((info, reply.body, reply.fds))
     }
 
@@ -504,27 +494,20 @@ impl Client {
         let argsz = (RegionIoFdsWire::SIZE as u32).saturating_add(
             max_sub_regions.saturating_mul(RegionIoFdsWire::SUB_REGION_SIZE as u32),
         );
-        let mut w = Writer::with_capacity(RegionIoFdsWire::SIZE);
-        RegionIoFdsWire {
+        let msg = RegionIoFdsWire {
             argsz,
             flags: 0,
             index,
             count: 0,
-        }
-        .encode(&mut w);
-        let reply = self.request(Command::DeviceGetRegionIoFds, &w.into_vec(), &[])?;
-        let mut r = Reader::new(&reply.body);
-        let info = RegionIoFdsWire::decode(&mut r)
+        };
+        let reply = self.request(Command::DeviceGetRegionIoFds, msg.as_bytes(), &[])?;
+        let (info, rest) = read_prefix::<RegionIoFdsWire>(&reply.body)
             .ok_or_else(|| ProtocolError::Violation("short GET_REGION_IO_FDS reply".into()))?;
-        let mut subs = Vec::new();
-        while r.remaining() >= RegionIoFdsWire::SUB_REGION_SIZE && subs.len() < info.count as usize
-        {
-            let b = r
-                .bytes(RegionIoFdsWire::SUB_REGION_SIZE)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| ProtocolError::Violation("sub-region".into()))?;
-            subs.push(b);
-        }
+        let subs = rest
+            .chunks_exact(RegionIoFdsWire::SUB_REGION_SIZE)
+            .take(info.count as usize)
+            .filter_map(|b| b.try_into().ok())
+            .collect();
         Ok(RegionIoFds {
             info,
             sub_regions: subs,
@@ -534,17 +517,14 @@ impl Client {
 
     /// DEVICE_GET_IRQ_INFO.
     pub fn irq_info(&mut self, index: u32) -> Result<IrqInfoWire> {
-        let mut w = Writer::with_capacity(IrqInfoWire::SIZE);
-        IrqInfoWire {
+        let msg = IrqInfoWire {
             argsz: IrqInfoWire::SIZE as u32,
             flags: 0,
             index,
             count: 0,
-        }
-        .encode(&mut w);
-        let reply = self.request(Command::DeviceGetIrqInfo, &w.into_vec(), &[])?;
-        IrqInfoWire::decode(&mut Reader::new(&reply.body))
-            .ok_or_else(|| ProtocolError::Violation("short DEVICE_GET_IRQ_INFO reply".into()))
+        };
+        let reply = self.request(Command::DeviceGetIrqInfo, msg.as_bytes(), &[])?;
+        reply_fixed::<IrqInfoWire>(&reply.body, "short DEVICE_GET_IRQ_INFO reply")
     }
 
     /// DEVICE_SET_IRQS in any form. The disable form is `(index, 0, 0, Trigger, None)`.
@@ -573,14 +553,13 @@ impl Client {
         let argsz = u32::try_from(IrqSetWire::SIZE + tail.len())
             .map_err(|_| ProtocolError::invalid("too many bools"))?;
         let mut w = Writer::with_capacity(argsz as usize);
-        IrqSetWire {
+        w.put(&IrqSetWire {
             argsz,
             flags: data_bit | action_bit,
             index,
             start,
             count,
-        }
-        .encode(&mut w);
+        });
         w.bytes(&tail);
         self.request(Command::DeviceSetIrqs, &w.into_vec(), fds)?;
         Ok(())
@@ -590,24 +569,21 @@ impl Client {
     pub fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let count =
             u32::try_from(buf.len()).map_err(|_| ProtocolError::invalid("read too large"))?;
-        let mut w = Writer::with_capacity(RegionAccessWire::SIZE);
-        RegionAccessWire {
+        let msg = RegionAccessWire {
             offset,
             region: index,
             count,
-        }
-        .encode(&mut w);
-        let reply = self.request(Command::RegionRead, &w.into_vec(), &[])?;
-        let mut r = Reader::new(&reply.body);
-        let a = RegionAccessWire::decode(&mut r)
+        };
+        let reply = self.request(Command::RegionRead, msg.as_bytes(), &[])?;
+        let (a, data) = read_prefix::<RegionAccessWire>(&reply.body)
             .ok_or_else(|| ProtocolError::Violation("short REGION_READ reply".into()))?;
-        if a.count != count || r.remaining() != buf.len() {
+        if a.count != count || data.len() != buf.len() {
             return Err(ProtocolError::Violation(format!(
                 "REGION_READ reply with {} bytes for {count}",
-                r.remaining()
+                data.len()
             )));
         }
-        buf.copy_from_slice(r.rest());
+        buf.copy_from_slice(data);
         Ok(())
     }
 
@@ -615,12 +591,11 @@ impl Client {
         let count =
             u32::try_from(data.len()).map_err(|_| ProtocolError::invalid("write too large"))?;
         let mut w = Writer::with_capacity(RegionAccessWire::SIZE + data.len());
-        RegionAccessWire {
+        w.put(&RegionAccessWire {
             offset,
             region: index,
             count,
-        }
-        .encode(&mut w);
+        });
         w.bytes(data);
         Ok(w.into_vec())
     }
@@ -642,17 +617,14 @@ impl Client {
     /// REGION_WRITE_MULTI; `posted` sets NO_REPLY like QEMU does.
     pub fn region_write_multi(&mut self, entries: &[WriteMultiEntry], posted: bool) -> Result<()> {
         let mut w = Writer::with_capacity(8 + entries.len() * WriteMultiEntry::SIZE);
-        w.u64(entries.len() as u64);
-        for e in entries {
-            e.encode(&mut w);
-        }
+        w.u64(entries.len() as u64).put(entries);
         let payload = w.into_vec();
         if posted {
             self.post(Command::RegionWriteMulti, &payload, &[])?;
             return Ok(());
         }
         let reply = self.request(Command::RegionWriteMulti, &payload, &[])?;
-        let n = Reader::new(&reply.body).u64();
+        let n = read_prefix::<u64>(&reply.body).map(|(n, _)| n);
         if n != Some(entries.len() as u64) {
             return Err(ProtocolError::Violation(format!(
                 "REGION_WRITE_MULTI reply count {n:?}"
@@ -674,6 +646,13 @@ impl Client {
     }
 }
 
+/// The fixed structure at the start of a reply body.
+fn reply_fixed<T: FromBytes>(body: &[u8], what: &str) -> Result<T> {
+    read_prefix(body)
+        .map(|(t, _)| t)
+        .ok_or_else(|| ProtocolError::Violation(what.into()))
+}
+
 /// Walk the capability chain of a region-info reply (`body` starts with the fixed part) and
 /// collect the sparse-mmap areas. Offsets must advance and stay inside `body`.
 pub fn parse_region_caps(info: &RegionInfoWire, body: &[u8]) -> Result<Vec<SparseArea>> {
@@ -691,13 +670,12 @@ pub fn parse_region_caps(info: &RegionInfoWire, body: &[u8]) -> Result<Vec<Spars
         let cap = body
             .get(next..)
             .ok_or_else(|| bad("offset outside the reply"))?;
-        let mut r = Reader::new(cap);
-        let h = CapHeader::decode(&mut r).ok_or_else(|| bad("truncated header"))?;
+        let (h, rest) = read_prefix::<CapHeader>(cap).ok_or_else(|| bad("truncated header"))?;
         if h.id == CAP_ID_SPARSE_MMAP {
             if h.version != 1 {
                 return Err(bad("sparse mmap version"));
             }
-            areas.extend(SparseMmapHeader::decode_areas(&mut r).ok_or_else(|| bad("areas"))?);
+            areas.extend(SparseMmapHeader::decode_areas(rest).ok_or_else(|| bad("areas"))?);
         }
         prev = next;
         next = h.next as usize;

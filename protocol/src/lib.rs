@@ -14,12 +14,12 @@
 //!
 //! # Layout
 //!
-//! - [`wire`]: plain `#[repr(C)]` structures with size assertions and explicit host-endian
-//!   encoding (no transmutes);
+//! - [`wire`]: plain `#[repr(C)]` structures with derived zerocopy byte views and compile-time
+//!   size assertions against the spec (host byte order, as the spec says);
 //! - [`message`]: typed [`message::Request`]s that own their fds, decoded with structural checks;
 //! - [`validate`]: limits and device-dependent range checks (all arithmetic checked);
-//! - [`transport`]: `recvmsg`/`sendmsg` with SCM_RIGHTS and `MSG_CMSG_CLOEXEC` — the crate's only
-//!   `unsafe` code;
+//! - [`transport`]: `recvmsg`/`sendmsg` with SCM_RIGHTS and `MSG_CMSG_CLOEXEC` (through `rustix`:
+//!   the crate has no `unsafe` code);
 //! - [`server`]: [`Session`], one connected client, dispatching to [`backend::DeviceBackend`];
 //! - [`client`]: a complete [`Client`] (device tests, `vugpu probe`);
 //! - [`error`]: [`ProtocolError`] and its single errno mapping ([`ProtocolError::errno`]).

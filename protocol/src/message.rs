@@ -7,12 +7,14 @@
 
 use std::os::fd::OwnedFd;
 
+use zerocopy::{FromBytes, IntoBytes};
+
 use crate::backend::{DmaMapping, DmaProt, DmaUnmap, IrqAction};
 use crate::error::{ProtocolError, Result};
 use crate::validate::Limits;
 use crate::wire::{
-    dma_map_flags, dma_unmap_flags, irq_set_flags, Capabilities, Command, DeviceInfoWire,
-    DmaMapWire, DmaUnmapWire, Header, IrqInfoWire, IrqSetWire, Reader, RegionAccessWire,
+    dma_map_flags, dma_unmap_flags, irq_set_flags, read_prefix, Capabilities, Command,
+    DeviceInfoWire, DmaMapWire, DmaUnmapWire, Header, IrqInfoWire, IrqSetWire, RegionAccessWire,
     RegionInfoWire, RegionIoFdsWire, VersionWire, WriteMultiEntry, MAX_WRITE_MULTI,
     WRITE_MULTI_DATA,
 };
@@ -126,13 +128,16 @@ fn short(cmd: Command) -> ProtocolError {
     ProtocolError::invalid(format!("{cmd:?} payload too short"))
 }
 
-/// Decode the `argsz`-led fixed structure shared by GET_INFO / GET_IRQ_INFO / GET_REGION_IO_FDS.
+/// The fixed structure at the start of `body`, or EINVAL when the body is shorter.
+fn fixed<T: FromBytes>(cmd: Command, body: &[u8]) -> Result<T> {
+    read_prefix(body).map(|(t, _)| t).ok_or_else(|| short(cmd))
+}
+
+/// Decode the `argsz`-led fixed structure of GET_INFO / GET_IRQ_INFO requests.
 fn argsz_index(cmd: Command, body: &[u8], min_argsz: usize) -> Result<(u32, u32)> {
     exact_len(cmd, body, 16)?;
-    let mut r = Reader::new(body);
-    let argsz = r.u32().ok_or_else(|| short(cmd))?;
-    let _flags = r.u32().ok_or_else(|| short(cmd))?;
-    let index = r.u32().ok_or_else(|| short(cmd))?;
+    // `argsz; flags; index; count` (GET_INFO: `num_regions; num_irqs`, unused in a request).
+    let [argsz, _flags, index, _] = fixed::<[u32; 4]>(cmd, body)?;
     if (argsz as usize) < min_argsz {
         return Err(ProtocolError::invalid(format!(
             "{cmd:?} argsz {argsz} < {min_argsz}"
@@ -169,7 +174,7 @@ impl Request {
                     )));
                 }
                 exact_len(cmd, &body, DmaMapWire::SIZE)?;
-                let w = DmaMapWire::decode(&mut Reader::new(&body)).ok_or_else(|| short(cmd))?;
+                let w = fixed::<DmaMapWire>(cmd, &body)?;
                 if w.argsz as usize != DmaMapWire::SIZE {
                     return Err(ProtocolError::invalid(format!("DMA_MAP argsz {}", w.argsz)));
                 }
@@ -202,7 +207,7 @@ impl Request {
             }
             Command::DmaUnmap => {
                 no_fds(cmd, fds)?;
-                let w = DmaUnmapWire::decode(&mut Reader::new(&body)).ok_or_else(|| short(cmd))?;
+                let w = fixed::<DmaUnmapWire>(cmd, &body)?;
                 if w.flags & !dma_unmap_flags::KNOWN != 0 {
                     return Err(ProtocolError::invalid(format!(
                         "DMA_UNMAP flags {:#x}",
@@ -250,8 +255,7 @@ impl Request {
             Command::DeviceGetRegionInfo => {
                 no_fds(cmd, fds)?;
                 exact_len(cmd, &body, RegionInfoWire::SIZE)?;
-                let w =
-                    RegionInfoWire::decode(&mut Reader::new(&body)).ok_or_else(|| short(cmd))?;
+                let w = fixed::<RegionInfoWire>(cmd, &body)?;
                 if (w.argsz as usize) < RegionInfoWire::SIZE {
                     return Err(ProtocolError::invalid(format!(
                         "GET_REGION_INFO argsz {} < 32",
@@ -266,8 +270,7 @@ impl Request {
             Command::DeviceGetRegionIoFds => {
                 no_fds(cmd, fds)?;
                 exact_len(cmd, &body, RegionIoFdsWire::SIZE)?;
-                let w =
-                    RegionIoFdsWire::decode(&mut Reader::new(&body)).ok_or_else(|| short(cmd))?;
+                let w = fixed::<RegionIoFdsWire>(cmd, &body)?;
                 if (w.argsz as usize) < RegionIoFdsWire::SIZE {
                     return Err(ProtocolError::invalid(format!(
                         "GET_REGION_IO_FDS argsz {} < 16",
@@ -291,15 +294,13 @@ impl Request {
             Command::RegionRead => {
                 no_fds(cmd, fds)?;
                 exact_len(cmd, &body, RegionAccessWire::SIZE)?;
-                let a =
-                    RegionAccessWire::decode(&mut Reader::new(&body)).ok_or_else(|| short(cmd))?;
+                let a = fixed::<RegionAccessWire>(cmd, &body)?;
                 limits.check_xfer(u64::from(a.count))?;
                 Ok(Request::RegionRead(a))
             }
             Command::RegionWrite => {
                 no_fds(cmd, fds)?;
-                let a =
-                    RegionAccessWire::decode(&mut Reader::new(&body)).ok_or_else(|| short(cmd))?;
+                let a = fixed::<RegionAccessWire>(cmd, &body)?;
                 limits.check_xfer(u64::from(a.count))?;
                 let want = RegionAccessWire::SIZE + a.count as usize;
                 exact_len(cmd, &body, want)?;
@@ -311,8 +312,7 @@ impl Request {
             }
             Command::RegionWriteMulti => {
                 no_fds(cmd, fds)?;
-                let mut r = Reader::new(&body);
-                let n = r.u64().ok_or_else(|| short(cmd))?;
+                let n = fixed::<u64>(cmd, &body)?;
                 if n == 0 || n > MAX_WRITE_MULTI {
                     return Err(ProtocolError::invalid(format!(
                         "REGION_WRITE_MULTI wr_cnt {n} not in 1..={MAX_WRITE_MULTI}"
@@ -320,16 +320,20 @@ impl Request {
                 }
                 // n <= 200, so this cannot overflow.
                 exact_len(cmd, &body, 8 + n as usize * WriteMultiEntry::SIZE)?;
-                let mut out = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    let e = WriteMultiEntry::decode(&mut r).ok_or_else(|| short(cmd))?;
-                    if e.count == 0 || e.count as usize > WRITE_MULTI_DATA {
-                        return Err(ProtocolError::invalid(format!(
-                            "REGION_WRITE_MULTI entry count {}",
-                            e.count
-                        )));
-                    }
-                    out.push(e);
+                let mut out = vec![WriteMultiEntry::default(); n as usize];
+                let entries = body
+                    .get(8..)
+                    .filter(|b| b.len() == out.as_bytes().len())
+                    .ok_or_else(|| short(cmd))?;
+                out.as_mut_bytes().copy_from_slice(entries);
+                if let Some(e) = out
+                    .iter()
+                    .find(|e| e.count == 0 || e.count as usize > WRITE_MULTI_DATA)
+                {
+                    return Err(ProtocolError::invalid(format!(
+                        "REGION_WRITE_MULTI entry count {}",
+                        e.count
+                    )));
                 }
                 Ok(Request::RegionWriteMulti(out))
             }
@@ -378,7 +382,7 @@ impl Request {
 fn decode_set_irqs(body: &[u8], fds: Vec<OwnedFd>, limits: &Limits) -> Result<IrqSetRequest> {
     use irq_set_flags as f;
     let cmd = Command::DeviceSetIrqs;
-    let w = IrqSetWire::decode(&mut Reader::new(body)).ok_or_else(|| short(cmd))?;
+    let w = fixed::<IrqSetWire>(cmd, body)?;
     if w.argsz as usize != body.len() {
         return Err(ProtocolError::invalid(format!(
             "SET_IRQS argsz {} != payload size {}",

@@ -16,6 +16,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use zerocopy::IntoBytes;
+
 use crate::backend::{
     region_flags, BackendError, DeviceBackend, DmaUnmap, IrqData, IrqSet, SparseArea,
 };
@@ -302,9 +304,20 @@ impl Session {
             // Nothing is outstanding here (DMA waits consume their own replies): a late reply
             // after a timeout. Its body was read in full, so the stream stays in sync.
             self.stats.stray_replies += 1;
+            tracing::debug!(
+                id = h.msg_id,
+                "stray reply to command {} dropped",
+                h.command
+            );
             return Ok(Status::Continue);
         }
         self.count(h.command);
+        tracing::debug!(
+            id = h.msg_id,
+            size = h.size,
+            "request {}",
+            CommandName(h.command)
+        );
         let result = if !h.is_command() || h.is_error() || h.flags & !flags::KNOWN != 0 {
             Err(ProtocolError::invalid(format!(
                 "bad header flags {:#x} on a request",
@@ -334,6 +347,11 @@ impl Session {
                     self.stats.backend_errors += 1;
                 }
                 self.stats.last_error = Some(e.to_string());
+                tracing::debug!(
+                    id = h.msg_id,
+                    "request {} failed: {e}",
+                    CommandName(h.command)
+                );
                 if h.no_reply() {
                     self.stats.suppressed_errors += 1;
                 } else {
@@ -349,14 +367,13 @@ impl Session {
         let size = u32::try_from(Header::SIZE + payload.len())
             .map_err(|_| ProtocolError::invalid("reply too large"))?;
         let mut w = Writer::with_capacity(size as usize);
-        Header {
+        w.put(&Header {
             msg_id: req.msg_id,
             command: req.command,
             size,
             flags: flags::TYPE_REPLY,
             error: 0,
-        }
-        .encode(&mut w);
+        });
         w.bytes(payload);
         let fds: Vec<BorrowedFd<'_>> = fd.iter().map(|f| f.as_fd()).collect();
         send_message(
@@ -368,18 +385,16 @@ impl Session {
     }
 
     fn send_error(&mut self, req: &Header, errno: i32) -> Result<()> {
-        let mut w = Writer::with_capacity(Header::SIZE);
-        Header {
+        let h = Header {
             msg_id: req.msg_id,
             command: req.command,
             size: Header::SIZE as u32,
             flags: flags::TYPE_REPLY | flags::ERROR,
             error: u32::try_from(errno).unwrap_or(libc::EINVAL as u32),
-        }
-        .encode(&mut w);
+        };
         send_message(
             self.stream.as_fd(),
-            &w.into_vec(),
+            h.as_bytes(),
             &[],
             self.config.body_timeout,
         )
@@ -407,14 +422,11 @@ impl Session {
                     DmaUnmap::All => 0,
                     DmaUnmap::Range { .. } => self.dma_maps.saturating_sub(1),
                 };
-                let mut w = Writer::with_capacity(24);
-                wire.encode(&mut w);
-                Ok(Reply::bytes(w.into_vec()))
+                Ok(Reply::bytes(wire.as_bytes().to_vec()))
             }
             Request::DeviceGetInfo { .. } => {
                 let info = dev.device_info();
-                let mut w = Writer::with_capacity(DeviceInfoWire::SIZE);
-                DeviceInfoWire {
+                let reply = DeviceInfoWire {
                     argsz: DeviceInfoWire::SIZE as u32,
                     flags: DeviceInfoWire::FLAG_PCI
                         | if info.reset {
@@ -424,35 +436,30 @@ impl Session {
                         },
                     num_regions: info.num_regions,
                     num_irqs: info.num_irqs,
-                }
-                .encode(&mut w);
-                Ok(Reply::bytes(w.into_vec()))
+                };
+                Ok(Reply::bytes(reply.as_bytes().to_vec()))
             }
             Request::RegionInfo { argsz, index } => region_info_reply(dev, argsz, index),
             Request::RegionIoFds { index, .. } => {
                 check_region_index(&dev.device_info(), index)?;
-                let mut w = Writer::with_capacity(RegionIoFdsWire::SIZE);
-                RegionIoFdsWire {
+                let reply = RegionIoFdsWire {
                     argsz: RegionIoFdsWire::SIZE as u32,
                     flags: 0,
                     index,
                     count: 0,
-                }
-                .encode(&mut w);
-                Ok(Reply::bytes(w.into_vec()))
+                };
+                Ok(Reply::bytes(reply.as_bytes().to_vec()))
             }
             Request::IrqInfo { index, .. } => {
                 check_irq_index(&dev.device_info(), index)?;
                 let info = dev.irq_info(index)?;
-                let mut w = Writer::with_capacity(IrqInfoWire::SIZE);
-                IrqInfoWire {
+                let reply = IrqInfoWire {
                     argsz: IrqInfoWire::SIZE as u32,
                     flags: info.flags,
                     index,
                     count: info.count,
-                }
-                .encode(&mut w);
-                Ok(Reply::bytes(w.into_vec()))
+                };
+                Ok(Reply::bytes(reply.as_bytes().to_vec()))
             }
             Request::SetIrqs(r) => {
                 set_irqs(dev, r)?;
@@ -461,14 +468,14 @@ impl Session {
             Request::RegionRead(a) => {
                 let (flags, size) = region_flags_size(dev, a.region)?;
                 check_region_range(a.region, flags, size, a.offset, u64::from(a.count), false)?;
-                let mut w = Writer::with_capacity(RegionAccessWire::SIZE + a.count as usize);
-                a.encode(&mut w);
-                let mut data = vec![0u8; a.count as usize];
+                // The reply is the access descriptor followed by the data, read in place.
+                let mut out = vec![0u8; RegionAccessWire::SIZE + a.count as usize];
+                let (head, data) = out.split_at_mut(RegionAccessWire::SIZE);
+                head.copy_from_slice(a.as_bytes());
                 if !data.is_empty() {
-                    dev.region_read(a.region, a.offset, &mut data)?;
+                    dev.region_read(a.region, a.offset, data)?;
                 }
-                w.bytes(&data);
-                Ok(Reply::bytes(w.into_vec()))
+                Ok(Reply::bytes(out))
             }
             Request::RegionWrite { access: a, data } => {
                 let (flags, size) = region_flags_size(dev, a.region)?;
@@ -476,15 +483,11 @@ impl Session {
                 if !data.is_empty() {
                     dev.region_write(a.region, a.offset, &data)?;
                 }
-                let mut w = Writer::with_capacity(RegionAccessWire::SIZE);
-                a.encode(&mut w);
-                Ok(Reply::bytes(w.into_vec()))
+                Ok(Reply::bytes(a.as_bytes().to_vec()))
             }
             Request::RegionWriteMulti(entries) => {
                 write_multi(dev, &entries)?;
-                let mut w = Writer::with_capacity(8);
-                w.u64(entries.len() as u64);
-                Ok(Reply::bytes(w.into_vec()))
+                Ok(Reply::bytes((entries.len() as u64).as_bytes().to_vec()))
             }
             Request::Reset => {
                 dev.reset()?;
@@ -624,7 +627,7 @@ fn region_info_reply<D: DeviceBackend + ?Sized>(dev: &D, argsz: u32, index: u32)
         offset,
     };
     let mut w = Writer::with_capacity(full);
-    info.encode(&mut w);
+    w.put(&info);
     if full > argsz as usize {
         // Too small: the fixed part only, argsz = what is needed, no fd (QEMU re-asks).
         return Ok(Reply::bytes(w.into_vec()));
@@ -686,3 +689,15 @@ fn write_multi<D: DeviceBackend + ?Sized>(dev: &mut D, entries: &[WriteMultiEntr
 
 // Our largest max_msg_fds must fit in one SCM_RIGHTS message.
 const _: () = assert!(SCM_MAX_FD >= 16);
+
+/// A command number as its name in log lines (`RegionRead`), or the number if unknown.
+struct CommandName(u16);
+
+impl std::fmt::Display for CommandName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Command::try_from(self.0) {
+            Ok(c) => write!(f, "{c:?}"),
+            Err(_) => write!(f, "command {}", self.0),
+        }
+    }
+}

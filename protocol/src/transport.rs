@@ -1,8 +1,9 @@
 //! Message framing over a UNIX stream socket with SCM_RIGHTS fd passing.
 //!
-//! This module holds the crate's only `unsafe` code: the `poll`, `recvmsg` and `sendmsg`
-//! system calls and adopting received descriptors as [`OwnedFd`]. Control messages are built
-//! and parsed as plain bytes in `u64`-aligned buffers, so no `CMSG_*` pointer walking is needed.
+//! The system calls (`poll`, `recvmsg` with `MSG_CMSG_CLOEXEC`, `sendmsg` with SCM_RIGHTS) go
+//! through `rustix`, which builds and parses the control messages and hands received descriptors
+//! over as [`OwnedFd`]s (any left unread in the control buffer are closed when it drops): this
+//! module, like the rest of the crate, has no `unsafe` code.
 //!
 //! Rules enforced here:
 //! - received fds are always owned (`OwnedFd`) and opened with `MSG_CMSG_CLOEXEC`;
@@ -13,9 +14,16 @@
 //!   are closed);
 //! - sends never raise SIGPIPE and never block longer than their timeout.
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 
 use crate::error::{ProtocolError, Result};
 use crate::wire::{Header, Writer};
@@ -23,25 +31,9 @@ use crate::wire::{Header, Writer};
 /// Kernel limit of fds in one SCM_RIGHTS message (`SCM_MAX_FD`).
 pub const SCM_MAX_FD: usize = 253;
 
-const WORD: usize = std::mem::size_of::<usize>();
-const CMSG_HDR: usize = std::mem::size_of::<libc::cmsghdr>();
-
-const fn cmsg_align(n: usize) -> usize {
-    (n + WORD - 1) & !(WORD - 1)
-}
-
-const fn cmsg_space(n: usize) -> usize {
-    cmsg_align(n) + cmsg_align(CMSG_HDR)
-}
-
-const fn cmsg_len(n: usize) -> usize {
-    cmsg_align(CMSG_HDR) + n
-}
-
-const FD_SIZE: usize = std::mem::size_of::<RawFd>();
-/// Control buffer in u64 words, large enough for SCM_MAX_FD fds (so the kernel never has to
-/// truncate and we can report the exact count).
-const RECV_CMSG_WORDS: usize = cmsg_space(SCM_MAX_FD * FD_SIZE).div_ceil(8) + 1;
+/// Control buffer large enough for SCM_MAX_FD fds (so the kernel never has to truncate and we
+/// can report the exact count), plus slack for aligning it.
+const CMSG_BUF: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD));
 
 /// One framed message: header, body (`header.size - 16` bytes) and the fds that came with it.
 #[derive(Debug)]
@@ -58,7 +50,7 @@ impl RawMessage {
     /// Encoded bytes (header + body), as they were on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(Header::SIZE + self.body.len());
-        self.header.encode(&mut w);
+        w.put(&self.header);
         w.bytes(&self.body);
         w.into_vec()
     }
@@ -75,121 +67,63 @@ pub struct RecvLimits {
     pub body_timeout: Duration,
 }
 
-fn poll_timeout_ms(deadline: Option<Instant>) -> Option<libc::c_int> {
+fn poll_timeout(deadline: Option<Instant>) -> Option<Option<Timespec>> {
     match deadline {
-        None => Some(-1),
+        None => Some(None),
         Some(d) => {
             let left = d.checked_duration_since(Instant::now())?;
             if left.is_zero() {
                 return None;
             }
-            // Round up so we never spin with a 0 ms timeout before the deadline.
+            // Round up to whole milliseconds (as before with poll(2)'s int timeout) so we never
+            // spin with a zero timeout before the deadline.
             let ms = left.as_millis().saturating_add(1);
-            Some(libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX))
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+            Some(Some(Timespec {
+                tv_sec: ms / 1000,
+                tv_nsec: (ms % 1000) * 1_000_000,
+            }))
         }
     }
 }
 
 /// Wait until `fd` has `events` or the deadline passes. Returns false on timeout.
-fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, deadline: Option<Instant>) -> Result<bool> {
+fn wait_for(fd: BorrowedFd<'_>, events: PollFlags, deadline: Option<Instant>) -> Result<bool> {
     loop {
-        let Some(timeout) = poll_timeout_ms(deadline) else {
+        let Some(timeout) = poll_timeout(deadline) else {
             return Ok(false);
         };
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1 for the
-        // duration of the call; the fd is kept open by the BorrowedFd.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
-        if r > 0 {
+        let mut pfd = [PollFd::from_borrowed_fd(fd, events)];
+        match rustix::event::poll(&mut pfd, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io::Error::from(e).into()),
             // POLLHUP/POLLERR also count as ready: the next recv/send reports what happened.
-            return Ok(true);
-        }
-    }
-}
-
-/// Parse SCM_RIGHTS fds out of a received control buffer, adopting each one.
-fn parse_cmsgs(control: &[u8], fds: &mut Vec<OwnedFd>) {
-    let mut pos = 0usize;
-    while let Some(hdr) = pos
-        .checked_add(CMSG_HDR)
-        .and_then(|end| control.get(pos..end))
-    {
-        let mut len_bytes = [0u8; WORD];
-        len_bytes.copy_from_slice(&hdr[..WORD]);
-        let len = usize::from_ne_bytes(len_bytes);
-        let level = i32::from_ne_bytes([hdr[WORD], hdr[WORD + 1], hdr[WORD + 2], hdr[WORD + 3]]);
-        let kind = i32::from_ne_bytes([hdr[WORD + 4], hdr[WORD + 5], hdr[WORD + 6], hdr[WORD + 7]]);
-        if len < cmsg_len(0) {
-            break;
-        }
-        let data_start = pos + cmsg_align(CMSG_HDR);
-        let data_end = pos.saturating_add(len).min(control.len());
-        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS && data_start <= data_end {
-            for chunk in control[data_start..data_end].chunks_exact(FD_SIZE) {
-                let mut b = [0u8; FD_SIZE];
-                b.copy_from_slice(chunk);
-                let raw = RawFd::from_ne_bytes(b);
-                if raw >= 0 {
-                    // SAFETY: the kernel just installed `raw` in our fd table for this
-                    // SCM_RIGHTS message; nothing else owns it, so adopting it is sound.
-                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                }
-            }
-        }
-        match pos.checked_add(cmsg_align(len)) {
-            Some(next) if next > pos => pos = next,
-            _ => break,
+            Ok(n) if n > 0 => return Ok(true),
+            Ok(_) => {}
         }
     }
 }
 
 /// One non-blocking `recvmsg`. Returns bytes read (0 = EOF); fds are appended to `fds`.
 fn recv_chunk(fd: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut control = [0u64; RECV_CMSG_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid "empty" value for this plain C struct.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at `iov` (covering `buf`, exclusively borrowed) and at `control`
-    // (exclusively borrowed, u64-aligned); both outlive the call. The kernel writes at most
-    // `iov_len` and `msg_controllen` bytes into them.
-    let n = unsafe {
-        libc::recvmsg(
-            fd.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_BUF];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        fd,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
     }
-    let clen = (msg.msg_controllen as usize).min(std::mem::size_of_val(&control));
-    if clen > 0 {
-        let bytes: Vec<u8> = control.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        parse_cmsgs(&bytes[..clen], fds);
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
         // Cannot happen with a SCM_MAX_FD-sized buffer; treat as a violation upstream.
         return Err(io::Error::other("control message truncated"));
     }
-    usize::try_from(n).map_err(|_| io::Error::other("negative recvmsg result"))
+    Ok(msg.bytes)
 }
 
 /// Fill `buf` completely. Returns false if EOF came before the first byte (only allowed when
@@ -222,7 +156,7 @@ fn recv_exact(
                 got += n;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !wait_for(fd, libc::POLLIN, deadline)? {
+                if !wait_for(fd, PollFlags::IN, deadline)? {
                     if got == 0 && eof_ok {
                         // Nothing of the message was consumed: the stream is intact.
                         return Err(ProtocolError::WaitTimeout(what));
@@ -304,61 +238,25 @@ fn check_fds(fds: &[OwnedFd], max: usize) -> Result<()> {
     Ok(())
 }
 
-/// Build an SCM_RIGHTS control buffer (u64-aligned) for `fds`.
-fn build_rights(fds: &[BorrowedFd<'_>]) -> Vec<u64> {
-    let data_len = fds.len() * FD_SIZE;
-    let mut bytes = Vec::with_capacity(cmsg_space(data_len));
-    bytes.extend_from_slice(&cmsg_len(data_len).to_ne_bytes());
-    bytes.extend_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
-    bytes.extend_from_slice(&libc::SCM_RIGHTS.to_ne_bytes());
-    bytes.resize(cmsg_align(CMSG_HDR), 0);
-    for f in fds {
-        bytes.extend_from_slice(&f.as_raw_fd().to_ne_bytes());
-    }
-    bytes.resize(cmsg_space(data_len).next_multiple_of(8), 0);
-    bytes
-        .chunks_exact(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            u64::from_ne_bytes(w)
-        })
-        .collect()
-}
-
 /// One non-blocking `sendmsg`, with `fds` attached when non-empty.
 fn send_chunk(fd: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let mut control = if fds.is_empty() {
-        Vec::new()
-    } else {
-        build_rights(fds)
-    };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid "empty" value for this plain C struct.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !control.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = cmsg_space(fds.len() * FD_SIZE) as _;
+    let iov = [IoSlice::new(buf)];
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    if fds.is_empty() {
+        return Ok(rustix::net::sendmsg(
+            fd,
+            &iov,
+            &mut SendAncillaryBuffer::default(),
+            flags,
+        )?);
     }
-    // SAFETY: `msg` points at `iov` (covering `buf`, which the kernel only reads) and at
-    // `control` (u64-aligned, at least msg_controllen bytes); both outlive the call. The fds
-    // in the control buffer are kept open by the BorrowedFds for the duration of the call.
-    let n = unsafe {
-        libc::sendmsg(
-            fd.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_BUF];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        // Unreachable: send_message refuses more than SCM_MAX_FD fds first.
+        return Err(io::Error::other("too many fds for one control message"));
     }
-    usize::try_from(n).map_err(|_| io::Error::other("negative sendmsg result"))
+    Ok(rustix::net::sendmsg(fd, &iov, &mut control, flags)?)
 }
 
 /// Send `bytes` with `fds` attached to the first byte; fails with a timeout if the peer does
@@ -386,7 +284,7 @@ pub fn send_message(
                 fds_pending = false;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !wait_for(fd, libc::POLLOUT, deadline)? {
+                if !wait_for(fd, PollFlags::OUT, deadline)? {
                     return Err(ProtocolError::Timeout("waiting to send"));
                 }
             }
@@ -422,14 +320,13 @@ mod tests {
 
     fn msg(size: u32, body: &[u8]) -> Vec<u8> {
         let mut w = Writer::default();
-        Header {
+        w.put(&Header {
             msg_id: 1,
             command: 4,
             size,
             flags: 0,
             error: 0,
-        }
-        .encode(&mut w);
+        });
         w.bytes(body);
         w.into_vec()
     }
@@ -452,9 +349,8 @@ mod tests {
         assert_eq!(m.fds.len(), 2);
         // CLOEXEC was requested.
         for f in &m.fds {
-            // SAFETY: fcntl F_GETFD on a valid owned fd has no memory effects.
-            let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
-            assert_eq!(fl & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+            let fl = rustix::io::fcntl_getfd(f).expect("F_GETFD");
+            assert!(fl.contains(rustix::io::FdFlags::CLOEXEC));
         }
     }
 

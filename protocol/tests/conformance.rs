@@ -31,14 +31,13 @@ struct Raw {
 
 fn frame(id: u16, cmd: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: id,
         command: cmd,
         size: (16 + payload.len()) as u32,
         flags,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(payload);
     w.into_vec()
 }
@@ -332,13 +331,7 @@ fn version_with_fd_is_refused_and_the_fd_closed() {
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 writes two fds into the array we pass; checked below.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0);
-    use std::os::fd::FromRawFd;
-    // SAFETY: both fds are fresh and owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe2")
 }
 
 #[test]
@@ -433,14 +426,13 @@ fn oversize_message_closes_the_session() {
     let max = ServerConfig::default().max_data_xfer_size + 16 + 16 + 8192;
     // Only a header claiming max + 1 bytes: the server must not wait for (or allocate) it.
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 1,
         command: Command::RegionWrite as u16,
         size: max + 1,
         flags: 0,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     r.c.send_raw(&w.into_vec(), &[]).expect("send");
     let run = r.closed();
     assert!(matches!(
@@ -461,14 +453,13 @@ fn oversize_message_closes_the_session() {
 fn undersize_header_closes_the_session() {
     let mut r = Raw::ready();
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 1,
         command: 4,
         size: 8,
         flags: 0,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     r.c.send_raw(&w.into_vec(), &[]).expect("send");
     let run = r.closed();
     assert!(matches!(run.result, Err(ProtocolError::Violation(_))));

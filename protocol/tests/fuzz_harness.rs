@@ -26,14 +26,13 @@ impl Rng {
 
 fn msg(cmd: u16, flags: u32, payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 7,
         command: cmd,
         size: (Header::SIZE + payload.len()) as u32,
         flags,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(payload);
     w.into_vec()
 }

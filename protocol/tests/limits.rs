@@ -17,14 +17,13 @@ use vugpu_protocol::{Client, ProtocolError, ServerConfig, Session};
 
 fn frame(id: u16, cmd: Command, payload: &[u8]) -> Vec<u8> {
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: id,
         command: cmd as u16,
         size: (16 + payload.len()) as u32,
         flags: 0,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(payload);
     w.into_vec()
 }
@@ -173,14 +172,13 @@ fn max_data_xfer_size_e2big_keeps_the_session_a_larger_message_ends_it() {
     // the session ends (the spec: the stream cannot be resynchronised).
     let max = xfer + 16 + 16 + 8192;
     let mut w = Writer::default();
-    Header {
+    w.put(&Header {
         msg_id: 7,
         command: Command::RegionWrite as u16,
         size: max + 1,
         flags: flags::TYPE_COMMAND,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     c.c.send_raw(&w.into_vec(), &[]).expect("send");
     let run = c.closed();
     assert!(
@@ -373,14 +371,13 @@ fn requests_queued_during_a_dma_wait_are_bounded_in_number_bytes_and_fds() {
             .expect("send");
     }
     let mut reply = Writer::default();
-    Header {
+    reply.put(&Header {
         msg_id: req.header.msg_id,
         command: Command::DmaRead as u16,
         size: 16 + 16 + 4,
         flags: flags::TYPE_REPLY,
         error: 0,
-    }
-    .encode(&mut reply);
+    });
     reply.u64(0x1000).u64(4).bytes(&[1, 2, 3, 4]);
     c.send_raw(&reply.into_vec(), &[]).expect("reply");
     for i in 0..3 {

@@ -44,7 +44,7 @@ pub use gpu::{gpu_regions, RegionStats};
 pub use mmu::{mmu_walk, MmuStats};
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -52,7 +52,6 @@ use std::time::{Duration, Instant};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
 };
-use vmm_sys_util::eventfd::EventFd;
 use vugpu_backend::{VramOptions, WindowBacking};
 use vugpu_device::engine::desc::{flags as dflags, opcode, DESC_SIZE, MAX_LENGTH};
 use vugpu_device::engine::env::{MsgOp, PollTiming, CHUNK};
@@ -177,40 +176,41 @@ impl<'a> Input<'a> {
 /// memory-backend-memfd does (the server maps such a file; an unsealed one it reads and writes
 /// with pread/pwrite), so both access paths are fuzzed.
 fn memfd(len: u64, sealed: bool) -> Option<File> {
-    // SAFETY: a valid NUL-terminated name; memfd_create touches no memory of ours; the result
-    // is checked before use.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"vugpu-fuzz".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if raw < 0 {
-        return None;
-    }
-    // SAFETY: `raw` is a fresh fd that nothing else owns.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let f = File::from(rustix::fs::memfd_create(c"vugpu-fuzz", flags).ok()?);
     f.set_len(len).ok()?;
     if sealed {
-        // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours; `f` outlives the call.
-        let rc = unsafe {
-            libc::fcntl(
-                f.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-            )
-        };
-        if rc != 0 {
-            return None;
-        }
+        rustix::fs::fcntl_add_seals(&f, SealFlags::SHRINK | SealFlags::GROW).ok()?;
     }
     Some(f)
 }
 
-fn owned_dup(fd: &impl AsRawFd) -> Option<OwnedFd> {
-    // SAFETY: `fd` is open for the duration of this call (borrowed from a live object).
-    let b = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-    b.try_clone_to_owned().ok()
+fn owned_dup(fd: &impl AsFd) -> Option<OwnedFd> {
+    fd.as_fd().try_clone_to_owned().ok()
+}
+
+/// The fuzzed client's end of an eventfd.
+#[derive(Debug)]
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new(flags: rustix::event::EventfdFlags) -> std::io::Result<EventFd> {
+        Ok(EventFd(rustix::event::eventfd(0, flags)?))
+    }
+
+    /// Reads and resets the counter; fails (EAGAIN) while it is 0 on a non-blocking one.
+    fn read(&self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        rustix::io::read(&self.0, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 fn eventfd_fired(e: &EventFd) -> bool {

@@ -61,7 +61,6 @@ use vugpu_backend::{
 use super::desc::{Addr, Aperture};
 use super::peer_window::PeerWindows;
 use super::regs::ErrorCode;
-use crate::log::Level;
 use crate::mmu::walk::{Access, WalkFault};
 use crate::mmu::{FaultSink, Mmu, Resume, XlateError};
 use crate::msix::Msix;
@@ -934,8 +933,7 @@ impl EngineEnv {
     fn dropped(&self, len: u64) {
         self.vram_bytes_dropped.fetch_add(len, Ordering::Relaxed);
         if !self.drop_logged.swap(true, Ordering::Relaxed) {
-            crate::log!(
-                Level::Warn,
+            tracing::warn!(
                 "--inject vram-write-drop: engine writes into VRAM are being dropped \
                  (first: {len} bytes; the count is the stats' vram_bytes_dropped)"
             );

@@ -414,7 +414,7 @@ impl EngineSet {
             let t = std::thread::Builder::new()
                 .name(format!("vugpu-engine-{i}"))
                 .spawn(move || {
-                    crate::log::set_thread_gpu(env.name());
+                    let _gpu = crate::log::gpu_span(env.name()).entered();
                     worker::run(&e, &env);
                 })?;
             set.engines.push(engine);

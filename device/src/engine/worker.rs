@@ -19,8 +19,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::log::Level;
-
 use super::desc::{Addr, Aperture, DescError, Descriptor, Op, DESC_SIZE};
 use super::env::{EngineEnv, FaultKind, FaultReport, MemFault, Reach, CHUNK};
 use super::regs::{info, ErrorCode, DOORBELL_STRIDE, ENGINE_VECTOR_BASE, SLEEP_HINT};
@@ -66,8 +64,7 @@ pub(super) fn run(engine: &Engine, env: &EngineEnv) {
         let outcome = execute(engine, env, &job);
         let took = started.elapsed();
         if took >= SLOW {
-            crate::log!(
-                Level::Info,
+            tracing::info!(
                 "engine {}: descriptor {} took {} ms",
                 engine.index,
                 job.number,

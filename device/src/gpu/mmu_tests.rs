@@ -3,7 +3,6 @@
 //! waiting for a chunk in flight.
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use vugpu_protocol::backend::DmaProt;
@@ -89,11 +88,8 @@ fn get64(g: &Gpu, at: u64) -> u64 {
 }
 
 fn memfd(len: u64) -> std::fs::File {
-    // SAFETY: valid C string; result checked.
-    let raw = unsafe { libc::memfd_create(c"mmu-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd owned by nobody else.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let flags = rustix::fs::MemfdFlags::CLOEXEC;
+    let f = std::fs::File::from(rustix::fs::memfd_create(c"mmu-test", flags).unwrap());
     f.set_len(len).unwrap();
     f
 }

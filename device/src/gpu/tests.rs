@@ -1,6 +1,6 @@
 //! Unit tests of the composed device through the `DeviceBackend` seam (no socket).
 
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use vmm_sys_util::eventfd::EventFd;
 use vugpu_protocol::backend::DmaProt;
@@ -17,11 +17,23 @@ fn gpu() -> Gpu {
     Gpu::new(&cfg).unwrap()
 }
 
-fn efd() -> (EventFd, OwnedFd) {
-    let e = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
-    let o = unsafe { OwnedFd::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) };
-    (e, o)
+/// The test's end of an interrupt eventfd.
+struct TestEfd(OwnedFd);
+
+impl TestEfd {
+    /// Reads and resets the counter; fails (EAGAIN) when it is 0.
+    fn read(&self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        rustix::io::read(&self.0, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+}
+
+/// A non-blocking eventfd: the test's end and the one handed to the device.
+fn efd() -> (TestEfd, OwnedFd) {
+    let e = rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap();
+    let o = e.try_clone().unwrap();
+    (TestEfd(e), o)
 }
 
 fn rd32(g: &mut Gpu, region: u32, off: u64) -> u32 {
@@ -490,11 +502,8 @@ fn device_reset_and_soft_reset() {
 }
 
 fn memfd(len: u64) -> std::fs::File {
-    // SAFETY: valid C string; result checked.
-    let raw = unsafe { libc::memfd_create(c"gpu-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd owned by nobody else.
-    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let flags = rustix::fs::MemfdFlags::CLOEXEC;
+    let f = std::fs::File::from(rustix::fs::memfd_create(c"gpu-test", flags).unwrap());
     f.set_len(len).unwrap();
     f
 }
@@ -711,16 +720,14 @@ mod engines {
     }
 
     /// Is `fd` readable within `ms` milliseconds.
-    fn readable(fd: &EventFd, ms: i32) -> bool {
-        use std::os::fd::AsRawFd;
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-        rc == 1 && pfd.revents & libc::POLLIN != 0
+    fn readable(fd: &EventFd, ms: u64) -> bool {
+        // vmm-sys-util's EventFd has no `AsFd`: its own (epoll) poll helper takes it as it is.
+        let ctx = vmm_sys_util::poll::PollContext::<u32>::new().unwrap();
+        ctx.add(fd, 0).unwrap();
+        let events = ctx
+            .wait_timeout(std::time::Duration::from_millis(ms))
+            .unwrap();
+        events.iter_readable().count() == 1
     }
 
     /// The RING_TAIL stall (found by the guest `dma` suite): a job submitted with a trapped

@@ -331,10 +331,7 @@ impl Mmu {
                             st.regs.control = new;
                         }
                         Err(e) => {
-                            crate::log!(
-                                crate::log::Level::Debug,
-                                "MMU enable refused: {e} (MMU_STATUS.CONFIG_ERROR)"
-                            );
+                            tracing::debug!("MMU enable refused: {e} (MMU_STATUS.CONFIG_ERROR)");
                             st.config_error = true;
                             st.regs.control = new & !control::ENABLE;
                         }

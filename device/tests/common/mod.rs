@@ -3,7 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
 };
-use vmm_sys_util::eventfd::EventFd;
 use vugpu_device::event_loop::{self, Server};
 use vugpu_device::gpu::{Gpu, GpuConfig};
 use vugpu_protocol::transport::RawMessage;
@@ -103,8 +102,7 @@ impl ServerProcess {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        sigterm(&self.child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -131,7 +129,7 @@ impl Drop for ServerProcess {
 /// The event loop in a thread of this process, stoppable, returning the device for inspection.
 pub struct InProcServer {
     pub socket: PathBuf,
-    stop: EventFd,
+    stop: TestEventFd,
     thread: Option<JoinHandle<Server>>,
     dir: PathBuf,
 }
@@ -158,7 +156,7 @@ impl InProcServer {
         let dir = temp_dir("inproc");
         let socket = dir.join("gpu.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let stop = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let stop = eventfd();
         let stop_fd = owned(&stop);
         let thread = std::thread::spawn(move || {
             let gpu = build();
@@ -195,19 +193,55 @@ impl Drop for InProcServer {
     }
 }
 
+/// SIGTERM to a child of this process.
+pub fn sigterm(child: &Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+}
+
+/// The test's end of a non-blocking eventfd (an interrupt or a stop fd).
+#[derive(Debug)]
+pub struct TestEventFd(OwnedFd);
+
+impl TestEventFd {
+    /// Reads and resets the counter; fails (EAGAIN) while it is 0.
+    pub fn read(&self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        rustix::io::read(&self.0, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+
+    /// Adds `v` to the counter.
+    pub fn write(&self, v: u64) -> std::io::Result<()> {
+        rustix::io::write(&self.0, &v.to_ne_bytes())?;
+        Ok(())
+    }
+}
+
+impl AsFd for TestEventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for TestEventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// An owned duplicate of an eventfd (to hand over with SET_IRQS / as a stop fd).
-pub fn owned(e: &EventFd) -> OwnedFd {
-    // SAFETY: into_raw_fd hands over a fresh duplicate that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(e.try_clone().unwrap().into_raw_fd()) }
+pub fn owned(e: &TestEventFd) -> OwnedFd {
+    e.0.try_clone().unwrap()
 }
 
 /// A nonblocking eventfd.
-pub fn eventfd() -> EventFd {
-    EventFd::new(libc::EFD_NONBLOCK).unwrap()
+pub fn eventfd() -> TestEventFd {
+    TestEventFd(rustix::event::eventfd(0, rustix::event::EventfdFlags::NONBLOCK).unwrap())
 }
 
 /// Waits up to `ms` for the eventfd to be signalled; returns its counter (0 if it never was).
-pub fn wait_event(e: &EventFd, ms: u64) -> u64 {
+pub fn wait_event(e: &TestEventFd, ms: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_millis(ms);
     loop {
         if let Ok(v) = e.read() {
@@ -221,37 +255,19 @@ pub fn wait_event(e: &EventFd, ms: u64) -> u64 {
 }
 
 pub fn memfd(len: u64) -> File {
-    // SAFETY: valid C string literal; the result is checked.
-    let raw = unsafe { libc::memfd_create(c"vugpu-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd owned by nobody else.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let flags = rustix::fs::MemfdFlags::CLOEXEC;
+    let f = File::from(rustix::fs::memfd_create(c"vugpu-test", flags).unwrap());
     f.set_len(len).unwrap();
     f
 }
 
 /// A memfd sealed against shrinking and growing, as QEMU's `memory-backend-memfd` makes it.
 pub fn sealed_memfd(len: u64) -> File {
-    // SAFETY: valid C string literal; the result is checked.
-    let raw = unsafe {
-        libc::memfd_create(
-            c"vugpu-sealed".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd owned by nobody else.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let f = File::from(rustix::fs::memfd_create(c"vugpu-sealed", flags).unwrap());
     f.set_len(len).unwrap();
-    // SAFETY: F_ADD_SEALS takes an int and touches no memory of ours; `f` outlives the call.
-    let rc = unsafe {
-        libc::fcntl(
-            f.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-        )
-    };
-    assert_eq!(rc, 0);
+    rustix::fs::fcntl_add_seals(&f, SealFlags::SHRINK | SealFlags::GROW).unwrap();
     f
 }
 
@@ -282,14 +298,13 @@ pub fn wr32(c: &mut Client, region: u32, off: u64, v: u32) {
 /// One framed message: header `id`, `command`, `flags` and `body`.
 pub fn frame(id: u16, command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
     let mut w = Writer::with_capacity(Header::SIZE + body.len());
-    Header {
+    w.put(&Header {
         msg_id: id,
         command,
         size: (Header::SIZE + body.len()) as u32,
         flags,
         error: 0,
-    }
-    .encode(&mut w);
+    });
     w.bytes(body);
     w.into_vec()
 }
@@ -298,12 +313,11 @@ pub fn frame(id: u16, command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
 /// waiting for the reply (`Client::send_raw`).
 pub fn region_read_msg(id: u16, off: u64) -> Vec<u8> {
     let mut body = Writer::with_capacity(RegionAccessWire::SIZE);
-    RegionAccessWire {
+    body.put(&RegionAccessWire {
         offset: off,
         region: 0,
         count: 4,
-    }
-    .encode(&mut body);
+    });
     frame(
         id,
         Cmd::RegionRead as u16,

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
 };
-use vmm_sys_util::eventfd::EventFd;
 use vugpu_device::engine::desc::{Addr, Aperture, RawDescriptor, DESC_SIZE};
 use vugpu_device::engine::regs::{control, offset, DOORBELL_OFFSET, DOORBELL_STRIDE};
 use vugpu_protocol::backend::{DmaProt, IrqAction};
@@ -62,7 +61,7 @@ pub struct Rig {
     pub sys_size: u64,
     pub doorbell: GuestRegionMmap<()>,
     pub vram: GuestRegionMmap<()>,
-    pub vectors: Vec<EventFd>,
+    pub vectors: Vec<super::TestEventFd>,
     pub tails: Vec<u32>,
 }
 
@@ -110,9 +109,7 @@ impl Rig {
         let r2 = c.region_info(2).unwrap();
         let vram = map(File::from(r2.fd.unwrap()), r2.info.offset, r2.info.size);
         let n = c.irq_info(2).unwrap().count;
-        let vectors: Vec<EventFd> = (0..n)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-            .collect();
+        let vectors: Vec<super::TestEventFd> = (0..n).map(|_| super::eventfd()).collect();
         let owned: Vec<std::os::fd::OwnedFd> = vectors.iter().map(super::owned).collect();
         let fds: Vec<BorrowedFd<'_>> = owned.iter().map(|e| e.as_fd()).collect();
         c.set_irqs(2, 0, n, IrqAction::Trigger, IrqSetArg::Eventfds(&fds))

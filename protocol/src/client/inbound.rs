@@ -50,26 +50,24 @@ impl Client {
         let mut w = Writer::default();
         match result {
             Ok(payload) => {
-                Header {
+                w.put(&Header {
                     msg_id: h.msg_id,
                     command: h.command,
                     size: u32::try_from(Header::SIZE + payload.len()).unwrap_or(u32::MAX),
                     flags: flags::TYPE_REPLY,
                     error: 0,
-                }
-                .encode(&mut w);
+                });
                 w.bytes(&payload);
             }
             Err(errno) => {
                 self.stats.inbound_errors += 1;
-                Header {
+                w.put(&Header {
                     msg_id: h.msg_id,
                     command: h.command,
                     size: Header::SIZE as u32,
                     flags: flags::TYPE_REPLY | flags::ERROR,
                     error: u32::try_from(errno).unwrap_or(libc::EINVAL as u32),
-                }
-                .encode(&mut w);
+                });
             }
         }
         send_message(

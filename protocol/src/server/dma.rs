@@ -86,14 +86,13 @@ impl Session {
         let size = u32::try_from(Header::SIZE + body.len())
             .map_err(|_| ProtocolError::invalid("DMA message too large"))?;
         let mut w = Writer::with_capacity(size as usize);
-        Header {
+        w.put(&Header {
             msg_id: id,
             command: cmd as u16,
             size,
             flags: flags::TYPE_COMMAND,
             error: 0,
-        }
-        .encode(&mut w);
+        });
         w.bytes(&body);
         self.fatal_guard(send_message(
             self.stream.as_fd(),

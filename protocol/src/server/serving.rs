@@ -223,33 +223,30 @@ mod tests {
 
     fn region_read_msg(id: u16) -> Vec<u8> {
         let mut w = Writer::with_capacity(32);
-        Header {
+        w.put(&Header {
             msg_id: id,
             command: Command::RegionRead as u16,
             size: 32,
             flags: flags::TYPE_COMMAND,
             error: 0,
-        }
-        .encode(&mut w);
-        RegionAccessWire {
+        });
+        w.put(&RegionAccessWire {
             offset: 0,
             region: 0,
             count: 4,
-        }
-        .encode(&mut w);
+        });
         w.into_vec()
     }
 
     fn reply_to(h: &Header, payload: &[u8]) -> Vec<u8> {
         let mut w = Writer::with_capacity(16 + payload.len());
-        Header {
+        w.put(&Header {
             msg_id: h.msg_id,
             command: h.command,
             size: (16 + payload.len()) as u32,
             flags: flags::TYPE_REPLY,
             error: 0,
-        }
-        .encode(&mut w);
+        });
         w.bytes(payload);
         w.into_vec()
     }

@@ -1,10 +1,13 @@
 //! DEVICE_GET_INFO payload.
 
-use super::{Reader, Writer};
+use vfio_bindings::bindings::vfio as vfio_sys;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `struct vfio_device_info` as carried by DEVICE_GET_INFO.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct DeviceInfoWire {
     /// Size of the structure the client can receive (request) / the reply size (reply).
     pub argsz: u32,
@@ -22,25 +25,7 @@ impl DeviceInfoWire {
     /// Encoded size.
     pub const SIZE: usize = 16;
     /// `VFIO_DEVICE_FLAGS_RESET`.
-    pub const FLAG_RESET: u32 = 1 << 0;
+    pub const FLAG_RESET: u32 = vfio_sys::VFIO_DEVICE_FLAGS_RESET;
     /// `VFIO_DEVICE_FLAGS_PCI`.
-    pub const FLAG_PCI: u32 = 1 << 1;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(DeviceInfoWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            num_regions: r.u32()?,
-            num_irqs: r.u32()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u32(self.num_regions)
-            .u32(self.num_irqs);
-    }
+    pub const FLAG_PCI: u32 = vfio_sys::VFIO_DEVICE_FLAGS_PCI;
 }

@@ -1,31 +1,39 @@
 //! DMA_MAP / DMA_UNMAP payloads and the DMA_READ / DMA_WRITE layouts.
 
-use super::{Reader, Writer};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::{read_prefix, Writer};
 use crate::error::{ProtocolError, Result};
 
-/// DMA_MAP flag bits.
+/// DMA_MAP flag bits: the spec's `readable`/`writeable` are Linux's `VFIO_DMA_MAP_FLAG_*` bits.
 pub mod dma_map_flags {
+    use vfio_bindings::bindings::vfio as vfio_sys;
+
     /// The device may read the mapping.
-    pub const READ: u32 = 1 << 0;
+    pub const READ: u32 = vfio_sys::VFIO_DMA_MAP_FLAG_READ;
     /// The device may write the mapping.
-    pub const WRITE: u32 = 1 << 1;
+    pub const WRITE: u32 = vfio_sys::VFIO_DMA_MAP_FLAG_WRITE;
     /// All bits this implementation accepts.
     pub const KNOWN: u32 = READ | WRITE;
 }
 
-/// DMA_UNMAP flag bits (spec / Linux `VFIO_DMA_UNMAP_FLAG_*`).
+/// DMA_UNMAP flag bits (spec / Linux `VFIO_DMA_UNMAP_FLAG_*`, from `vfio-bindings`).
 pub mod dma_unmap_flags {
+    use vfio_bindings::bindings::vfio as vfio_sys;
+
     /// Return a dirty bitmap of the range (migration v1): not supported.
-    pub const GET_DIRTY_PAGE_INFO: u32 = 1 << 0;
+    pub const GET_DIRTY_PAGE_INFO: u32 = vfio_sys::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
     /// Unmap every mapping; address and size must be 0.
-    pub const ALL: u32 = 1 << 1;
+    pub const ALL: u32 = vfio_sys::VFIO_DMA_UNMAP_FLAG_ALL;
     /// All bits defined.
     pub const KNOWN: u32 = GET_DIRTY_PAGE_INFO | ALL;
 }
 
 /// `struct vfio_user_dma_map` payload.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct DmaMapWire {
     /// Size of this structure (32).
     pub argsz: u32,
@@ -44,31 +52,13 @@ const _: () = assert!(std::mem::size_of::<DmaMapWire>() == DmaMapWire::SIZE);
 impl DmaMapWire {
     /// Encoded size.
     pub const SIZE: usize = 32;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(DmaMapWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            offset: r.u64()?,
-            address: r.u64()?,
-            size: r.u64()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u64(self.offset)
-            .u64(self.address)
-            .u64(self.size);
-    }
 }
 
 /// `struct vfio_user_dma_unmap` payload (without the dirty bitmap, which we do not support).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct DmaUnmapWire {
     /// Size of this structure (24).
     pub argsz: u32,
@@ -85,24 +75,6 @@ const _: () = assert!(std::mem::size_of::<DmaUnmapWire>() == DmaUnmapWire::SIZE)
 impl DmaUnmapWire {
     /// Encoded size.
     pub const SIZE: usize = 24;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(DmaUnmapWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            address: r.u64()?,
-            size: r.u64()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u64(self.address)
-            .u64(self.size);
-    }
 }
 
 /// Payload layout of DMA_READ / DMA_WRITE messages.
@@ -124,14 +96,31 @@ pub enum DmaLayout {
     Qemu,
 }
 
-/// The address/count prefix of a DMA_READ / DMA_WRITE payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The address/count prefix of a DMA_READ / DMA_WRITE payload; its bytes are the spec layout's
+/// prefix (`u64 address; u64 count`).
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct DmaRwHeader {
     /// Address in the client's DMA address space.
     pub address: u64,
     /// Byte count.
     pub count: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<DmaRwHeader>() == 16);
+
+/// The prefix in QEMU 10.2's layout: `u64 offset; u32 count` with the data right after it
+/// (packed: no padding between the count and the data).
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+struct DmaRwQemuPrefix {
+    address: u64,
+    count: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<DmaRwQemuPrefix>() == 12);
 
 impl DmaLayout {
     /// Bytes before the data.
@@ -161,37 +150,40 @@ impl DmaLayout {
     /// Encode prefix + `data` + trailer. Used for DMA_READ requests (empty data, count =
     /// bytes wanted), DMA_WRITE requests and DMA_READ replies. Fails if `count` does not fit.
     pub fn encode(self, h: DmaRwHeader, data: &[u8], w: &mut Writer) -> Result<()> {
-        w.u64(h.address);
         match self {
-            DmaLayout::Spec => {
-                w.u64(h.count);
-            }
+            DmaLayout::Spec => w.put(&h),
             DmaLayout::Qemu => {
-                let c = u32::try_from(h.count)
+                let count = u32::try_from(h.count)
                     .map_err(|_| ProtocolError::invalid("DMA count exceeds 32 bits"))?;
-                w.u32(c);
+                w.put(&DmaRwQemuPrefix {
+                    address: h.address,
+                    count,
+                })
             }
-        }
+        };
         w.bytes(data).zeros(self.trailer_len());
         Ok(())
     }
 
     /// Decode the prefix; returns it and the bytes after it (data plus any trailer).
     pub fn decode(self, body: &[u8]) -> Result<(DmaRwHeader, &[u8])> {
-        let mut r = Reader::new(body);
-        let h = match self {
-            DmaLayout::Spec => r.u64().zip(r.u64()),
-            DmaLayout::Qemu => r.u64().zip(r.u32().map(u64::from)),
+        let decoded = match self {
+            DmaLayout::Spec => read_prefix::<DmaRwHeader>(body),
+            DmaLayout::Qemu => read_prefix::<DmaRwQemuPrefix>(body).map(|(p, rest)| {
+                let h = DmaRwHeader {
+                    address: p.address,
+                    count: u64::from(p.count),
+                };
+                (h, rest)
+            }),
         };
-        let (address, count) =
-            h.ok_or_else(|| ProtocolError::invalid("DMA_READ/DMA_WRITE payload too short"))?;
-        Ok((DmaRwHeader { address, count }, r.rest()))
+        decoded.ok_or_else(|| ProtocolError::invalid("DMA_READ/DMA_WRITE payload too short"))
     }
 
     /// The DMA_WRITE reply payload in this layout (QEMU: empty).
     pub fn encode_write_reply(self, h: DmaRwHeader, w: &mut Writer) {
         if self == DmaLayout::Spec {
-            w.u64(h.address).u64(h.count);
+            w.put(&h);
         }
     }
 }

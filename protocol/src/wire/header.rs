@@ -1,6 +1,8 @@
 //! The 16-byte message header and the command numbers (spec "Header", "Commands").
 
-use super::{Reader, Writer};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::read_prefix;
 use crate::error::{ProtocolError, Result};
 
 /// Header flag bits.
@@ -21,7 +23,9 @@ pub mod flags {
 
 /// `struct vfio_user_header`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct Header {
     /// Message id, chosen by the sender of a command and echoed in the reply.
     pub msg_id: u16,
@@ -43,28 +47,9 @@ impl Header {
 
     /// Decode the first 16 bytes of `buf`. Does not validate the size or flags.
     pub fn decode(buf: &[u8]) -> Result<Header> {
-        let mut r = Reader::new(buf);
-        let h = (|| {
-            Some(Header {
-                msg_id: r.u16()?,
-                command: r.u16()?,
-                size: r.u32()?,
-                flags: r.u32()?,
-                error: r.u32()?,
-            })
-        })();
-        h.ok_or_else(|| {
+        read_prefix(buf).map(|(h, _)| h).ok_or_else(|| {
             ProtocolError::Violation(format!("header needs 16 bytes, got {}", buf.len()))
         })
-    }
-
-    /// Append the 16 encoded bytes.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u16(self.msg_id)
-            .u16(self.command)
-            .u32(self.size)
-            .u32(self.flags)
-            .u32(self.error);
     }
 
     /// The message-type nibble.
@@ -192,11 +177,13 @@ mod tests {
             flags: flags::NO_REPLY,
             error: 0,
         };
-        let mut w = Writer::default();
-        h.encode(&mut w);
-        let v = w.into_vec();
+        let v = h.as_bytes();
         assert_eq!(v.len(), Header::SIZE);
-        assert_eq!(Header::decode(&v).ok(), Some(h));
+        assert_eq!(
+            v[..4],
+            [0xbeef_u16.to_ne_bytes(), 9u16.to_ne_bytes()].concat()
+        );
+        assert_eq!(Header::decode(v).ok(), Some(h));
         assert!(h.is_command() && h.no_reply() && !h.is_error());
         assert_eq!(h.body_len(), Some(32));
     }

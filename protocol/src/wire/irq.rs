@@ -1,30 +1,34 @@
 //! DEVICE_GET_IRQ_INFO and DEVICE_SET_IRQS payloads.
 
-use super::{Reader, Writer};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// DEVICE_SET_IRQS flag bits (`VFIO_IRQ_SET_*`).
+/// DEVICE_SET_IRQS flag bits: Linux's `VFIO_IRQ_SET_*` (from `vfio-bindings`).
 pub mod irq_set_flags {
+    use vfio_bindings::bindings::vfio as vfio_sys;
+
     /// No data.
-    pub const DATA_NONE: u32 = 1 << 0;
+    pub const DATA_NONE: u32 = vfio_sys::VFIO_IRQ_SET_DATA_NONE;
     /// One bool byte per sub-index.
-    pub const DATA_BOOL: u32 = 1 << 1;
+    pub const DATA_BOOL: u32 = vfio_sys::VFIO_IRQ_SET_DATA_BOOL;
     /// One eventfd per sub-index (SCM_RIGHTS).
-    pub const DATA_EVENTFD: u32 = 1 << 2;
+    pub const DATA_EVENTFD: u32 = vfio_sys::VFIO_IRQ_SET_DATA_EVENTFD;
     /// Mask.
-    pub const ACTION_MASK: u32 = 1 << 3;
+    pub const ACTION_MASK: u32 = vfio_sys::VFIO_IRQ_SET_ACTION_MASK;
     /// Unmask.
-    pub const ACTION_UNMASK: u32 = 1 << 4;
+    pub const ACTION_UNMASK: u32 = vfio_sys::VFIO_IRQ_SET_ACTION_UNMASK;
     /// Trigger.
-    pub const ACTION_TRIGGER: u32 = 1 << 5;
+    pub const ACTION_TRIGGER: u32 = vfio_sys::VFIO_IRQ_SET_ACTION_TRIGGER;
     /// Data-type bits.
-    pub const DATA_MASK: u32 = DATA_NONE | DATA_BOOL | DATA_EVENTFD;
+    pub const DATA_MASK: u32 = vfio_sys::VFIO_IRQ_SET_DATA_TYPE_MASK;
     /// Action bits.
-    pub const ACTION_MASK_BITS: u32 = ACTION_MASK | ACTION_UNMASK | ACTION_TRIGGER;
+    pub const ACTION_MASK_BITS: u32 = vfio_sys::VFIO_IRQ_SET_ACTION_TYPE_MASK;
 }
 
 /// `struct vfio_irq_info`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct IrqInfoWire {
     /// Structure size.
     pub argsz: u32,
@@ -41,29 +45,13 @@ const _: () = assert!(std::mem::size_of::<IrqInfoWire>() == IrqInfoWire::SIZE);
 impl IrqInfoWire {
     /// Encoded size.
     pub const SIZE: usize = 16;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(IrqInfoWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u32(self.index)
-            .u32(self.count);
-    }
 }
 
 /// `struct vfio_irq_set` without its data array.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct IrqSetWire {
     /// Size of the structure plus data.
     pub argsz: u32,
@@ -82,24 +70,4 @@ const _: () = assert!(std::mem::size_of::<IrqSetWire>() == IrqSetWire::SIZE);
 impl IrqSetWire {
     /// Encoded size.
     pub const SIZE: usize = 20;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(IrqSetWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            start: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u32(self.index)
-            .u32(self.start)
-            .u32(self.count);
-    }
 }

@@ -1,10 +1,15 @@
-//! Plain wire structures of vfio-user and their byte encodings.
+//! Plain wire structures of vfio-user and their byte views.
 //!
-//! Every structure is `#[repr(C)]` plain data with a compile-time size assertion that matches the
-//! C layout in QEMU's `hw/vfio-user/protocol.h` / the spec. Encoding and decoding go field by
-//! field through [`Reader`] and [`Writer`] in host byte order (the spec: "all data is in the
-//! endianness of the host system"); there are no transmutes. Decoders only check *structure*
-//! (lengths, reserved bits); limits and device-dependent checks live in
+//! Every fixed-size structure is `#[repr(C)]` plain data deriving zerocopy's `FromBytes`,
+//! `IntoBytes`, `KnownLayout` and `Immutable`: its bytes are its fields in the C layout of QEMU's
+//! `hw/vfio-user/protocol.h` / the spec, and the derives prove at compile time that it has no
+//! padding and that every bit pattern is a valid value. Next to each structure a `const`
+//! assertion pins its size to the spec's (`SIZE`). Fields are plain integers in host byte order:
+//! the spec says "all data is in the endianness of the host system" (QEMU does not swap either).
+//!
+//! Decoding copies a structure out of the front of a received body ([`read_prefix`], no
+//! alignment needed); encoding appends its bytes ([`Writer::put`]). Decoders only check
+//! *structure* (lengths, reserved bits); limits and device-dependent checks live in
 //! [`validate`](crate::validate).
 
 mod device;
@@ -24,63 +29,15 @@ pub use region::{
 };
 pub use version::{Capabilities, VersionWire, DEFAULT_MAX_DATA_XFER_SIZE, DEFAULT_MAX_MSG_FDS};
 
-/// A cursor over received bytes; every read is bounds checked and returns `None` past the end.
-#[derive(Debug, Clone)]
-pub struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Copy a `T` out of the first `size_of::<T>()` bytes of `buf`; returns it and the bytes after
+/// it, or `None` when `buf` is shorter.
+pub fn read_prefix<T: FromBytes>(buf: &[u8]) -> Option<(T, &[u8])> {
+    T::read_from_prefix(buf).ok()
 }
 
-impl<'a> Reader<'a> {
-    /// Start reading `buf` at offset 0.
-    pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    /// Take the next `n` bytes.
-    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let out = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(out)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        self.bytes(N)?.try_into().ok()
-    }
-
-    /// Next host-endian `u8`.
-    pub fn u8(&mut self) -> Option<u8> {
-        Some(self.array::<1>()?[0])
-    }
-
-    /// Next host-endian `u16`.
-    pub fn u16(&mut self) -> Option<u16> {
-        self.array().map(u16::from_ne_bytes)
-    }
-
-    /// Next host-endian `u32`.
-    pub fn u32(&mut self) -> Option<u32> {
-        self.array().map(u32::from_ne_bytes)
-    }
-
-    /// Next host-endian `u64`.
-    pub fn u64(&mut self) -> Option<u64> {
-        self.array().map(u64::from_ne_bytes)
-    }
-
-    /// Bytes not yet read.
-    pub fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    /// The unread tail.
-    pub fn rest(&self) -> &'a [u8] {
-        self.buf.get(self.pos..).unwrap_or(&[])
-    }
-}
-
-/// Appends host-endian fields to a byte vector.
+/// Builds a message body by appending the bytes of wire structures and integers.
 #[derive(Debug, Default)]
 pub struct Writer {
     buf: Vec<u8>,
@@ -94,28 +51,30 @@ impl Writer {
         }
     }
 
+    /// Append the bytes of a wire structure (or integer, or slice of either).
+    pub fn put<T: IntoBytes + Immutable + ?Sized>(&mut self, v: &T) -> &mut Self {
+        self.buf.extend_from_slice(v.as_bytes());
+        self
+    }
+
     /// Append a `u8`.
     pub fn u8(&mut self, v: u8) -> &mut Self {
-        self.buf.push(v);
-        self
+        self.put(&v)
     }
 
     /// Append a host-endian `u16`.
     pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_ne_bytes());
-        self
+        self.put(&v)
     }
 
     /// Append a host-endian `u32`.
     pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_ne_bytes());
-        self
+        self.put(&v)
     }
 
     /// Append a host-endian `u64`.
     pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_ne_bytes());
-        self
+        self.put(&v)
     }
 
     /// Append raw bytes.
@@ -151,13 +110,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reader_stops_at_end() {
-        let mut r = Reader::new(&[1, 0, 0, 0, 2]);
-        assert_eq!(r.u32(), Some(u32::from_ne_bytes([1, 0, 0, 0])));
-        assert_eq!(r.u16(), None);
-        assert_eq!(r.u8(), Some(2));
-        assert_eq!(r.u8(), None);
-        assert_eq!(r.bytes(usize::MAX), None);
+    fn read_prefix_stops_at_end() {
+        let b = [1u8, 0, 0, 0, 2];
+        let (v, rest) = read_prefix::<u32>(&b).expect("4 bytes");
+        assert_eq!(v, u32::from_ne_bytes([1, 0, 0, 0]));
+        assert_eq!(rest, &[2]);
+        assert_eq!(read_prefix::<u16>(rest), None);
+        assert_eq!(read_prefix::<[u8; 6]>(&b), None);
     }
 
     #[test]
@@ -166,8 +125,10 @@ mod tests {
         w.u16(7).u32(8).u64(9).bytes(&[1, 2]).zeros(2);
         let v = w.into_vec();
         assert_eq!(v.len(), 18);
-        let mut r = Reader::new(&v);
-        assert_eq!((r.u16(), r.u32(), r.u64()), (Some(7), Some(8), Some(9)));
-        assert_eq!(r.rest(), &[1, 2, 0, 0]);
+        let (a, r) = read_prefix::<u16>(&v).expect("u16");
+        let (b, r) = read_prefix::<u32>(r).expect("u32");
+        let (c, r) = read_prefix::<u64>(r).expect("u64");
+        assert_eq!((a, b, c), (7, 8, 9));
+        assert_eq!(r, &[1, 2, 0, 0]);
     }
 }

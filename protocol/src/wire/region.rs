@@ -1,11 +1,14 @@
 //! Region payloads: GET_REGION_INFO (+ sparse-mmap capability), GET_REGION_IO_FDS,
 //! REGION_READ / REGION_WRITE and REGION_WRITE_MULTI.
 
-use super::{Reader, Writer};
+use vfio_bindings::bindings::vfio as vfio_sys;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::{read_prefix, Writer};
 use crate::backend::SparseArea;
 
-/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP`.
-pub const CAP_ID_SPARSE_MMAP: u16 = 1;
+/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP` (the capability id field is 16 bits).
+pub const CAP_ID_SPARSE_MMAP: u16 = vfio_sys::VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16;
 /// Most entries in one REGION_WRITE_MULTI (QEMU's `VFIO_USER_MULTI_MAX`).
 pub const MAX_WRITE_MULTI: u64 = 200;
 /// Data bytes per REGION_WRITE_MULTI entry (`VFIO_USER_MULTI_DATA`).
@@ -13,7 +16,9 @@ pub const WRITE_MULTI_DATA: usize = 8;
 
 /// `struct vfio_region_info`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct RegionInfoWire {
     /// Request: buffer size of the client. Reply: size needed for the full answer.
     pub argsz: u32,
@@ -34,33 +39,13 @@ const _: () = assert!(std::mem::size_of::<RegionInfoWire>() == RegionInfoWire::S
 impl RegionInfoWire {
     /// Encoded size.
     pub const SIZE: usize = 32;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(RegionInfoWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            cap_offset: r.u32()?,
-            size: r.u64()?,
-            offset: r.u64()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u32(self.index)
-            .u32(self.cap_offset)
-            .u64(self.size)
-            .u64(self.offset);
-    }
 }
 
 /// `struct vfio_info_cap_header`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct CapHeader {
     /// Capability id.
     pub id: u16,
@@ -75,25 +60,13 @@ const _: () = assert!(std::mem::size_of::<CapHeader>() == CapHeader::SIZE);
 impl CapHeader {
     /// Encoded size.
     pub const SIZE: usize = 8;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(CapHeader {
-            id: r.u16()?,
-            version: r.u16()?,
-            next: r.u32()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u16(self.id).u16(self.version).u32(self.next);
-    }
 }
 
 /// Fixed part of `struct vfio_region_info_cap_sparse_mmap` after the cap header.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct SparseMmapHeader {
     /// Number of areas that follow.
     pub nr_areas: u32,
@@ -118,42 +91,35 @@ impl SparseMmapHeader {
 
     /// Encode the complete capability (header with `next`, count and areas).
     pub fn encode_cap(areas: &[SparseArea], next: u32, w: &mut Writer) {
-        CapHeader {
+        w.put(&CapHeader {
             id: CAP_ID_SPARSE_MMAP,
             version: 1,
             next,
-        }
-        .encode(w);
-        w.u32(u32::try_from(areas.len()).unwrap_or(u32::MAX)).u32(0);
-        for a in areas {
-            w.u64(a.offset).u64(a.size);
-        }
+        })
+        .put(&SparseMmapHeader {
+            nr_areas: u32::try_from(areas.len()).unwrap_or(u32::MAX),
+            reserved: 0,
+        })
+        .put(areas);
     }
 
-    /// Decode the count/reserved part and then the areas (bounded by the bytes present).
-    pub fn decode_areas(r: &mut Reader<'_>) -> Option<Vec<SparseArea>> {
-        let h = SparseMmapHeader {
-            nr_areas: r.u32()?,
-            reserved: r.u32()?,
-        };
+    /// Decode the count/reserved part at the start of `buf` and then the areas (bounded by the
+    /// bytes present; bytes after the last area are ignored).
+    pub fn decode_areas(buf: &[u8]) -> Option<Vec<SparseArea>> {
+        let (h, rest) = read_prefix::<SparseMmapHeader>(buf)?;
         let n = h.nr_areas as usize;
-        if n.checked_mul(Self::AREA_SIZE)? > r.remaining() {
-            return None;
-        }
-        (0..n)
-            .map(|_| {
-                Some(SparseArea {
-                    offset: r.u64()?,
-                    size: r.u64()?,
-                })
-            })
-            .collect()
+        let bytes = rest.get(..n.checked_mul(Self::AREA_SIZE)?)?;
+        let mut areas = vec![SparseArea { offset: 0, size: 0 }; n];
+        areas.as_mut_bytes().copy_from_slice(bytes);
+        Some(areas)
     }
 }
 
 /// `struct vfio_user_region_access` without data (REGION_READ / REGION_WRITE).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct RegionAccessWire {
     /// Offset into the region.
     pub offset: u64,
@@ -168,25 +134,13 @@ const _: () = assert!(std::mem::size_of::<RegionAccessWire>() == RegionAccessWir
 impl RegionAccessWire {
     /// Encoded size.
     pub const SIZE: usize = 16;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(RegionAccessWire {
-            offset: r.u64()?,
-            region: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u64(self.offset).u32(self.region).u32(self.count);
-    }
 }
 
 /// One REGION_WRITE_MULTI entry (`VFIOUserWROne`).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct WriteMultiEntry {
     /// Offset into the region.
     pub offset: u64,
@@ -203,29 +157,13 @@ const _: () = assert!(std::mem::size_of::<WriteMultiEntry>() == WriteMultiEntry:
 impl WriteMultiEntry {
     /// Encoded size.
     pub const SIZE: usize = 24;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(WriteMultiEntry {
-            offset: r.u64()?,
-            region: r.u32()?,
-            count: r.u32()?,
-            data: r.bytes(WRITE_MULTI_DATA)?.try_into().ok()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u64(self.offset)
-            .u32(self.region)
-            .u32(self.count)
-            .bytes(&self.data);
-    }
 }
 
 /// Fixed part of `struct vfio_user_region_io_fds_request` / reply.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct RegionIoFdsWire {
     /// Request: client buffer size. Reply: size of the full answer.
     pub argsz: u32,
@@ -244,24 +182,6 @@ impl RegionIoFdsWire {
     pub const SIZE: usize = 16;
     /// Encoded size of one sub-region descriptor.
     pub const SUB_REGION_SIZE: usize = 40;
-
-    /// Decode from a reader.
-    pub fn decode(r: &mut Reader<'_>) -> Option<Self> {
-        Some(RegionIoFdsWire {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
-    /// Encode.
-    pub fn encode(&self, w: &mut Writer) {
-        w.u32(self.argsz)
-            .u32(self.flags)
-            .u32(self.index)
-            .u32(self.count);
-    }
 }
 
 #[cfg(test)]
@@ -284,10 +204,14 @@ mod tests {
         SparseMmapHeader::encode_cap(&areas, 0, &mut w);
         let v = w.into_vec();
         assert_eq!(Some(v.len()), SparseMmapHeader::cap_len(2));
-        let mut r = Reader::new(&v);
-        let h = CapHeader::decode(&mut r).expect("cap header");
+        let (h, rest) = read_prefix::<CapHeader>(&v).expect("cap header");
         assert_eq!((h.id, h.version, h.next), (CAP_ID_SPARSE_MMAP, 1, 0));
-        assert_eq!(SparseMmapHeader::decode_areas(&mut r), Some(areas.to_vec()));
+        assert_eq!(SparseMmapHeader::decode_areas(rest), Some(areas.to_vec()));
+        // One byte short of the last area.
+        assert_eq!(
+            SparseMmapHeader::decode_areas(&rest[..rest.len() - 1]),
+            None
+        );
     }
 
     #[test]
@@ -295,7 +219,7 @@ mod tests {
         let mut w = Writer::default();
         w.u32(u32::MAX).u32(0);
         let v = w.into_vec();
-        assert_eq!(SparseMmapHeader::decode_areas(&mut Reader::new(&v)), None);
+        assert_eq!(SparseMmapHeader::decode_areas(&v), None);
     }
 
     #[test]
@@ -306,10 +230,10 @@ mod tests {
             count: 3,
             data: [4; 8],
         };
-        let mut w = Writer::default();
-        e.encode(&mut w);
-        let v = w.into_vec();
+        let v = e.as_bytes();
         assert_eq!(v.len(), 24);
-        assert_eq!(WriteMultiEntry::decode(&mut Reader::new(&v)), Some(e));
+        assert_eq!(v[8..12], 2u32.to_ne_bytes());
+        assert_eq!(&v[16..], &[4; 8]);
+        assert_eq!(read_prefix::<WriteMultiEntry>(v), Some((e, &[][..])));
     }
 }

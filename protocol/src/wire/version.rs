@@ -4,8 +4,9 @@
 //! are ignored (forward compatibility); known keys must have the right JSON type.
 
 use serde_json::{Map, Value};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::{Reader, Writer};
+use super::{read_prefix, Writer};
 use crate::error::{ProtocolError, Result};
 
 /// The spec default for `max_msg_fds` when the key is absent. (QEMU assumes 8 instead, which
@@ -16,7 +17,9 @@ pub const DEFAULT_MAX_DATA_XFER_SIZE: u32 = 1 << 20;
 
 /// Fixed part of the VERSION payload.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct VersionWire {
     /// Major version (0).
     pub major: u16,
@@ -32,16 +35,14 @@ impl VersionWire {
 
     /// Decode a VERSION payload into the fixed part and the JSON text (without its NUL).
     pub fn decode(body: &[u8]) -> Result<(VersionWire, Option<&[u8]>)> {
-        let mut r = Reader::new(body);
-        let (Some(major), Some(minor)) = (r.u16(), r.u16()) else {
+        let Some((version, rest)) = read_prefix::<VersionWire>(body) else {
             return Err(ProtocolError::invalid(format!(
                 "VERSION payload of {} bytes, need at least 4",
                 body.len()
             )));
         };
-        let rest = r.rest();
         if rest.is_empty() {
-            return Ok((VersionWire { major, minor }, None));
+            return Ok((version, None));
         }
         let nul = rest
             .iter()
@@ -55,12 +56,12 @@ impl VersionWire {
         }
         // An empty string (a lone NUL) carries no capabilities, like an absent one.
         let json = (!json.is_empty()).then_some(json);
-        Ok((VersionWire { major, minor }, json))
+        Ok((version, json))
     }
 
     /// Encode the fixed part followed by `json` and a NUL (if `json` is given).
     pub fn encode(&self, json: Option<&str>, w: &mut Writer) {
-        w.u16(self.major).u16(self.minor);
+        w.put(self);
         if let Some(j) = json {
             w.bytes(j.as_bytes()).u8(0);
         }

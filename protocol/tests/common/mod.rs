@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -17,13 +17,8 @@ use vugpu_protocol::{ProtocolError, ServerConfig, Session, SessionStats};
 
 /// Create a memfd of `size` bytes filled with `fill(i)`.
 pub fn memfd(size: usize, fill: impl Fn(usize) -> u8) -> OwnedFd {
-    let name = c"vugpu-test";
-    // SAFETY: memfd_create takes a valid NUL-terminated name and flags; it returns a new fd
-    // or -1, checked below.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0, "memfd_create failed");
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = rustix::fs::memfd_create(c"vugpu-test", rustix::fs::MemfdFlags::CLOEXEC)
+        .expect("memfd_create");
     let f = File::from(fd);
     let data: Vec<u8> = (0..size).map(fill).collect();
     f.write_all_at(&data, 0).expect("fill memfd");
@@ -365,11 +360,8 @@ pub fn raw<F: AsRawFd>(f: &F) -> i32 {
 
 /// A non-blocking eventfd.
 pub fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd(2) with valid flags returns a new fd or -1, checked below.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(raw >= 0, "eventfd failed");
-    // SAFETY: `raw` is a fresh fd owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(raw) }
+    use rustix::event::EventfdFlags;
+    rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC).expect("eventfd")
 }
 
 /// Read an eventfd's counter; `None` if it was not signalled.

@@ -339,7 +339,9 @@ impl World {
     ) {
         let fd = match (weird, file) {
             (1, _) => File::open("/dev/null").ok().map(OwnedFd::from),
-            (2, _) => EventFd::new(0).ok().and_then(|e| owned_dup(&e)),
+            (2, _) => EventFd::new(rustix::event::EventfdFlags::empty())
+                .ok()
+                .and_then(|e| owned_dup(&e)),
             (3, _) => File::open("/").ok().map(OwnedFd::from),
             (_, Some(f)) => owned_dup(&self.files[f].file),
             (_, None) => None,

@@ -48,7 +48,7 @@ impl World {
                             new_fds.push(None);
                         }
                         _ => {
-                            let e = EventFd::new(libc::EFD_NONBLOCK).ok();
+                            let e = EventFd::new(rustix::event::EventfdFlags::NONBLOCK).ok();
                             fds.push(e.as_ref().and_then(owned_dup));
                             new_fds.push(e);
                         }
