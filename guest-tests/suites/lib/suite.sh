@@ -54,6 +54,19 @@
 #                            nonzero exit with every result ok counts as one
 #                            failure; no program is one failed result.
 #                            --timed adds "# PROGRAM took S s".
+#   suite_harness [--timed] N PROGRAM [ARGS]
+#                            result N PROGRAM (with - as _), whose subtests
+#                            are the results of PROGRAM ARGS SUITE_ARGS, a
+#                            program on the kernel's kselftest harness
+#                            (guest-tests/user/vugpu_harness.h): its TAP,
+#                            stdout and stderr, indented as KTAP subtests.
+#                            The harness runs each test in a process of its
+#                            own, so a crashed test is one failed subtest;
+#                            results it never printed (the program itself
+#                            killed) are reported failed.  N fails if a
+#                            subtest failed or the program exited nonzero;
+#                            no program is one failed result.  --timed adds
+#                            "# PROGRAM took S s".  Takes one slot of the plan.
 #   suite_modprobe N MOD [PATH...]
 #                            result N load_MOD: MOD already in the kernel
 #                            (/sys/module/MOD: loaded by /init from the
@@ -272,6 +285,70 @@ suite_splice() { # suite_splice [--timed] N [ARGS]
 	if [ -n "$_s_timed" ]; then
 		echo "# $_s_prog took $(awk -v s="$_s_start" -v e="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", e - s }') s"
 	fi
+}
+
+suite_harness() { # suite_harness [--timed] N PROGRAM [ARGS]
+	_s_timed=
+	if [ "$1" = --timed ]; then
+		_s_timed=1
+		shift
+	fi
+	_s_n=$1 _s_prog=$2
+	shift 2
+	_s_name=$(echo "$_s_prog" | tr - _)
+	if ! command -v "$_s_prog" >/dev/null 2>&1; then
+		echo "# $_s_prog not found in PATH"
+		ktap_result "$_s_n" "$_s_name" 1
+		return
+	fi
+	_s_start=$(cut -d' ' -f1 /proc/uptime)
+	# Streamed as it runs; the exit status travels through a file.
+	# shellcheck disable=SC2086 # SUITE_ARGS are split on purpose
+	{ "$_s_prog" "$@" $SUITE_ARGS 2>&1; echo $? > "$SUITE_TMP/rc"; } |
+		awk -v counts="$SUITE_TMP/counts" -v prog="$_s_prog" '
+		function out(s) { print "    " s; fflush() }
+		/^TAP version/ { out("KTAP version 1"); next }
+		/^1\.\.[0-9]+/ { plan = substr($0, 4) + 0; out($0); next }
+		/^(not )?ok [0-9]+ / {
+			n++
+			if ($0 ~ /# [Ss][Kk][Ii][Pp]/) skip++
+			else if ($0 ~ /^not ok/) fail++
+			else pass++
+			running = ""
+			out($0); next
+		}
+		/^#  RUN / { running = $3 }
+		/^$/ { next }
+		/^#/ { out($0); next }
+		{ out("# " $0) }
+		END {
+			if (plan == 0 && n == 0) {
+				out("KTAP version 1"); out("1..1")
+				out("# " prog " printed no plan and no result")
+				out("not ok 1 " prog "_output"); fail++; n = 1; plan = 1
+			}
+			for (i = n + 1; i <= plan; i++) {
+				name = (i == n + 1 && running != "") ? running : "test_" i
+				out("# " prog " ended (killed?) before reporting this test")
+				out("not ok " i " " name)
+				fail++
+			}
+			printf "%d %d %d\n", pass, fail, skip > counts
+		}'
+	_s_rc=$(cat "$SUITE_TMP/rc" 2>/dev/null)
+	read -r _s_pass _s_fail _s_skip < "$SUITE_TMP/counts"
+	_s_st=0
+	[ "$_s_fail" -eq 0 ] || _s_st=1
+	if [ "${_s_rc:-1}" -ne 0 ] && [ "$_s_fail" -eq 0 ]; then
+		# Everything reported ok but the program still failed: do not pass.
+		echo "# $_s_prog exit status ${_s_rc:-unknown} with no failed test"
+		_s_st=1
+	fi
+	if [ -n "$_s_timed" ]; then
+		echo "# $_s_prog took $(awk -v s="$_s_start" -v e="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", e - s }') s"
+	fi
+	echo "# $_s_prog: pass $_s_pass fail $_s_fail skip $_s_skip"
+	ktap_result "$_s_n" "$_s_name" "$_s_st"
 }
 
 suite_wait_char() { # suite_wait_char PATH: up to 3 s for a character device node; 0 if it appeared
