@@ -529,6 +529,17 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
             );
         }
     }
+    let has_user = has_user
+        && match &env.kernel.modules {
+            ModuleBuild::Unavailable(why) => {
+                say!(
+                    "note: the test programs are built on the guest kernel's kselftest_harness.h, \
+                     but its source is unavailable ({why}); the initramfs has no test programs"
+                );
+                false
+            }
+            _ => true,
+        };
     if has_user {
         // The programs are built on the guest kernel's kselftest_harness.h; one output directory
         // per harness, so that runs with different kernels do not rebuild each other's.
