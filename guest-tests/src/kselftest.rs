@@ -293,28 +293,18 @@ fn debian_harness(
     )
     .unwrap_or_default();
     let tarball = format!("/usr/src/linux-source-{series}.tar.xz");
-    let members = HARNESS_HEADERS
-        .iter()
-        .map(|h| format!("'{sub}/{h}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let from_installed = installed.split_whitespace().collect::<Vec<_>>()
+        == ["ii", version.as_str()]
+        && root.host_path(&tarball).is_file();
     let t = Instant::now();
-    let script = if installed.split_whitespace().collect::<Vec<_>>() == ["ii", version.as_str()]
-        && root.host_path(&tarball).is_file()
-    {
+    if from_installed {
         say!("extracting the kselftest harness headers from the installed {label}");
-        format!("set -e; cd '{inner}'; tar -xJf '{tarball}' {members}")
     } else {
         say!(
             "fetching {label} (the guest kernel's source, ~170 MB, deleted afterwards) for its kselftest harness headers"
         );
-        let deb = deb_file_name(&pkg, &version);
-        format!(
-            "set -e; cd '{inner}'; apt-get download -q '{pkg}={version}'; \
-             dpkg-deb --fsys-tarfile '{deb}' | tar -xO './usr/src/linux-source-{series}.tar.xz' | tar -xJ {members}; \
-             rm -f '{deb}'"
-        )
-    };
+    }
+    let script = harness_extract_script(&series, &version, &inner, from_installed);
     let log = dir.join("extract.log");
     let c = place.command(&["sh".into(), "-c".into(), script]);
     if let Err(e) = process::run_logged(
@@ -343,6 +333,34 @@ fn debian_harness(
         secs(t.elapsed())
     );
     Ok((inner, label))
+}
+
+/// The shell script (run in the root) that puts `linux-source-X.Y/tools/testing/selftests/`'s
+/// two harness headers of Debian version `version` below `dir`: from the installed tarball, or
+/// from the package `apt-get download` fetches, which it deletes afterwards. Only those two
+/// members are written.
+pub fn harness_extract_script(
+    series: &str,
+    version: &str,
+    dir: &str,
+    from_installed: bool,
+) -> String {
+    let members = HARNESS_HEADERS
+        .iter()
+        .map(|h| format!("'linux-source-{series}/tools/testing/selftests/{h}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if from_installed {
+        format!("set -e; cd '{dir}'; tar -xJf '/usr/src/linux-source-{series}.tar.xz' {members}")
+    } else {
+        let pkg = format!("linux-source-{series}");
+        let deb = deb_file_name(&pkg, version);
+        format!(
+            "set -e; cd '{dir}'; apt-get download -q '{pkg}={version}'; \
+             dpkg-deb --fsys-tarfile '{deb}' | tar -xO './usr/src/{pkg}.tar.xz' | tar -xJ {members}; \
+             rm -f '{deb}'"
+        )
+    }
 }
 
 /// Debian's kernel: the source of exactly its version, unpacked once.
@@ -922,6 +940,28 @@ fn wanted_list(w: &Wanted) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn harness_script_extracts_only_the_two_headers() {
+        let members = "'linux-source-7.3/tools/testing/selftests/kselftest_harness.h' \
+                       'linux-source-7.3/tools/testing/selftests/kselftest.h'";
+        let s = harness_extract_script("7.3", "7.3.4-1~bpo13+1", "/h/7.3.4", true);
+        assert_eq!(
+            s,
+            format!("set -e; cd '/h/7.3.4'; tar -xJf '/usr/src/linux-source-7.3.tar.xz' {members}")
+        );
+        let s = harness_extract_script("7.3", "1:7.3.4-1", "/h/x", false);
+        assert!(
+            s.contains("apt-get download -q 'linux-source-7.3=1:7.3.4-1'"),
+            "{s}"
+        );
+        assert!(s.contains(&format!("| tar -xJ {members};")), "{s}");
+        // The package is deleted after the extraction (its file name as apt-get writes it).
+        assert!(
+            s.ends_with("rm -f 'linux-source-7.3_1%3a7.3.4-1_all.deb'"),
+            "{s}"
+        );
+    }
 
     #[test]
     fn prune_keeps_the_most_recently_used() {

@@ -55,6 +55,9 @@ const BASE_TOOLS: &[(&str, &str)] = &[
     ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
     ("busybox-static", "/usr/bin/busybox"),
     ("kmod", "/usr/bin/kmod"),
+    // Unpacks the guest kernel's kselftest harness headers from its linux-source tarball
+    // (kselftest.rs); minbase has no xz.
+    ("xz-utils", "/usr/bin/xz"),
 ];
 
 /// Errors while provisioning.
