@@ -200,11 +200,12 @@ pub const HARNESS_DIR: &str = "/var/lib/vugpu/kselftest-harness";
 
 /// The guest kernel's own kselftest harness headers:
 /// - a `--build-kernel` kernel or `--kernel-build-dir`: its source tree's;
-/// - Debian's kernel: from a tree of its `linux-source-X.Y` version that is already unpacked
-///   (by `--build-kernel` or for a kernel selftest), else only the two headers, extracted once
-///   into `ROOT/var/lib/vugpu/kselftest-harness/<version>/` from the installed source tarball
-///   of that version or the package that `apt-get download` fetches (167 MB for 7.3, deleted
-///   after the extraction; ~15 s here).
+/// - Debian's kernel: only the two headers, kept once in
+///   `ROOT/var/lib/vugpu/kselftest-harness/<version>/`: copied from a tree of its
+///   `linux-source-X.Y` version that is already unpacked (by `--build-kernel` or for a kernel
+///   selftest), else extracted from the installed source tarball of that version or from the
+///   package that `apt-get download` fetches (167 MB for 7.3, deleted after the extraction;
+///   11-12 s here).
 pub fn harness(env: &Env) -> Result<Harness, KbuildError> {
     let (place, dir, label) = match &env.kernel.modules {
         ModuleBuild::InRoot { kdir, .. } if !kdir.starts_with(kbuild::KERNELS_DIR) => {
@@ -251,21 +252,6 @@ fn debian_harness(
     let name = format!("src-{}", kbuild::path_safe(&version));
     let label = format!("{pkg} {version}");
     let sub = format!("linux-source-{series}/tools/testing/selftests");
-    // A whole tree of the same version, unpacked by --build-kernel or for a kernel selftest.
-    for (dir, marker) in [
-        (kbuild::KERNELS_DIR, ".vugpu-unpacked"),
-        (KTESTS_DIR, DONE_MARKER),
-    ] {
-        let m = root.host_path(&format!("{dir}/{name}/{marker}"));
-        let inner = format!("{dir}/{name}/{sub}");
-        if fs::read_to_string(&m).is_ok_and(|t| t.trim() == version)
-            && HARNESS_HEADERS
-                .iter()
-                .all(|h| root.host_path(&format!("{inner}/{h}")).is_file())
-        {
-            return Ok((inner, format!("{label} (unpacked in {dir})")));
-        }
-    }
     let base = root.host_path(HARNESS_DIR);
     fs::create_dir_all(&base).map_err(io_err(format!("create {}", base.display())))?;
     let vname = kbuild::path_safe(&version);
@@ -280,6 +266,25 @@ fn debian_harness(
         fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
     }
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    // A whole tree of the same version, unpacked by --build-kernel or for a kernel selftest:
+    // copied (the tree may be pruned later, the copy is this directory's).
+    let trees = [
+        (
+            root.host_path(&format!("{}/{name}/.vugpu-unpacked", kbuild::KERNELS_DIR)),
+            root.host_path(&format!("{}/{name}/{sub}", kbuild::KERNELS_DIR)),
+        ),
+        (
+            root.host_path(&format!("{KTESTS_DIR}/{name}/{DONE_MARKER}")),
+            root.host_path(&format!("{KTESTS_DIR}/{name}/{sub}")),
+        ),
+    ];
+    if let Some(from) = copy_harness_from_tree(&trees, &version, &dir)? {
+        say!(
+            "kselftest harness of {label} copied from {}",
+            from.display()
+        );
+        return Ok((inner, label));
+    }
     let place = Place::Root(root);
     let installed = root_out(
         &place,
@@ -333,6 +338,31 @@ fn debian_harness(
         secs(t.elapsed())
     );
     Ok((inner, label))
+}
+
+/// Copies the harness headers into `dir` (and writes its marker) from the first of `trees`
+/// — (marker file, tools/testing/selftests directory) — whose marker names `version` and that
+/// has both headers; the directory copied from, or None if no tree qualifies.
+pub fn copy_harness_from_tree(
+    trees: &[(PathBuf, PathBuf)],
+    version: &str,
+    dir: &Path,
+) -> Result<Option<PathBuf>, KbuildError> {
+    for (unpacked, from) in trees {
+        if fs::read_to_string(unpacked).is_ok_and(|t| t.trim() == version)
+            && HARNESS_HEADERS.iter().all(|h| from.join(h).is_file())
+        {
+            for h in HARNESS_HEADERS {
+                fs::copy(from.join(h), dir.join(h))
+                    .map_err(io_err(format!("copy {}", from.join(h).display())))?;
+            }
+            let marker = dir.join(DONE_MARKER);
+            fs::write(&marker, format!("{version}\n"))
+                .map_err(io_err(format!("write {}", marker.display())))?;
+            return Ok(Some(from.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// The shell script (run in the root) that puts `linux-source-X.Y/tools/testing/selftests/`'s
@@ -940,6 +970,44 @@ fn wanted_list(w: &Wanted) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn harness_copied_only_from_a_tree_of_the_same_version() {
+        let base = std::env::temp_dir().join(format!("vugpu-harness-copy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let tree = |n: &str, version: &str, headers: &[&str]| {
+            let sel = base.join(n).join("sel");
+            fs::create_dir_all(&sel).unwrap();
+            fs::write(base.join(n).join("marker"), format!("{version}\n")).unwrap();
+            for h in headers {
+                fs::write(sel.join(h), format!("{n} {h}")).unwrap();
+            }
+            (base.join(n).join("marker"), sel)
+        };
+        let other = tree("other", "1.0-1", &HARNESS_HEADERS);
+        let partial = tree("partial", "2.0-1", &["kselftest.h"]);
+        let good = tree("good", "2.0-1", &HARNESS_HEADERS);
+        let dir = base.join("out");
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            copy_harness_from_tree(&[other.clone(), partial.clone()], "2.0-1", &dir).unwrap(),
+            None
+        );
+        assert!(!dir.join(DONE_MARKER).exists());
+        let from = copy_harness_from_tree(&[other, partial, good.clone()], "2.0-1", &dir).unwrap();
+        assert_eq!(from, Some(good.1));
+        for h in HARNESS_HEADERS {
+            assert_eq!(
+                fs::read_to_string(dir.join(h)).unwrap(),
+                format!("good {h}")
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join(DONE_MARKER)).unwrap(),
+            "2.0-1\n"
+        );
+        let _ = fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn harness_script_extracts_only_the_two_headers() {
