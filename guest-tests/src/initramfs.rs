@@ -58,6 +58,9 @@ pub enum InitramfsError {
     /// An entry cannot be represented.
     #[error("cannot put {0} into the initramfs")]
     BadEntry(String),
+    /// The kernel's kselftest harness the test programs are built on is unavailable.
+    #[error(transparent)]
+    Harness(#[from] Box<crate::kbuild::KbuildError>),
     /// A build that needs the trixie root, in host-only mode.
     #[error("{0} must be built in the trixie root, but host-only mode has none")]
     NoRoot(&'static str),
@@ -439,7 +442,6 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
     // The root's mirror: user programs always build here; the module too for Debian's kernel.
     // In host-only mode a mirror in the cache, built with the host's tools.
     let inner_src = "/var/lib/vugpu/src";
-    let inner_out = "/var/lib/vugpu/build/user-out";
     let src = match env.root() {
         Some(root) => root.host_path(inner_src),
         None => env.cache.join("build/host-src"),
@@ -522,10 +524,27 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
             );
         }
     }
+    let has_user = has_user
+        && match &env.kernel.modules {
+            ModuleBuild::Unavailable(why) => {
+                say!(
+                    "note: the test programs are built on the guest kernel's kselftest_harness.h, \
+                     but its source is unavailable ({why}); the initramfs has no test programs"
+                );
+                false
+            }
+            _ => true,
+        };
     if has_user {
+        // The programs are built on the guest kernel's kselftest_harness.h; one output directory
+        // per harness, so that runs with different kernels do not rebuild each other's.
+        let harness = crate::kselftest::harness(env).map_err(Box::new)?;
+        let inner_out = format!("/var/lib/vugpu/build/user-out-{}", harness.key);
         let out = match env.root() {
-            Some(root) => root.host_path(inner_out),
-            None => env.cache.join("build/host-user-out"),
+            Some(root) => root.host_path(&inner_out),
+            None => env
+                .cache
+                .join(format!("build/host-user-out-{}", harness.key)),
         };
         fs::create_dir_all(&out).map_err(io_err(format!("create {}", out.display())))?;
         let t = Instant::now();
@@ -535,12 +554,14 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
                 "-C".into(),
                 format!("{inner_src}/user"),
                 format!("OUT={inner_out}"),
+                format!("KSELFTEST_DIR={}", harness.dir),
             ]),
             None => {
                 let mut c = Command::new("make");
                 c.arg("-C")
                     .arg(src.join("user"))
-                    .arg(format!("OUT={}", out.display()));
+                    .arg(format!("OUT={}", out.display()))
+                    .arg(format!("KSELFTEST_DIR={}", harness.dir));
                 c
             }
         };
@@ -552,8 +573,9 @@ pub fn build(env: &Env, tests: &TestsDir, run_dir: &Path) -> Result<Built, Initr
         )?;
         built.bins = files_in(&out, |_, m| m.permissions().mode() & 0o111 != 0);
         say!(
-            "built {} test program(s) in {}",
+            "built {} test program(s) on the kselftest harness of {} in {}",
             built.bins.len(),
+            harness.label,
             secs(t.elapsed())
         );
     }

@@ -154,20 +154,17 @@ pub fn deb_file_name(pkg: &str, version: &str) -> String {
     format!("{pkg}_{}_all.deb", version.replace(':', "%3a"))
 }
 
-/// Debian's kernel: the source of exactly its version, unpacked once.
-fn debian_source(
-    env: &Env,
+/// `X.Y` and the Debian version of the root's Debian kernel `release` (the version of
+/// `linux-headers-RELEASE`).
+fn debian_version(
     root: &crate::root::Root,
-    kdir: &str,
-    cc: &Option<String>,
-) -> Result<Source, KbuildError> {
-    let place = Place::Root(root);
-    let release = &env.kernel.release;
+    release: &str,
+) -> Result<(String, String), KbuildError> {
     let series = series_of(release)
         .ok_or_else(|| KbuildError::Other(format!("cannot tell X.Y of kernel {release}")))?;
     let headers = format!("linux-headers-{release}");
     let version = root_out(
-        &place,
+        &Place::Root(root),
         &["dpkg-query", "-W", "-f=${Version}", &headers],
         "dpkg-query",
     )
@@ -179,6 +176,233 @@ fn debian_source(
             "cannot tell the Debian version of kernel {release} ({headers} is not installed)"
         ))
     })?;
+    Ok((series, version))
+}
+
+/// The kernel's kselftest harness (`tools/testing/selftests/kselftest_harness.h` and the
+/// `kselftest.h` it includes), which guest-tests/user's programs are built on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Harness {
+    /// The directory holding both headers, as build commands see it (the Makefile's
+    /// `KSELFTEST_DIR`).
+    pub dir: String,
+    /// The first 12 hex digits of the sha256 of both headers: programs built on different
+    /// headers go to different output directories.
+    pub key: String,
+    /// Where the headers come from, for messages.
+    pub label: String,
+}
+
+/// The harness headers' names under `tools/testing/selftests`.
+pub const HARNESS_HEADERS: [&str; 2] = ["kselftest_harness.h", "kselftest.h"];
+/// Extracted harness headers inside the root: `HARNESS_DIR/<Debian version>/`.
+pub const HARNESS_DIR: &str = "/var/lib/vugpu/kselftest-harness";
+
+/// The guest kernel's own kselftest harness headers:
+/// - a `--build-kernel` kernel or `--kernel-build-dir`: its source tree's;
+/// - Debian's kernel: only the two headers, kept once in
+///   `ROOT/var/lib/vugpu/kselftest-harness/<version>/`: copied from a tree of its
+///   `linux-source-X.Y` version that is already unpacked (by `--build-kernel` or for a kernel
+///   selftest), else extracted from the installed source tarball of that version or from the
+///   package that `apt-get download` fetches (167 MB for 7.3, deleted after the extraction;
+///   11-12 s here).
+pub fn harness(env: &Env) -> Result<Harness, KbuildError> {
+    let (place, dir, label) = match &env.kernel.modules {
+        ModuleBuild::InRoot { kdir, .. } if !kdir.starts_with(kbuild::KERNELS_DIR) => {
+            let root = env.root().ok_or_else(|| {
+                KbuildError::Other("Debian's kernel is used from the root, which is missing".into())
+            })?;
+            let (dir, label) = debian_harness(root, &env.kernel.release)?;
+            (Place::Root(root), dir, label)
+        }
+        ModuleBuild::Unavailable(why) => {
+            return Err(KbuildError::Other(format!(
+                "the test programs are built on the guest kernel's kselftest_harness.h, but its source is unavailable: {why}"
+            )))
+        }
+        _ => {
+            let (place, s) = source(env)?;
+            (
+                place,
+                format!("{}/tools/testing/selftests", s.src),
+                s.label,
+            )
+        }
+    };
+    let mut text = String::new();
+    for h in HARNESS_HEADERS {
+        let p = place.host(&format!("{dir}/{h}"));
+        let data = fs::read(&p).map_err(io_err(format!(
+            "read {} (the kselftest harness of {label})",
+            p.display()
+        )))?;
+        text.push_str(&format!("{h} {}\n", kbuild::sha256_hex(&data)?));
+    }
+    let key = kbuild::sha256_hex(text.as_bytes())?[..12].to_string();
+    Ok(Harness { dir, key, label })
+}
+
+/// Debian's kernel: (the directory with the harness headers inside the root, its label).
+fn debian_harness(
+    root: &crate::root::Root,
+    release: &str,
+) -> Result<(String, String), KbuildError> {
+    let (series, version) = debian_version(root, release)?;
+    let pkg = format!("linux-source-{series}");
+    let name = format!("src-{}", kbuild::path_safe(&version));
+    let label = format!("{pkg} {version}");
+    let sub = format!("linux-source-{series}/tools/testing/selftests");
+    let base = root.host_path(HARNESS_DIR);
+    fs::create_dir_all(&base).map_err(io_err(format!("create {}", base.display())))?;
+    let vname = kbuild::path_safe(&version);
+    let _l = kbuild::lock(&base.join(format!("{vname}.lock")))?;
+    let inner = format!("{HARNESS_DIR}/{vname}");
+    let dir = base.join(&vname);
+    let marker = dir.join(DONE_MARKER);
+    if fs::read_to_string(&marker).is_ok_and(|t| t.trim() == version) {
+        return Ok((inner, label));
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+    }
+    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    // A whole tree of the same version, unpacked by --build-kernel or for a kernel selftest:
+    // copied (the tree may be pruned later, the copy is this directory's).
+    let trees = [
+        (
+            root.host_path(&format!("{}/{name}/.vugpu-unpacked", kbuild::KERNELS_DIR)),
+            root.host_path(&format!("{}/{name}/{sub}", kbuild::KERNELS_DIR)),
+        ),
+        (
+            root.host_path(&format!("{KTESTS_DIR}/{name}/{DONE_MARKER}")),
+            root.host_path(&format!("{KTESTS_DIR}/{name}/{sub}")),
+        ),
+    ];
+    if let Some(from) = copy_harness_from_tree(&trees, &version, &dir)? {
+        say!(
+            "kselftest harness of {label} copied from {}",
+            from.display()
+        );
+        return Ok((inner, label));
+    }
+    let place = Place::Root(root);
+    let installed = root_out(
+        &place,
+        &[
+            "dpkg-query",
+            "-W",
+            "-f=${db:Status-Abbrev} ${Version}",
+            &pkg,
+        ],
+        "dpkg-query",
+    )
+    .unwrap_or_default();
+    let tarball = format!("/usr/src/linux-source-{series}.tar.xz");
+    let from_installed = installed.split_whitespace().collect::<Vec<_>>()
+        == ["ii", version.as_str()]
+        && root.host_path(&tarball).is_file();
+    let t = Instant::now();
+    if from_installed {
+        say!("extracting the kselftest harness headers from the installed {label}");
+    } else {
+        say!(
+            "fetching {label} (the guest kernel's source, ~170 MB, deleted afterwards) for its kselftest harness headers"
+        );
+    }
+    let script = harness_extract_script(&series, &version, &inner, from_installed);
+    let log = dir.join("extract.log");
+    let c = place.command(&["sh".into(), "-c".into(), script]);
+    if let Err(e) = process::run_logged(
+        c,
+        &format!("getting the harness of {label}"),
+        &log,
+        FETCH_LIMIT,
+    ) {
+        let _ = fs::remove_file(dir.join(deb_file_name(&pkg, &version)));
+        return Err(KbuildError::Other(format!(
+            "{e}\n(the guest test programs are built on the kselftest harness of the guest kernel {release}, Debian version {version}; {pkg}={version} must be downloadable from the configured mirror, see `apt-cache policy {pkg}` in the root)"
+        )));
+    }
+    for h in HARNESS_HEADERS {
+        let from = dir.join(&sub).join(h);
+        fs::rename(&from, dir.join(h)).map_err(io_err(format!(
+            "move {} (did {label} unpack?)",
+            from.display()
+        )))?;
+    }
+    let _ = fs::remove_dir_all(dir.join(format!("linux-source-{series}")));
+    fs::write(&marker, format!("{version}\n"))
+        .map_err(io_err(format!("write {}", marker.display())))?;
+    say!(
+        "kselftest harness of {label} extracted in {}",
+        secs(t.elapsed())
+    );
+    Ok((inner, label))
+}
+
+/// Copies the harness headers into `dir` (and writes its marker) from the first of `trees`
+/// — (marker file, tools/testing/selftests directory) — whose marker names `version` and that
+/// has both headers; the directory copied from, or None if no tree qualifies.
+pub fn copy_harness_from_tree(
+    trees: &[(PathBuf, PathBuf)],
+    version: &str,
+    dir: &Path,
+) -> Result<Option<PathBuf>, KbuildError> {
+    for (unpacked, from) in trees {
+        if fs::read_to_string(unpacked).is_ok_and(|t| t.trim() == version)
+            && HARNESS_HEADERS.iter().all(|h| from.join(h).is_file())
+        {
+            for h in HARNESS_HEADERS {
+                fs::copy(from.join(h), dir.join(h))
+                    .map_err(io_err(format!("copy {}", from.join(h).display())))?;
+            }
+            let marker = dir.join(DONE_MARKER);
+            fs::write(&marker, format!("{version}\n"))
+                .map_err(io_err(format!("write {}", marker.display())))?;
+            return Ok(Some(from.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// The shell script (run in the root) that puts `linux-source-X.Y/tools/testing/selftests/`'s
+/// two harness headers of Debian version `version` below `dir`: from the installed tarball, or
+/// from the package `apt-get download` fetches, which it deletes afterwards. Only those two
+/// members are written.
+pub fn harness_extract_script(
+    series: &str,
+    version: &str,
+    dir: &str,
+    from_installed: bool,
+) -> String {
+    let members = HARNESS_HEADERS
+        .iter()
+        .map(|h| format!("'linux-source-{series}/tools/testing/selftests/{h}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if from_installed {
+        format!("set -e; cd '{dir}'; tar -xJf '/usr/src/linux-source-{series}.tar.xz' {members}")
+    } else {
+        let pkg = format!("linux-source-{series}");
+        let deb = deb_file_name(&pkg, version);
+        format!(
+            "set -e; cd '{dir}'; apt-get download -q '{pkg}={version}'; \
+             dpkg-deb --fsys-tarfile '{deb}' | tar -xO './usr/src/{pkg}.tar.xz' | tar -xJ {members}; \
+             rm -f '{deb}'"
+        )
+    }
+}
+
+/// Debian's kernel: the source of exactly its version, unpacked once.
+fn debian_source(
+    env: &Env,
+    root: &crate::root::Root,
+    kdir: &str,
+    cc: &Option<String>,
+) -> Result<Source, KbuildError> {
+    let place = Place::Root(root);
+    let release = &env.kernel.release;
+    let (series, version) = debian_version(root, release)?;
     let pkg = format!("linux-source-{series}");
     let name = format!("src-{}", kbuild::path_safe(&version));
     let tree_in = |dir: &str| format!("{dir}/{name}/linux-source-{series}");
@@ -746,6 +970,66 @@ fn wanted_list(w: &Wanted) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn harness_copied_only_from_a_tree_of_the_same_version() {
+        let base = std::env::temp_dir().join(format!("vugpu-harness-copy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let tree = |n: &str, version: &str, headers: &[&str]| {
+            let sel = base.join(n).join("sel");
+            fs::create_dir_all(&sel).unwrap();
+            fs::write(base.join(n).join("marker"), format!("{version}\n")).unwrap();
+            for h in headers {
+                fs::write(sel.join(h), format!("{n} {h}")).unwrap();
+            }
+            (base.join(n).join("marker"), sel)
+        };
+        let other = tree("other", "1.0-1", &HARNESS_HEADERS);
+        let partial = tree("partial", "2.0-1", &["kselftest.h"]);
+        let good = tree("good", "2.0-1", &HARNESS_HEADERS);
+        let dir = base.join("out");
+        fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            copy_harness_from_tree(&[other.clone(), partial.clone()], "2.0-1", &dir).unwrap(),
+            None
+        );
+        assert!(!dir.join(DONE_MARKER).exists());
+        let from = copy_harness_from_tree(&[other, partial, good.clone()], "2.0-1", &dir).unwrap();
+        assert_eq!(from, Some(good.1));
+        for h in HARNESS_HEADERS {
+            assert_eq!(
+                fs::read_to_string(dir.join(h)).unwrap(),
+                format!("good {h}")
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(dir.join(DONE_MARKER)).unwrap(),
+            "2.0-1\n"
+        );
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn harness_script_extracts_only_the_two_headers() {
+        let members = "'linux-source-7.3/tools/testing/selftests/kselftest_harness.h' \
+                       'linux-source-7.3/tools/testing/selftests/kselftest.h'";
+        let s = harness_extract_script("7.3", "7.3.4-1~bpo13+1", "/h/7.3.4", true);
+        assert_eq!(
+            s,
+            format!("set -e; cd '/h/7.3.4'; tar -xJf '/usr/src/linux-source-7.3.tar.xz' {members}")
+        );
+        let s = harness_extract_script("7.3", "1:7.3.4-1", "/h/x", false);
+        assert!(
+            s.contains("apt-get download -q 'linux-source-7.3=1:7.3.4-1'"),
+            "{s}"
+        );
+        assert!(s.contains(&format!("| tar -xJ {members};")), "{s}");
+        // The package is deleted after the extraction (its file name as apt-get writes it).
+        assert!(
+            s.ends_with("rm -f 'linux-source-7.3_1%3a7.3.4-1_all.deb'"),
+            "{s}"
+        );
+    }
 
     #[test]
     fn prune_keeps_the_most_recently_used() {

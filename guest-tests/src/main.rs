@@ -232,6 +232,11 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             ),
             ModuleBuild::Unavailable(why) => println!("modules: unavailable: {why}"),
         }
+        // The test programs' kselftest harness, fetched now so that a run needs no network.
+        if !matches!(env.kernel.modules, ModuleBuild::Unavailable(_)) {
+            let h = kselftest::harness(&env).map_err(ProvisionError::from)?;
+            println!("harness: kselftest_harness.h of {} in {}", h.label, h.dir);
+        }
         return Ok(exit::PASS);
     }
     let r = cli.run;

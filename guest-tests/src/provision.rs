@@ -12,6 +12,7 @@
 //! root/                     debootstrap --variant=minbase trixie
 //!   .vugpu/debootstrap.done marker: the only expensive step that is never repeated
 //!   var/lib/vugpu/build/    incremental builds of guest-tests/kmod and guest-tests/user
+//!   var/lib/vugpu/kselftest-harness/  the guest kernel's kselftest harness headers (kselftest.rs)
 //!   var/lib/vugpu/kernels/  --build-kernel: kernel sources and build trees (kbuild.rs)
 //!   run/vugpu-<pid>-<n>/    one directory per boot: sockets, initramfs, logs
 //! ```
@@ -54,6 +55,9 @@ const BASE_TOOLS: &[(&str, &str)] = &[
     ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
     ("busybox-static", "/usr/bin/busybox"),
     ("kmod", "/usr/bin/kmod"),
+    // Unpacks the guest kernel's kselftest harness headers from its linux-source tarball
+    // (kselftest.rs); minbase has no xz.
+    ("xz-utils", "/usr/bin/xz"),
 ];
 
 /// Errors while provisioning.

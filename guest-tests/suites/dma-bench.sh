@@ -12,15 +12,17 @@
 # KTAP result ("ok" means the measurement ran and its data checked out; the
 # numbers are "# bench ..." lines):
 #   1        insmod vugpu.ko
-#   2..N+1   vugpu-dma-bench: engine SYS->VRAM / VRAM->SYS bandwidth at
+#   2        vugpu_dma_bench: vugpu-dma-bench's measurements as subtests
+#            dma_bench.NAME, each in a process of its own: engine
+#            SYS->VRAM / VRAM->SYS bandwidth at
 #            4 KiB-16 MiB as ratios to memcpy into / out of the mmapped BAR2
 #            and RAM memcpy of the same sizes in the same run; 64-byte job
 #            rates with interrupt and fence-polling completion, through the
 #            doorbell page (with and without the §6.4 SLEEPING check) and
 #            the trapped RING_TAIL register; pickup latency of one job after
 #            3 ms of idleness per submission mode
-#   N+2      rmmod vugpu
-#   N+3      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
+#   3        rmmod vugpu
+#   4        the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # If the driver loads but the GPU has no DMA engines (ENGINE_COUNT 0, e.g. a
 # server without engine support) the whole document is `1..0 # SKIP`, which
 # the runner fails as an unexpected skip (exit 5), never a pass.
@@ -46,13 +48,12 @@ done
 
 # The driver loads before the plan: a GPU without engines skips the suite.
 suite_load_module
-suite_tests vugpu-dma-bench
 # shellcheck disable=SC2119 # any function: no --vendor/--device words here
 suite_require_engines
 
-suite_plan $((SUITE_NSLOTS + 3)) ", engines: $SUITE_ENGINES"
+suite_plan 4 ", engines: $SUITE_ENGINES"
 suite_report_load 1
-suite_splice --timed 2
-suite_rmmod $((SUITE_TOTAL - 1))
-suite_dmesg_check "$SUITE_TOTAL"
+suite_harness --timed 2 vugpu-dma-bench
+suite_rmmod 3
+suite_dmesg_check 4
 suite_end

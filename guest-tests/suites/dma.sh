@@ -12,13 +12,14 @@
 # /proc, /sys, /dev mounted; the module at /lib/modules/vugpu.ko, not loaded
 # yet).  Steps, each one KTAP result:
 #   1        insmod vugpu.ko and wait for the driver to appear
-#   2..N+1   vugpu-dma (every copy direction and size, fill, fence,
-#            timestamp, completion modes, counters, No Snoop / Relaxed
-#            Ordering, rings, ioctl validation, bad addresses and AER,
-#            descriptor errors, timeouts, concurrent engines, hostile
-#            descriptors, resets, Bus Master Enable gating), spliced in
-#   N+2      rmmod vugpu (engines stopped and freed with jobs done)
-#   N+3      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
+#   2        vugpu_dma: vugpu-dma's tests as subtests dma.NAME (every copy
+#            direction and size, fill, fence, timestamp, completion modes,
+#            counters, No Snoop / Relaxed Ordering, rings, ioctl validation,
+#            bad addresses and AER, descriptor errors, timeouts, concurrent
+#            engines, hostile descriptors, resets, Bus Master Enable
+#            gating), each in a process of its own
+#   3        rmmod vugpu (engines stopped and freed with jobs done)
+#   4        the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # If the driver loads but the GPU has no DMA engines (ENGINE_COUNT 0, e.g. a
 # server without engine support) the whole document is `1..0 # SKIP`, which
 # the runner fails as an unexpected skip (exit 5), never a pass.
@@ -49,13 +50,12 @@ done
 
 # The driver loads before the plan: a GPU without engines skips the suite.
 suite_load_module
-suite_tests vugpu-dma
 # shellcheck disable=SC2086 # the --vendor/--device words select the function
 suite_require_engines $SUITE_ARGS
 
-suite_plan $((SUITE_NSLOTS + 3)) ", engines: $SUITE_ENGINES"
+suite_plan 4 ", engines: $SUITE_ENGINES"
 suite_report_load 1
-suite_splice --timed 2
-suite_rmmod $((SUITE_TOTAL - 1))
-suite_dmesg_check "$SUITE_TOTAL"
+suite_harness --timed 2 vugpu-dma
+suite_rmmod 3
+suite_dmesg_check 4
 suite_end

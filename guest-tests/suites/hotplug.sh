@@ -29,7 +29,8 @@
 #   3r         dmesg_clean_after_unplug_r: no WARNING:/BUG:/Oops/Call Trace
 #   3r+1       replug_r: re-plug requested; the function is back and bound to
 #              vugpu with /dev/vugpu0 within 60 s
-#   3R+2..     vugpu-smoke on the re-plugged GPU, spliced in
+#   3R+2       vugpu_smoke: vugpu-smoke on the re-plugged GPU (its tests as
+#              subtests smoke.NAME)
 #   last       the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # (The kernel runs with panic_on_warn=1: a WARN in the remove path ends the
 # guest at once, exit 3.)
@@ -45,9 +46,8 @@ for word in $(suite_cmdline); do
 	esac
 done
 case "$ROUNDS" in ''|*[!0-9]*|0) ROUNDS=3 ;; esac
-suite_tests vugpu-smoke
 
-suite_plan $((1 + 3 * ROUNDS + SUITE_NSLOTS + 1)) ", $ROUNDS unplug/re-plug rounds"
+suite_plan $((1 + 3 * ROUNDS + 2)) ", $ROUNDS unplug/re-plug rounds"
 suite_load_module
 suite_report_load 1
 
@@ -148,6 +148,6 @@ while [ "$r" -le "$ROUNDS" ]; do
 	r=$((r + 1))
 done
 
-suite_splice $((n + 1)) --module "$MODULE"
-suite_dmesg_check "$SUITE_TOTAL"
+suite_harness $((n + 1)) vugpu-smoke --module "$MODULE"
+suite_dmesg_check $((n + 2))
 suite_end

@@ -14,18 +14,19 @@
 # Run by the guest's /init as `sh /suites/mmu.sh`.  Steps, each one KTAP result:
 #   1        insmod vugpu.ko dmirror=1 and wait for the driver to appear
 #   2        /dev/hmm_dmirror0 exists (the GPU has a working device MMU)
-#   3..N+2   vugpu-mmu (one fault per READ of N pages, faults serviced per
-#            second, cancel and engine recovery, no stale translation after
-#            munmap / remap, atomics only with the PTE ATOMIC bit, faults by
-#            interrupt, two and three concurrent contexts, MMU after FLR and
-#            SOFT_RESET, resets while faulting, unbind with a mirror open),
-#            spliced in
-#   N+3      rmmod vugpu (mirrors closed, MMU disabled)
-#   N+4      fault_ring_overflow: insmod with fault_ring_slots=1 (a ring smaller
-#            than the engines), vugpu-mmu --case concurrent_contexts
+#   3        vugpu_mmu: vugpu-mmu's tests as subtests mmu.NAME (one fault
+#            per READ of N pages, faults serviced per second, cancel and
+#            engine recovery, no stale translation after munmap / remap,
+#            atomics only with the PTE ATOMIC bit, faults by interrupt, two
+#            and three concurrent contexts, MMU after FLR and SOFT_RESET,
+#            resets while faulting, unbind with a mirror open), each in a
+#            process of its own
+#   4        rmmod vugpu (mirrors closed, MMU disabled)
+#   5        fault_ring_overflow: insmod with fault_ring_slots=1 (a ring smaller
+#            than the engines), vugpu-mmu -t concurrent_contexts
 #            --expect-overflow (records are dropped, the driver recovers by
 #            replaying all contexts), rmmod
-#   N+5      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
+#   6        the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # Fault injections of the server that these tests catch (each fails at least
 # one case): --inject mmu-stale-tlb, mmu-ignore-atomic-perm, mmu-no-fault-irq.
 #
@@ -45,8 +46,7 @@ for word in $(suite_cmdline); do
 	esac
 done
 
-suite_tests vugpu-mmu
-suite_plan $((SUITE_NSLOTS + 5))
+suite_plan 6
 suite_load_module
 suite_report_load 1
 _node_st=0
@@ -55,12 +55,12 @@ if [ "$_node_st" -ne 0 ]; then
 	dmesg | grep -i -E 'vugpu|mmu' | tail -20 | ktap_diag
 fi
 ktap_result 2 dmirror_node "$_node_st"
-suite_splice --timed 3
-suite_rmmod $((SUITE_TOTAL - 2))
+suite_harness --timed 3 vugpu-mmu
+suite_rmmod 4
 # shellcheck disable=SC2086 # parameters are split on purpose
 if insmod "$MODULE" $MODULE_PARAMS fault_ring_slots=1 > "$SUITE_TMP/insmod1" 2>&1; then
 	suite_wait_char /dev/hmm_dmirror0
-	vugpu-mmu --case concurrent_contexts --expect-overflow > "$SUITE_TMP/overflow" 2>&1
+	vugpu-mmu -t concurrent_contexts --expect-overflow > "$SUITE_TMP/overflow" 2>&1
 	_ovf_st=$?
 	rmmod vugpu >> "$SUITE_TMP/overflow" 2>&1 || _ovf_st=1
 else
@@ -68,6 +68,6 @@ else
 	_ovf_st=1
 fi
 ktap_diag < "$SUITE_TMP/overflow"
-ktap_result $((SUITE_TOTAL - 1)) fault_ring_overflow "$_ovf_st"
-suite_dmesg_check "$SUITE_TOTAL"
+ktap_result 5 fault_ring_overflow "$_ovf_st"
+suite_dmesg_check 6
 suite_end

@@ -12,9 +12,10 @@
 # /proc, /sys, /dev and debugfs mounted; the module at /lib/modules/vugpu.ko,
 # not loaded yet).  Steps, each one KTAP result:
 #   1        insmod vugpu.ko and wait for the driver to appear
-#   2..N+1   vugpu-smoke (enumeration, registers, VRAM, MSI-X, FLR,
-#            unbind/rebind, rmmod/insmod, kernel log), spliced in
-#   N+2      the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
+#   2        vugpu_smoke: vugpu-smoke's tests as subtests smoke.NAME
+#            (enumeration, registers, VRAM, MSI-X, FLR, unbind/rebind,
+#            rmmod/insmod, kernel log), each in a process of its own
+#   3        the kernel log has no WARNING:/BUG:/Oops/Call Trace lines
 # stdout is a single KTAP version 1 document; exit status 0 only if no test
 # failed (a skip is reported as "ok ... # SKIP reason"; the runner fails the
 # run on any skip not declared below with `vugpu-vm: expect-skip`).
@@ -44,11 +45,9 @@ for word in $(suite_cmdline); do
 		suite_program_arg --subsystem-device "${word#*=}" ;;
 	esac
 done
-suite_tests vugpu-smoke
-
-suite_plan $((SUITE_NSLOTS + 2))
+suite_plan 3
 suite_load_module
 suite_report_load 1
-suite_splice 2 --module "$MODULE"
-suite_dmesg_check "$SUITE_TOTAL"
+suite_harness 2 vugpu-smoke --module "$MODULE"
+suite_dmesg_check 3
 suite_end

@@ -16,7 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "ktap.h"
+#include "vugpu_harness.h"
 #include "vugpu_lib.h"
 
 #define KIB		(1ULL << 10)
@@ -66,20 +66,20 @@ struct dma_ctx {
 };
 
 /* Every case needs working engines; "none" is a skip, "broken" a failure. */
-#define REQUIRE_ENGINES(t, c)							\
+#define REQUIRE_ENGINES(c)								\
 	do {									\
 		if ((c)->fd < 0)						\
-			KTAP_SKIP(t, "no vugpu function with the driver bound");	\
-		KTAP_ASSERT(t, !(c)->info_ret, "DMA_INFO: %s",			\
+			SKIP_TEST("no vugpu function with the driver bound");	\
+		ASSERT_THAT(!(c)->info_ret, "DMA_INFO: %s",			\
 			    strerror(-(c)->info_ret));				\
 		if (!(c)->info.engine_count)					\
-			KTAP_SKIP(t, "%s: ENGINE_COUNT 0 (no DMA engines)",	\
+			SKIP_TEST("%s: ENGINE_COUNT 0 (no DMA engines)",	\
 				  (c)->d->bdf);					\
-		KTAP_ASSERT(t, !(c)->info.init_error,				\
+		ASSERT_THAT(!(c)->info.init_error,				\
 			    "%s: %u engines but the driver could not enable them: %s", \
 			    (c)->d->bdf, (c)->info.engine_count,		\
 			    strerror(-(c)->info.init_error));			\
-		KTAP_ASSERT(t, device_alive(c),					\
+		ASSERT_THAT(device_alive(c),					\
 			    "%s: the device no longer answers (ID reads %#x): the server " \
 			    "dropped the connection or died in an earlier test", \
 			    (c)->d->bdf, (c)->last_id);				\
@@ -118,37 +118,37 @@ uint64_t xorshift(uint64_t *s);
 bool need_vram_area(struct dma_ctx *c);
 
 /* dma_copy.c */
-void dma_info(struct ktap_test *t, void *ctx);
-void copy_sys_to_vram(struct ktap_test *t, void *ctx);
-void copy_vram_to_sys(struct ktap_test *t, void *ctx);
-void copy_vram_to_vram(struct ktap_test *t, void *ctx);
-void copy_sys_to_sys(struct ktap_test *t, void *ctx);
-void copy_scratch(struct ktap_test *t, void *ctx);
-void fill(struct ktap_test *t, void *ctx);
-void fence(struct ktap_test *t, void *ctx);
-void timestamp(struct ktap_test *t, void *ctx);
-void irq_and_poll(struct ktap_test *t, void *ctx);
-void stats_counters(struct ktap_test *t, void *ctx);
-void attrs_ns_ro(struct ktap_test *t, void *ctx);
-void ring_wrap(struct ktap_test *t, void *ctx);
-void ring_in_vram(struct ktap_test *t, void *ctx);
+void dma_info(struct __test_metadata *_metadata, void *ctx);
+void copy_sys_to_vram(struct __test_metadata *_metadata, void *ctx);
+void copy_vram_to_sys(struct __test_metadata *_metadata, void *ctx);
+void copy_vram_to_vram(struct __test_metadata *_metadata, void *ctx);
+void copy_sys_to_sys(struct __test_metadata *_metadata, void *ctx);
+void copy_scratch(struct __test_metadata *_metadata, void *ctx);
+void fill(struct __test_metadata *_metadata, void *ctx);
+void fence(struct __test_metadata *_metadata, void *ctx);
+void timestamp(struct __test_metadata *_metadata, void *ctx);
+void irq_and_poll(struct __test_metadata *_metadata, void *ctx);
+void stats_counters(struct __test_metadata *_metadata, void *ctx);
+void attrs_ns_ro(struct __test_metadata *_metadata, void *ctx);
+void ring_wrap(struct __test_metadata *_metadata, void *ctx);
+void ring_in_vram(struct __test_metadata *_metadata, void *ctx);
 
 /* dma_err.c */
-void ioctl_validation(struct ktap_test *t, void *ctx);
-void bad_sys_address(struct ktap_test *t, void *ctx);
-void rom_window(struct ktap_test *t, void *ctx);
-void vram_out_of_range(struct ktap_test *t, void *ctx);
-void descriptor_errors(struct ktap_test *t, void *ctx);
-void ring_errors(struct ktap_test *t, void *ctx);
-void timeout_recovery(struct ktap_test *t, void *ctx);
-void dma_across_resets(struct ktap_test *t, void *ctx);
+void ioctl_validation(struct __test_metadata *_metadata, void *ctx);
+void bad_sys_address(struct __test_metadata *_metadata, void *ctx);
+void rom_window(struct __test_metadata *_metadata, void *ctx);
+void vram_out_of_range(struct __test_metadata *_metadata, void *ctx);
+void descriptor_errors(struct __test_metadata *_metadata, void *ctx);
+void ring_errors(struct __test_metadata *_metadata, void *ctx);
+void timeout_recovery(struct __test_metadata *_metadata, void *ctx);
+void dma_across_resets(struct __test_metadata *_metadata, void *ctx);
 
 /* dma_stress.c */
-void concurrent_engines(struct ktap_test *t, void *ctx);
-void hostile_descriptors(struct ktap_test *t, void *ctx);
-void final_state(struct ktap_test *t, void *ctx);
+void concurrent_engines(struct __test_metadata *_metadata, void *ctx);
+void hostile_descriptors(struct __test_metadata *_metadata, void *ctx);
+void final_state(struct __test_metadata *_metadata, void *ctx);
 
 /* dma_bus.c */
-void bus_master_gating(struct ktap_test *t, void *ctx);
+void bus_master_gating(struct __test_metadata *_metadata, void *ctx);
 
 #endif /* VUGPU_DMA_TEST_H */

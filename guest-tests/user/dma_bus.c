@@ -79,7 +79,7 @@ static uint32_t eng_reg(struct dma_ctx *c, unsigned int engine, uint32_t off)
 }
 
 /* Everything while Bus Master Enable is 0; the caller sets it again and joins. */
-static void gap_checks(struct ktap_test *t, struct dma_ctx *c, struct gap_state *s)
+static void gap_checks(struct __test_metadata *_metadata, struct dma_ctx *c, struct gap_state *s)
 {
 	struct gap_job *j = &s->job;
 	struct vugpu_engine_stats st;
@@ -88,69 +88,69 @@ static void gap_checks(struct ktap_test *t, struct dma_ctx *c, struct gap_state 
 	unsigned int waited;
 	int ret;
 
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, j->engine, &s->st0), "ENGINE_STATS failed");
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, j->engine, &s->st0), "ENGINE_STATS failed");
 	head0 = eng_reg(c, j->engine, VUGPU_ENG_RING_HEAD);
 	v = eng_reg(c, j->engine, VUGPU_ENG_RING_TAIL);
-	KTAP_ASSERT(t, v == head0, "engine %u not idle before the test: HEAD %u TAIL %u",
+	ASSERT_THAT(v == head0, "engine %u not idle before the test: HEAD %u TAIL %u",
 		    j->engine, head0, v);
 
 	ret = vugpu_bus_master(c->fd, VUGPU_BUS_MASTER_CLEAR, &command);
-	KTAP_ASSERT(t, !ret, "BUS_MASTER clear: %s", err_str(ret));
+	ASSERT_THAT(!ret, "BUS_MASTER clear: %s", err_str(ret));
 	s->cleared = true;
-	KTAP_ASSERT(t, !(command & VUGPU_PCI_COMMAND_MASTER),
+	ASSERT_THAT(!(command & VUGPU_PCI_COMMAND_MASTER),
 		    "Command %#x after pci_clear_master: Bus Master still set", command);
-	KTAP_ASSERT(t, !vugpu_reg_read(c->fd, VUGPU_REG_IRQ_COUNT, &s->irq_count),
+	ASSERT_THAT(!vugpu_reg_read(c->fd, VUGPU_REG_IRQ_COUNT, &s->irq_count),
 		    "IRQ_COUNT read failed");
-	KTAP_ASSERT(t, vugpu_irq_counts(c->fd, s->counts, MAX_VECTORS) == s->nvec,
+	ASSERT_THAT(vugpu_irq_counts(c->fd, s->counts, MAX_VECTORS) == s->nvec,
 		    "IRQ_COUNTS failed");
 
-	KTAP_ASSERT(t, !pthread_create(&j->tid, NULL, gap_job_main, j), "pthread_create failed");
+	ASSERT_THAT(!pthread_create(&j->tid, NULL, gap_job_main, j), "pthread_create failed");
 	s->started = true;
 
 	/* Submitted: TAIL (the doorbell word) moves past HEAD. */
 	for (waited = 0; eng_reg(c, j->engine, VUGPU_ENG_RING_TAIL) == head0; waited++) {
-		KTAP_ASSERT(t, !atomic_load(&j->done),
+		ASSERT_THAT(!atomic_load(&j->done),
 			    "the job ended (%s, result %u) while Bus Master was clear",
 			    err_str(j->ret), j->out.result);
-		KTAP_ASSERT(t, waited < 2000, "the job was not submitted within 2 s");
+		ASSERT_THAT(waited < 2000, "the job was not submitted within 2 s");
 		sleep_ms(1);
 	}
 
 	/* A message signalled now must be held, not sent (IRQ_TRIGGER, §3). */
 	if (s->vector < (unsigned int)s->nvec)
-		KTAP_ASSERT(t, !vugpu_reg_write(c->fd, VUGPU_REG_IRQ_TRIGGER, s->vector),
+		ASSERT_THAT(!vugpu_reg_write(c->fd, VUGPU_REG_IRQ_TRIGGER, s->vector),
 			    "IRQ_TRIGGER write failed");
 
 	for (waited = 0; waited < GAP_MS; waited += GAP_STEP_MS) {
 		sleep_ms(GAP_STEP_MS);
 		v = eng_reg(c, j->engine, VUGPU_ENG_RING_HEAD);
-		KTAP_ASSERT(t, v == head0,
+		ASSERT_THAT(v == head0,
 			    "engine %u: HEAD %u -> %u %u ms after pci_clear_master: it ran without Bus Master Enable",
 			    j->engine, head0, v, waited + GAP_STEP_MS);
 		status = eng_reg(c, j->engine, VUGPU_ENG_STATUS);
-		KTAP_ASSERT(t, (status & VUGPU_ENG_STATUS_STATE_MASK) == VUGPU_ENG_STATE_RUNNING,
+		ASSERT_THAT((status & VUGPU_ENG_STATUS_STATE_MASK) == VUGPU_ENG_STATE_RUNNING,
 			    "engine %u: STATUS %s (%#x) with a job pending and Bus Master clear, expected RUNNING",
 			    j->engine, vugpu_eng_state_name(status), status);
-		KTAP_ASSERT(t, !atomic_load(&j->done), "the job ended (%s, result %u) during the gap",
+		ASSERT_THAT(!atomic_load(&j->done), "the job ended (%s, result %u) during the gap",
 			    err_str(j->ret), j->out.result);
-		KTAP_ASSERT(t, all_bytes(j->dst, GAP_LEN, POISON),
+		ASSERT_THAT(all_bytes(j->dst, GAP_LEN, POISON),
 			    "destination written without Bus Master Enable (%u ms into the gap)",
 			    waited + GAP_STEP_MS);
 	}
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, j->engine, &st), "ENGINE_STATS failed");
-	KTAP_EXPECT(t, st.completion_irqs == s->st0.completion_irqs,
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, j->engine, &st), "ENGINE_STATS failed");
+	EXPECT_THAT(st.completion_irqs == s->st0.completion_irqs,
 		    "%llu completion interrupt(s) during the gap",
 		    (unsigned long long)(st.completion_irqs - s->st0.completion_irqs));
-	KTAP_EXPECT(t, stat_delta(&s->st0, &st, VUGPU_ENG_STAT_JOBS) == 0,
+	EXPECT_THAT(stat_delta(&s->st0, &st, VUGPU_ENG_STAT_JOBS) == 0,
 		    "JOBS counted %llu descriptors during the gap",
 		    (unsigned long long)stat_delta(&s->st0, &st, VUGPU_ENG_STAT_JOBS));
-	KTAP_ASSERT(t, !vugpu_reg_read(c->fd, VUGPU_REG_IRQ_COUNT, &v), "IRQ_COUNT read failed");
-	KTAP_EXPECT(t, v == s->irq_count, "IRQ_COUNT %u -> %u: MSI-X sent without Bus Master Enable",
+	ASSERT_THAT(!vugpu_reg_read(c->fd, VUGPU_REG_IRQ_COUNT, &v), "IRQ_COUNT read failed");
+	EXPECT_THAT(v == s->irq_count, "IRQ_COUNT %u -> %u: MSI-X sent without Bus Master Enable",
 		    s->irq_count, v);
-	KTAP_ASSERT(t, vugpu_irq_counts(c->fd, s->now, MAX_VECTORS) == s->nvec,
+	ASSERT_THAT(vugpu_irq_counts(c->fd, s->now, MAX_VECTORS) == s->nvec,
 		    "IRQ_COUNTS failed");
 	if (s->vector < (unsigned int)s->nvec)
-		KTAP_EXPECT(t, s->now[s->vector] == s->counts[s->vector],
+		EXPECT_THAT(s->now[s->vector] == s->counts[s->vector],
 			    "vector %u handled %llu interrupt(s) while Bus Master was clear",
 			    s->vector,
 			    (unsigned long long)(s->now[s->vector] - s->counts[s->vector]));
@@ -158,7 +158,7 @@ static void gap_checks(struct ktap_test *t, struct dma_ctx *c, struct gap_state 
 }
 
 /* After pci_set_master: the job and the held message arrive, nothing is lost. */
-static void resume_checks(struct ktap_test *t, struct dma_ctx *c, struct gap_state *s,
+static void resume_checks(struct __test_metadata *_metadata, struct dma_ctx *c, struct gap_state *s,
 			  uint64_t set_ns)
 {
 	struct gap_job *j = &s->job;
@@ -167,25 +167,25 @@ static void resume_checks(struct ktap_test *t, struct dma_ctx *c, struct gap_sta
 	uint32_t v = 0;
 	long diff;
 
-	KTAP_ASSERT(t, !j->ret && j->out.result == VUGPU_DMA_DONE,
+	ASSERT_THAT(!j->ret && j->out.result == VUGPU_DMA_DONE,
 		    "job after pci_set_master: %s, result %u", err_str(j->ret), j->out.result);
 	/* Without the completion interrupt the driver would wait for dma_timeout_ms. */
-	KTAP_EXPECT(t, j->done_ns - set_ns < RESUME_MS * 1000000ULL,
+	EXPECT_THAT(j->done_ns - set_ns < RESUME_MS * 1000000ULL,
 		    "the job completed %llu ms after pci_set_master (interrupt lost?)",
 		    (unsigned long long)((j->done_ns - set_ns) / 1000000ULL));
-	KTAP_EXPECT(t, j->out.elapsed_ns >= GAP_MS * 1000000ULL,
+	EXPECT_THAT(j->out.elapsed_ns >= GAP_MS * 1000000ULL,
 		    "doorbell to completion %llu us: shorter than the %u ms gap",
 		    (unsigned long long)(j->out.elapsed_ns / 1000), GAP_MS);
 	diff = vugpu_first_diff(j->dst, j->src, GAP_LEN);
-	KTAP_ASSERT(t, diff < 0, "destination differs at byte %ld: %#x, expected %#x", diff,
+	ASSERT_THAT(diff < 0, "destination differs at byte %ld: %#x, expected %#x", diff,
 		    ((uint8_t *)j->dst)[diff], ((uint8_t *)j->src)[diff]);
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, j->engine, &st), "ENGINE_STATS failed");
-	KTAP_EXPECT(t, st.completion_irqs > s->st0.completion_irqs &&
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, j->engine, &st), "ENGINE_STATS failed");
+	EXPECT_THAT(st.completion_irqs > s->st0.completion_irqs &&
 		    st.irq_waits == s->st0.irq_waits + j->out.fences,
 		    "completion interrupts %llu -> %llu, interrupt waits %llu -> %llu",
 		    (unsigned long long)s->st0.completion_irqs, (unsigned long long)st.completion_irqs,
 		    (unsigned long long)s->st0.irq_waits, (unsigned long long)st.irq_waits);
-	KTAP_EXPECT(t, stat_delta(&s->st0, &st, VUGPU_ENG_STAT_JOBS) == j->out.descs + j->out.fences &&
+	EXPECT_THAT(stat_delta(&s->st0, &st, VUGPU_ENG_STAT_JOBS) == j->out.descs + j->out.fences &&
 		    stat_delta(&s->st0, &st, VUGPU_ENG_STAT_IRQS) == j->out.fences,
 		    "JOBS +%llu IRQS +%llu for %u descriptors and %u fences",
 		    (unsigned long long)stat_delta(&s->st0, &st, VUGPU_ENG_STAT_JOBS),
@@ -193,30 +193,30 @@ static void resume_checks(struct ktap_test *t, struct dma_ctx *c, struct gap_sta
 		    j->out.descs, j->out.fences);
 
 	if (s->vector >= (unsigned int)s->nvec) {
-		ktap_diag("no vector without an engine: held-message check not run");
+		diag("no vector without an engine: held-message check not run");
 		return;
 	}
 	for (waited = 0;; waited++) {
-		KTAP_ASSERT(t, vugpu_irq_counts(c->fd, s->now, MAX_VECTORS) == s->nvec,
+		ASSERT_THAT(vugpu_irq_counts(c->fd, s->now, MAX_VECTORS) == s->nvec,
 			    "IRQ_COUNTS failed");
 		if (s->now[s->vector] > s->counts[s->vector])
 			break;
-		KTAP_ASSERT(t, waited < RESUME_MS,
+		ASSERT_THAT(waited < RESUME_MS,
 			    "vector %u: the message held while Bus Master was clear never arrived",
 			    s->vector);
 		sleep_ms(1);
 	}
-	KTAP_ASSERT(t, !vugpu_reg_read(c->fd, VUGPU_REG_IRQ_COUNT, &v), "IRQ_COUNT read failed");
+	ASSERT_THAT(!vugpu_reg_read(c->fd, VUGPU_REG_IRQ_COUNT, &v), "IRQ_COUNT read failed");
 	/* The held vector and at least one completion were sent after the gap. */
-	KTAP_EXPECT(t, v - s->irq_count >= 2, "IRQ_COUNT %u -> %u after pci_set_master",
+	EXPECT_THAT(v - s->irq_count >= 2, "IRQ_COUNT %u -> %u after pci_set_master",
 		    s->irq_count, v);
-	ktap_diag("bus master: engine %u held a %llu KiB copy (%u descriptors) for %u ms; done %llu us after pci_set_master, by interrupt; vector %u held, then delivered; IRQ_COUNT +%u",
+	diag("bus master: engine %u held a %llu KiB copy (%u descriptors) for %u ms; done %llu us after pci_set_master, by interrupt; vector %u held, then delivered; IRQ_COUNT +%u",
 		  j->engine, (unsigned long long)(GAP_LEN / KIB), j->out.descs + j->out.fences,
 		  GAP_MS, (unsigned long long)((j->done_ns - set_ns) / 1000), s->vector,
 		  v - s->irq_count);
 }
 
-void bus_master_gating(struct ktap_test *t, void *ctx)
+void bus_master_gating(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	struct gap_state s = { 0 };
@@ -225,10 +225,10 @@ void bus_master_gating(struct ktap_test *t, void *ctx)
 	uint64_t set_ns = 0;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
+	REQUIRE_ENGINES(c);
 	ret = vugpu_bus_master(c->fd, VUGPU_BUS_MASTER_QUERY, &command);
-	KTAP_ASSERT(t, !ret, "BUS_MASTER query: %s", err_str(ret));
-	KTAP_ASSERT(t, command & VUGPU_PCI_COMMAND_MASTER,
+	ASSERT_THAT(!ret, "BUS_MASTER query: %s", err_str(ret));
+	ASSERT_THAT(command & VUGPU_PCI_COMMAND_MASTER,
 		    "Command %#x: the driver did not set Bus Master at probe", command);
 
 	s.counts = calloc(MAX_VECTORS, sizeof(*s.counts));
@@ -238,14 +238,14 @@ void bus_master_gating(struct ktap_test *t, void *ctx)
 	j->c = c;
 	j->engine = c->info.engine_count - 1;
 	if (!s.counts || !s.now || !j->src || !j->dst) {
-		ktap_fail_at(t, KTAP_FILE, __LINE__, "out of memory");
+		FAIL_TEST("out of memory");
 		goto out;
 	}
 	vugpu_fill_pattern(j->src, GAP_LEN, 0xb5ULL);
 	memset(j->dst, POISON, GAP_LEN);
 	s.nvec = vugpu_irq_counts(c->fd, s.counts, MAX_VECTORS);
 	if (s.nvec <= 0) {
-		ktap_fail_at(t, KTAP_FILE, __LINE__, "IRQ_COUNTS: %s", err_str(s.nvec));
+		FAIL_TEST("IRQ_COUNTS: %s", err_str(s.nvec));
 		goto out;
 	}
 	/* The first vector without an engine: its handler only counts and acks IRQ_STATUS. */
@@ -253,18 +253,18 @@ void bus_master_gating(struct ktap_test *t, void *ctx)
 	if (s.vector >= VUGPU_IRQ_STATUS_VECTORS || s.vector >= (unsigned int)s.nvec)
 		s.vector = (unsigned int)s.nvec;
 
-	gap_checks(t, c, &s);
+	gap_checks(_metadata, c, &s);
 	if (s.cleared) {
 		set_ns = vugpu_now_ns();
 		ret = vugpu_bus_master(c->fd, VUGPU_BUS_MASTER_SET, &command);
 		if (ret || !(command & VUGPU_PCI_COMMAND_MASTER))
-			ktap_fail_at(t, KTAP_FILE, __LINE__, "BUS_MASTER set: %s, Command %#x",
+			FAIL_TEST("BUS_MASTER set: %s, Command %#x",
 				     err_str(ret), command);
 	}
 	if (s.started)
 		pthread_join(j->tid, NULL);
 	if (s.gap_done)
-		resume_checks(t, c, &s, set_ns);
+		resume_checks(_metadata, c, &s, set_ns);
 out:
 	buf_free(j->src, GAP_LEN);
 	buf_free(j->dst, GAP_LEN);

@@ -20,42 +20,42 @@ static inline void wc_flush(void)
 #endif
 }
 
-static bool need_vram(struct ktap_test *t, struct dma_ctx *c, uint64_t end)
+static bool need_vram(struct __test_metadata *_metadata, struct dma_ctx *c, uint64_t end)
 {
 	if (!c->bar || end > c->vram_limit) {
-		ktap_skip(t, "needs %llu MiB of CPU-visible VRAM below the ring reservation, have %llu MiB",
+		SKIP_NOTE("needs %llu MiB of CPU-visible VRAM below the ring reservation, have %llu MiB",
 			  (unsigned long long)(end >> 20), (unsigned long long)(c->vram_limit >> 20));
 		return false;
 	}
 	return true;
 }
 
-void dma_info(struct ktap_test *t, void *ctx)
+void dma_info(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	struct vugpu_dma_info *in = &c->info;
 	unsigned int i;
 
-	REQUIRE_ENGINES(t, c);
-	KTAP_EXPECT(t, in->engine_count <= VUGPU_ENGINE_MAX, "ENGINE_COUNT %u", in->engine_count);
-	KTAP_EXPECT(t, in->vector_base == VUGPU_ENGINE_VECTOR_BASE_VALUE, "vector base %u",
+	REQUIRE_ENGINES(c);
+	EXPECT_THAT(in->engine_count <= VUGPU_ENGINE_MAX, "ENGINE_COUNT %u", in->engine_count);
+	EXPECT_THAT(in->vector_base == VUGPU_ENGINE_VECTOR_BASE_VALUE, "vector base %u",
 		    in->vector_base);
-	KTAP_EXPECT(t, in->ready_mask == (1u << in->engine_count) - 1,
+	EXPECT_THAT(in->ready_mask == (1u << in->engine_count) - 1,
 		    "ready engines %#x, expected all %u", in->ready_mask, in->engine_count);
 	for (i = 0; i < in->engine_count; i++)
-		KTAP_EXPECT(t, in->ring_slots[i] >= 2 && !(in->ring_slots[i] & (in->ring_slots[i] - 1)) &&
+		EXPECT_THAT(in->ring_slots[i] >= 2 && !(in->ring_slots[i] & (in->ring_slots[i] - 1)) &&
 			    in->ring_base[i] % VUGPU_RING_ALIGN == 0,
 			    "engine %u: ring of %u slots at %#llx", i, in->ring_slots[i],
 			    (unsigned long long)in->ring_base[i]);
-	KTAP_EXPECT(t, in->vram_size == c->d->info.vram_size, "VRAM size %#llx vs %#llx",
+	EXPECT_THAT(in->vram_size == c->d->info.vram_size, "VRAM size %#llx vs %#llx",
 		    (unsigned long long)in->vram_size, (unsigned long long)c->d->info.vram_size);
-	KTAP_EXPECT(t, in->scratch_dma && in->scratch_size >= 4096 && in->guard_size >= 4096,
+	EXPECT_THAT(in->scratch_dma && in->scratch_size >= 4096 && in->guard_size >= 4096,
 		    "scratch %#llx size %llu guard %llu", (unsigned long long)in->scratch_dma,
 		    (unsigned long long)in->scratch_size, (unsigned long long)in->guard_size);
-	KTAP_EXPECT(t, in->guard_bad == 0, "%llu scratch guard bytes damaged before any test",
+	EXPECT_THAT(in->guard_bad == 0, "%llu scratch guard bytes damaged before any test",
 		    (unsigned long long)in->guard_bad);
-	KTAP_EXPECT(t, c->bar != NULL, "no BAR2 mapping");
-	ktap_diag("%s: %u engines (vectors %u-%u), rings %u slots (VRAM mask %#x), timeout %u ms, VRAM %llu MiB (BAR %zu MiB, VRAM rings at %#llx), scratch %#llx+%llu",
+	EXPECT_THAT(c->bar != NULL, "no BAR2 mapping");
+	diag("%s: %u engines (vectors %u-%u), rings %u slots (VRAM mask %#x), timeout %u ms, VRAM %llu MiB (BAR %zu MiB, VRAM rings at %#llx), scratch %#llx+%llu",
 		  c->d->bdf, in->engine_count, in->vector_base,
 		  in->vector_base + in->engine_count - 1, in->ring_slots[0], in->ring_vram_mask,
 		  in->timeout_ms, (unsigned long long)(in->vram_size >> 20), c->bar_len >> 20,
@@ -88,7 +88,7 @@ static const struct xfer xfers[] = {
  * POISON around the target, every byte of the target and EDGE bytes on
  * each side checked afterwards (VRAM also through VRAM_DATA, sampled).
  */
-static void check_copy(struct ktap_test *t, struct dma_ctx *c, enum dir dir, const struct xfer *x,
+static void check_copy(struct __test_metadata *_metadata, struct dma_ctx *c, enum dir dir, const struct xfer *x,
 		       unsigned int engine, uint32_t flags)
 {
 	bool src_vram = dir == V2S || dir == V2V, dst_vram = dir == S2V || dir == V2V;
@@ -101,7 +101,7 @@ static void check_copy(struct ktap_test *t, struct dma_ctx *c, enum dir dir, con
 	int ret;
 
 	expect = buf_alloc(len);
-	KTAP_ASSERT(t, expect, "out of memory");
+	ASSERT_THAT(expect, "out of memory");
 	vugpu_fill_pattern64(expect, len, len * 31 + x->src_off * 7 + x->dst_off + dir * 1000 + engine);
 
 	if (src_vram) {
@@ -134,28 +134,28 @@ static void check_copy(struct ktap_test *t, struct dma_ctx *c, enum dir dir, con
 		       dst_vram ? VUGPU_MEM_VRAM : VUGPU_MEM_USER, dst, len, &d);
 	wall = vugpu_now_ns() - t0;
 	if (ret) {
-		KTAP_EXPECT(t, 0, "%s %llu B (src +%llu, dst +%llu) on engine %u: %s; %s",
+		EXPECT_THAT(0, "%s %llu B (src +%llu, dst +%llu) on engine %u: %s; %s",
 			    dir_name[dir], (unsigned long long)len, (unsigned long long)x->src_off,
 			    (unsigned long long)x->dst_off, engine, err_str(ret),
 			    regs_str(&d.regs, regs, sizeof(regs)));
 		goto out;
 	}
 	diff = vugpu_first_diff(dptr, expect, len);
-	KTAP_EXPECT(t, diff < 0, "%s %llu B (src +%llu, dst +%llu) engine %u: byte %ld is %#x, expected %#x",
+	EXPECT_THAT(diff < 0, "%s %llu B (src +%llu, dst +%llu) engine %u: byte %ld is %#x, expected %#x",
 		    dir_name[dir], (unsigned long long)len, (unsigned long long)x->src_off,
 		    (unsigned long long)x->dst_off, engine, diff, diff >= 0 ? dptr[diff] : 0,
 		    diff >= 0 ? expect[diff] : 0);
-	KTAP_EXPECT(t, all_bytes(dptr - EDGE, EDGE, POISON) && all_bytes(dptr + len, EDGE, POISON),
+	EXPECT_THAT(all_bytes(dptr - EDGE, EDGE, POISON) && all_bytes(dptr + len, EDGE, POISON),
 		    "%s %llu B engine %u: bytes around the target changed", dir_name[dir],
 		    (unsigned long long)len, engine);
 	if (dst_vram)
-		KTAP_EXPECT(t, !vram_window_check(c, dst, expect, len, why, sizeof(why)), "%s %llu B: %s",
+		EXPECT_THAT(!vram_window_check(c, dst, expect, len, why, sizeof(why)), "%s %llu B: %s",
 			    dir_name[dir], (unsigned long long)len, why);
 	if (src_vram)	/* the engine must not write its source */
-		KTAP_EXPECT(t, vram_diff(c, src, expect, len) < 0, "%s %llu B: source VRAM changed",
+		EXPECT_THAT(vram_diff(c, src, expect, len) < 0, "%s %llu B: source VRAM changed",
 			    dir_name[dir], (unsigned long long)len);
 	if (len >= MIB)
-		ktap_diag("%s %3llu MiB engine %u %s: %u descriptors, engine %llu us (%.0f MB/s), ioctl %llu us",
+		diag("%s %3llu MiB engine %u %s: %u descriptors, engine %llu us (%.0f MB/s), ioctl %llu us",
 			  dir_name[dir], (unsigned long long)(len >> 20), engine,
 			  flags & VUGPU_DMA_IRQ ? "irq " : "poll", d.descs,
 			  (unsigned long long)d.elapsed_ns / 1000,
@@ -167,70 +167,70 @@ out:
 	buf_free(expect, len);
 	return;
 oom:
-	KTAP_EXPECT(t, 0, "out of memory");
+	EXPECT_THAT(0, "out of memory");
 	goto out;
 }
 
-static void copy_dir(struct ktap_test *t, struct dma_ctx *c, enum dir dir)
+static void copy_dir(struct __test_metadata *_metadata, struct dma_ctx *c, enum dir dir)
 {
 	unsigned int i, n = c->info.engine_count;
 
-	if (!need_vram(t, c, VRAM_B + 17 * MIB))
+	if (!need_vram(_metadata, c, VRAM_B + 17 * MIB))
 		return;
-	for (i = 0; i < KTAP_ARRAY_SIZE(xfers); i++) {
+	for (i = 0; i < ARRAY_SIZE(xfers); i++) {
 		uint32_t flags = (i & 1) ? VUGPU_DMA_IRQ : 0;
 
 		if (i == 2)
 			flags |= VUGPU_DMA_DB_REG;
-		check_copy(t, c, dir, &xfers[i], (i + dir) % n, flags);
+		check_copy(_metadata, c, dir, &xfers[i], (i + dir) % n, flags);
 	}
 }
 
-void copy_sys_to_vram(struct ktap_test *t, void *ctx)
+void copy_sys_to_vram(struct __test_metadata *_metadata, void *ctx)
 {
-	REQUIRE_ENGINES(t, (struct dma_ctx *)ctx);
-	copy_dir(t, ctx, S2V);
+	REQUIRE_ENGINES((struct dma_ctx *)ctx);
+	copy_dir(_metadata, ctx, S2V);
 }
 
-void copy_vram_to_sys(struct ktap_test *t, void *ctx)
+void copy_vram_to_sys(struct __test_metadata *_metadata, void *ctx)
 {
-	REQUIRE_ENGINES(t, (struct dma_ctx *)ctx);
-	copy_dir(t, ctx, V2S);
+	REQUIRE_ENGINES((struct dma_ctx *)ctx);
+	copy_dir(_metadata, ctx, V2S);
 }
 
-void copy_vram_to_vram(struct ktap_test *t, void *ctx)
+void copy_vram_to_vram(struct __test_metadata *_metadata, void *ctx)
 {
-	REQUIRE_ENGINES(t, (struct dma_ctx *)ctx);
-	copy_dir(t, ctx, V2V);
+	REQUIRE_ENGINES((struct dma_ctx *)ctx);
+	copy_dir(_metadata, ctx, V2V);
 }
 
-void copy_sys_to_sys(struct ktap_test *t, void *ctx)
+void copy_sys_to_sys(struct __test_metadata *_metadata, void *ctx)
 {
-	REQUIRE_ENGINES(t, (struct dma_ctx *)ctx);
-	copy_dir(t, ctx, S2S);
+	REQUIRE_ENGINES((struct dma_ctx *)ctx);
+	copy_dir(_metadata, ctx, S2S);
 }
 
 /* The driver's coherent scratch buffer as a SYS source and target. */
-void copy_scratch(struct ktap_test *t, void *ctx)
+void copy_scratch(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	uint8_t pat[4096], rd[4096 + 2 * EDGE];
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_A + 2 * MIB))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_A + 2 * MIB))
 		return;
 	vugpu_fill_pattern64(pat, sizeof(pat), 77);
 	memset(rd, POISON, sizeof(rd));
-	KTAP_ASSERT(t, !vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_WRITE, 1024 - EDGE, rd,
+	ASSERT_THAT(!vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_WRITE, 1024 - EDGE, rd,
 					 sizeof(rd)), "SCRATCH_WRITE failed");
 	ret = dma_copy(c, 0, VUGPU_DMA_IRQ, VUGPU_MEM_USER, (uintptr_t)pat, VUGPU_MEM_SCRATCH, 1024,
 		       sizeof(pat), &d);
-	KTAP_ASSERT(t, !ret, "user -> scratch: %s", err_str(ret));
-	KTAP_ASSERT(t, !vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_READ, 1024 - EDGE, rd, sizeof(rd)),
+	ASSERT_THAT(!ret, "user -> scratch: %s", err_str(ret));
+	ASSERT_THAT(!vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_READ, 1024 - EDGE, rd, sizeof(rd)),
 		    "SCRATCH_READ failed");
-	KTAP_EXPECT(t, vugpu_first_diff(rd + EDGE, pat, sizeof(pat)) < 0 &&
+	EXPECT_THAT(vugpu_first_diff(rd + EDGE, pat, sizeof(pat)) < 0 &&
 		    all_bytes(rd, EDGE, POISON) && all_bytes(rd + EDGE + sizeof(pat), EDGE, POISON),
 		    "user -> scratch: data or edges wrong");
 
@@ -238,8 +238,8 @@ void copy_scratch(struct ktap_test *t, void *ctx)
 	wc_flush();
 	ret = dma_copy(c, c->info.engine_count - 1, 0, VUGPU_MEM_SCRATCH, 1024, VUGPU_MEM_VRAM,
 		       VRAM_A + MIB, sizeof(pat), &d);
-	KTAP_ASSERT(t, !ret, "scratch -> VRAM: %s", err_str(ret));
-	KTAP_EXPECT(t, vram_diff(c, VRAM_A + MIB, pat, sizeof(pat)) < 0 &&
+	ASSERT_THAT(!ret, "scratch -> VRAM: %s", err_str(ret));
+	EXPECT_THAT(vram_diff(c, VRAM_A + MIB, pat, sizeof(pat)) < 0 &&
 		    all_bytes(c->bar + VRAM_A + MIB - EDGE, EDGE, POISON) &&
 		    all_bytes(c->bar + VRAM_A + MIB + sizeof(pat), EDGE, POISON),
 		    "scratch -> VRAM: data or edges wrong");
@@ -248,12 +248,12 @@ void copy_scratch(struct ktap_test *t, void *ctx)
 	memcpy(c->bar + VRAM_A + MIB, pat, sizeof(pat));
 	wc_flush();
 	ret = dma_copy(c, 0, 0, VUGPU_MEM_VRAM, VRAM_A + MIB, VUGPU_MEM_SCRATCH, 1024, sizeof(pat), &d);
-	KTAP_ASSERT(t, !ret, "VRAM -> scratch: %s", err_str(ret));
+	ASSERT_THAT(!ret, "VRAM -> scratch: %s", err_str(ret));
 	vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_READ, 1024 - EDGE, rd, sizeof(rd));
-	KTAP_EXPECT(t, vugpu_first_diff(rd + EDGE, pat, sizeof(pat)) < 0 &&
+	EXPECT_THAT(vugpu_first_diff(rd + EDGE, pat, sizeof(pat)) < 0 &&
 		    all_bytes(rd, EDGE, POISON) && all_bytes(rd + EDGE + sizeof(pat), EDGE, POISON),
 		    "VRAM -> scratch: data or edges wrong");
-	KTAP_EXPECT(t, !refresh_info(c) && c->info.guard_bad == 0, "scratch guards damaged: %llu bytes",
+	EXPECT_THAT(!refresh_info(c) && c->info.guard_bad == 0, "scratch guards damaged: %llu bytes",
 		    (unsigned long long)c->info.guard_bad);
 
 	/* The guard check works: 8 bytes written just below the inner area are seen. */
@@ -266,12 +266,12 @@ void copy_scratch(struct ktap_test *t, void *ctx)
 
 		d = (struct vugpu_dma){ .src_type = VUGPU_MEM_USER, .src = (uintptr_t)&f, .count = 1 };
 		ret = vugpu_dma(c->fd, VUGPU_IOCTL_DMA_RAW_SUBMIT, &d);
-		KTAP_EXPECT(t, !ret, "FILL into the front guard: %s", err_str(ret));
+		EXPECT_THAT(!ret, "FILL into the front guard: %s", err_str(ret));
 		ret = vugpu_cmd(c->fd, VUGPU_IOCTL_DMA_INFO, &cmd);
-		KTAP_EXPECT(t, !ret && c->info.guard_bad >= 4 && c->info.guard_bad <= 8,
+		EXPECT_THAT(!ret && c->info.guard_bad >= 4 && c->info.guard_bad <= 8,
 			    "guard check saw %llu damaged bytes after an 8-byte write into the guard",
 			    (unsigned long long)c->info.guard_bad);
-		KTAP_EXPECT(t, !refresh_info(c) && c->info.guard_bad == 0,
+		EXPECT_THAT(!refresh_info(c) && c->info.guard_bad == 0,
 			    "guards not re-armed: %llu bytes", (unsigned long long)c->info.guard_bad);
 	}
 }
@@ -288,7 +288,7 @@ static bool fill_ok(const uint8_t *p, size_t len, uint32_t pat)
 	return true;
 }
 
-void fill(struct ktap_test *t, void *ctx)
+void fill(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	struct vugpu_engine_stats s0, s1;
@@ -299,47 +299,47 @@ void fill(struct ktap_test *t, void *ctx)
 	char regs[256];
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_A + 2 * MIB))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_A + 2 * MIB))
 		return;
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, 0, &s0), "ENGINE_STATS failed");
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, 0, &s0), "ENGINE_STATS failed");
 
 	memset(c->bar + voff - EDGE, POISON, vlen + 2 * EDGE);
 	wc_flush();
 	ret = dma_job(c, VUGPU_IOCTL_DMA_FILL, 0, VUGPU_DMA_IRQ, 0, 0, VUGPU_MEM_VRAM, voff, vlen,
 		      0xdeadbeef, &d);
-	KTAP_EXPECT(t, !ret, "FILL VRAM: %s %s", err_str(ret), regs_str(&d.regs, regs, sizeof(regs)));
-	KTAP_EXPECT(t, fill_ok(c->bar + voff, vlen, 0xdeadbeef), "FILL VRAM: pattern wrong");
-	KTAP_EXPECT(t, all_bytes(c->bar + voff - EDGE, EDGE, POISON) &&
+	EXPECT_THAT(!ret, "FILL VRAM: %s %s", err_str(ret), regs_str(&d.regs, regs, sizeof(regs)));
+	EXPECT_THAT(fill_ok(c->bar + voff, vlen, 0xdeadbeef), "FILL VRAM: pattern wrong");
+	EXPECT_THAT(all_bytes(c->bar + voff - EDGE, EDGE, POISON) &&
 		    all_bytes(c->bar + voff + vlen, EDGE, POISON), "FILL VRAM: wrote outside the range");
 	total += vlen;
 
 	buf = buf_alloc(blen);
-	KTAP_ASSERT(t, buf, "out of memory");
+	ASSERT_THAT(buf, "out of memory");
 	memset(buf, POISON, blen);
 	ret = dma_job(c, VUGPU_IOCTL_DMA_FILL, 0, 0, 0, 0, VUGPU_MEM_USER, (uintptr_t)(buf + 4096 + 12),
 		      ulen, 0x01234567, &d);
-	KTAP_EXPECT(t, !ret, "FILL user memory: %s", err_str(ret));
-	KTAP_EXPECT(t, fill_ok(buf + 4096 + 12, ulen, 0x01234567), "FILL user memory: pattern wrong");
-	KTAP_EXPECT(t, all_bytes(buf, 4096 + 12, POISON) &&
+	EXPECT_THAT(!ret, "FILL user memory: %s", err_str(ret));
+	EXPECT_THAT(fill_ok(buf + 4096 + 12, ulen, 0x01234567), "FILL user memory: pattern wrong");
+	EXPECT_THAT(all_bytes(buf, 4096 + 12, POISON) &&
 		    all_bytes(buf + 4096 + 12 + ulen, blen - 4096 - 12 - ulen, POISON),
 		    "FILL user memory: wrote outside the range");
 	total += ulen;
-	ktap_diag("FILL of %llu user bytes took %u descriptors", (unsigned long long)ulen, d.descs);
+	diag("FILL of %llu user bytes took %u descriptors", (unsigned long long)ulen, d.descs);
 	buf_free(buf, blen);
 
 	memset(rd, POISON, sizeof(rd));
 	vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_WRITE, 256 - EDGE, rd, sizeof(rd));
 	ret = dma_job(c, VUGPU_IOCTL_DMA_FILL, 0, VUGPU_DMA_IRQ, 0, 0, VUGPU_MEM_SCRATCH, 256, 4096,
 		      0xa5a55a5a, &d);
-	KTAP_EXPECT(t, !ret, "FILL scratch: %s", err_str(ret));
+	EXPECT_THAT(!ret, "FILL scratch: %s", err_str(ret));
 	vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_READ, 256 - EDGE, rd, sizeof(rd));
-	KTAP_EXPECT(t, fill_ok(rd + EDGE, 4096, 0xa5a55a5a) && all_bytes(rd, EDGE, POISON) &&
+	EXPECT_THAT(fill_ok(rd + EDGE, 4096, 0xa5a55a5a) && all_bytes(rd, EDGE, POISON) &&
 		    all_bytes(rd + EDGE + 4096, EDGE, POISON), "FILL scratch: pattern or edges wrong");
 	total += 4096;
 
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, 0, &s1), "ENGINE_STATS failed");
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_FILL) == total,
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, 0, &s1), "ENGINE_STATS failed");
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_FILL) == total,
 		    "BYTES_FILL grew by %llu, filled %llu",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_FILL),
 		    (unsigned long long)total);
@@ -354,7 +354,7 @@ static uint64_t engine_last_fence(struct dma_ctx *c, unsigned int e)
 	return (uint64_t)hi << 32 | lo;
 }
 
-void fence(struct ktap_test *t, void *ctx)
+void fence(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	uint64_t *var;
@@ -362,51 +362,51 @@ void fence(struct ktap_test *t, void *ctx)
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_A + 4096))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_A + 4096))
 		return;
 	var = buf_alloc(4096);
-	KTAP_ASSERT(t, var, "out of memory");
+	ASSERT_THAT(var, "out of memory");
 	for (e = 0; e < c->info.engine_count; e++) {
 		uint64_t v = 0x1122334455667700ULL | e, got;
 
 		ret = dma_job(c, VUGPU_IOCTL_DMA_FENCE, e, VUGPU_DMA_IRQ, 0, 0, VUGPU_MEM_NONE, 0, 0, v,
 			      &d);
-		KTAP_EXPECT(t, !ret && d.value == v, "engine %u: FENCE to the driver slot: %s, read %#llx",
+		EXPECT_THAT(!ret && d.value == v, "engine %u: FENCE to the driver slot: %s, read %#llx",
 			    e, err_str(ret), (unsigned long long)d.value);
 		/* The driver's own completion FENCE is the last one the engine ran. */
 		got = engine_last_fence(c, e);
-		KTAP_EXPECT(t, got == d.seq, "engine %u: LAST_FENCE %#llx, the last fence written was %#llx",
+		EXPECT_THAT(got == d.seq, "engine %u: LAST_FENCE %#llx, the last fence written was %#llx",
 			    e, (unsigned long long)got, (unsigned long long)d.seq);
 
 		var[e] = 0;
 		ret = dma_job(c, VUGPU_IOCTL_DMA_FENCE, e, 0, 0, 0, VUGPU_MEM_USER, (uintptr_t)&var[e], 0,
 			      ~v, &d);
-		KTAP_EXPECT(t, !ret && var[e] == ~v && d.value == ~v,
+		EXPECT_THAT(!ret && var[e] == ~v && d.value == ~v,
 			    "engine %u: FENCE to user memory: %s, memory %#llx", e, err_str(ret),
 			    (unsigned long long)var[e]);
 
 		ret = dma_job(c, VUGPU_IOCTL_DMA_FENCE, e, VUGPU_DMA_IRQ, 0, 0, VUGPU_MEM_VRAM,
 			      VRAM_A + 8 * e, 0, v ^ 0xff00, &d);
 		memcpy(&got, c->bar + VRAM_A + 8 * e, 8);
-		KTAP_EXPECT(t, !ret && got == (v ^ 0xff00), "engine %u: FENCE to VRAM: %s, VRAM %#llx", e,
+		EXPECT_THAT(!ret && got == (v ^ 0xff00), "engine %u: FENCE to VRAM: %s, VRAM %#llx", e,
 			    err_str(ret), (unsigned long long)got);
 
 		ret = dma_job(c, VUGPU_IOCTL_DMA_FENCE, e, 0, 0, 0, VUGPU_MEM_SCRATCH, 8 * e, 0,
 			      v ^ 0xabc0000, &d);
 		got = 0;
 		vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_READ, 8 * e, &got, 8);
-		KTAP_EXPECT(t, !ret && got == (v ^ 0xabc0000) && d.value == got,
+		EXPECT_THAT(!ret && got == (v ^ 0xabc0000) && d.value == got,
 			    "engine %u: FENCE to scratch: %s, memory %#llx", e, err_str(ret),
 			    (unsigned long long)got);
 	}
 	ret = dma_job(c, VUGPU_IOCTL_DMA_FENCE, 0, 0, 0, 0, VUGPU_MEM_USER, (uintptr_t)var + 4, 0, 1,
 		      &d);
-	KTAP_EXPECT(t, ret == -EINVAL, "FENCE to a 4-byte aligned address: %d, expected -EINVAL", ret);
+	EXPECT_THAT(ret == -EINVAL, "FENCE to a 4-byte aligned address: %d, expected -EINVAL", ret);
 	buf_free(var, 4096);
 }
 
-void timestamp(struct ktap_test *t, void *ctx)
+void timestamp(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	uint64_t prev = 0, first = 0, *var;
@@ -414,9 +414,9 @@ void timestamp(struct ktap_test *t, void *ctx)
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
+	REQUIRE_ENGINES(c);
 	var = buf_alloc(4096);
-	KTAP_ASSERT(t, var, "out of memory");
+	ASSERT_THAT(var, "out of memory");
 	for (i = 0; i < 8; i++) {
 		for (e = 0; e < c->info.engine_count; e++) {
 			bool user = (i + e) % 3 == 2;
@@ -425,15 +425,15 @@ void timestamp(struct ktap_test *t, void *ctx)
 			var[0] = 0;
 			ret = dma_job(c, VUGPU_IOCTL_DMA_TIMESTAMP, e, (i & 1) ? VUGPU_DMA_IRQ : 0, 0, 0,
 				      user ? VUGPU_MEM_USER : VUGPU_MEM_NONE, (uintptr_t)var, 0, 0, &d);
-			KTAP_ASSERT(t, !ret, "engine %u: TIMESTAMP: %s", e, err_str(ret));
+			ASSERT_THAT(!ret, "engine %u: TIMESTAMP: %s", e, err_str(ret));
 			ts = d.value;
-			KTAP_EXPECT(t, !user || var[0] == ts, "engine %u: memory %#llx, ioctl %#llx", e,
+			EXPECT_THAT(!user || var[0] == ts, "engine %u: memory %#llx, ioctl %#llx", e,
 				    (unsigned long long)var[0], (unsigned long long)ts);
-			KTAP_EXPECT(t, d.clock_before <= ts && ts <= d.clock_after,
+			EXPECT_THAT(d.clock_before <= ts && ts <= d.clock_after,
 				    "engine %u: TIMESTAMP %llu outside the CLOCK reads around it [%llu, %llu]",
 				    e, (unsigned long long)ts, (unsigned long long)d.clock_before,
 				    (unsigned long long)d.clock_after);
-			KTAP_EXPECT(t, ts >= prev, "engine %u: TIMESTAMP went back: %llu after %llu", e,
+			EXPECT_THAT(ts >= prev, "engine %u: TIMESTAMP went back: %llu after %llu", e,
 				    (unsigned long long)ts, (unsigned long long)prev);
 			increases += ts > prev;
 			if (!first)
@@ -442,8 +442,8 @@ void timestamp(struct ktap_test *t, void *ctx)
 			n++;
 		}
 	}
-	KTAP_EXPECT(t, increases == n, "only %u of %u timestamps advanced", increases, n);
-	ktap_diag("%u timestamps over %llu us of device time", n,
+	EXPECT_THAT(increases == n, "only %u of %u timestamps advanced", increases, n);
+	diag("%u timestamps over %llu us of device time", n,
 		  (unsigned long long)(prev - first) / 1000);
 	buf_free(var, 4096);
 }
@@ -477,7 +477,7 @@ static int engine_stats_quiet(int fd, unsigned int e, struct vugpu_engine_stats 
 	return 0;
 }
 
-void irq_and_poll(struct ktap_test *t, void *ctx)
+void irq_and_poll(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	unsigned int e = c->info.engine_count - 1, i, runs = 20;
@@ -486,27 +486,27 @@ void irq_and_poll(struct ktap_test *t, void *ctx)
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_A + 4096))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_A + 4096))
 		return;
 	vugpu_fill_pattern64(src, sizeof(src), 5);
-	KTAP_ASSERT(t, !engine_stats_quiet(c->fd, e, &s0), "ENGINE_STATS failed");
+	ASSERT_THAT(!engine_stats_quiet(c->fd, e, &s0), "ENGINE_STATS failed");
 	for (i = 0; i < runs; i++) {
 		ret = dma_copy(c, e, VUGPU_DMA_IRQ | (i % 4 == 3 ? VUGPU_DMA_DB_REG : 0), VUGPU_MEM_USER,
 			       (uintptr_t)src, VUGPU_MEM_VRAM, VRAM_A + 256 * i, sizeof(src), &d);
-		KTAP_ASSERT(t, !ret, "irq copy %u: %s", i, err_str(ret));
+		ASSERT_THAT(!ret, "irq copy %u: %s", i, err_str(ret));
 	}
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s1), "ENGINE_STATS failed");
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s1), "ENGINE_STATS failed");
 	for (i = 0; i < runs; i++) {
 		ret = dma_copy(c, e, i % 4 == 3 ? VUGPU_DMA_DB_REG : 0, VUGPU_MEM_VRAM, VRAM_A + 256 * i,
 			       VUGPU_MEM_VRAM, VRAM_A + 8192 + 256 * i, sizeof(src), &d);
-		KTAP_ASSERT(t, !ret, "polled copy %u: %s", i, err_str(ret));
+		ASSERT_THAT(!ret, "polled copy %u: %s", i, err_str(ret));
 	}
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s2), "ENGINE_STATS failed");
-	KTAP_EXPECT(t, vram_diff(c, VRAM_A + 8192 + 256 * (runs - 1), src, sizeof(src)) < 0,
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s2), "ENGINE_STATS failed");
+	EXPECT_THAT(vram_diff(c, VRAM_A + 8192 + 256 * (runs - 1), src, sizeof(src)) < 0,
 		    "data of the last polled copy wrong");
 
-	KTAP_EXPECT(t, s1.irq_waits - s0.irq_waits == runs && s1.poll_waits == s0.poll_waits,
+	EXPECT_THAT(s1.irq_waits - s0.irq_waits == runs && s1.poll_waits == s0.poll_waits,
 		    "interrupt mode: %llu irq waits, %llu polled (expected %u, 0)",
 		    (unsigned long long)(s1.irq_waits - s0.irq_waits),
 		    (unsigned long long)(s1.poll_waits - s0.poll_waits), runs);
@@ -516,21 +516,21 @@ void irq_and_poll(struct ktap_test *t, void *ctx)
 	 * arrives before the first was serviced (one IRR bit per vector), and
 	 * the last one may be handled after the waiter already saw its fence.
 	 */
-	KTAP_EXPECT(t, s2.completion_irqs - s0.completion_irqs >= 1 &&
+	EXPECT_THAT(s2.completion_irqs - s0.completion_irqs >= 1 &&
 		    s2.completion_irqs - s0.completion_irqs <= runs,
 		    "%llu completion interrupts handled for %u interrupt-mode jobs",
 		    (unsigned long long)(s2.completion_irqs - s0.completion_irqs), runs);
-	ktap_diag("engine %u: %u interrupt-mode jobs, %llu signalled, %llu handler runs", e, runs,
+	diag("engine %u: %u interrupt-mode jobs, %llu signalled, %llu handler runs", e, runs,
 		  (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_IRQS),
 		  (unsigned long long)(s2.completion_irqs - s0.completion_irqs));
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_IRQS) == runs,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_IRQS) == runs,
 		    "interrupt mode: device IRQS counter grew by %llu for %u jobs",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_IRQS), runs);
-	KTAP_EXPECT(t, s2.poll_waits - s1.poll_waits == runs && s2.irq_waits == s1.irq_waits,
+	EXPECT_THAT(s2.poll_waits - s1.poll_waits == runs && s2.irq_waits == s1.irq_waits,
 		    "polling mode: %llu polled, %llu irq waits",
 		    (unsigned long long)(s2.poll_waits - s1.poll_waits),
 		    (unsigned long long)(s2.irq_waits - s1.irq_waits));
-	KTAP_EXPECT(t, stat_delta(&s1, &s2, VUGPU_ENG_STAT_IRQS) == 0,
+	EXPECT_THAT(stat_delta(&s1, &s2, VUGPU_ENG_STAT_IRQS) == 0,
 		    "polling mode: the device signalled %llu completion interrupts, expected none",
 		    (unsigned long long)stat_delta(&s1, &s2, VUGPU_ENG_STAT_IRQS));
 
@@ -539,18 +539,18 @@ void irq_and_poll(struct ktap_test *t, void *ctx)
 				.dst_type = VUGPU_MEM_VRAM, .src = VRAM_A, .dst = VRAM_A + 16384,
 				.length = 64, .count = 50 };
 	ret = vugpu_dma(c->fd, VUGPU_IOCTL_DMA_COPY, &d);
-	KTAP_EXPECT(t, !ret, "50 repeated jobs: %s", err_str(ret));
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s3), "ENGINE_STATS failed");
-	KTAP_EXPECT(t, s3.jobs - s2.jobs == 50 && stat_delta(&s2, &s3, VUGPU_ENG_STAT_BYTES_V2V) == 50 * 64,
+	EXPECT_THAT(!ret, "50 repeated jobs: %s", err_str(ret));
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s3), "ENGINE_STATS failed");
+	EXPECT_THAT(s3.jobs - s2.jobs == 50 && stat_delta(&s2, &s3, VUGPU_ENG_STAT_BYTES_V2V) == 50 * 64,
 		    "50 repeated jobs: driver counted %llu, device moved %llu VRAM bytes",
 		    (unsigned long long)(s3.jobs - s2.jobs),
 		    (unsigned long long)stat_delta(&s2, &s3, VUGPU_ENG_STAT_BYTES_V2V));
 	if (!ret)
-		ktap_diag("engine %u: 50 x 64 B VRAM->VRAM jobs with interrupts: %.0f jobs/s", e,
+		diag("engine %u: 50 x 64 B VRAM->VRAM jobs with interrupts: %.0f jobs/s", e,
 			  50e9 / (double)(d.elapsed_ns ? d.elapsed_ns : 1));
 }
 
-void stats_counters(struct ktap_test *t, void *ctx)
+void stats_counters(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	struct vugpu_engine_stats s0, s1;
@@ -569,55 +569,55 @@ void stats_counters(struct ktap_test *t, void *ctx)
 		{ VUGPU_MEM_USER, VUGPU_MEM_USER, 100 },
 	};
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_B + MIB))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_B + MIB))
 		return;
 	a = buf_alloc(blen);
 	b = buf_alloc(blen);
-	KTAP_ASSERT(t, a && b, "out of memory");
+	ASSERT_THAT(a && b, "out of memory");
 	memset(a, 1, blen);
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, 0, &s0), "ENGINE_STATS failed");
-	for (i = 0; i < (int)KTAP_ARRAY_SIZE(jobs); i++) {
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, 0, &s0), "ENGINE_STATS failed");
+	for (i = 0; i < (int)ARRAY_SIZE(jobs); i++) {
 		uint64_t src = jobs[i].st == VUGPU_MEM_USER ? (uintptr_t)a : VRAM_A;
 		uint64_t dst = jobs[i].dt == VUGPU_MEM_USER ? (uintptr_t)b : VRAM_B;
 
 		ret = dma_copy(c, 0, i & 1 ? VUGPU_DMA_IRQ : 0, jobs[i].st, src, jobs[i].dt, dst,
 			       jobs[i].len, &d);
-		KTAP_ASSERT(t, !ret, "copy %d: %s", i, err_str(ret));
+		ASSERT_THAT(!ret, "copy %d: %s", i, err_str(ret));
 		descs += d.descs + d.fences;
 	}
 	ret = dma_job(c, VUGPU_IOCTL_DMA_FILL, 0, 0, 0, 0, VUGPU_MEM_VRAM, VRAM_B, 64, 7, &d);
-	KTAP_ASSERT(t, !ret, "fill: %s", err_str(ret));
+	ASSERT_THAT(!ret, "fill: %s", err_str(ret));
 	descs += d.descs + d.fences;
-	KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, 0, &s1), "ENGINE_STATS failed");
+	ASSERT_THAT(!vugpu_engine_stats(c->fd, 0, &s1), "ENGINE_STATS failed");
 
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_JOBS) == descs,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_JOBS) == descs,
 		    "JOBS grew by %llu, %llu descriptors completed",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_JOBS),
 		    (unsigned long long)descs);
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_S2V) == 4097,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_S2V) == 4097,
 		    "BYTES_SYS_TO_VRAM +%llu, expected 4097",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_S2V));
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_V2S) == 8192,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_V2S) == 8192,
 		    "BYTES_VRAM_TO_SYS +%llu, expected 8192",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_V2S));
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_V2V) == 12288,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_V2V) == 12288,
 		    "BYTES_VRAM_TO_VRAM +%llu, expected 12288",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_V2V));
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_S2S) == 100,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_S2S) == 100,
 		    "BYTES_SYS_TO_SYS +%llu, expected 100",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_S2S));
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_FILL) == 64,
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_FILL) == 64,
 		    "BYTES_FILL +%llu, expected 64",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_BYTES_FILL));
-	KTAP_EXPECT(t, stat_delta(&s0, &s1, VUGPU_ENG_STAT_ERRORS) == 0 &&
+	EXPECT_THAT(stat_delta(&s0, &s1, VUGPU_ENG_STAT_ERRORS) == 0 &&
 		    stat_delta(&s0, &s1, VUGPU_ENG_STAT_NS_REQUESTED) == 0 &&
 		    stat_delta(&s0, &s1, VUGPU_ENG_STAT_RO_REQUESTED) == 0,
 		    "ERRORS +%llu NS_REQUESTED +%llu RO_REQUESTED +%llu, expected 0",
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_ERRORS),
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_NS_REQUESTED),
 		    (unsigned long long)stat_delta(&s0, &s1, VUGPU_ENG_STAT_RO_REQUESTED));
-	KTAP_EXPECT(t, s1.jobs - s0.jobs == 5, "driver counted %llu jobs, ran 5",
+	EXPECT_THAT(s1.jobs - s0.jobs == 5, "driver counted %llu jobs, ran 5",
 		    (unsigned long long)(s1.jobs - s0.jobs));
 	buf_free(a, blen);
 	buf_free(b, blen);
@@ -679,15 +679,15 @@ static uint16_t sysfs_devctl(struct dma_ctx *c)
 		     (unsigned long long)(a).ro_used, (unsigned long long)(a).bytes_ro
 
 /* A failed check of attrs_ns_ro: record it and go restore Device Control. */
-#define NSRO_ASSERT(t, cond, ...)						\
+#define NSRO_ASSERT(_metadata, cond, ...)						\
 	do {									\
 		if (!(cond)) {							\
-			ktap_fail_at((t), KTAP_FILE, __LINE__, __VA_ARGS__);	\
+			FAIL_TEST(__VA_ARGS__);	\
 			goto restore;						\
 		}								\
 	} while (0)
 
-void attrs_ns_ro(struct ktap_test *t, void *ctx)
+void attrs_ns_ro(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	const uint64_t len = 64 * KIB;
@@ -697,36 +697,36 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 	uint8_t *buf;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_B + MIB))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_B + MIB))
 		return;
-	KTAP_ASSERT(t, !vugpu_devctl(c->fd, 0, 0, &orig), "DEVCTL query failed");
+	ASSERT_THAT(!vugpu_devctl(c->fd, 0, 0, &orig), "DEVCTL query failed");
 	buf = buf_alloc(len);
-	KTAP_ASSERT(t, buf, "out of memory");
+	ASSERT_THAT(buf, "out of memory");
 	memset(buf, 3, len);
-	ktap_diag("Device Control %#06x at start (NS %s, RO %s)", orig,
+	diag("Device Control %#06x at start (NS %s, RO %s)", orig,
 		  orig & VUGPU_DEVCTL_NOSNOOP_EN ? "on" : "off",
 		  orig & VUGPU_DEVCTL_RELAX_EN ? "on" : "off");
 
 	/* Both enabled: every SYS descriptor that requests them uses them. */
 	ret = vugpu_devctl(c->fd, NSRO, NSRO, &now);
-	NSRO_ASSERT(t, !ret && (now & NSRO) == NSRO, "DEVCTL set: %s, now %#x", err_str(ret), now);
+	NSRO_ASSERT(_metadata, !ret && (now & NSRO) == NSRO, "DEVCTL set: %s, now %#x", err_str(ret), now);
 	sys = sysfs_devctl(c);
-	KTAP_EXPECT(t, (sys & NSRO) == NSRO, "sysfs config shows Device Control %#x after setting NS|RO",
+	EXPECT_THAT((sys & NSRO) == NSRO, "sysfs config shows Device Control %#x after setting NS|RO",
 		    sys);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_USER, (uintptr_t)buf,
 		       VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == k && a.ro_req == k && a.ro_used == k &&
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(a.ns_req == k && a.ns_used == k && a.ro_req == k && a.ro_used == k &&
 		    a.bytes_ns == len && a.bytes_ro == len,
 		    "enabled, SYS->VRAM %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
-	ktap_diag("enabled:  %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
+	diag("enabled:  %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
 
 	/* SYS->SYS moves every byte twice over the link. */
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP, VUGPU_MEM_USER, (uintptr_t)buf, VUGPU_MEM_USER,
 		       (uintptr_t)buf + len / 2, len / 2, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == k && a.bytes_ns == len && a.ro_req == 0 &&
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(a.ns_req == k && a.ns_used == k && a.bytes_ns == len && a.ro_req == 0 &&
 		    a.ro_used == 0 && a.bytes_ro == 0,
 		    "enabled, SYS->SYS NS only, %u descriptors, %llu bytes: " ATTR_FMT, k,
 		    (unsigned long long)len / 2, ATTR_ARGS(a));
@@ -734,48 +734,48 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 	/* VRAM->VRAM never leaves the device: requested, not used. */
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_VRAM, VRAM_A,
 		       VUGPU_MEM_VRAM, VRAM_B, 4096, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, a.ns_req == 1 && a.ro_req == 1 && a.ns_used == 0 && a.ro_used == 0 &&
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(a.ns_req == 1 && a.ro_req == 1 && a.ns_used == 0 && a.ro_used == 0 &&
 		    a.bytes_ns == 0 && a.bytes_ro == 0, "enabled, VRAM->VRAM: " ATTR_FMT, ATTR_ARGS(a));
 
 	/* Not requested: nothing counted. */
 	ret = attr_job(c, 0, VUGPU_MEM_USER, (uintptr_t)buf, VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, !a.ns_req && !a.ns_used && !a.ro_req && !a.ro_used && !a.bytes_ns && !a.bytes_ro,
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(!a.ns_req && !a.ns_used && !a.ro_req && !a.ro_used && !a.bytes_ns && !a.bytes_ro,
 		    "enabled, not requested: " ATTR_FMT, ATTR_ARGS(a));
 
 	/* Both disabled: requested grows, used stays. */
 	ret = vugpu_devctl(c->fd, NSRO, 0, &now);
-	NSRO_ASSERT(t, !ret && !(now & NSRO), "DEVCTL clear: %s, now %#x", err_str(ret), now);
+	NSRO_ASSERT(_metadata, !ret && !(now & NSRO), "DEVCTL clear: %s, now %#x", err_str(ret), now);
 	sys = sysfs_devctl(c);
-	KTAP_EXPECT(t, !(sys & NSRO), "sysfs config shows Device Control %#x after clearing NS|RO", sys);
+	EXPECT_THAT(!(sys & NSRO), "sysfs config shows Device Control %#x after clearing NS|RO", sys);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_USER, (uintptr_t)buf,
 		       VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, a.ns_req == k && a.ro_req == k && a.ns_used == 0 && a.ro_used == 0 &&
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(a.ns_req == k && a.ro_req == k && a.ns_used == 0 && a.ro_used == 0 &&
 		    a.bytes_ns == 0 && a.bytes_ro == 0,
 		    "disabled, SYS->VRAM %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
-	ktap_diag("disabled: %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
+	diag("disabled: %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
 
 	/* Only No Snoop enabled: each attribute follows its own bit. */
 	ret = vugpu_devctl(c->fd, NSRO, VUGPU_DEVCTL_NOSNOOP_EN, &now);
-	NSRO_ASSERT(t, !ret && (now & NSRO) == VUGPU_DEVCTL_NOSNOOP_EN, "DEVCTL NS only: %s, now %#x",
+	NSRO_ASSERT(_metadata, !ret && (now & NSRO) == VUGPU_DEVCTL_NOSNOOP_EN, "DEVCTL NS only: %s, now %#x",
 		    err_str(ret), now);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_VRAM, VRAM_A,
 		       VUGPU_MEM_USER, (uintptr_t)buf, len, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == k && a.bytes_ns == len && a.ro_req == k &&
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(a.ns_req == k && a.ns_used == k && a.bytes_ns == len && a.ro_req == k &&
 		    a.ro_used == 0 && a.bytes_ro == 0,
 		    "NS only, VRAM->SYS %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
 
 	/* And only Relaxed Ordering. */
 	ret = vugpu_devctl(c->fd, NSRO, VUGPU_DEVCTL_RELAX_EN, &now);
-	NSRO_ASSERT(t, !ret && (now & NSRO) == VUGPU_DEVCTL_RELAX_EN, "DEVCTL RO only: %s, now %#x",
+	NSRO_ASSERT(_metadata, !ret && (now & NSRO) == VUGPU_DEVCTL_RELAX_EN, "DEVCTL RO only: %s, now %#x",
 		    err_str(ret), now);
 	ret = attr_job(c, VUGPU_DMA_NO_SNOOP | VUGPU_DMA_RELAXED, VUGPU_MEM_USER, (uintptr_t)buf,
 		       VUGPU_MEM_VRAM, VRAM_A, len, &a, &k);
-	NSRO_ASSERT(t, !ret, "copy: %s", err_str(ret));
-	KTAP_EXPECT(t, a.ns_req == k && a.ns_used == 0 && a.bytes_ns == 0 && a.ro_req == k &&
+	NSRO_ASSERT(_metadata, !ret, "copy: %s", err_str(ret));
+	EXPECT_THAT(a.ns_req == k && a.ns_used == 0 && a.bytes_ns == 0 && a.ro_req == k &&
 		    a.ro_used == k && a.bytes_ro == len,
 		    "RO only, SYS->VRAM %u descriptors: " ATTR_FMT, k, ATTR_ARGS(a));
 
@@ -785,10 +785,10 @@ void attrs_ns_ro(struct ktap_test *t, void *ctx)
 	 */
 restore:
 	ret = vugpu_devctl(c->fd, NSRO, orig & NSRO, &now);
-	KTAP_EXPECT(t, !ret && (now & NSRO) == (orig & NSRO), "restoring Device Control %#x: %s, now %#x",
+	EXPECT_THAT(!ret && (now & NSRO) == (orig & NSRO), "restoring Device Control %#x: %s, now %#x",
 		    orig, err_str(ret), now);
 	sys = sysfs_devctl(c);
-	KTAP_EXPECT(t, sys == orig, "sysfs Device Control %#x after restoring %#x", sys, orig);
+	EXPECT_THAT(sys == orig, "sysfs Device Control %#x after restoring %#x", sys, orig);
 	buf_free(buf, len);
 }
 
@@ -801,7 +801,7 @@ static int engine_reset(struct dma_ctx *c, unsigned int e, uint32_t flags, uint3
 }
 
 /* A round trip SYS->VRAM->SYS of @len bytes on @e, verified. */
-static void roundtrip(struct ktap_test *t, struct dma_ctx *c, unsigned int e, uint64_t len,
+static void roundtrip(struct __test_metadata *_metadata, struct dma_ctx *c, unsigned int e, uint64_t len,
 		      uint64_t voff, uint32_t flags, const char *what)
 {
 	uint8_t *a = buf_alloc(len), *b = buf_alloc(len);
@@ -816,7 +816,7 @@ static void roundtrip(struct ktap_test *t, struct dma_ctx *c, unsigned int e, ui
 		r2 = r1 ? r1 : dma_copy(c, e, flags, VUGPU_MEM_VRAM, voff, VUGPU_MEM_USER, (uintptr_t)b,
 					len, &d2);
 	}
-	KTAP_EXPECT(t, !r1 && !r2 && vugpu_first_diff(a, b, len) < 0,
+	EXPECT_THAT(!r1 && !r2 && vugpu_first_diff(a, b, len) < 0,
 		    "%s: engine %u round trip of %llu bytes: %s%s%s", what, e, (unsigned long long)len,
 		    r1 ? err_str(r1) : r2 ? err_str(r2) : "data differs", r1 || r2 ? "; " : "",
 		    r1 ? regs_str(&d1.regs, regs, sizeof(regs)) :
@@ -825,40 +825,40 @@ static void roundtrip(struct ktap_test *t, struct dma_ctx *c, unsigned int e, ui
 	buf_free(b, len);
 }
 
-void ring_wrap(struct ktap_test *t, void *ctx)
+void ring_wrap(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	uint32_t orig = c->info.ring_slots[0];
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
-	if (!need_vram(t, c, VRAM_A + 2 * MIB))
+	REQUIRE_ENGINES(c);
+	if (!need_vram(_metadata, c, VRAM_A + 2 * MIB))
 		return;
 	ret = engine_reset(c, 0, 0, 4, &d);
-	KTAP_ASSERT(t, !ret, "ENGINE_RESET to a 4-slot ring: %s", err_str(ret));
+	ASSERT_THAT(!ret, "ENGINE_RESET to a 4-slot ring: %s", err_str(ret));
 	refresh_info(c);
-	KTAP_EXPECT(t, c->info.ring_slots[0] == 4, "ring has %u slots", c->info.ring_slots[0]);
-	KTAP_EXPECT(t, (d.regs.status & VUGPU_ENG_STATUS_STATE_MASK) == VUGPU_ENG_STATE_IDLE &&
+	EXPECT_THAT(c->info.ring_slots[0] == 4, "ring has %u slots", c->info.ring_slots[0]);
+	EXPECT_THAT((d.regs.status & VUGPU_ENG_STATUS_STATE_MASK) == VUGPU_ENG_STATE_IDLE &&
 		    d.regs.head == 0 && d.regs.tail == 0, "after ENGINE_RESET: STATUS %#x HEAD %u TAIL %u",
 		    d.regs.status, d.regs.head, d.regs.tail);
 	/* 3 descriptors + fence per batch: a 1 MiB user buffer needs several batches. */
-	roundtrip(t, c, 0, MIB, VRAM_A, VUGPU_DMA_IRQ, "4-slot ring");
-	roundtrip(t, c, 0, 3 * 4096 + 5, VRAM_A + 4096, 0, "4-slot ring");
+	roundtrip(_metadata, c, 0, MIB, VRAM_A, VUGPU_DMA_IRQ, "4-slot ring");
+	roundtrip(_metadata, c, 0, 3 * 4096 + 5, VRAM_A + 4096, 0, "4-slot ring");
 	/* 40 jobs of 2 descriptors: the slot index wraps 20 times. */
 	d = (struct vugpu_dma){ .engine = 0, .flags = VUGPU_DMA_IRQ, .src_type = VUGPU_MEM_VRAM,
 				.dst_type = VUGPU_MEM_VRAM, .src = VRAM_A, .dst = VRAM_A + MIB,
 				.length = 4096, .count = 40 };
 	ret = vugpu_dma(c->fd, VUGPU_IOCTL_DMA_COPY, &d);
-	KTAP_EXPECT(t, !ret && vugpu_first_diff(c->bar + VRAM_A, c->bar + VRAM_A + MIB, 4096) < 0,
+	EXPECT_THAT(!ret && vugpu_first_diff(c->bar + VRAM_A, c->bar + VRAM_A + MIB, 4096) < 0,
 		    "40 jobs through a 4-slot ring: %s", err_str(ret));
 	ret = engine_reset(c, 0, 0, orig, &d);
-	KTAP_EXPECT(t, !ret, "ENGINE_RESET back to %u slots: %s", orig, err_str(ret));
-	roundtrip(t, c, 0, 64 * KIB, VRAM_A, VUGPU_DMA_IRQ, "restored ring");
+	EXPECT_THAT(!ret, "ENGINE_RESET back to %u slots: %s", orig, err_str(ret));
+	roundtrip(_metadata, c, 0, 64 * KIB, VRAM_A, VUGPU_DMA_IRQ, "restored ring");
 	refresh_info(c);
 }
 
-void ring_in_vram(struct ktap_test *t, void *ctx)
+void ring_in_vram(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	unsigned int e;
@@ -868,42 +868,42 @@ void ring_in_vram(struct ktap_test *t, void *ctx)
 	uint32_t tail = 0;
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
+	REQUIRE_ENGINES(c);
 	e = c->info.engine_count - 1;
 	orig = c->info.ring_slots[e];
 	if (!c->info.vram_ring_size)
-		KTAP_SKIP(t, "BAR2 too small to reserve VRAM for rings");
-	if (!need_vram(t, c, VRAM_B + 2 * MIB))
+		SKIP_TEST("BAR2 too small to reserve VRAM for rings");
+	if (!need_vram(_metadata, c, VRAM_B + 2 * MIB))
 		return;
 	ret = engine_reset(c, e, VUGPU_DMA_RING_VRAM, 256, &d);
-	KTAP_ASSERT(t, !ret, "ENGINE_RESET with a VRAM ring: %s", err_str(ret));
+	ASSERT_THAT(!ret, "ENGINE_RESET with a VRAM ring: %s", err_str(ret));
 	refresh_info(c);
-	KTAP_EXPECT(t, c->info.ring_vram_mask & (1u << e) && c->info.ring_slots[e] == 256 &&
+	EXPECT_THAT(c->info.ring_vram_mask & (1u << e) && c->info.ring_slots[e] == 256 &&
 		    c->info.ring_base[e] >= c->info.vram_ring_base &&
 		    c->info.ring_base[e] + 256 * VUGPU_DESC_SIZE <= c->info.vram_ring_base + c->info.vram_ring_size,
 		    "engine %u: ring mask %#x slots %u base %#llx", e, c->info.ring_vram_mask,
 		    c->info.ring_slots[e], (unsigned long long)c->info.ring_base[e]);
-	roundtrip(t, c, e, MIB, VRAM_B, VUGPU_DMA_IRQ, "VRAM ring");
-	roundtrip(t, c, e, 4099, VRAM_B + MIB + 1, 0, "VRAM ring");
+	roundtrip(_metadata, c, e, MIB, VRAM_B, VUGPU_DMA_IRQ, "VRAM ring");
+	roundtrip(_metadata, c, e, 4099, VRAM_B + MIB + 1, 0, "VRAM ring");
 	ret = dma_job(c, VUGPU_IOCTL_DMA_FENCE, e, 0, 0, 0, VUGPU_MEM_NONE, 0, 0, 0xfeed, &d);
-	KTAP_EXPECT(t, !ret && d.value == 0xfeed, "VRAM ring FENCE: %s value %#llx", err_str(ret),
+	EXPECT_THAT(!ret && d.value == 0xfeed, "VRAM ring FENCE: %s value %#llx", err_str(ret),
 		    (unsigned long long)d.value);
 	/* 300 jobs x 2 descriptors wrap the 256-slot VRAM ring twice. */
 	d = (struct vugpu_dma){ .engine = e, .src_type = VUGPU_MEM_VRAM, .dst_type = VUGPU_MEM_VRAM,
 				.src = VRAM_B, .dst = VRAM_B + MIB + 8192, .length = 64, .count = 300 };
 	ret = vugpu_dma(c->fd, VUGPU_IOCTL_DMA_COPY, &d);
-	KTAP_EXPECT(t, !ret && vugpu_first_diff(c->bar + VRAM_B, c->bar + VRAM_B + MIB + 8192, 64) < 0,
+	EXPECT_THAT(!ret && vugpu_first_diff(c->bar + VRAM_B, c->bar + VRAM_B + MIB + 8192, 64) < 0,
 		    "300 jobs through the VRAM ring: %s", err_str(ret));
 	/* The descriptors really live in VRAM: the last fence is readable through the BAR. */
-	KTAP_EXPECT(t, !vugpu_reg_read(c->fd, VUGPU_ENGINE_REGS(e) + VUGPU_ENG_RING_TAIL, &tail) &&
+	EXPECT_THAT(!vugpu_reg_read(c->fd, VUGPU_ENGINE_REGS(e) + VUGPU_ENG_RING_TAIL, &tail) &&
 		    tail > 512, "TAIL %u after more than 512 descriptors", tail);
 	memcpy(&v, c->bar + c->info.ring_base[e] + ((tail - 1) % 256) * VUGPU_DESC_SIZE +
 	       VUGPU_DESC_OFF_VALUE, 8);
-	KTAP_EXPECT(t, !ret && v == d.seq, "last ring slot in VRAM holds fence value %#llx, job seq %#llx",
+	EXPECT_THAT(!ret && v == d.seq, "last ring slot in VRAM holds fence value %#llx, job seq %#llx",
 		    (unsigned long long)v, (unsigned long long)d.seq);
 	ret = engine_reset(c, e, 0, orig, &d);
-	KTAP_EXPECT(t, !ret, "ENGINE_RESET back to a system-memory ring: %s", err_str(ret));
+	EXPECT_THAT(!ret, "ENGINE_RESET back to a system-memory ring: %s", err_str(ret));
 	refresh_info(c);
-	KTAP_EXPECT(t, !(c->info.ring_vram_mask & (1u << e)), "ring still in VRAM");
-	roundtrip(t, c, e, 64 * KIB, VRAM_B, 0, "ring back in system memory");
+	EXPECT_THAT(!(c->info.ring_vram_mask & (1u << e)), "ring still in VRAM");
+	roundtrip(_metadata, c, e, 64 * KIB, VRAM_B, 0, "ring back in system memory");
 }

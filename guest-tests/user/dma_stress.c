@@ -87,7 +87,7 @@ out:
 	return NULL;
 }
 
-void concurrent_engines(struct ktap_test *t, void *ctx)
+void concurrent_engines(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	unsigned int n, i, e, extra;
@@ -96,14 +96,14 @@ void concurrent_engines(struct ktap_test *t, void *ctx)
 	uint64_t t0, ns, bytes = 0;
 	unsigned int expect_jobs[VUGPU_ENGINE_MAX] = { 0 };
 
-	REQUIRE_ENGINES(t, c);
+	REQUIRE_ENGINES(c);
 	if (!need_vram_area(c))
-		KTAP_SKIP(t, "not enough CPU-visible VRAM");
+		SKIP_TEST("not enough CPU-visible VRAM");
 	/* One thread per engine, plus two that share engines 0 and 1 with them. */
 	extra = c->info.engine_count > 1 ? 2 : 1;
 	n = c->info.engine_count + extra;
 	for (e = 0; e < c->info.engine_count; e++)
-		KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s0[e]), "ENGINE_STATS failed");
+		ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s0[e]), "ENGINE_STATS failed");
 	memset(th, 0, sizeof(th));
 	t0 = vugpu_now_ns();
 	for (i = 0; i < n; i++) {
@@ -111,28 +111,28 @@ void concurrent_engines(struct ktap_test *t, void *ctx)
 		th[i].idx = i;
 		th[i].engine = i < c->info.engine_count ? i : i - c->info.engine_count;
 		th[i].vram = VRAM_CONC + (uint64_t)i * 2 * CONC_LEN;
-		KTAP_ASSERT(t, !pthread_create(&th[i].tid, NULL, conc_main, &th[i]),
+		ASSERT_THAT(!pthread_create(&th[i].tid, NULL, conc_main, &th[i]),
 			    "pthread_create failed");
 	}
 	for (i = 0; i < n; i++)
 		pthread_join(th[i].tid, NULL);
 	ns = vugpu_now_ns() - t0;
 	for (i = 0; i < n; i++) {
-		KTAP_EXPECT(t, th[i].failures == 0, "%u failures; first: %s", th[i].failures,
+		EXPECT_THAT(th[i].failures == 0, "%u failures; first: %s", th[i].failures,
 			    th[i].first_failure);
 		expect_jobs[th[i].engine] += th[i].jobs;
 		bytes += (uint64_t)th[i].jobs * CONC_LEN;
 	}
 	for (e = 0; e < c->info.engine_count; e++) {
-		KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s1), "ENGINE_STATS failed");
-		KTAP_EXPECT(t, s1.jobs - s0[e].jobs == expect_jobs[e],
+		ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s1), "ENGINE_STATS failed");
+		EXPECT_THAT(s1.jobs - s0[e].jobs == expect_jobs[e],
 			    "engine %u: driver ran %llu jobs, threads submitted %u", e,
 			    (unsigned long long)(s1.jobs - s0[e].jobs), expect_jobs[e]);
-		KTAP_EXPECT(t, stat_delta(&s0[e], &s1, VUGPU_ENG_STAT_ERRORS) == 0,
+		EXPECT_THAT(stat_delta(&s0[e], &s1, VUGPU_ENG_STAT_ERRORS) == 0,
 			    "engine %u: %llu errors", e,
 			    (unsigned long long)stat_delta(&s0[e], &s1, VUGPU_ENG_STAT_ERRORS));
 	}
-	ktap_diag("%u threads on %u engines: %llu jobs, ~%llu MiB moved in %llu ms (%.0f MB/s aggregate)",
+	diag("%u threads on %u engines: %llu jobs, ~%llu MiB moved in %llu ms (%.0f MB/s aggregate)",
 		  n, c->info.engine_count, (unsigned long long)(bytes / CONC_LEN),
 		  (unsigned long long)(bytes >> 20), (unsigned long long)ns / 1000000,
 		  (double)bytes * 1e3 / (double)(ns ? ns : 1));
@@ -318,7 +318,7 @@ static bool error_plausible(struct hostile *h, unsigned int e, const struct vugp
 	}
 }
 
-void hostile_descriptors(struct ktap_test *t, void *ctx)
+void hostile_descriptors(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	struct hostile h = { .c = c, .rng = c->seed | 1 };
@@ -332,23 +332,23 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 	char regs[256];
 	int ret;
 
-	REQUIRE_ENGINES(t, c);
+	REQUIRE_ENGINES(c);
 	if (!c->info.scratch_size)
-		KTAP_SKIP(t, "no scratch buffer");
+		SKIP_TEST("no scratch buffer");
 	/* Rings back in system memory: VRAM is a target here. */
 	for (e = 0; e < c->info.engine_count; e++)
 		if (c->info.ring_vram_mask & (1u << e))
 			dma_job(c, VUGPU_IOCTL_ENGINE_RESET, e, 0, 0, 0, 0, 0, 0, 0, NULL);
-	KTAP_ASSERT(t, !refresh_info(c), "DMA_INFO failed");
+	ASSERT_THAT(!refresh_info(c), "DMA_INFO failed");
 	h.vram_top = c->info.vram_ring_size ? c->info.vram_ring_base : c->info.vram_size;
 	memset(zero, 0, sizeof(zero));
 	for (k = 0; k < c->info.scratch_size / sizeof(zero); k++)
 		vugpu_scratch_io(c->fd, VUGPU_IOCTL_SCRATCH_WRITE, k * sizeof(zero), zero, sizeof(zero));
-	KTAP_ASSERT(t, !clear_errors(c, NULL) && !vugpu_dma_info(c->fd, &i0), "DMA_INFO failed");
-	KTAP_ASSERT(t, i0.guard_bad == 0, "scratch guards damaged before the test");
+	ASSERT_THAT(!clear_errors(c, NULL) && !vugpu_dma_info(c->fd, &i0), "DMA_INFO failed");
+	ASSERT_THAT(i0.guard_bad == 0, "scratch guards damaged before the test");
 	for (e = 0; e < c->info.engine_count; e++)
-		KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s0[e]), "ENGINE_STATS failed");
-	ktap_diag("hostile: %llu descriptors, seed %#llx; targets: scratch %#llx+%llu, VRAM below %#llx, unmapped %#llx+1G and %#llx+%llu (read), ROM %#llx-%#llx",
+		ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s0[e]), "ENGINE_STATS failed");
+	diag("hostile: %llu descriptors, seed %#llx; targets: scratch %#llx+%llu, VRAM below %#llx, unmapped %#llx+1G and %#llx+%llu (read), ROM %#llx-%#llx",
 		  (unsigned long long)c->hostile_descs, (unsigned long long)c->seed,
 		  (unsigned long long)c->info.scratch_dma, (unsigned long long)c->info.scratch_size,
 		  (unsigned long long)h.vram_top, UNMAPPED_HIGH, (unsigned long long)c->low_unmapped,
@@ -384,7 +384,7 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 			errors++;
 			/* A few samples of each error, with the descriptor that caused it. */
 			if (by_code[code]++ < 2 && idx < n)
-				ktap_diag("hostile: sample %s at %#llx: op %u flags %#x ap %u/%u rsvd %#x/%#llx/%#llx/%#llx src %#llx dst %#llx len %#llx value %#llx",
+				diag("hostile: sample %s at %#llx: op %u flags %#x ap %u/%u rsvd %#x/%#llx/%#llx/%#llx src %#llx dst %#llx len %#llx value %#llx",
 					  vugpu_eng_err_name(d.regs.error_code),
 					  (unsigned long long)d.regs.error_addr, descs[idx].opcode,
 					  descs[idx].flags, descs[idx].src_aperture, descs[idx].dst_aperture,
@@ -395,14 +395,14 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 					  (unsigned long long)descs[idx].length,
 					  (unsigned long long)descs[idx].value);
 			if (!error_plausible(&h, e, &d.regs) && implausible++ < 5)
-				ktap_diag("hostile: engine %u: unexpected error: %s", e,
+				diag("hostile: engine %u: unexpected error: %s", e,
 					  regs_str(&d.regs, regs, sizeof(regs)));
 			/* Half the errors are reset explicitly, the rest by the driver's recovery. */
 			if (errors & 1) {
 				ret = dma_job(c, VUGPU_IOCTL_ENGINE_RESET, e, 0, 0, 0, 0, 0, 0, 0, &d);
 				resets++;
 				if (ret && other++ < 5)
-					ktap_diag("hostile: ENGINE_RESET of engine %u: %s", e, err_str(ret));
+					diag("hostile: ENGINE_RESET of engine %u: %s", e, err_str(ret));
 			}
 			continue;
 		}
@@ -412,11 +412,11 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 			other++;
 		if (!device_alive(c)) {
 			/* The stream killed the device: say exactly what it was sent last. */
-			ktap_diag("hostile: the device stopped answering after submission %llu (engine %u, %s): %s",
+			diag("hostile: the device stopped answering after submission %llu (engine %u, %s): %s",
 				  (unsigned long long)submits, e, flags & VUGPU_DMA_IRQ ? "irq" : "poll",
 				  err_str(ret));
 			for (i = 0; i < n; i++)
-				ktap_diag("hostile:   desc %u: op %u flags %#x ap %u/%u rsvd %#x/%#llx/%#llx/%#llx src %#llx dst %#llx len %#llx value %#llx",
+				diag("hostile:   desc %u: op %u flags %#x ap %u/%u rsvd %#x/%#llx/%#llx/%#llx src %#llx dst %#llx len %#llx value %#llx",
 					  i, descs[i].opcode, descs[i].flags, descs[i].src_aperture,
 					  descs[i].dst_aperture, descs[i].rsvd0,
 					  (unsigned long long)descs[i].rsvd1[0],
@@ -425,18 +425,18 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 					  (unsigned long long)descs[i].src, (unsigned long long)descs[i].dst,
 					  (unsigned long long)descs[i].length,
 					  (unsigned long long)descs[i].value);
-			KTAP_ASSERT(t, 0, "the server dropped the device after %llu of %llu descriptors (%llu errors so far)",
+			ASSERT_THAT(0, "the server dropped the device after %llu of %llu descriptors (%llu errors so far)",
 				    (unsigned long long)sent, (unsigned long long)c->hostile_descs,
 				    (unsigned long long)errors);
 		}
 		if (timeouts + other <= 5) {
 			uint32_t idx = d.fences == 1 ? d.regs.head - (d.regs.tail - n - 1) : n;
 
-			ktap_diag("hostile: submission %llu (engine %u, %u descriptors): %s, result %u; %s",
+			diag("hostile: submission %llu (engine %u, %u descriptors): %s, result %u; %s",
 				  (unsigned long long)submits, e, n, err_str(ret), d.result,
 				  regs_str(&d.regs, regs, sizeof(regs)));
 			if (idx < n)
-				ktap_diag("hostile:   at HEAD: op %u flags %#x ap %u/%u src %#llx dst %#llx len %#llx value %#llx",
+				diag("hostile:   at HEAD: op %u flags %#x ap %u/%u src %#llx dst %#llx len %#llx value %#llx",
 					  descs[idx].opcode, descs[idx].flags, descs[idx].src_aperture,
 					  descs[idx].dst_aperture, (unsigned long long)descs[idx].src,
 					  (unsigned long long)descs[idx].dst,
@@ -451,55 +451,55 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 		struct vugpu_dma d;
 
 		ret = dma_job(c, VUGPU_IOCTL_ENGINE_RESET, e, 0, 0, 0, 0, 0, 0, 0, &d);
-		KTAP_EXPECT(t, !ret && (d.regs.status & VUGPU_ENG_STATUS_STATE_MASK) == VUGPU_ENG_STATE_IDLE,
+		EXPECT_THAT(!ret && (d.regs.status & VUGPU_ENG_STATUS_STATE_MASK) == VUGPU_ENG_STATE_IDLE,
 			    "engine %u after the hostile run: ENGINE_RESET %s; %s", e, err_str(ret),
 			    regs_str(&d.regs, regs, sizeof(regs)));
-		KTAP_ASSERT(t, !vugpu_engine_stats(c->fd, e, &s1), "ENGINE_STATS failed");
+		ASSERT_THAT(!vugpu_engine_stats(c->fd, e, &s1), "ENGINE_STATS failed");
 		dev_errors += stat_delta(&s0[e], &s1, VUGPU_ENG_STAT_ERRORS);
 	}
-	KTAP_ASSERT(t, !vugpu_dma_info(c->fd, &i1), "DMA_INFO failed");
-	KTAP_EXPECT(t, i1.ready_mask == (1u << c->info.engine_count) - 1, "engines ready %#x",
+	ASSERT_THAT(!vugpu_dma_info(c->fd, &i1), "DMA_INFO failed");
+	EXPECT_THAT(i1.ready_mask == (1u << c->info.engine_count) - 1, "engines ready %#x",
 		    i1.ready_mask);
-	KTAP_EXPECT(t, i1.guard_bad == 0,
+	EXPECT_THAT(i1.guard_bad == 0,
 		    "%llu bytes of the scratch buffer's guard pages changed: the device wrote outside what it was given",
 		    (unsigned long long)i1.guard_bad);
-	KTAP_EXPECT(t, timeouts == 0 && other == 0, "%llu submissions timed out, %llu failed otherwise",
+	EXPECT_THAT(timeouts == 0 && other == 0, "%llu submissions timed out, %llu failed otherwise",
 		    (unsigned long long)timeouts, (unsigned long long)other);
-	KTAP_EXPECT(t, implausible == 0, "%u errors with an unexpected code or address", implausible);
-	KTAP_EXPECT(t, dev_errors == errors, "device ERRORS counters grew by %llu, %llu jobs failed",
+	EXPECT_THAT(implausible == 0, "%u errors with an unexpected code or address", implausible);
+	EXPECT_THAT(dev_errors == errors, "device ERRORS counters grew by %llu, %llu jobs failed",
 		    (unsigned long long)dev_errors, (unsigned long long)errors);
 	/* Each engine error fired vector 0 and the handler saw its ERR_CAUSE bit. */
-	KTAP_EXPECT(t, i1.err_irqs - i0.err_irqs == errors,
+	EXPECT_THAT(i1.err_irqs - i0.err_irqs == errors,
 		    "vector 0 reported %llu engine errors for %llu failed jobs (%llu vector 0 interrupts)",
 		    (unsigned long long)(i1.err_irqs - i0.err_irqs), (unsigned long long)errors,
 		    (unsigned long long)(i1.vec0_irqs - i0.vec0_irqs));
-	KTAP_EXPECT(t, i1.timeouts == i0.timeouts, "the driver timed out %llu times",
+	EXPECT_THAT(i1.timeouts == i0.timeouts, "the driver timed out %llu times",
 		    (unsigned long long)(i1.timeouts - i0.timeouts));
-	KTAP_EXPECT(t, errors > 0 && done > 0, "the stream should both fail and succeed: %llu errors, %llu done",
+	EXPECT_THAT(errors > 0 && done > 0, "the stream should both fail and succeed: %llu errors, %llu done",
 		    (unsigned long long)errors, (unsigned long long)done);
 	for (e = 0; e < c->info.engine_count && need_vram_area(c); e++) {
 		uint8_t *a = buf_alloc(64 * KIB), *b = buf_alloc(64 * KIB);
 		struct vugpu_dma d;
 
-		KTAP_ASSERT(t, a && b, "out of memory");
+		ASSERT_THAT(a && b, "out of memory");
 		vugpu_fill_pattern64(a, 64 * KIB, 99 + e);
 		ret = dma_copy(c, e, VUGPU_DMA_IRQ, VUGPU_MEM_USER, (uintptr_t)a, VUGPU_MEM_VRAM,
 			       VRAM_CONC, 64 * KIB, &d);
 		if (!ret)
 			ret = dma_copy(c, e, 0, VUGPU_MEM_VRAM, VRAM_CONC, VUGPU_MEM_USER, (uintptr_t)b,
 				       64 * KIB, &d);
-		KTAP_EXPECT(t, !ret && vugpu_first_diff(a, b, 64 * KIB) < 0,
+		EXPECT_THAT(!ret && vugpu_first_diff(a, b, 64 * KIB) < 0,
 			    "engine %u after the hostile run: verified copy %s", e,
 			    ret ? err_str(ret) : "data differs");
 		buf_free(a, 64 * KIB);
 		buf_free(b, 64 * KIB);
 	}
 	clear_errors(c, NULL);
-	ktap_diag("hostile: %llu descriptors in %llu submissions, %.1f s: %llu completed, %llu jobs stopped by an error (%llu explicit resets, %llu vector 0 interrupts)",
+	diag("hostile: %llu descriptors in %llu submissions, %.1f s: %llu completed, %llu jobs stopped by an error (%llu explicit resets, %llu vector 0 interrupts)",
 		  (unsigned long long)sent, (unsigned long long)submits, (double)ns / 1e9,
 		  (unsigned long long)done, (unsigned long long)errors, (unsigned long long)resets,
 		  (unsigned long long)(i1.vec0_irqs - i0.vec0_irqs));
-	ktap_diag("hostile: errors by code: BAD_OPCODE %llu, BAD_DESCRIPTOR %llu, SYS_UNMAPPED %llu, SYS_PERMISSION %llu, VRAM_RANGE %llu, MSG_DMA_FAILED %llu, other %llu",
+	diag("hostile: errors by code: BAD_OPCODE %llu, BAD_DESCRIPTOR %llu, SYS_UNMAPPED %llu, SYS_PERMISSION %llu, VRAM_RANGE %llu, MSG_DMA_FAILED %llu, other %llu",
 		  (unsigned long long)by_code[3], (unsigned long long)by_code[4],
 		  (unsigned long long)by_code[5], (unsigned long long)by_code[6],
 		  (unsigned long long)by_code[7], (unsigned long long)by_code[8],
@@ -509,27 +509,27 @@ void hostile_descriptors(struct ktap_test *t, void *ctx)
 
 /* ---- final state --------------------------------------------------------------------- */
 
-void final_state(struct ktap_test *t, void *ctx)
+void final_state(struct __test_metadata *_metadata, void *ctx)
 {
 	struct dma_ctx *c = ctx;
 	struct vugpu_error_state es;
 	char lines[2048];
 	int n;
 
-	REQUIRE_ENGINES(t, c);
-	KTAP_ASSERT(t, !refresh_info(c), "DMA_INFO failed");
-	KTAP_EXPECT(t, c->info.ready_mask == (1u << c->info.engine_count) - 1 && !c->info.ring_vram_mask,
+	REQUIRE_ENGINES(c);
+	ASSERT_THAT(!refresh_info(c), "DMA_INFO failed");
+	EXPECT_THAT(c->info.ready_mask == (1u << c->info.engine_count) - 1 && !c->info.ring_vram_mask,
 		    "engines ready %#x, VRAM rings %#x", c->info.ready_mask, c->info.ring_vram_mask);
-	KTAP_EXPECT(t, c->info.guard_bad == 0, "scratch guards damaged: %llu bytes",
+	EXPECT_THAT(c->info.guard_bad == 0, "scratch guards damaged: %llu bytes",
 		    (unsigned long long)c->info.guard_bad);
-	KTAP_ASSERT(t, !vugpu_error_state(c->fd, &es, true), "ERROR_STATE failed");
-	ktap_diag("driver totals: %llu vector 0 interrupts, %llu engine errors, %llu recoveries, %llu timeouts; Device Control %#x",
+	ASSERT_THAT(!vugpu_error_state(c->fd, &es, true), "ERROR_STATE failed");
+	diag("driver totals: %llu vector 0 interrupts, %llu engine errors, %llu recoveries, %llu timeouts; Device Control %#x",
 		  (unsigned long long)c->info.vec0_irqs, (unsigned long long)c->info.err_irqs,
 		  (unsigned long long)c->info.recoveries, (unsigned long long)c->info.timeouts,
 		  es.devctl);
 	n = vugpu_dmesg_problems(lines, sizeof(lines));
-	KTAP_ASSERT(t, n >= 0, "reading the kernel log: %s", err_str(n));
+	ASSERT_THAT(n >= 0, "reading the kernel log: %s", err_str(n));
 	if (n > 0)
-		ktap_diag("%s", lines);
-	KTAP_EXPECT(t, n == 0, "%d WARNING/BUG/Oops lines in the kernel log", n);
+		diag("%s", lines);
+	EXPECT_THAT(n == 0, "%d WARNING/BUG/Oops lines in the kernel log", n);
 }

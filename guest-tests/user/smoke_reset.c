@@ -21,26 +21,26 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-void msix_all_vectors(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, msix_all_vectors, SMOKE_TIMEOUT)
 {
-	struct smoke *s = ctx;
+	struct smoke *s = &self->s;
 	struct vugpu_dev *d;
 
-	REQUIRE_BOUND(t, s);
+	REQUIRE_BOUND(s);
 	for_each_dev(s, d) {
 		unsigned int n = d->info.num_vectors, v, fired = 0;
 		uint32_t cnt0 = 0, cnt1 = 0, st = 0;
 		uint64_t *lat;
 
 		lat = calloc(n ? n : 1, sizeof(*lat));
-		KTAP_ASSERT(t, lat, "out of memory");
+		ASSERT_THAT(lat, "out of memory");
 		vugpu_reg_read(d->fd, VUGPU_REG_IRQ_COUNT, &cnt0);
 		for (v = 0; v < n; v++) {
 			struct vugpu_cmd c;
 			int ret = vugpu_irq_test(d->fd, v, &c);
 
 			if (ret) {
-				KTAP_EXPECT(t, 0, "%s: MSI-X vector %u never fired: %s", d->bdf, v,
+				EXPECT_THAT(0, "%s: MSI-X vector %u never fired: %s", d->bdf, v,
 					    irq_err_str(ret));
 				if (v < VUGPU_MSIX_MAX_VECTORS)
 					s->dead_vectors[d - s->devs][v / 8] |= 1u << (v % 8);
@@ -48,20 +48,20 @@ void msix_all_vectors(struct ktap_test *t, void *ctx)
 			}
 			lat[fired++] = c.elapsed_ns;
 			if (v < VUGPU_IRQ_STATUS_VECTORS)
-				KTAP_EXPECT(t, c.value & (1u << v),
+				EXPECT_THAT(c.value & (1u << v),
 					    "%s: vector %u handler saw IRQ_STATUS %#llx without bit %u",
 					    d->bdf, v, (unsigned long long)c.value, v);
 		}
 		vugpu_reg_read(d->fd, VUGPU_REG_IRQ_COUNT, &cnt1);
-		KTAP_EXPECT(t, cnt1 - cnt0 == fired,
+		EXPECT_THAT(cnt1 - cnt0 == fired,
 			    "%s: IRQ_COUNT went %u -> %u for %u delivered interrupts", d->bdf, cnt0,
 			    cnt1, fired);
 		vugpu_reg_read(d->fd, VUGPU_REG_IRQ_STATUS, &st);
-		KTAP_EXPECT(t, st == 0, "%s: IRQ_STATUS %#x left set after the test (bits no handler acked)", d->bdf,
+		EXPECT_THAT(st == 0, "%s: IRQ_STATUS %#x left set after the test (bits no handler acked)", d->bdf,
 			    st);
 		if (fired) {
 			qsort(lat, fired, sizeof(*lat), cmp_u64);
-			ktap_diag("%s: %u/%u vectors fired; trigger->handler min %llu us median %llu us max %llu us",
+			diag("%s: %u/%u vectors fired; trigger->handler min %llu us median %llu us max %llu us",
 				  d->bdf, fired, n, (unsigned long long)lat[0] / 1000,
 				  (unsigned long long)lat[fired / 2] / 1000,
 				  (unsigned long long)lat[fired - 1] / 1000);
@@ -72,28 +72,28 @@ void msix_all_vectors(struct ktap_test *t, void *ctx)
 
 /* ---- (e) resets ----------------------------------------------------- */
 
-static void check_reset_regs(struct ktap_test *t, const struct vugpu_dev *d, const char *what,
+static void check_reset_regs(struct __test_metadata *_metadata, const struct vugpu_dev *d, const char *what,
 			     const struct vugpu_regs *r)
 {
 	unsigned int i;
 
-	KTAP_EXPECT(t, r->id == VUGPU_ID_VALUE && r->version == d->info.version,
+	EXPECT_THAT(r->id == VUGPU_ID_VALUE && r->version == d->info.version,
 		    "%s: after %s ID %#x VERSION %#x (was %#x)", d->bdf, what, r->id, r->version,
 		    d->info.version);
-	KTAP_EXPECT(t, r->status == VUGPU_STATUS_READY, "%s: after %s STATUS %#x, expected READY",
+	EXPECT_THAT(r->status == VUGPU_STATUS_READY, "%s: after %s STATUS %#x, expected READY",
 		    d->bdf, what, r->status);
 	for (i = 0; i < VUGPU_NUM_SCRATCH; i++)
-		KTAP_EXPECT(t, r->scratch[i] == 0, "%s: after %s SCRATCH%u = %#x, expected 0", d->bdf,
+		EXPECT_THAT(r->scratch[i] == 0, "%s: after %s SCRATCH%u = %#x, expected 0", d->bdf,
 			    what, i, r->scratch[i]);
-	KTAP_EXPECT(t, r->vram_index_lo == 0 && r->vram_index_hi == 0,
+	EXPECT_THAT(r->vram_index_lo == 0 && r->vram_index_hi == 0,
 		    "%s: after %s VRAM_INDEX %#x:%#x, expected 0", d->bdf, what, r->vram_index_hi,
 		    r->vram_index_lo);
-	KTAP_EXPECT(t, r->err_cause == 0, "%s: after %s ERR_CAUSE %#x, expected 0", d->bdf, what,
+	EXPECT_THAT(r->err_cause == 0, "%s: after %s ERR_CAUSE %#x, expected 0", d->bdf, what,
 		    r->err_cause);
-	KTAP_EXPECT(t, r->irq_status == 0 && r->irq_count == 0,
+	EXPECT_THAT(r->irq_status == 0 && r->irq_count == 0,
 		    "%s: after %s IRQ_STATUS %#x IRQ_COUNT %u, expected 0", d->bdf, what,
 		    r->irq_status, r->irq_count);
-	KTAP_EXPECT(t, r->num_vectors == d->info.num_vectors &&
+	EXPECT_THAT(r->num_vectors == d->info.num_vectors &&
 		    ((uint64_t)r->vram_size_hi << 32 | r->vram_size_lo) == d->info.vram_size,
 		    "%s: after %s NUM_VECTORS %u VRAM_SIZE %#x:%#x changed", d->bdf, what,
 		    r->num_vectors, r->vram_size_hi, r->vram_size_lo);
@@ -125,25 +125,25 @@ static int dirty_device(const struct smoke *s, struct vugpu_dev *d, uint8_t *pat
 }
 
 /* Interrupts still work on the first and last live vector. */
-static void check_irqs(struct ktap_test *t, const struct smoke *s, struct vugpu_dev *d,
+static void check_irqs(struct __test_metadata *_metadata, const struct smoke *s, struct vugpu_dev *d,
 		       const char *when)
 {
 	int first = live_vector(s, d, false), last = live_vector(s, d, true), ret;
 	struct vugpu_cmd c;
 
 	if (first < 0) {
-		ktap_diag("%s: no live MSI-X vector left to check %s", d->bdf, when);
+		diag("%s: no live MSI-X vector left to check %s", d->bdf, when);
 		return;
 	}
 	ret = vugpu_irq_test(d->fd, (unsigned int)first, &c);
-	KTAP_EXPECT(t, !ret, "%s: vector %d %s: %s", d->bdf, first, when, irq_err_str(ret));
+	EXPECT_THAT(!ret, "%s: vector %d %s: %s", d->bdf, first, when, irq_err_str(ret));
 	if (last != first) {
 		ret = vugpu_irq_test(d->fd, (unsigned int)last, &c);
-		KTAP_EXPECT(t, !ret, "%s: vector %d %s: %s", d->bdf, last, when, irq_err_str(ret));
+		EXPECT_THAT(!ret, "%s: vector %d %s: %s", d->bdf, last, when, irq_err_str(ret));
 	}
 }
 
-static void check_after_reset(struct ktap_test *t, const struct smoke *s, struct vugpu_dev *d,
+static void check_after_reset(struct __test_metadata *_metadata, const struct smoke *s, struct vugpu_dev *d,
 			      const char *what, const uint8_t *pattern, size_t len, uint64_t off)
 {
 	char when[64];
@@ -153,31 +153,31 @@ static void check_after_reset(struct ktap_test *t, const struct smoke *s, struct
 
 	/* hw-spec §4: VRAM is preserved across every reset. */
 	ret = vugpu_vram_io(d->fd, VUGPU_IOCTL_VRAM_READ, off, rd, len);
-	KTAP_EXPECT(t, !ret && vugpu_first_diff(pattern, rd, len) < 0,
+	EXPECT_THAT(!ret && vugpu_first_diff(pattern, rd, len) < 0,
 		    "%s: VRAM at %#llx not preserved across %s through the BAR (%s)", d->bdf,
 		    (unsigned long long)off, what, ret ? err_str(ret) : "data differs");
 	ret = vugpu_vram_io(d->fd, VUGPU_IOCTL_VRAM_WINDOW_READ, off, rd, WIN_XFER);
-	KTAP_EXPECT(t, !ret && vugpu_first_diff(pattern, rd, WIN_XFER) < 0,
+	EXPECT_THAT(!ret && vugpu_first_diff(pattern, rd, WIN_XFER) < 0,
 		    "%s: VRAM at %#llx not preserved across %s through VRAM_DATA (%s)", d->bdf,
 		    (unsigned long long)off, what, ret ? err_str(ret) : "data differs");
 	/* Registers read 0 now, and the device still works. */
-	KTAP_EXPECT(t, !vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH0, &v) && v == 0,
+	EXPECT_THAT(!vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH0, &v) && v == 0,
 		    "%s: SCRATCH0 %#x after %s", d->bdf, v, what);
-	KTAP_EXPECT(t, !vugpu_reg_write(d->fd, VUGPU_REG_SCRATCH0, 0x600df00d) &&
+	EXPECT_THAT(!vugpu_reg_write(d->fd, VUGPU_REG_SCRATCH0, 0x600df00d) &&
 		    !vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH0, &v) && v == 0x600df00d,
 		    "%s: SCRATCH0 not writable after %s (%#x)", d->bdf, what, v);
 	vugpu_reg_write(d->fd, VUGPU_REG_SCRATCH0, 0);
 	snprintf(when, sizeof(when), "after %s", what);
-	check_irqs(t, s, d, when);
+	check_irqs(_metadata, s, d, when);
 }
 
-void flr(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, flr, SMOKE_TIMEOUT)
 {
-	struct smoke *s = ctx;
+	struct smoke *s = &self->s;
 	struct vugpu_dev *d;
 	uint8_t pattern[XFER];
 
-	REQUIRE_BOUND(t, s);
+	REQUIRE_BOUND(s);
 	for_each_dev(s, d) {
 		uint64_t off = d->info.bar2_size / 4, ns = 0;
 		struct vugpu_regs r;
@@ -186,19 +186,19 @@ void flr(struct ktap_test *t, void *ctx)
 
 		snprintf(path, sizeof(path), "%s/reset_method", d->sysfs);
 		vugpu_read_file(path, methods, sizeof(methods));
-		KTAP_EXPECT(t, strstr(methods, "flr") != NULL,
+		EXPECT_THAT(strstr(methods, "flr") != NULL,
 			    "%s: kernel reset methods '%s' do not include flr", d->bdf, methods);
 		ret = dirty_device(s, d, pattern, sizeof(pattern), off);
-		KTAP_ASSERT(t, !ret, "%s: preparing the device: %s", d->bdf, err_str(ret));
+		ASSERT_THAT(!ret, "%s: preparing the device: %s", d->bdf, err_str(ret));
 		ret = vugpu_reset(d->fd, VUGPU_IOCTL_FLR, &r, &ns);
-		KTAP_ASSERT(t, !ret, "%s: FLR failed: %s", d->bdf, err_str(ret));
-		ktap_diag("%s: FLR took %llu us (pci_reset_function)", d->bdf,
+		ASSERT_THAT(!ret, "%s: FLR failed: %s", d->bdf, err_str(ret));
+		diag("%s: FLR took %llu us (pci_reset_function)", d->bdf,
 			  (unsigned long long)ns / 1000);
-		check_reset_regs(t, d, "FLR", &r);
-		KTAP_EXPECT(t, (r.pci_command & 0x6) == 0x6,
+		check_reset_regs(_metadata, d, "FLR", &r);
+		EXPECT_THAT((r.pci_command & 0x6) == 0x6,
 			    "%s: Command %#x after FLR: memory/bus master not restored", d->bdf,
 			    r.pci_command);
-		check_after_reset(t, s, d, "FLR", pattern, sizeof(pattern), off);
+		check_after_reset(_metadata, s, d, "FLR", pattern, sizeof(pattern), off);
 	}
 }
 
@@ -207,13 +207,13 @@ void flr(struct ktap_test *t, void *ctx)
  * would): the driver's reset_prepare/reset_done hooks must quiesce and
  * restore it while a file stays open.
  */
-void sysfs_reset(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, sysfs_reset, SMOKE_TIMEOUT)
 {
-	struct smoke *s = ctx;
+	struct smoke *s = &self->s;
 	struct vugpu_dev *d;
 	uint8_t pattern[XFER];
 
-	REQUIRE_BOUND(t, s);
+	REQUIRE_BOUND(s);
 	for_each_dev(s, d) {
 		uint64_t off = d->info.bar2_size / 4 + 2 * XFER, start;
 		char path[200];
@@ -221,28 +221,28 @@ void sysfs_reset(struct ktap_test *t, void *ctx)
 		int ret;
 
 		ret = dirty_device(s, d, pattern, sizeof(pattern), off);
-		KTAP_ASSERT(t, !ret, "%s: preparing the device: %s", d->bdf, err_str(ret));
+		ASSERT_THAT(!ret, "%s: preparing the device: %s", d->bdf, err_str(ret));
 		snprintf(path, sizeof(path), "%s/reset", d->sysfs);
 		start = vugpu_now_ns();
 		ret = vugpu_write_file(path, "1");
-		KTAP_ASSERT(t, !ret, "%s: writing %s: %s", d->bdf, path, err_str(ret));
-		ktap_diag("%s: sysfs reset took %llu us", d->bdf,
+		ASSERT_THAT(!ret, "%s: writing %s: %s", d->bdf, path, err_str(ret));
+		diag("%s: sysfs reset took %llu us", d->bdf,
 			  (unsigned long long)(vugpu_now_ns() - start) / 1000);
-		KTAP_EXPECT(t, !vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH3, &v) && v == 0,
+		EXPECT_THAT(!vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH3, &v) && v == 0,
 			    "%s: SCRATCH3 %#x after sysfs reset", d->bdf, v);
-		KTAP_EXPECT(t, !vugpu_reg_read(d->fd, VUGPU_REG_VRAM_INDEX_LO, &lo) && lo == 0,
+		EXPECT_THAT(!vugpu_reg_read(d->fd, VUGPU_REG_VRAM_INDEX_LO, &lo) && lo == 0,
 			    "%s: VRAM_INDEX_LO %#x after sysfs reset", d->bdf, lo);
-		check_after_reset(t, s, d, "sysfs reset", pattern, sizeof(pattern), off);
+		check_after_reset(_metadata, s, d, "sysfs reset", pattern, sizeof(pattern), off);
 	}
 }
 
-void soft_reset(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, soft_reset, SMOKE_TIMEOUT)
 {
-	struct smoke *s = ctx;
+	struct smoke *s = &self->s;
 	struct vugpu_dev *d;
 	uint8_t pattern[XFER];
 
-	REQUIRE_BOUND(t, s);
+	REQUIRE_BOUND(s);
 	for_each_dev(s, d) {
 		uint64_t off = d->info.bar2_size / 4 + XFER, ns = 0;
 		struct vugpu_regs r;
@@ -252,53 +252,53 @@ void soft_reset(struct ktap_test *t, void *ctx)
 		int ret;
 
 		ret = dirty_device(s, d, pattern, sizeof(pattern), off);
-		KTAP_ASSERT(t, !ret, "%s: preparing the device: %s", d->bdf, err_str(ret));
+		ASSERT_THAT(!ret, "%s: preparing the device: %s", d->bdf, err_str(ret));
 		/* A wrong magic value is ignored. */
 		vugpu_reg_write(d->fd, VUGPU_REG_SOFT_RESET, VUGPU_SOFT_RESET_MAGIC ^ 1);
 		vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH1, &v);
-		KTAP_EXPECT(t, v == (0xc0de0000u | 1),
+		EXPECT_THAT(v == (0xc0de0000u | 1),
 			    "%s: SOFT_RESET with a wrong value reset SCRATCH1 (%#x)", d->bdf, v);
 
-		KTAP_ASSERT(t, !vugpu_read_config(d), "%s: config: %s", d->bdf, strerror(errno));
+		ASSERT_THAT(!vugpu_read_config(d), "%s: config: %s", d->bdf, strerror(errno));
 		cmd_before = vugpu_cfg16(d, 0x04);
 		devctl_before = pcie ? vugpu_cfg16(d, pcie + 8) : 0;
 		ret = vugpu_reset(d->fd, VUGPU_IOCTL_SOFT_RESET, &r, &ns);
-		KTAP_ASSERT(t, !ret, "%s: SOFT_RESET failed: %s", d->bdf, err_str(ret));
-		ktap_diag("%s: SOFT_RESET took %llu us", d->bdf, (unsigned long long)ns / 1000);
-		check_reset_regs(t, d, "SOFT_RESET", &r);
+		ASSERT_THAT(!ret, "%s: SOFT_RESET failed: %s", d->bdf, err_str(ret));
+		diag("%s: SOFT_RESET took %llu us", d->bdf, (unsigned long long)ns / 1000);
+		check_reset_regs(_metadata, d, "SOFT_RESET", &r);
 		/* Config space is kept (the kernel restores nothing here). */
-		KTAP_EXPECT(t, r.pci_command == cmd_before, "%s: Command %#x -> %#x across SOFT_RESET",
+		EXPECT_THAT(r.pci_command == cmd_before, "%s: Command %#x -> %#x across SOFT_RESET",
 			    d->bdf, cmd_before, r.pci_command);
-		KTAP_EXPECT(t, r.pci_devctl == devctl_before,
+		EXPECT_THAT(r.pci_devctl == devctl_before,
 			    "%s: DevCtl %#x -> %#x across SOFT_RESET", d->bdf, devctl_before,
 			    r.pci_devctl);
-		check_after_reset(t, s, d, "SOFT_RESET", pattern, sizeof(pattern), off);
+		check_after_reset(_metadata, s, d, "SOFT_RESET", pattern, sizeof(pattern), off);
 	}
 }
 
 /* ---- (f) binding, module, log ----------------------------------------- */
 
 /* Scratch write/read and one interrupt: the device is usable. */
-static void check_alive(struct ktap_test *t, const struct smoke *s, struct vugpu_dev *d,
+static void check_alive(struct __test_metadata *_metadata, const struct smoke *s, struct vugpu_dev *d,
 			const char *when)
 {
 	uint32_t v = 0, id = 0;
 
-	KTAP_EXPECT(t, !vugpu_reg_read(d->fd, VUGPU_REG_ID, &id) && id == VUGPU_ID_VALUE,
+	EXPECT_THAT(!vugpu_reg_read(d->fd, VUGPU_REG_ID, &id) && id == VUGPU_ID_VALUE,
 		    "%s: ID %#x %s", d->bdf, id, when);
-	KTAP_EXPECT(t, !vugpu_reg_write(d->fd, VUGPU_REG_SCRATCH2, 0x5ca1ab1e) &&
+	EXPECT_THAT(!vugpu_reg_write(d->fd, VUGPU_REG_SCRATCH2, 0x5ca1ab1e) &&
 		    !vugpu_reg_read(d->fd, VUGPU_REG_SCRATCH2, &v) && v == 0x5ca1ab1e,
 		    "%s: SCRATCH2 read %#x %s", d->bdf, v, when);
 	vugpu_reg_write(d->fd, VUGPU_REG_SCRATCH2, 0);
-	check_irqs(t, s, d, when);
+	check_irqs(_metadata, s, d, when);
 }
 
-void unbind_rebind(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, unbind_rebind, SMOKE_TIMEOUT)
 {
-	struct smoke *s = ctx;
+	struct smoke *s = &self->s;
 	struct vugpu_dev *d;
 
-	REQUIRE_BOUND(t, s);
+	REQUIRE_BOUND(s);
 	for_each_dev(s, d) {
 		char drv[64] = "x", node[64];
 		size_t len = 4096;
@@ -308,47 +308,47 @@ void unbind_rebind(struct ktap_test *t, void *ctx)
 
 		/* Keep the file open and a VRAM mapping alive across the unbind. */
 		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, d->fd, 0);
-		KTAP_ASSERT(t, p != MAP_FAILED, "%s: mmap: %s", d->bdf, strerror(errno));
+		ASSERT_THAT(p != MAP_FAILED, "%s: mmap: %s", d->bdf, strerror(errno));
 		snprintf(node, sizeof(node), "%s", d->devnode);
 		ret = vugpu_unbind(d);
 		if (ret) {
 			munmap(p, len);
-			KTAP_ASSERT(t, 0, "%s: unbind: %s", d->bdf, err_str(ret));
+			ASSERT_THAT(0, "%s: unbind: %s", d->bdf, err_str(ret));
 		}
 		vugpu_bound_driver(d, drv, sizeof(drv));
-		KTAP_EXPECT(t, drv[0] == '\0', "%s: still bound to '%s' after unbind", d->bdf, drv);
-		KTAP_EXPECT(t, !vugpu_path_exists(node), "%s: %s still exists after unbind", d->bdf,
+		EXPECT_THAT(drv[0] == '\0', "%s: still bound to '%s' after unbind", d->bdf, drv);
+		EXPECT_THAT(!vugpu_path_exists(node), "%s: %s still exists after unbind", d->bdf,
 			    node);
 		ret = vugpu_reg_read(d->fd, VUGPU_REG_ID, &v);
-		KTAP_EXPECT(t, ret == -ENODEV, "%s: REG_READ on a file of an unbound device returned %d",
+		EXPECT_THAT(ret == -ENODEV, "%s: REG_READ on a file of an unbound device returned %d",
 			    d->bdf, ret);
 		sig = probe_read(p, &v);
-		KTAP_EXPECT(t, sig == SIGBUS,
+		EXPECT_THAT(sig == SIGBUS,
 			    "%s: VRAM mapping still usable after unbind (signal %d, expected SIGBUS)",
 			    d->bdf, sig);
 		munmap(p, len);
 		vugpu_close(d);
 
 		ret = vugpu_bind(d);
-		KTAP_ASSERT(t, !ret, "%s: bind: %s", d->bdf, err_str(ret));
+		ASSERT_THAT(!ret, "%s: bind: %s", d->bdf, err_str(ret));
 		ret = vugpu_open(d, OPEN_WAIT_MS);
-		KTAP_ASSERT(t, !ret, "%s: no usable /dev/vugpuN after bind: %s", d->bdf, err_str(ret));
-		check_alive(t, s, d, "after unbind/bind");
+		ASSERT_THAT(!ret, "%s: no usable /dev/vugpuN after bind: %s", d->bdf, err_str(ret));
+		check_alive(_metadata, s, d, "after unbind/bind");
 	}
 }
 
-void module_reload(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, module_reload, SMOKE_TIMEOUT)
 {
-	struct smoke *s = ctx;
+	struct smoke *s = &self->s;
 	struct vugpu_dev *d;
 	char params[96], vend[32] = "", dev[32] = "";
 	int ret;
 
-	REQUIRE_BOUND(t, s);
+	REQUIRE_BOUND(s);
 	if (!vugpu_path_exists(s->module_path))
-		KTAP_SKIP(t, "module file %s not present", s->module_path);
+		SKIP_TEST("module file %s not present", s->module_path);
 	if (!vugpu_path_exists("/sys/module/" VUGPU_MODULE_NAME "/initstate"))
-		KTAP_SKIP(t, "vugpu is built into the kernel, cannot unload");
+		SKIP_TEST("vugpu is built into the kernel, cannot unload");
 	/* Reload with the same ID parameters it was loaded with. */
 	vugpu_read_file("/sys/module/vugpu/parameters/vendor", vend, sizeof(vend));
 	vugpu_read_file("/sys/module/vugpu/parameters/device", dev, sizeof(dev));
@@ -358,39 +358,38 @@ void module_reload(struct ktap_test *t, void *ctx)
 	for_each_dev(s, d)
 		vugpu_close(d);
 	ret = vugpu_module_unload();
-	KTAP_ASSERT(t, !ret, "rmmod vugpu: %s", err_str(ret));
-	KTAP_EXPECT(t, !vugpu_module_loaded(), "/sys/module/vugpu still present after rmmod");
-	KTAP_EXPECT(t, !vugpu_path_exists(VUGPU_SYSFS_DRIVER),
+	ASSERT_THAT(!ret, "rmmod vugpu: %s", err_str(ret));
+	EXPECT_THAT(!vugpu_module_loaded(), "/sys/module/vugpu still present after rmmod");
+	EXPECT_THAT(!vugpu_path_exists(VUGPU_SYSFS_DRIVER),
 		    "%s still present after rmmod", VUGPU_SYSFS_DRIVER);
 	for_each_dev(s, d) {
 		char drv[64] = "x";
 
 		vugpu_bound_driver(d, drv, sizeof(drv));
-		KTAP_EXPECT(t, drv[0] == '\0', "%s: bound to '%s' after rmmod", d->bdf, drv);
+		EXPECT_THAT(drv[0] == '\0', "%s: bound to '%s' after rmmod", d->bdf, drv);
 	}
 
 	ret = vugpu_module_load(s->module_path, params);
-	KTAP_ASSERT(t, !ret, "insmod %s %s: %s", s->module_path, params, err_str(ret));
+	ASSERT_THAT(!ret, "insmod %s %s: %s", s->module_path, params, err_str(ret));
 	for_each_dev(s, d) {
 		ret = vugpu_open(d, OPEN_WAIT_MS);
-		KTAP_EXPECT(t, !ret, "%s: no usable /dev/vugpuN after insmod: %s", d->bdf,
+		EXPECT_THAT(!ret, "%s: no usable /dev/vugpuN after insmod: %s", d->bdf,
 			    err_str(ret));
 		if (!ret)
-			check_alive(t, s, d, "after rmmod/insmod");
+			check_alive(_metadata, s, d, "after rmmod/insmod");
 	}
 }
 
-void dmesg_clean(struct ktap_test *t, void *ctx)
+TEST_F_TIMEOUT(smoke, dmesg_clean, SMOKE_TIMEOUT)
 {
 	char lines[2048];
 	int n;
 
-	(void)ctx;
 	n = vugpu_dmesg_problems(lines, sizeof(lines));
 	if (n == -EPERM)
-		KTAP_SKIP(t, "cannot read the kernel log: %s", err_str(n));
-	KTAP_ASSERT(t, n >= 0, "reading the kernel log: %s", err_str(n));
+		SKIP_TEST("cannot read the kernel log: %s", err_str(n));
+	ASSERT_THAT(n >= 0, "reading the kernel log: %s", err_str(n));
 	if (n > 0)
-		ktap_diag("%s", lines);
-	KTAP_EXPECT(t, n == 0, "%d WARNING/BUG/Oops lines in the kernel log", n);
+		diag("%s", lines);
+	EXPECT_THAT(n == 0, "%d WARNING/BUG/Oops lines in the kernel log", n);
 }

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vugpu-dma-bench - DMA engine measurements in a guest, as KTAP.
+ * vugpu-dma-bench - DMA engine measurements in a guest, on the kernel's
+ * kselftest harness (vugpu_harness.h): fixture dma_bench, each measurement a
+ * test in a process of its own (it fails when the engine moved wrong data or
+ * an ioctl failed; the figures are "# bench" lines).
  *
  * Measurements, not pass/fail thresholds: a case is "ok" when it ran and
  * its data checked out; the numbers are "# bench ..." diagnostic lines.
@@ -31,7 +34,7 @@
  * (measured with a throwaway program; THP made no difference).  The ratios
  * printed here compare measurements of one run, as the guest sees them.
  *
- * Usage: vugpu-dma-bench [--first N] [--no-header] [--count] [--list] [--quick]
+ * Usage: vugpu-dma-bench [--quick] [HARNESS OPTIONS]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,7 +44,7 @@
 #include <sys/mman.h>
 #include <time.h>
 
-#include "ktap.h"
+#include "vugpu_harness.h"
 #include "vugpu_lib.h"
 
 #define KIB	(1ULL << 10)
@@ -75,15 +78,15 @@ static double mbps(uint64_t bytes, uint64_t ns)
 	return ns ? (double)bytes * 1e3 / (double)ns : 0.0;
 }
 
-#define REQUIRE(t, b)								\
+#define REQUIRE(b)								\
 	do {									\
 		if ((b)->fd < 0)						\
-			KTAP_SKIP(t, "no vugpu function with the driver bound");	\
+			SKIP_TEST("no vugpu function with the driver bound");	\
 		if (!(b)->info.engine_count)					\
-			KTAP_SKIP(t, "no DMA engines");				\
-		KTAP_ASSERT(t, !(b)->info.init_error, "engines failed to start: %s", \
+			SKIP_TEST("no DMA engines");				\
+		ASSERT_THAT(!(b)->info.init_error, "engines failed to start: %s", \
 			    err_str((b)->info.init_error));			\
-		KTAP_ASSERT(t, (b)->bar, "no BAR2 mapping");			\
+		ASSERT_THAT((b)->bar, "no BAR2 mapping");			\
 	} while (0)
 
 /* Repetitions so that one measurement moves about @target bytes (at least 3 runs). */
@@ -148,7 +151,7 @@ static const char *size_str(uint64_t size, char *buf, size_t len)
 	return buf;
 }
 
-static void bandwidth(struct ktap_test *t, void *ctx)
+static void bandwidth(struct __test_metadata *_metadata, void *ctx)
 {
 	static const uint64_t sizes[] = { 4 * KIB, 64 * KIB, 1 * MIB, 16 * MIB };
 	struct bench *b = ctx;
@@ -156,14 +159,14 @@ static void bandwidth(struct ktap_test *t, void *ctx)
 	uint8_t *src, *dst;
 	unsigned int i;
 
-	REQUIRE(t, b);
-	KTAP_ASSERT(t, b->bar_len >= 48 * MIB, "BAR2 of %zu MiB is too small", b->bar_len >> 20);
+	REQUIRE(b);
+	ASSERT_THAT(b->bar_len >= 48 * MIB, "BAR2 of %zu MiB is too small", b->bar_len >> 20);
 	src = buf_alloc(16 * MIB);
 	dst = buf_alloc(16 * MIB);
-	KTAP_ASSERT(t, src && dst, "out of memory");
+	ASSERT_THAT(src && dst, "out of memory");
 	vugpu_fill_pattern64(src, 16 * MIB, 1);
-	ktap_diag("bench: engine 0; engine = doorbell to completion fence, ioctl = whole DMA_COPY incl. pinning; MB/s = 10^6 B/s");
-	for (i = 0; i < KTAP_ARRAY_SIZE(sizes); i++) {
+	diag("bench: engine 0; engine = doorbell to completion fence, ioctl = whole DMA_COPY incl. pinning; MB/s = 10^6 B/s");
+	for (i = 0; i < ARRAY_SIZE(sizes); i++) {
 		uint64_t len = sizes[i];
 		unsigned int reps = reps_for(len, target);
 		uint64_t to_bar, from_bar, ram;
@@ -188,23 +191,23 @@ static void bandwidth(struct ktap_test *t, void *ctx)
 		memset(dst, 0, len);
 		s2v = time_engine(b, true, src, 16 * MIB, len, reps);
 		v2s = time_engine(b, false, dst, 16 * MIB, len, reps);
-		KTAP_EXPECT(t, !s2v.ret && !v2s.ret, "%s: engine copy failed: %s", sz,
+		EXPECT_THAT(!s2v.ret && !v2s.ret, "%s: engine copy failed: %s", sz,
 			    err_str(s2v.ret ? s2v.ret : v2s.ret));
 		if (s2v.ret || v2s.ret)
 			continue;
-		KTAP_EXPECT(t, vugpu_first_diff(src, dst, len) < 0, "%s: data wrong after SYS->VRAM->SYS", sz);
+		EXPECT_THAT(vugpu_first_diff(src, dst, len) < 0, "%s: data wrong after SYS->VRAM->SYS", sz);
 		e_s2v = mbps(len * s2v.reps, s2v.engine_ns);
 		e_v2s = mbps(len * v2s.reps, v2s.engine_ns);
 		m_to = mbps(len * reps, to_bar);
 		m_from = mbps(len * reps, from_bar);
 		m_ram = mbps(len * reps, ram);
-		ktap_diag("bench bandwidth size=%s reps=%u sys_to_vram_engine_MBps=%.0f sys_to_vram_ioctl_MBps=%.0f memcpy_to_bar_MBps=%.0f ratio_engine_to_memcpy=%.3f",
+		diag("bench bandwidth size=%s reps=%u sys_to_vram_engine_MBps=%.0f sys_to_vram_ioctl_MBps=%.0f memcpy_to_bar_MBps=%.0f ratio_engine_to_memcpy=%.3f",
 			  sz, reps, e_s2v, mbps(len * s2v.ioctl_reps, s2v.ioctl_ns), m_to,
 			  m_to > 0 ? e_s2v / m_to : 0.0);
-		ktap_diag("bench bandwidth size=%s reps=%u vram_to_sys_engine_MBps=%.0f vram_to_sys_ioctl_MBps=%.0f memcpy_from_bar_MBps=%.0f ratio_engine_to_memcpy=%.3f",
+		diag("bench bandwidth size=%s reps=%u vram_to_sys_engine_MBps=%.0f vram_to_sys_ioctl_MBps=%.0f memcpy_from_bar_MBps=%.0f ratio_engine_to_memcpy=%.3f",
 			  sz, reps, e_v2s, mbps(len * v2s.ioctl_reps, v2s.ioctl_ns), m_from,
 			  m_from > 0 ? e_v2s / m_from : 0.0);
-		ktap_diag("bench bandwidth size=%s ram_memcpy_MBps=%.0f ratio_sys_to_vram_engine_to_ram_memcpy=%.3f ratio_vram_to_sys_engine_to_ram_memcpy=%.3f",
+		diag("bench bandwidth size=%s ram_memcpy_MBps=%.0f ratio_sys_to_vram_engine_to_ram_memcpy=%.3f ratio_vram_to_sys_engine_to_ram_memcpy=%.3f",
 			  sz, m_ram, m_ram > 0 ? e_s2v / m_ram : 0.0, m_ram > 0 ? e_v2s / m_ram : 0.0);
 	}
 	munmap(src, 16 * MIB);
@@ -223,7 +226,7 @@ static const struct {
 	{ "irq ring-tail-register", VUGPU_DMA_IRQ | VUGPU_DMA_DB_REG },
 	{ "poll ring-tail-register", VUGPU_DMA_DB_REG },
 };
-#define JOB_MODES	KTAP_ARRAY_SIZE(job_modes)
+#define JOB_MODES	ARRAY_SIZE(job_modes)
 #define JOB_ROUNDS	5
 
 struct job_rates {
@@ -249,7 +252,7 @@ static void report_rates(const char *copy, const char *how, const struct job_rat
 		memcpy(sorted, r[k].rate, sizeof(sorted));
 		qsort(sorted, rounds, sizeof(sorted[0]), cmp_double);
 		med = sorted[rounds / 2];
-		ktap_diag("bench jobs copy=%s mode=\"%s\" jobs=%llu jobs_per_s=%.0f us_per_job=%.1f min_jobs_per_s=%.0f max_jobs_per_s=%.0f wakes=%llu (%s; median of %u rounds)",
+		diag("bench jobs copy=%s mode=\"%s\" jobs=%llu jobs_per_s=%.0f us_per_job=%.1f min_jobs_per_s=%.0f max_jobs_per_s=%.0f wakes=%llu (%s; median of %u rounds)",
 			  copy, job_modes[k].name, (unsigned long long)r[k].jobs, med,
 			  med > 0 ? 1e6 / med : 0.0, sorted[0], sorted[rounds - 1],
 			  (unsigned long long)r[k].wakes, how, rounds);
@@ -262,7 +265,7 @@ static void report_rates(const char *copy, const char *how, const struct job_rat
  * round is reported.  "wakes" counts the RING_TAIL writes the §6.4
  * submission did because the engine's SLEEPING hint read 1.
  */
-static void jobs(struct ktap_test *t, void *ctx)
+static void jobs(struct __test_metadata *_metadata, void *ctx)
 {
 	struct bench *b = ctx;
 	unsigned int rounds = b->quick ? 1 : JOB_ROUNDS;
@@ -271,9 +274,9 @@ static void jobs(struct ktap_test *t, void *ctx)
 	struct vugpu_engine_stats st0, st1;
 	uint8_t *src;
 
-	REQUIRE(t, b);
+	REQUIRE(b);
 	src = buf_alloc(4096);
-	KTAP_ASSERT(t, src, "out of memory");
+	ASSERT_THAT(src, "out of memory");
 	memset(src, 0x5a, 64);
 	for (round = 0; round < rounds; round++) {
 		for (k = 0; k < JOB_MODES; k++) {
@@ -288,7 +291,7 @@ static void jobs(struct ktap_test *t, void *ctx)
 			if (vugpu_engine_stats(b->fd, 0, &st0))
 				break;
 			ret = vugpu_dma(b->fd, VUGPU_IOCTL_DMA_COPY, &d);
-			KTAP_EXPECT(t, !ret && !vugpu_engine_stats(b->fd, 0, &st1), "%s: %s",
+			EXPECT_THAT(!ret && !vugpu_engine_stats(b->fd, 0, &st1), "%s: %s",
 				    job_modes[k].name, err_str(ret));
 			if (ret)
 				continue;
@@ -312,7 +315,7 @@ static void jobs(struct ktap_test *t, void *ctx)
 			for (i = 0; i < m && !ret; i++)
 				ret = vugpu_dma(b->fd, VUGPU_IOCTL_DMA_COPY, &d);
 			ns = vugpu_now_ns() - t0;
-			KTAP_EXPECT(t, !ret && !vugpu_engine_stats(b->fd, 0, &st1),
+			EXPECT_THAT(!ret && !vugpu_engine_stats(b->fd, 0, &st1),
 				    "%s, one ioctl per job: %s", job_modes[k].name, err_str(ret));
 			if (ret)
 				continue;
@@ -321,9 +324,9 @@ static void jobs(struct ktap_test *t, void *ctx)
 			ioc[k].wakes += st1.doorbell_wakes - st0.doorbell_wakes;
 		}
 	}
-	KTAP_EXPECT(t, b->bar && !memcmp(b->bar + 32 * MIB + 8192, src, 64), "64 B copy data wrong");
+	EXPECT_THAT(b->bar && !memcmp(b->bar + 32 * MIB + 8192, src, 64), "64 B copy data wrong");
 	munmap(src, 4096);
-	if (t->failures)
+	if (_metadata->exit_code == KSFT_FAIL)
 		return;
 	report_rates("vram_to_vram_64B", "in-driver loop", loop, rounds);
 	report_rates("sys_to_vram_64B", "one ioctl per job", ioc, rounds);
@@ -339,17 +342,17 @@ static int cmp_u64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static void pickup(struct ktap_test *t, void *ctx)
+static void pickup(struct __test_metadata *_metadata, void *ctx)
 {
 	static const unsigned int modes[] = { 1, 3, 5 };	/* poll: page, page-no-hint, register */
 	struct bench *b = ctx;
 	unsigned int samples = b->quick ? 5 : PICKUP_SAMPLES, i, k;
-	uint64_t ns[KTAP_ARRAY_SIZE(modes)][PICKUP_SAMPLES], wakes[KTAP_ARRAY_SIZE(modes)] = { 0 };
+	uint64_t ns[ARRAY_SIZE(modes)][PICKUP_SAMPLES], wakes[ARRAY_SIZE(modes)] = { 0 };
 	struct vugpu_engine_stats st0, st1;
 
-	REQUIRE(t, b);
+	REQUIRE(b);
 	for (i = 0; i < samples; i++) {
-		for (k = 0; k < KTAP_ARRAY_SIZE(modes); k++) {
+		for (k = 0; k < ARRAY_SIZE(modes); k++) {
 			struct timespec idle = { .tv_nsec = PICKUP_IDLE_MS * 1000000L };
 			struct vugpu_dma d = {
 				.engine = 0, .flags = job_modes[modes[k]].flags,
@@ -359,73 +362,94 @@ static void pickup(struct ktap_test *t, void *ctx)
 			int ret;
 
 			nanosleep(&idle, NULL);
-			KTAP_ASSERT(t, !vugpu_engine_stats(b->fd, 0, &st0), "ENGINE_STATS failed");
+			ASSERT_THAT(!vugpu_engine_stats(b->fd, 0, &st0), "ENGINE_STATS failed");
 			ret = vugpu_dma(b->fd, VUGPU_IOCTL_DMA_COPY, &d);
-			KTAP_ASSERT(t, !ret, "%s: %s", job_modes[modes[k]].name, err_str(ret));
-			KTAP_ASSERT(t, !vugpu_engine_stats(b->fd, 0, &st1), "ENGINE_STATS failed");
+			ASSERT_THAT(!ret, "%s: %s", job_modes[modes[k]].name, err_str(ret));
+			ASSERT_THAT(!vugpu_engine_stats(b->fd, 0, &st1), "ENGINE_STATS failed");
 			ns[k][i] = d.elapsed_ns;
 			wakes[k] += st1.doorbell_wakes - st0.doorbell_wakes;
 		}
 	}
-	for (k = 0; k < KTAP_ARRAY_SIZE(modes); k++) {
+	for (k = 0; k < ARRAY_SIZE(modes); k++) {
 		qsort(ns[k], samples, sizeof(ns[k][0]), cmp_u64);
-		ktap_diag("bench pickup mode=\"%s\" after_idle_ms=%u samples=%u median_us=%.1f p90_us=%.1f min_us=%.1f wakes=%llu (one 64 B VRAM->VRAM job, doorbell to fence)",
+		diag("bench pickup mode=\"%s\" after_idle_ms=%u samples=%u median_us=%.1f p90_us=%.1f min_us=%.1f wakes=%llu (one 64 B VRAM->VRAM job, doorbell to fence)",
 			  job_modes[modes[k]].name, PICKUP_IDLE_MS, samples, ns[k][samples / 2] / 1e3,
 			  ns[k][samples * 9 / 10] / 1e3, ns[k][0] / 1e3, (unsigned long long)wakes[k]);
 	}
 }
 
-static const struct ktap_case cases[] = {
-	{ .name = "bench_bandwidth", .fn = bandwidth },
-	{ .name = "bench_small_jobs", .fn = jobs },
-	{ .name = "bench_idle_pickup", .fn = pickup },
+/* The options, filled in by main() before the tests run. */
+static struct bench opts = { .fd = -1 };
+
+/* Each test process opens the GPU and maps its VRAM BAR afresh. */
+FIXTURE(dma_bench) {
+	struct bench b;
 };
+
+FIXTURE_SETUP(dma_bench)
+{
+	struct bench *b = &self->b;
+	int ret;
+
+	*b = opts;
+	b->ndevs = vugpu_find_devs(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID, b->devs, VUGPU_MAX_DEVS);
+	if (b->ndevs > 0 && !(ret = vugpu_open(&b->devs[0], 3000))) {
+		b->fd = b->devs[0].fd;
+		ret = vugpu_dma_info(b->fd, &b->info);
+		if (ret)
+			diag("DMA_INFO: %s", err_str(ret));
+		b->bar_len = b->devs[0].info.bar2_size;
+		b->bar = mmap(NULL, b->bar_len, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd, 0);
+		if (b->bar == MAP_FAILED)
+			b->bar = NULL;
+	} else {
+		diag("no usable vugpu function");
+	}
+}
+
+FIXTURE_TEARDOWN(dma_bench)
+{
+	int i;
+
+	if (self->b.bar)
+		munmap(self->b.bar, self->b.bar_len);
+	for (i = 0; i < self->b.ndevs; i++)
+		vugpu_close(&self->b.devs[i]);
+}
+
+/*
+ * Seconds per measurement (the harness kills one that takes longer and
+ * reports it failed): below the suite's 300 s boot timeout.
+ */
+#define BENCH_TIMEOUT 200
+
+/* The measurements, in this order. */
+TEST_F_TIMEOUT(dma_bench, bench_bandwidth, BENCH_TIMEOUT)
+{
+	bandwidth(_metadata, &self->b);
+}
+
+TEST_F_TIMEOUT(dma_bench, bench_small_jobs, BENCH_TIMEOUT)
+{
+	jobs(_metadata, &self->b);
+}
+
+TEST_F_TIMEOUT(dma_bench, bench_idle_pickup, BENCH_TIMEOUT)
+{
+	pickup(_metadata, &self->b);
+}
+
+static int option(const char *opt, const char *val)
+{
+	(void)val;
+	if (!strcmp(opt, "--quick")) {
+		opts.quick = true;
+		return 1;
+	}
+	return 0;
+}
 
 int main(int argc, char **argv)
 {
-	struct bench b = { .fd = -1 };
-	unsigned int n = KTAP_ARRAY_SIZE(cases), first = 1, i, failed;
-	struct ktap_totals tot = { 0 };
-	bool header = true;
-	int a, ret;
-
-	for (a = 1; a < argc; a++) {
-		if (!strcmp(argv[a], "--count")) {
-			printf("%u\n", n);
-			return 0;
-		} else if (!strcmp(argv[a], "--list")) {
-			for (i = 0; i < n; i++)
-				printf("%s\n", cases[i].name);
-			return 0;
-		} else if (!strcmp(argv[a], "--no-header")) {
-			header = false;
-		} else if (!strcmp(argv[a], "--quick")) {
-			b.quick = true;
-		} else if (!strcmp(argv[a], "--first") && a + 1 < argc) {
-			first = (unsigned int)strtoul(argv[++a], NULL, 0);
-		} else {
-			fprintf(stderr, "usage: vugpu-dma-bench [--first N] [--no-header] [--count] [--list] [--quick]\n");
-			return 2;
-		}
-	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (header)
-		ktap_print_header(n);
-	b.ndevs = vugpu_find_devs(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID, b.devs, VUGPU_MAX_DEVS);
-	if (b.ndevs > 0 && !(ret = vugpu_open(&b.devs[0], 3000))) {
-		b.fd = b.devs[0].fd;
-		ret = vugpu_dma_info(b.fd, &b.info);
-		if (ret)
-			ktap_diag("DMA_INFO: %s", err_str(ret));
-		b.bar_len = b.devs[0].info.bar2_size;
-		b.bar = mmap(NULL, b.bar_len, PROT_READ | PROT_WRITE, MAP_SHARED, b.fd, 0);
-		if (b.bar == MAP_FAILED)
-			b.bar = NULL;
-	} else {
-		ktap_diag("no usable vugpu function");
-	}
-	failed = ktap_run(cases, n, first, &b, &tot);
-	if (header)
-		ktap_print_totals(&tot);
-	return failed ? 1 : 0;
+	return vugpu_harness_main(argc, argv, option, "[--quick]");
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vugpu-dma - DMA copy engine tests for a vugpu GPU in a guest, as KTAP.
+ * vugpu-dma - DMA copy engine tests for a vugpu GPU in a guest, on the
+ * kernel's kselftest harness (vugpu_harness.h): fixture "dma", each test in a
+ * process of its own that opens the GPU and maps its VRAM BAR itself.
  *
  * Runs against the first function with the vugpu vendor/device ID, through
  * the vugpu.ko test driver's DMA ioctls (kmod/vugpu_uapi.h), hw-spec §5-§8:
@@ -24,12 +26,11 @@
  *     intact.
  *
  * Usage: vugpu-dma [--vendor ID] [--device ID] [--hostile N] [--seed N]
- *                  [--first N] [--no-header] [--count] [--list] [--engines]
- *                  [--only CASE[,CASE...]] [--no-rom]
+ *                  [--engines] [--no-rom] [HARNESS OPTIONS]
  * --engines prints the function's ENGINE_COUNT (or "none") and exits;
- * --only runs a subset and --no-rom keeps the BIOS ROM window (fd-less,
- * message DMA) out of the hostile stream: debugging aids, the suite uses
- * neither.
+ * --no-rom keeps the BIOS ROM window (fd-less, message DMA) out of the
+ * hostile stream (a debugging aid, like the harness's -t NAME that runs one
+ * test; the suite uses neither).
  * Exit status: 0 when no test failed, 1 otherwise, 2 on bad usage.
  */
 #define _GNU_SOURCE
@@ -205,11 +206,11 @@ static void find_sys_ranges(struct dma_ctx *c)
 		if (sscanf(line, " %llx-%llx", &s, &e) != 2 || !name)
 			continue;
 		name[strcspn(name, "\n")] = '\0';
-		if (line[0] != ' ' && nt < KTAP_ARRAY_SIZE(top)) {
+		if (line[0] != ' ' && nt < ARRAY_SIZE(top)) {
 			top[nt].s = s;
 			top[nt].e = e;
 			snprintf(top[nt++].name, sizeof(top[0].name), "%s", name + 3);
-		} else if (line[0] == ' ' && nk < KTAP_ARRAY_SIZE(kid)) {
+		} else if (line[0] == ' ' && nk < ARRAY_SIZE(kid)) {
 			kid[nk].s = s;
 			kid[nk++].e = e;
 		}
@@ -251,35 +252,6 @@ static void find_sys_ranges(struct dma_ctx *c)
 		}
 }
 
-static const struct ktap_case dma_cases[] = {
-	KTAP_CASE(dma_info),
-	KTAP_CASE(copy_sys_to_vram),
-	KTAP_CASE(copy_vram_to_sys),
-	KTAP_CASE(copy_vram_to_vram),
-	KTAP_CASE(copy_sys_to_sys),
-	KTAP_CASE(copy_scratch),
-	KTAP_CASE(fill),
-	KTAP_CASE(fence),
-	KTAP_CASE(timestamp),
-	KTAP_CASE(irq_and_poll),
-	KTAP_CASE(stats_counters),
-	KTAP_CASE(attrs_ns_ro),
-	KTAP_CASE(ring_wrap),
-	KTAP_CASE(ring_in_vram),
-	KTAP_CASE(ioctl_validation),
-	KTAP_CASE(bad_sys_address),
-	KTAP_CASE(vram_out_of_range),
-	KTAP_CASE(descriptor_errors),
-	KTAP_CASE(ring_errors),
-	KTAP_CASE(timeout_recovery),
-	KTAP_CASE(concurrent_engines),
-	KTAP_CASE(dma_across_resets),
-	KTAP_CASE(bus_master_gating),
-	KTAP_CASE(hostile_descriptors),
-	KTAP_CASE(rom_window),
-	KTAP_CASE(final_state),
-};
-
 static void discover(struct dma_ctx *c, unsigned int vendor, unsigned int device)
 {
 	int ret;
@@ -288,14 +260,14 @@ static void discover(struct dma_ctx *c, unsigned int vendor, unsigned int device
 	c->info_ret = -ENODEV;
 	c->ndevs = vugpu_find_devs(vendor, device, c->devs, VUGPU_MAX_DEVS);
 	if (c->ndevs <= 0) {
-		ktap_diag("no vugpu function %04x:%04x found", vendor, device);
+		diag("no vugpu function %04x:%04x found", vendor, device);
 		return;
 	}
 	c->d = &c->devs[0];
 	vugpu_read_config(c->d);
 	ret = vugpu_open(c->d, OPEN_WAIT_MS);
 	if (ret) {
-		ktap_diag("%s: cannot open its /dev/vugpuN: %s", c->d->bdf, err_str(ret));
+		diag("%s: cannot open its /dev/vugpuN: %s", c->d->bdf, err_str(ret));
 		return;
 	}
 	c->fd = c->d->fd;
@@ -304,7 +276,7 @@ static void discover(struct dma_ctx *c, unsigned int vendor, unsigned int device
 	c->bar_len = c->d->info.bar2_size;
 	c->bar = mmap(NULL, c->bar_len, PROT_READ | PROT_WRITE, MAP_SHARED, c->fd, 0);
 	if (c->bar == MAP_FAILED) {
-		ktap_diag("%s: mmap of BAR2: %s", c->d->bdf, strerror(errno));
+		diag("%s: mmap of BAR2: %s", c->d->bdf, strerror(errno));
 		c->bar = NULL;
 		c->bar_len = 0;
 	}
@@ -313,110 +285,132 @@ static void discover(struct dma_ctx *c, unsigned int vendor, unsigned int device
 	if (c->vram_limit > c->bar_len)
 		c->vram_limit = c->bar_len;
 	if (c->ndevs > 1)
-		ktap_diag("%d vugpu functions; the DMA tests use the first, %s", c->ndevs,
+		diag("%d vugpu functions; the DMA tests use the first, %s", c->ndevs,
 			  c->d->bdf);
 }
 
-static void usage(void)
+/* The options, filled in by main() before the tests run. */
+static struct dma_ctx opts = { .module_path = "/lib/modules/vugpu.ko", .hostile_descs = 5000,
+			       .seed = 0x5eed0001 };
+static uint64_t opt_vendor = VUGPU_PCI_VENDOR_ID, opt_device = VUGPU_PCI_DEVICE_ID;
+static bool opt_engines;
+
+static int option(const char *opt, const char *val)
 {
-	fprintf(stderr, "usage: vugpu-dma [--vendor ID] [--device ID] [--hostile N] [--seed N]\n"
-			"                 [--first N] [--no-header] [--count] [--list] [--engines]\n"
-			"                 [--only CASE[,CASE...]] [--no-rom]\n");
+	uint64_t *num = NULL;
+
+	if (!strcmp(opt, "--engines")) {
+		opt_engines = true;
+		return 1;
+	} else if (!strcmp(opt, "--no-rom")) {
+		opts.no_rom = true;
+		return 1;
+	} else if (!strcmp(opt, "--vendor")) {
+		num = &opt_vendor;
+	} else if (!strcmp(opt, "--device")) {
+		num = &opt_device;
+	} else if (!strcmp(opt, "--hostile")) {
+		num = &opts.hostile_descs;
+	} else if (!strcmp(opt, "--seed")) {
+		num = &opts.seed;
+	}
+	if (!num || !val || vugpu_parse_u64(val, num) || opt_vendor > 0xffff || opt_device > 0xffff)
+		return 0;
+	return 2;
 }
+
+static void dma_close(struct dma_ctx *c)
+{
+	int i;
+
+	if (c->bar)
+		munmap(c->bar, c->bar_len);
+	for (i = 0; i < c->ndevs; i++)
+		vugpu_close(&c->devs[i]);
+}
+
+/* Each test process opens the GPU and maps its BAR afresh. */
+FIXTURE(dma) {
+	struct dma_ctx c;
+};
+
+FIXTURE_SETUP(dma)
+{
+	self->c = opts;
+	discover(&self->c, (unsigned int)opt_vendor, (unsigned int)opt_device);
+}
+
+FIXTURE_TEARDOWN(dma)
+{
+	dma_close(&self->c);
+}
+
+/* The cases (one translation unit for the harness). */
+#include "dma_copy.c"
+#include "dma_err.c"
+#include "dma_stress.c"
+#include "dma_bus.c"
+
+/*
+ * Seconds per test (the harness kills a test that takes longer and reports it
+ * failed): below the suite's 300 s boot timeout, so a hung test costs its own
+ * result only; all 26 tests took 13 s together here (TCG).
+ */
+#define DMA_TIMEOUT 120
+
+/* The tests, in this order. */
+#define DMA_TEST(name)								\
+	TEST_F_TIMEOUT(dma, name, DMA_TIMEOUT)					\
+	{									\
+		name(_metadata, &self->c);					\
+	}
+
+DMA_TEST(dma_info)
+DMA_TEST(copy_sys_to_vram)
+DMA_TEST(copy_vram_to_sys)
+DMA_TEST(copy_vram_to_vram)
+DMA_TEST(copy_sys_to_sys)
+DMA_TEST(copy_scratch)
+DMA_TEST(fill)
+DMA_TEST(fence)
+DMA_TEST(timestamp)
+DMA_TEST(irq_and_poll)
+DMA_TEST(stats_counters)
+DMA_TEST(attrs_ns_ro)
+DMA_TEST(ring_wrap)
+DMA_TEST(ring_in_vram)
+DMA_TEST(ioctl_validation)
+DMA_TEST(bad_sys_address)
+DMA_TEST(vram_out_of_range)
+DMA_TEST(descriptor_errors)
+DMA_TEST(ring_errors)
+DMA_TEST(timeout_recovery)
+DMA_TEST(concurrent_engines)
+DMA_TEST(dma_across_resets)
+DMA_TEST(bus_master_gating)
+DMA_TEST(hostile_descriptors)
+DMA_TEST(rom_window)
+DMA_TEST(final_state)
 
 int main(int argc, char **argv)
 {
-	struct dma_ctx c = { .module_path = "/lib/modules/vugpu.ko", .hostile_descs = 5000,
-			     .seed = 0x5eed0001 };
-	unsigned int n = KTAP_ARRAY_SIZE(dma_cases), i, failed;
-	uint64_t vendor = VUGPU_PCI_VENDOR_ID, device = VUGPU_PCI_DEVICE_ID, first = 1;
-	struct ktap_totals tot = { 0 };
-	bool header = true, engines = false;
-	struct ktap_case selected[KTAP_ARRAY_SIZE(dma_cases)];
-	const struct ktap_case *run = dma_cases;
-	const char *only = NULL;
-	int a;
+	char **rest;
+	int n = vugpu_harness_opts(argc, argv, option,
+				   "[--vendor ID] [--device ID] [--hostile N] [--seed N] [--engines] "
+				   "[--no-rom]", &rest);
 
-	for (a = 1; a < argc; a++) {
-		const char *opt = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
-		uint64_t *num = NULL;
+	if (n < 0)
+		return 2;
+	if (opt_engines) {
+		struct dma_ctx c = opts;
 
-		if (!strcmp(opt, "--count")) {
-			printf("%u\n", n);
-			return 0;
-		} else if (!strcmp(opt, "--list")) {
-			for (i = 0; i < n; i++)
-				printf("%s\n", dma_cases[i].name);
-			return 0;
-		} else if (!strcmp(opt, "--no-header")) {
-			header = false;
-			continue;
-		} else if (!strcmp(opt, "--engines")) {
-			engines = true;
-			continue;
-		} else if (!strcmp(opt, "--no-rom")) {
-			c.no_rom = true;
-			continue;
-		} else if (!strcmp(opt, "--only") && val) {
-			only = val;
-			a++;
-			continue;
-		} else if (!strcmp(opt, "--vendor")) {
-			num = &vendor;
-		} else if (!strcmp(opt, "--device")) {
-			num = &device;
-		} else if (!strcmp(opt, "--first")) {
-			num = &first;
-		} else if (!strcmp(opt, "--hostile")) {
-			num = &c.hostile_descs;
-		} else if (!strcmp(opt, "--seed")) {
-			num = &c.seed;
-		}
-		if (!num || !val || vugpu_parse_u64(val, num) || vendor > 0xffff || device > 0xffff ||
-		    first > 100000) {
-			usage();
-			return 2;
-		}
-		a++;
-	}
-
-	if (only) {
-		/* A comma-separated subset, in the suite's order (for debugging). */
-		unsigned int m = 0;
-
-		for (i = 0; i < n; i++) {
-			const char *p = strstr(only, dma_cases[i].name);
-			size_t l = strlen(dma_cases[i].name);
-
-			if (p && (p == only || p[-1] == ',') && (p[l] == '\0' || p[l] == ','))
-				selected[m++] = dma_cases[i];
-		}
-		if (!m) {
-			usage();
-			return 2;
-		}
-		run = selected;
-		n = m;
-	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (engines) {
-		discover(&c, (unsigned int)vendor, (unsigned int)device);
-		if (c.fd < 0 || c.info_ret) {
+		discover(&c, (unsigned int)opt_vendor, (unsigned int)opt_device);
+		if (c.fd < 0 || c.info_ret)
 			printf("none\n");
-			return 1;
-		}
-		printf("%u\n", c.info.engine_count);
-		return 0;
+		else
+			printf("%u\n", c.info.engine_count);
+		dma_close(&c);
+		return c.fd < 0 || c.info_ret;
 	}
-	if (header)
-		ktap_print_header(n);
-	discover(&c, (unsigned int)vendor, (unsigned int)device);
-	failed = ktap_run(run, n, (unsigned int)first, &c, &tot);
-	if (header)
-		ktap_print_totals(&tot);
-	if (c.bar)
-		munmap(c.bar, c.bar_len);
-	for (i = 0; i < (unsigned int)(c.ndevs > 0 ? c.ndevs : 0); i++)
-		vugpu_close(&c.devs[i]);
-	return failed ? 1 : 0;
+	return test_harness_run(n, rest);
 }

@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vugpu-hmm-devmem: native KTAP tests of vugpu's device-private memory
+ * vugpu-hmm-devmem: tests of vugpu's device-private memory
  * (guest-tests/kmod/vugpu_devmem.c) through /dev/hmm_dmirrorN (lib/test_hmm's
- * ABI, vugpu_hmm_uapi.h).  Needs vugpu.ko loaded with devmem_mb > 0.
+ * ABI, vugpu_hmm_uapi.h), on the kernel's kselftest harness
+ * (vugpu_harness.h): fixture "devmem", each test in a process of its own
+ * with its own mirror.  Needs vugpu.ko loaded with devmem_mb > 0.
  *
- *   vugpu-hmm-devmem [-d N] [-m MIB] [-u] [--first N] [--no-header] [--count] [--list]
- *     -d N    /dev/hmm_dmirrorN (default 0)
- *     -m MIB  size of the throughput buffers (default 64)
- *     -u      also unbind the GPU with pages in VRAM and check that they
- *             came back (eviction), then bind it again
- *     --first N, --no-header, --count, --list: for suites (suite_splice)
+ *   vugpu-hmm-devmem [--dev N] [--mib MIB] [--unbind] [HARNESS OPTIONS]
+ *     --dev N    /dev/hmm_dmirrorN (default 0)
+ *     --mib MIB  size of the throughput buffers (default 64)
+ *     --unbind   also unbind the GPU with pages in VRAM and check that they
+ *                came back (eviction), then bind it again
  *
  * Cases:
  *   migrate_verify      MIGRATE_TO_DEV: every page moves (cpages), the data the
@@ -29,7 +30,7 @@
  *   throughput_4k, throughput_thp
  *                       pages/s both ways over MIB MiB (printed), data checked
  *   release             RELEASE evicts everything: SNAPSHOT shows no device page
- *   unbind_evict (-u)   unbind the GPU while pages are in VRAM: they come back
+ *   unbind_evict        (--unbind) unbind the GPU while pages are in VRAM: they come back
  *                       to system memory with their data; the driver is bound
  *                       again afterwards
  */
@@ -37,7 +38,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <stdbool.h>
 #include <limits.h>
 #include <stdint.h>
@@ -50,7 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ktap.h"
+#include "vugpu_harness.h"
 #include "vugpu_hmm_uapi.h"
 
 #define TWO_MIB		(2UL << 20)
@@ -141,7 +141,7 @@ static int snapshot(struct ctx *c, void *addr, size_t npages, unsigned char *m)
 #define LOCAL_MASK	0xf0
 #define LOCAL		VUGPU_HMM_PROT_DEV_PRIVATE_LOCAL
 
-static void migrate_verify(struct ktap_test *t, void *arg)
+static void migrate_verify(struct __test_metadata *_metadata, void *arg)
 {
 	struct ctx *c = arg;
 	size_t npages = 256, size = npages * c->page;
@@ -152,31 +152,31 @@ static void migrate_verify(struct ktap_test *t, void *arg)
 	int ret;
 
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	ASSERT_THAT(buf != MAP_FAILED && m && mir, "allocation");
 	fill(buf, size, 0x1234);
 	memset(mir, 0, size);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_DEV: %s", strerror(-ret));
-	KTAP_EXPECT(t, cmd.cpages == npages, "cpages %llu, want %zu", (unsigned long long)cmd.cpages,
+	ASSERT_THAT(ret == 0, "MIGRATE_TO_DEV: %s", strerror(-ret));
+	EXPECT_THAT(cmd.cpages == npages, "cpages %llu, want %zu", (unsigned long long)cmd.cpages,
 		    npages);
 	bad = check(mir, size, 0x1234);
-	KTAP_EXPECT(t, bad < 0, "device read-back differs at word %ld", bad);
+	EXPECT_THAT(bad < 0, "device read-back differs at word %ld", bad);
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
 	ret = count_prot(m, npages, LOCAL_MASK, LOCAL);
-	KTAP_EXPECT(t, ret == (int)npages, "%d of %zu pages DEV_PRIVATE_LOCAL (first %#x)", ret,
+	EXPECT_THAT(ret == (int)npages, "%d of %zu pages DEV_PRIVATE_LOCAL (first %#x)", ret,
 		    npages, m[0]);
 	/* A second read through the device: the VRAM copy is stable. */
 	memset(mir, 0, size);
 	ret = dmirror(c->fd, VUGPU_HMM_READ, buf, mir, npages, &cmd);
-	KTAP_EXPECT(t, ret == 0 && check(mir, size, 0x1234) < 0, "READ from VRAM: %s",
+	EXPECT_THAT(ret == 0 && check(mir, size, 0x1234) < 0, "READ from VRAM: %s",
 		    ret ? strerror(-ret) : "data differs");
 	munmap(buf, size);
 	free(m);
 	free(mir);
 }
 
-static void cpu_fault_back(struct ktap_test *t, void *arg)
+static void cpu_fault_back(struct __test_metadata *_metadata, void *arg)
 {
 	struct ctx *c = arg;
 	size_t npages = 64, size = npages * c->page, w = c->page / 4;
@@ -186,30 +186,30 @@ static void cpu_fault_back(struct ktap_test *t, void *arg)
 	int ret;
 
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	ASSERT_THAT(buf != MAP_FAILED && m && mir, "allocation");
 	fill(buf, size, 0xabcd);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+	ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
 		    strerror(-ret), (unsigned long long)cmd.cpages);
 	/* Touch one word of page 5: migrate_to_ram brings page 5 back. */
-	KTAP_EXPECT(t, buf[5 * w + 7] == (0xabcd ^ (uint32_t)((5 * w + 7) * 2654435761u)),
+	EXPECT_THAT(buf[5 * w + 7] == (0xabcd ^ (uint32_t)((5 * w + 7) * 2654435761u)),
 		    "page 5 word 7 is %#x after the fault", buf[5 * w + 7]);
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
-	KTAP_EXPECT(t, (m[5] & LOCAL_MASK) != LOCAL, "page 5 still in VRAM (%#x)", m[5]);
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	EXPECT_THAT((m[5] & LOCAL_MASK) != LOCAL, "page 5 still in VRAM (%#x)", m[5]);
 	ret = count_prot(m, npages, LOCAL_MASK, LOCAL);
-	KTAP_EXPECT(t, ret == (int)npages - 1, "%d pages in VRAM, want %zu", ret, npages - 1);
+	EXPECT_THAT(ret == (int)npages - 1, "%d pages in VRAM, want %zu", ret, npages - 1);
 	/* Now all of it, by reading every page. */
-	KTAP_EXPECT(t, check(buf, size, 0xabcd) < 0, "data differs after faulting everything back");
+	EXPECT_THAT(check(buf, size, 0xabcd) < 0, "data differs after faulting everything back");
 	ret = snapshot(c, buf, npages, m);
-	KTAP_EXPECT(t, ret == 0 && count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
+	EXPECT_THAT(ret == 0 && count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
 		    "pages still in VRAM after CPU reads");
 	munmap(buf, size);
 	free(m);
 	free(mir);
 }
 
-static void cpu_write_back(struct ktap_test *t, void *arg)
+static void cpu_write_back(struct __test_metadata *_metadata, void *arg)
 {
 	struct ctx *c = arg;
 	size_t npages = 32, size = npages * c->page, i;
@@ -218,22 +218,22 @@ static void cpu_write_back(struct ktap_test *t, void *arg)
 	int ret;
 
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	KTAP_ASSERT(t, buf != MAP_FAILED && mir, "allocation");
+	ASSERT_THAT(buf != MAP_FAILED && mir, "allocation");
 	fill(buf, size, 0x5555);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+	ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
 		    strerror(-ret), (unsigned long long)cmd.cpages);
 	fill(buf, size, 0x7777);	/* every page faults back, then is written */
 	memset(mir, 0, size);
 	ret = dmirror(c->fd, VUGPU_HMM_READ, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0, "READ: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0, "READ: %s", strerror(-ret));
 	i = check(mir, size, 0x7777);
-	KTAP_EXPECT(t, (long)i < 0, "device sees stale data at word %ld", (long)i);
+	EXPECT_THAT((long)i < 0, "device sees stale data at word %ld", (long)i);
 	munmap(buf, size);
 	free(mir);
 }
 
-static void migrate_to_sys(struct ktap_test *t, void *arg)
+static void migrate_to_sys(struct __test_metadata *_metadata, void *arg)
 {
 	struct ctx *c = arg;
 	size_t npages = 200, size = npages * c->page;
@@ -243,22 +243,22 @@ static void migrate_to_sys(struct ktap_test *t, void *arg)
 	int ret;
 
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	ASSERT_THAT(buf != MAP_FAILED && m && mir, "allocation");
 	fill(buf, size, 0x9999);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+	ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
 		    strerror(-ret), (unsigned long long)cmd.cpages);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_SYS: %s", strerror(-ret));
-	KTAP_EXPECT(t, cmd.cpages == npages, "cpages %llu, want %zu",
+	ASSERT_THAT(ret == 0, "MIGRATE_TO_SYS: %s", strerror(-ret));
+	EXPECT_THAT(cmd.cpages == npages, "cpages %llu, want %zu",
 		    (unsigned long long)cmd.cpages, npages);
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
-	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == 0, "pages still in VRAM");
-	KTAP_EXPECT(t, check(buf, size, 0x9999) < 0, "data differs after MIGRATE_TO_SYS");
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	EXPECT_THAT(count_prot(m, npages, LOCAL_MASK, LOCAL) == 0, "pages still in VRAM");
+	EXPECT_THAT(check(buf, size, 0x9999) < 0, "data differs after MIGRATE_TO_SYS");
 	/* Again: nothing left to move. */
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
-	KTAP_EXPECT(t, ret == 0 && cmd.cpages == 0, "second MIGRATE_TO_SYS: %d, cpages %llu", ret,
+	EXPECT_THAT(ret == 0 && cmd.cpages == 0, "second MIGRATE_TO_SYS: %d, cpages %llu", ret,
 		    (unsigned long long)cmd.cpages);
 	munmap(buf, size);
 	free(m);
@@ -295,7 +295,7 @@ static bool kernel_has_device_thp(void)
  * fail_out: fail-alloc on the way back (4 KiB system pages: the core splits
  * the device folio).  Neither: one device folio (SNAPSHOT PMD bit) and back.
  */
-static void thp_round(struct ktap_test *t, struct ctx *c, bool fail_in, bool fail_out)
+static void thp_round(struct __test_metadata *_metadata, struct ctx *c, bool fail_in, bool fail_out)
 {
 	size_t npages = TWO_MIB / c->page, base_len;
 	struct vugpu_hmm_dmirror_cmd cmd;
@@ -306,89 +306,89 @@ static void thp_round(struct ktap_test *t, struct ctx *c, bool fail_in, bool fai
 	int ret, pmd;
 
 	buf = map_aligned(TWO_MIB, TWO_MIB, &base, &base_len);
-	KTAP_ASSERT(t, buf && m && mir, "allocation");
-	KTAP_ASSERT(t, madvise(buf, TWO_MIB, MADV_HUGEPAGE) == 0, "madvise: %s", strerror(errno));
+	ASSERT_THAT(buf && m && mir, "allocation");
+	ASSERT_THAT(madvise(buf, TWO_MIB, MADV_HUGEPAGE) == 0, "madvise: %s", strerror(errno));
 	fill(buf, TWO_MIB, seed);
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
 	if (!(m[0] & VUGPU_HMM_PROT_PMD)) {
 		munmap(base, base_len);
-		KTAP_SKIP(t, "the kernel gave no THP (SNAPSHOT %#x)", m[0]);
+		SKIP_TEST("the kernel gave no THP (SNAPSHOT %#x)", m[0]);
 	}
 	if (fail_in) {
 		ret = dmirror(c->fd, VUGPU_HMM_FLAGS, buf, NULL, VUGPU_HMM_FLAG_FAIL_ALLOC, NULL);
-		KTAP_ASSERT(t, ret == 0, "FLAGS: %s", strerror(-ret));
+		ASSERT_THAT(ret == 0, "FLAGS: %s", strerror(-ret));
 	}
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_DEV: %s", strerror(-ret));
-	KTAP_EXPECT(t, cmd.cpages == npages, "cpages %llu", (unsigned long long)cmd.cpages);
-	KTAP_EXPECT(t, check(mir, TWO_MIB, seed) < 0, "device read-back differs");
+	ASSERT_THAT(ret == 0, "MIGRATE_TO_DEV: %s", strerror(-ret));
+	EXPECT_THAT(cmd.cpages == npages, "cpages %llu", (unsigned long long)cmd.cpages);
+	EXPECT_THAT(check(mir, TWO_MIB, seed) < 0, "device read-back differs");
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
 	pmd = count_prot(m, npages, LOCAL_MASK | VUGPU_HMM_PROT_PMD,
 			 LOCAL | VUGPU_HMM_PROT_PMD);
-	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == (int)npages,
+	EXPECT_THAT(count_prot(m, npages, LOCAL_MASK, LOCAL) == (int)npages,
 		    "not every page in VRAM (first %#x)", m[0]);
 	if (fail_in)
-		KTAP_EXPECT(t, pmd == 0, "fail-alloc: %d pages still PMD-mapped device pages", pmd);
+		EXPECT_THAT(pmd == 0, "fail-alloc: %d pages still PMD-mapped device pages", pmd);
 	else
-		KTAP_EXPECT(t, pmd == (int)npages, "%d of %zu pages in a device PMD (first %#x)", pmd,
+		EXPECT_THAT(pmd == (int)npages, "%d of %zu pages in a device PMD (first %#x)", pmd,
 			    npages, m[0]);
 	if (fail_out) {
 		ret = dmirror(c->fd, VUGPU_HMM_FLAGS, buf, NULL, VUGPU_HMM_FLAG_FAIL_ALLOC, NULL);
-		KTAP_ASSERT(t, ret == 0, "FLAGS: %s", strerror(-ret));
+		ASSERT_THAT(ret == 0, "FLAGS: %s", strerror(-ret));
 	}
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0, "MIGRATE_TO_SYS: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0, "MIGRATE_TO_SYS: %s", strerror(-ret));
 	/* test_hmm counts migrated src entries: a folio is one, 4 KiB pages one each. */
 	if (fail_in)
-		KTAP_EXPECT(t, cmd.cpages == npages, "back: cpages %llu, want %zu",
+		EXPECT_THAT(cmd.cpages == npages, "back: cpages %llu, want %zu",
 			    (unsigned long long)cmd.cpages, npages);
 	else if (!fail_out)
-		KTAP_EXPECT(t, cmd.cpages == 1, "back: cpages %llu, want 1 (one folio)",
+		EXPECT_THAT(cmd.cpages == 1, "back: cpages %llu, want 1 (one folio)",
 			    (unsigned long long)cmd.cpages);
 	else
-		KTAP_EXPECT(t, cmd.cpages >= 1, "back: cpages %llu", (unsigned long long)cmd.cpages);
+		EXPECT_THAT(cmd.cpages >= 1, "back: cpages %llu", (unsigned long long)cmd.cpages);
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
-	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == 0, "%d pages still in VRAM",
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	EXPECT_THAT(count_prot(m, npages, LOCAL_MASK, LOCAL) == 0, "%d pages still in VRAM",
 		    count_prot(m, npages, LOCAL_MASK, LOCAL));
-	KTAP_EXPECT(t, check(buf, TWO_MIB, seed) < 0, "data differs after the round trip");
+	EXPECT_THAT(check(buf, TWO_MIB, seed) < 0, "data differs after the round trip");
 	munmap(base, base_len);
 	free(m);
 	free(mir);
 }
 
-static bool thp_usable(struct ktap_test *t)
+static bool thp_usable(struct __test_metadata *_metadata)
 {
 	if (!thp_enabled()) {
-		ktap_skip(t, "transparent hugepages are disabled");
+		SKIP_NOTE("transparent hugepages are disabled");
 		return false;
 	}
 	if (!kernel_has_device_thp()) {
-		ktap_skip(t, "this kernel has no device-private THP (and no FLAGS ioctl)");
+		SKIP_NOTE("this kernel has no device-private THP (and no FLAGS ioctl)");
 		return false;
 	}
 	return true;
 }
 
-static void thp_migrate(struct ktap_test *t, void *arg)
+static void thp_migrate(struct __test_metadata *_metadata, void *arg)
 {
-	if (thp_usable(t))
-		thp_round(t, arg, false, false);
+	if (thp_usable(_metadata))
+		thp_round(_metadata, arg, false, false);
 }
 
 /* FLAGS fail-alloc: the 4 KiB fallback on the way in, then on the way back. */
-static void fail_alloc(struct ktap_test *t, void *arg)
+static void fail_alloc(struct __test_metadata *_metadata, void *arg)
 {
-	if (!thp_usable(t))
+	if (!thp_usable(_metadata))
 		return;
-	thp_round(t, arg, true, false);
-	if (!t->failures && !t->skipped)
-		thp_round(t, arg, false, true);
+	thp_round(_metadata, arg, true, false);
+	if (_metadata->exit_code == KSFT_PASS)
+		thp_round(_metadata, arg, false, true);
 }
 
-static void throughput(struct ktap_test *t, struct ctx *c, bool thp)
+static void throughput(struct __test_metadata *_metadata, struct ctx *c, bool thp)
 {
 	size_t size = c->mib << 20, npages = size / c->page, base_len;
 	struct vugpu_hmm_dmirror_cmd cmd;
@@ -398,21 +398,21 @@ static void throughput(struct ktap_test *t, struct ctx *c, bool thp)
 	int ret, i;
 
 	if (thp && !thp_enabled())
-		KTAP_SKIP(t, "transparent hugepages are disabled");
+		SKIP_TEST("transparent hugepages are disabled");
 	buf = map_aligned(size, TWO_MIB, &base, &base_len);
-	KTAP_ASSERT(t, buf && mir, "allocation");
-	KTAP_ASSERT(t, madvise(buf, size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0, "madvise");
+	ASSERT_THAT(buf && mir, "allocation");
+	ASSERT_THAT(madvise(buf, size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE) == 0, "madvise");
 	fill(buf, size, 0x3141);
 	for (i = 0; i < 3; i++) {
 		t0 = now_s();
 		ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
 		t1 = now_s();
-		KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV %d: %s, cpages %llu",
+		ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV %d: %s, cpages %llu",
 			    i, strerror(-ret), (unsigned long long)cmd.cpages);
 		ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_SYS, buf, mir, npages, &cmd);
 		t2 = now_s();
 		/* cpages counts folios (test_hmm): with THP at least one per 2 MiB. */
-		KTAP_ASSERT(t, ret == 0 && (thp ? cmd.cpages >= size / TWO_MIB && cmd.cpages <= npages :
+		ASSERT_THAT(ret == 0 && (thp ? cmd.cpages >= size / TWO_MIB && cmd.cpages <= npages :
 					     cmd.cpages == npages),
 			    "MIGRATE_TO_SYS %d: %s, cpages %llu", i, strerror(-ret),
 			    (unsigned long long)cmd.cpages);
@@ -421,27 +421,27 @@ static void throughput(struct ktap_test *t, struct ctx *c, bool thp)
 		if (npages / (t2 - t1) > best_out)
 			best_out = npages / (t2 - t1);
 	}
-	KTAP_EXPECT(t, check(mir, size, 0x3141) < 0, "device read-back differs");
-	KTAP_EXPECT(t, check(buf, size, 0x3141) < 0, "data differs after 3 round trips");
+	EXPECT_THAT(check(mir, size, 0x3141) < 0, "device read-back differs");
+	EXPECT_THAT(check(buf, size, 0x3141) < 0, "data differs after 3 round trips");
 	/* MIGRATE_TO_DEV includes test_hmm's read-back through the device. */
-	ktap_diag("%s %zu MiB: to VRAM %.0f pages/s (%.1f MiB/s, incl. device read-back), to system %.0f pages/s (%.1f MiB/s)",
+	diag("%s %zu MiB: to VRAM %.0f pages/s (%.1f MiB/s, incl. device read-back), to system %.0f pages/s (%.1f MiB/s)",
 		  thp ? "THP" : "4 KiB", c->mib, best_in, best_in * c->page / 1048576.0, best_out,
 		  best_out * c->page / 1048576.0);
 	munmap(base, base_len);
 	free(mir);
 }
 
-static void throughput_4k(struct ktap_test *t, void *arg)
+static void throughput_4k(struct __test_metadata *_metadata, void *arg)
 {
-	throughput(t, arg, false);
+	throughput(_metadata, arg, false);
 }
 
-static void throughput_thp(struct ktap_test *t, void *arg)
+static void throughput_thp(struct __test_metadata *_metadata, void *arg)
 {
-	throughput(t, arg, true);
+	throughput(_metadata, arg, true);
 }
 
-static void release(struct ktap_test *t, void *arg)
+static void release(struct __test_metadata *_metadata, void *arg)
 {
 	struct ctx *c = arg;
 	size_t npages = 128, size = npages * c->page;
@@ -451,18 +451,18 @@ static void release(struct ktap_test *t, void *arg)
 	int ret;
 
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	KTAP_ASSERT(t, buf != MAP_FAILED && m && mir, "allocation");
+	ASSERT_THAT(buf != MAP_FAILED && m && mir, "allocation");
 	fill(buf, size, 0x4444);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s", strerror(-ret));
 	/* npages 0 would be -EINVAL, as in test_hmm. */
 	ret = dmirror(c->fd, VUGPU_HMM_RELEASE, buf, NULL, npages, NULL);
-	KTAP_ASSERT(t, ret == 0, "RELEASE: %s", strerror(-ret));
+	ASSERT_THAT(ret == 0, "RELEASE: %s", strerror(-ret));
 	ret = snapshot(c, buf, npages, m);
-	KTAP_ASSERT(t, ret == 0, "SNAPSHOT: %s", strerror(-ret));
-	KTAP_EXPECT(t, count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
+	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
+	EXPECT_THAT(count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
 		    "%d pages still in VRAM after RELEASE", count_prot(m, npages, LOCAL_MASK, LOCAL));
-	KTAP_EXPECT(t, check(buf, size, 0x4444) < 0, "data differs after RELEASE");
+	EXPECT_THAT(check(buf, size, 0x4444) < 0, "data differs after RELEASE");
 	munmap(buf, size);
 	free(m);
 	free(mir);
@@ -500,7 +500,7 @@ static int dmirror_bdf(struct ctx *c, char *bdf, size_t len)
 	return 0;
 }
 
-static void unbind_evict(struct ktap_test *t, void *arg)
+static void unbind_evict(struct __test_metadata *_metadata, void *arg)
 {
 	struct ctx *c = arg;
 	size_t npages = 512, size = npages * c->page;
@@ -510,14 +510,14 @@ static void unbind_evict(struct ktap_test *t, void *arg)
 	int ret;
 
 	if (!c->unbind)
-		KTAP_SKIP(t, "not asked for (-u)");
+		SKIP_TEST("not asked for (--unbind)");
 	ret = dmirror_bdf(c, bdf, sizeof(bdf));
-	KTAP_ASSERT(t, ret == 0, "no PCI device behind %s: %s", c->path, strerror(-ret));
+	ASSERT_THAT(ret == 0, "no PCI device behind %s: %s", c->path, strerror(-ret));
 	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	KTAP_ASSERT(t, buf != MAP_FAILED && mir, "allocation");
+	ASSERT_THAT(buf != MAP_FAILED && mir, "allocation");
 	fill(buf, size, 0x6666);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
-	KTAP_ASSERT(t, ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
+	ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
 		    strerror(-ret), (unsigned long long)cmd.cpages);
 	/*
 	 * Unbind with the mirror still open (closing it would evict, like
@@ -526,87 +526,98 @@ static void unbind_evict(struct ktap_test *t, void *arg)
 	ret = write_sysfs("/sys/bus/pci/drivers/vugpu/unbind", bdf);
 	close(c->fd);
 	c->fd = -1;
-	KTAP_ASSERT(t, ret == 0, "unbind %s: %s", bdf, strerror(-ret));
-	KTAP_EXPECT(t, check(buf, size, 0x6666) < 0, "data lost by the eviction at unbind");
+	ASSERT_THAT(ret == 0, "unbind %s: %s", bdf, strerror(-ret));
+	EXPECT_THAT(check(buf, size, 0x6666) < 0, "data lost by the eviction at unbind");
 	ret = write_sysfs("/sys/bus/pci/drivers/vugpu/bind", bdf);
-	KTAP_EXPECT(t, ret == 0, "bind %s again: %s", bdf, strerror(-ret));
+	EXPECT_THAT(ret == 0, "bind %s again: %s", bdf, strerror(-ret));
 	munmap(buf, size);
 	free(mir);
 }
 
-static const struct ktap_case cases[] = {
-	KTAP_CASE(migrate_verify),
-	KTAP_CASE(cpu_fault_back),
-	KTAP_CASE(cpu_write_back),
-	KTAP_CASE(migrate_to_sys),
-	KTAP_CASE(thp_migrate),
-	KTAP_CASE(fail_alloc),
-	KTAP_CASE(throughput_4k),
-	KTAP_CASE(throughput_thp),
-	KTAP_CASE(release),
-	KTAP_CASE(unbind_evict),
+/* The options, filled in by main() before the tests run. */
+static struct ctx opts = { .dev = 0, .mib = 64, .fd = -1 };
+
+/* Each test process opens its own mirror (one MMU context). */
+FIXTURE(devmem) {
+	struct ctx c;
 };
+
+FIXTURE_SETUP(devmem)
+{
+	self->c = opts;
+	self->c.fd = open(self->c.path, O_RDWR);
+	ASSERT_THAT(self->c.fd >= 0, "open %s: %s", self->c.path, strerror(errno));
+}
+
+FIXTURE_TEARDOWN(devmem)
+{
+	if (self->c.fd >= 0)
+		close(self->c.fd);
+}
+
+/*
+ * Seconds per test (the harness kills a test that takes longer and reports it
+ * failed): below the suite's 300 s boot timeout; all 10 tests took 2.2 s
+ * together here (TCG, --mib 32).
+ */
+#define DEVMEM_TIMEOUT 60
+
+/* The tests, in this order. */
+#define DEVMEM_TEST(name)							\
+	TEST_F_TIMEOUT(devmem, name, DEVMEM_TIMEOUT)				\
+	{									\
+		name(_metadata, &self->c);					\
+	}
+
+DEVMEM_TEST(migrate_verify)
+DEVMEM_TEST(cpu_fault_back)
+DEVMEM_TEST(cpu_write_back)
+DEVMEM_TEST(migrate_to_sys)
+DEVMEM_TEST(thp_migrate)
+DEVMEM_TEST(fail_alloc)
+DEVMEM_TEST(throughput_4k)
+DEVMEM_TEST(throughput_thp)
+DEVMEM_TEST(release)
+DEVMEM_TEST(unbind_evict)
+
+static int option(const char *opt, const char *val)
+{
+	char *end;
+
+	if (!strcmp(opt, "--unbind")) {
+		opts.unbind = true;
+		return 1;
+	}
+	if (!val)
+		return 0;
+	errno = 0;
+	if (!strcmp(opt, "--dev")) {
+		long v = strtol(val, &end, 0);
+
+		if (errno || *end || end == val || v < 0 || v > 255)
+			return 0;
+		opts.dev = (int)v;
+		return 2;
+	}
+	if (!strcmp(opt, "--mib")) {
+		unsigned long v = strtoul(val, &end, 0);
+
+		if (errno || *end || end == val || v > 4096)
+			return 0;
+		opts.mib = v ? v : 1;
+		return 2;
+	}
+	return 0;
+}
 
 int main(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "first", required_argument, NULL, 'F' },
-		{ "no-header", no_argument, NULL, 'H' },
-		{ "count", no_argument, NULL, 'C' },
-		{ "list", no_argument, NULL, 'L' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct ctx c = { .dev = 0, .mib = 64 };
-	struct ktap_totals tot = {};
-	unsigned int first = 1, i;
-	bool header = true;
-	int opt;
+	char **rest;
+	int n = vugpu_harness_opts(argc, argv, option, "[--dev N] [--mib MIB] [--unbind]", &rest);
 
-	while ((opt = getopt_long(argc, argv, "d:m:u", longopts, NULL)) != -1) {
-		switch (opt) {
-		case 'd':
-			c.dev = atoi(optarg);
-			break;
-		case 'm':
-			c.mib = strtoul(optarg, NULL, 0);
-			break;
-		case 'u':
-			c.unbind = true;
-			break;
-		case 'F':
-			first = strtoul(optarg, NULL, 0);
-			break;
-		case 'H':
-			header = false;
-			break;
-		case 'C':
-			printf("%zu\n", KTAP_ARRAY_SIZE(cases));
-			return 0;
-		case 'L':
-			for (i = 0; i < KTAP_ARRAY_SIZE(cases); i++)
-				printf("%s\n", cases[i].name);
-			return 0;
-		default:
-			fprintf(stderr, "usage: %s [-d N] [-m MIB] [-u] [--first N] [--no-header] [--count] [--list]\n",
-				argv[0]);
-			return 2;
-		}
-	}
-	if (!c.mib)
-		c.mib = 1;
-	c.page = sysconf(_SC_PAGESIZE);
-	snprintf(c.path, sizeof(c.path), "/dev/hmm_dmirror%d", c.dev);
-	if (header)
-		ktap_print_header(KTAP_ARRAY_SIZE(cases));
-	c.fd = open(c.path, O_RDWR);
-	if (c.fd < 0) {
-		ktap_diag("open %s: %s", c.path, strerror(errno));
-		for (i = 0; i < KTAP_ARRAY_SIZE(cases); i++)
-			printf("not ok %u - %s\n", first + i, cases[i].name);
-		return 1;
-	}
-	ktap_run(cases, KTAP_ARRAY_SIZE(cases), first, &c, &tot);
-	if (c.fd >= 0)
-		close(c.fd);
-	return tot.fail ? 1 : 0;
+	if (n < 0)
+		return 2;
+	opts.page = sysconf(_SC_PAGESIZE);
+	snprintf(opts.path, sizeof(opts.path), "/dev/hmm_dmirror%d", opts.dev);
+	return test_harness_run(n, rest);
 }

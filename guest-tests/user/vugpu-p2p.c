@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vugpu-p2p - peer-to-peer DMA tests for vugpu GPUs in a guest, as KTAP.
+ * vugpu-p2p - peer-to-peer DMA tests for vugpu GPUs in a guest, on the
+ * kernel's kselftest harness (vugpu_harness.h): each test in a process of its
+ * own that opens the GPUs itself.
  *
  * Needs two vugpu functions bound to vugpu.ko loaded with p2pmem_mb=N (GPU A
  * is the first function, GPU B the second: B's VRAM is the p2pmem provider,
@@ -11,8 +13,7 @@
  * VUGPU_DMA_P2PDMA flag), pci_p2pdma_distance() (P2P_DISTANCE), and O_DIRECT
  * block I/O whose user buffer is p2pmem.
  *
- * Two plans, chosen by VUGPU_P2P_MODE (so that --count and --list agree with
- * the run):
+ * Two plans, chosen by VUGPU_P2P_MODE (fixtures p2p and p2p_refused):
  *   switch   (default) the GPUs and the NVMe share one PCIe switch: P2P is
  *            mapped to bus addresses; data crosses GPU <-> GPU and NVMe ->
  *            GPU p2pmem directly, checked on both sides;
@@ -25,8 +26,7 @@
  * the buffer being GPU B's p2pmem or system memory, interleaved over 5 rounds;
  * prints both medians and their ratio (docs/benchmarks.md).
  *
- * Usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list]
- *                  [--bench MIB]
+ * Usage: vugpu-p2p [--p2pmem-mb N] [--bench MIB] [HARNESS OPTIONS]
  * Exit status: 0 when no test failed, 1 otherwise, 2 on bad usage.
  */
 #define _GNU_SOURCE
@@ -39,7 +39,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "ktap.h"
+#include "vugpu_harness.h"
 #include "vugpu_lib.h"
 
 #define BUF_LEN		(1U << 20)	/* bytes moved per P2P case */
@@ -80,12 +80,12 @@ static void *p2pmem_map(const char *bdf, size_t len, int *err)
 }
 
 /* Maps @len bytes of @bdf's p2pmem into @p, or fails the test (returns). */
-#define MAP_P2PMEM(t, p, bdf, len)						\
+#define MAP_P2PMEM(_metadata, p, bdf, len)						\
 	do {									\
 		int _err = 0;							\
 										\
 		(p) = p2pmem_map((bdf), (len), &_err);				\
-		KTAP_ASSERT(t, (p), "mmap %s p2pmem/allocate: %s", (bdf),	\
+		ASSERT_THAT((p), "mmap %s p2pmem/allocate: %s", (bdf),	\
 			    err_str(_err));					\
 	} while (0)
 
@@ -177,30 +177,30 @@ static int provider_holds(struct p2p_ctx *c, const void *want, size_t len, uint6
 	return ret;
 }
 
-#define REQUIRE_GPUS(t, c)							\
+#define REQUIRE_GPUS(_metadata, c)							\
 	do {									\
-		KTAP_ASSERT(t, (c)->ndevs >= 2,					\
+		ASSERT_THAT((c)->ndevs >= 2,					\
 			    "need 2 vugpu functions, found %d", (c)->ndevs);	\
-		KTAP_ASSERT(t, (c)->a->fd >= 0 && (c)->b->fd >= 0,		\
+		ASSERT_THAT((c)->a->fd >= 0 && (c)->b->fd >= 0,		\
 			    "%s / %s: /dev/vugpuN not open (driver not bound)",	\
 			    (c)->a->bdf, (c)->b->bdf);				\
 	} while (0)
 
 /* ---- cases ------------------------------------------------------------------ */
 
-static void p2pmem_published(struct ktap_test *t, void *ctx)
+static void p2pmem_published(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	int i;
 
-	REQUIRE_GPUS(t, c);
+	REQUIRE_GPUS(_metadata, c);
 	for (i = 0; i < c->ndevs; i++) {
 		char path[240], buf[64];
 		unsigned long long size = 0, avail = 0;
 		int published = -1;
 
 		snprintf(path, sizeof(path), "%s/%s/p2pmem/size", VUGPU_SYSFS_PCI, c->devs[i].bdf);
-		KTAP_ASSERT(t, vugpu_read_file(path, buf, sizeof(buf)) > 0,
+		ASSERT_THAT(vugpu_read_file(path, buf, sizeof(buf)) > 0,
 			    "%s: no p2pmem/size: the driver did not register p2pmem", c->devs[i].bdf);
 		size = strtoull(buf, NULL, 0);
 		snprintf(path, sizeof(path), "%s/%s/p2pmem/available", VUGPU_SYSFS_PCI, c->devs[i].bdf);
@@ -211,56 +211,56 @@ static void p2pmem_published(struct ktap_test *t, void *ctx)
 			published = atoi(buf);
 		printf("# %s: p2pmem size %llu available %llu published %d\n", c->devs[i].bdf,
 		       size, avail, published);
-		KTAP_EXPECT(t, size == c->p2pmem_mb << 20, "%s: p2pmem size %llu, expected %llu",
+		EXPECT_THAT(size == c->p2pmem_mb << 20, "%s: p2pmem size %llu, expected %llu",
 			    c->devs[i].bdf, size, (unsigned long long)(c->p2pmem_mb << 20));
-		KTAP_EXPECT(t, avail > 0 && avail <= size, "%s: p2pmem available %llu",
+		EXPECT_THAT(avail > 0 && avail <= size, "%s: p2pmem available %llu",
 			    c->devs[i].bdf, avail);
-		KTAP_EXPECT(t, published == 1, "%s: p2pmem published %d", c->devs[i].bdf,
+		EXPECT_THAT(published == 1, "%s: p2pmem published %d", c->devs[i].bdf,
 			    published);
 	}
 }
 
-static void p2p_distance_gpus(struct ktap_test *t, void *ctx)
+static void p2p_distance_gpus(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	int64_t ab = 0, ba = 0;
 	int ret;
 
-	REQUIRE_GPUS(t, c);
+	REQUIRE_GPUS(_metadata, c);
 	ret = p2p_distance(c->a, c->b->bdf, &ab);
-	KTAP_ASSERT(t, !ret, "P2P_DISTANCE: %s", err_str(ret));
+	ASSERT_THAT(!ret, "P2P_DISTANCE: %s", err_str(ret));
 	ret = p2p_distance(c->b, c->a->bdf, &ba);
-	KTAP_ASSERT(t, !ret, "P2P_DISTANCE: %s", err_str(ret));
+	ASSERT_THAT(!ret, "P2P_DISTANCE: %s", err_str(ret));
 	printf("# pci_p2pdma_distance %s -> %s: %lld, back: %lld\n", c->b->bdf, c->a->bdf,
 	       (long long)ab, (long long)ba);
 	if (c->refused) {
-		KTAP_EXPECT(t, ab < 0 && ba < 0,
+		EXPECT_THAT(ab < 0 && ba < 0,
 			    "separate root ports: the kernel must refuse P2P (distance %lld/%lld)",
 			    (long long)ab, (long long)ba);
 	} else {
 		/* Downstream port - upstream port - downstream port: 4 (drivers/pci/p2pdma.c). */
-		KTAP_EXPECT(t, ab == 4 && ba == 4, "behind one switch: distance %lld/%lld, expected 4",
+		EXPECT_THAT(ab == 4 && ba == 4, "behind one switch: distance %lld/%lld, expected 4",
 			    (long long)ab, (long long)ba);
 	}
 }
 
-static void p2pmem_cpu_view(struct ktap_test *t, void *ctx)
+static void p2pmem_cpu_view(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *want;
 	uint64_t at = 0;
 	int ret;
 
-	REQUIRE_GPUS(t, c);
-	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
+	REQUIRE_GPUS(_metadata, c);
+	MAP_P2PMEM(_metadata, p, c->b->bdf, BUF_LEN);
 	want = sys_buf(BUF_LEN);
-	KTAP_ASSERT(t, want, "no memory");
+	ASSERT_THAT(want, "no memory");
 	vugpu_fill_pattern(want, BUF_LEN, 0x9a9a0001);
 	memcpy(p, want, BUF_LEN);
-	KTAP_EXPECT(t, mismatch(p, want, BUF_LEN) < 0, "CPU read-back of p2pmem differs");
+	EXPECT_THAT(mismatch(p, want, BUF_LEN) < 0, "CPU read-back of p2pmem differs");
 	/* The provider sees the CPU's stores in its VRAM (the BAR is its VRAM). */
 	ret = provider_holds(c, want, BUF_LEN, &at);
-	KTAP_EXPECT(t, !ret, "%s: the CPU's data is not in its p2pmem VRAM range: %s",
+	EXPECT_THAT(!ret, "%s: the CPU's data is not in its p2pmem VRAM range: %s",
 		    c->b->bdf, err_str(ret));
 	if (!ret)
 		printf("# found at VRAM offset %#llx of %s\n", (unsigned long long)at, c->b->bdf);
@@ -269,7 +269,7 @@ static void p2pmem_cpu_view(struct ktap_test *t, void *ctx)
 }
 
 /* GPU A's engine writes into GPU B's p2pmem (user mapping, FOLL_PCI_P2PDMA). */
-static void gpu_a_writes_gpu_b(struct ktap_test *t, void *ctx)
+static void gpu_a_writes_gpu_b(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *src;
@@ -277,15 +277,15 @@ static void gpu_a_writes_gpu_b(struct ktap_test *t, void *ctx)
 	uint64_t at = 0;
 	int ret;
 
-	REQUIRE_GPUS(t, c);
-	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
+	REQUIRE_GPUS(_metadata, c);
+	MAP_P2PMEM(_metadata, p, c->b->bdf, BUF_LEN);
 	src = sys_buf(BUF_LEN);
-	KTAP_ASSERT(t, src, "no memory");
+	ASSERT_THAT(src, "no memory");
 	memset(p, 0, BUF_LEN);
 	vugpu_fill_pattern(src, BUF_LEN, 0xa2b0001);
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)src, VUGPU_MEM_USER,
 		       (uintptr_t)p, BUF_LEN, &d);
-	KTAP_ASSERT(t, !ret, "%s COPY system -> %s p2pmem: %s (result %u, engine error %#x at %#llx)",
+	ASSERT_THAT(!ret, "%s COPY system -> %s p2pmem: %s (result %u, engine error %#x at %#llx)",
 		    c->a->bdf, c->b->bdf, err_str(ret), d.result, d.regs.error_code,
 		    (unsigned long long)d.regs.error_addr);
 	printf("# out_flags %#x (%s), %u descriptor(s), %llu ns\n", d.out_flags,
@@ -293,44 +293,44 @@ static void gpu_a_writes_gpu_b(struct ktap_test *t, void *ctx)
 	       d.out_flags & VUGPU_DMA_OUT_P2P_BUS ? "bus address" : "?",
 	       d.descs, (unsigned long long)d.elapsed_ns);
 	if (c->refused)
-		KTAP_EXPECT(t, d.out_flags & VUGPU_DMA_OUT_BOUNCED && !(d.out_flags & VUGPU_DMA_OUT_P2P_BUS),
+		EXPECT_THAT(d.out_flags & VUGPU_DMA_OUT_BOUNCED && !(d.out_flags & VUGPU_DMA_OUT_P2P_BUS),
 			    "refused path: expected a bounce, out_flags %#x", d.out_flags);
 	else
-		KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS,
+		EXPECT_THAT(d.out_flags == VUGPU_DMA_OUT_P2P_BUS,
 			    "switch path: expected a direct bus-address transfer, out_flags %#x",
 			    d.out_flags);
-	KTAP_EXPECT(t, mismatch(p, src, BUF_LEN) < 0, "CPU view of %s p2pmem differs at %ld",
+	EXPECT_THAT(mismatch(p, src, BUF_LEN) < 0, "CPU view of %s p2pmem differs at %ld",
 		    c->b->bdf, mismatch(p, src, BUF_LEN));
 	ret = provider_holds(c, src, BUF_LEN, &at);
-	KTAP_EXPECT(t, !ret, "%s's engine does not find the data in its own VRAM: %s", c->b->bdf,
+	EXPECT_THAT(!ret, "%s's engine does not find the data in its own VRAM: %s", c->b->bdf,
 		    err_str(ret));
 	munmap(p, BUF_LEN);
 	free(src);
 }
 
 /* GPU A's engine reads GPU B's p2pmem into A's VRAM. */
-static void gpu_a_reads_gpu_b(struct ktap_test *t, void *ctx)
+static void gpu_a_reads_gpu_b(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *back;
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_GPUS(t, c);
-	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
+	REQUIRE_GPUS(_metadata, c);
+	MAP_P2PMEM(_metadata, p, c->b->bdf, BUF_LEN);
 	back = sys_buf(BUF_LEN);
-	KTAP_ASSERT(t, back, "no memory");
+	ASSERT_THAT(back, "no memory");
 	vugpu_fill_pattern(p, BUF_LEN, 0xb2a0002);
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)p, VUGPU_MEM_VRAM,
 		       0x100000, BUF_LEN, &d);
-	KTAP_ASSERT(t, !ret, "%s COPY %s p2pmem -> VRAM: %s (result %u, engine error %#x at %#llx)",
+	ASSERT_THAT(!ret, "%s COPY %s p2pmem -> VRAM: %s (result %u, engine error %#x at %#llx)",
 		    c->a->bdf, c->b->bdf, err_str(ret), d.result, d.regs.error_code,
 		    (unsigned long long)d.regs.error_addr);
-	KTAP_EXPECT(t, !!(d.out_flags & VUGPU_DMA_OUT_BOUNCED) == c->refused,
+	EXPECT_THAT(!!(d.out_flags & VUGPU_DMA_OUT_BOUNCED) == c->refused,
 		    "out_flags %#x (%s path)", d.out_flags, c->refused ? "refused" : "switch");
 	ret = vugpu_vram_io(c->a->fd, VUGPU_IOCTL_VRAM_READ, 0x100000, back, BUF_LEN);
-	KTAP_ASSERT(t, !ret, "VRAM_READ: %s", err_str(ret));
-	KTAP_EXPECT(t, mismatch(back, p, BUF_LEN) < 0, "%s VRAM differs from %s p2pmem at %ld",
+	ASSERT_THAT(!ret, "VRAM_READ: %s", err_str(ret));
+	EXPECT_THAT(mismatch(back, p, BUF_LEN) < 0, "%s VRAM differs from %s p2pmem at %ld",
 		    c->a->bdf, c->b->bdf, mismatch(back, p, BUF_LEN));
 	munmap(p, BUF_LEN);
 	free(back);
@@ -342,46 +342,46 @@ static void gpu_a_reads_gpu_b(struct ktap_test *t, void *ctx)
  * here: a FOLL_LONGTERM | FOLL_WRITE pin of this shared sysfs mapping would be
  * refused earlier, with -EFAULT, for a different reason (it needs dirty tracking).
  */
-static void pin_needs_foll_pci_p2pdma(struct ktap_test *t, void *ctx)
+static void pin_needs_foll_pci_p2pdma(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *dst;
 	struct vugpu_dma d;
 	int ret;
 
-	REQUIRE_GPUS(t, c);
-	MAP_P2PMEM(t, p, c->b->bdf, BUF_LEN);
+	REQUIRE_GPUS(_metadata, c);
+	MAP_P2PMEM(_metadata, p, c->b->bdf, BUF_LEN);
 	dst = sys_buf(4096);
-	KTAP_ASSERT(t, dst, "no memory");
+	ASSERT_THAT(dst, "no memory");
 	memset(p, 0x5a, 4096);
 	memset(dst, 0, 4096);
 	ret = gpu_copy(c->a, 0, VUGPU_MEM_USER, (uintptr_t)p, VUGPU_MEM_USER, (uintptr_t)dst,
 		       4096, &d);
-	KTAP_EXPECT(t, ret == -EREMOTEIO,
+	EXPECT_THAT(ret == -EREMOTEIO,
 		    "COPY from p2pmem without VUGPU_DMA_P2PDMA: %s, expected EREMOTEIO (GUP must refuse P2PDMA pages without FOLL_PCI_P2PDMA)",
 		    ret ? err_str(ret) : "succeeded");
-	KTAP_EXPECT(t, dst[0] == 0, "the refused copy still moved data");
+	EXPECT_THAT(dst[0] == 0, "the refused copy still moved data");
 	/* And with the flag the same copy goes through. */
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)p, VUGPU_MEM_USER,
 		       (uintptr_t)dst, 4096, &d);
-	KTAP_EXPECT(t, !ret && dst[0] == 0x5a && dst[4095] == 0x5a, "with FOLL_PCI_P2PDMA: %s",
+	EXPECT_THAT(!ret && dst[0] == 0x5a && dst[4095] == 0x5a, "with FOLL_PCI_P2PDMA: %s",
 		    ret ? err_str(ret) : "data not copied");
 	munmap(p, BUF_LEN);
 	free(dst);
 }
 
 /* The driver said why it bounced, in the kernel log. */
-static void bounce_is_logged(struct ktap_test *t, void *ctx)
+static void bounce_is_logged(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	char *log = malloc(1 << 20);
 	int n;
 
-	REQUIRE_GPUS(t, c);
-	KTAP_ASSERT(t, log, "no memory");
+	REQUIRE_GPUS(_metadata, c);
+	ASSERT_THAT(log, "no memory");
 	n = vugpu_dmesg(log, 1 << 20);
-	KTAP_ASSERT(t, n > 0, "cannot read the kernel log: %s", err_str(n));
-	KTAP_EXPECT(t, strstr(log, "bouncing through system memory") != NULL,
+	ASSERT_THAT(n > 0, "cannot read the kernel log: %s", err_str(n));
+	EXPECT_THAT(strstr(log, "bouncing through system memory") != NULL,
 		    "no 'bouncing through system memory' line from vugpu in the kernel log");
 	free(log);
 }
@@ -424,69 +424,69 @@ static int nvme_io(const char *dev, bool write, void *buf, size_t len)
 	return n < 0 ? (int)n : 0;
 }
 
-#define REQUIRE_NVME(t, c)							\
+#define REQUIRE_NVME(_metadata, c)							\
 	do {									\
-		REQUIRE_GPUS(t, c);						\
-		KTAP_ASSERT(t, (c)->nvme_bdf[0],				\
+		REQUIRE_GPUS(_metadata, c);						\
+		ASSERT_THAT((c)->nvme_bdf[0],				\
 			    "no NVMe controller bound to the nvme driver (/sys/class/nvme/nvme0)"); \
-		KTAP_ASSERT(t, vugpu_path_exists((c)->nvme_ns[1]),		\
+		ASSERT_THAT(vugpu_path_exists((c)->nvme_ns[1]),		\
 			    "%s: no second namespace", (c)->nvme_ns[1]);	\
 	} while (0)
 
 /* NVMe reads straight into GPU B's p2pmem (O_DIRECT, the user buffer is p2pmem). */
-static void nvme_reads_into_gpu_p2pmem(struct ktap_test *t, void *ctx)
+static void nvme_reads_into_gpu_p2pmem(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *data;
 	uint64_t at = 0;
 	int ret;
 
-	REQUIRE_NVME(t, c);
+	REQUIRE_NVME(_metadata, c);
 	data = sys_buf(NVME_LEN);
-	KTAP_ASSERT(t, data, "no memory");
+	ASSERT_THAT(data, "no memory");
 	vugpu_fill_pattern(data, NVME_LEN, 0xe1e10001);
 	ret = nvme_io(c->nvme_ns[0], true, data, NVME_LEN);
-	KTAP_ASSERT(t, !ret, "write %s from system memory: %s", c->nvme_ns[0], err_str(ret));
-	MAP_P2PMEM(t, p, c->b->bdf, NVME_LEN);
+	ASSERT_THAT(!ret, "write %s from system memory: %s", c->nvme_ns[0], err_str(ret));
+	MAP_P2PMEM(_metadata, p, c->b->bdf, NVME_LEN);
 	memset(p, 0, NVME_LEN);
 	ret = nvme_io(c->nvme_ns[0], false, p, NVME_LEN);
-	KTAP_ASSERT(t, !ret, "O_DIRECT read %s into %s p2pmem: %s", c->nvme_ns[0], c->b->bdf,
+	ASSERT_THAT(!ret, "O_DIRECT read %s into %s p2pmem: %s", c->nvme_ns[0], c->b->bdf,
 		    err_str(ret));
-	KTAP_EXPECT(t, mismatch(p, data, NVME_LEN) < 0, "p2pmem differs from the data at %ld",
+	EXPECT_THAT(mismatch(p, data, NVME_LEN) < 0, "p2pmem differs from the data at %ld",
 		    mismatch(p, data, NVME_LEN));
 	ret = provider_holds(c, data, 1 << 20, &at);
-	KTAP_EXPECT(t, !ret, "%s's engine does not find the NVMe data in its VRAM: %s", c->b->bdf,
+	EXPECT_THAT(!ret, "%s's engine does not find the NVMe data in its VRAM: %s", c->b->bdf,
 		    err_str(ret));
 	munmap(p, NVME_LEN);
 	free(data);
 }
 
 /* NVMe writes straight from GPU B's p2pmem; read back through system memory. */
-static void nvme_writes_from_gpu_p2pmem(struct ktap_test *t, void *ctx)
+static void nvme_writes_from_gpu_p2pmem(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *p, *back;
 	int ret;
 
-	REQUIRE_NVME(t, c);
-	MAP_P2PMEM(t, p, c->b->bdf, NVME_LEN);
+	REQUIRE_NVME(_metadata, c);
+	MAP_P2PMEM(_metadata, p, c->b->bdf, NVME_LEN);
 	back = sys_buf(NVME_LEN);
-	KTAP_ASSERT(t, back, "no memory");
+	ASSERT_THAT(back, "no memory");
 	vugpu_fill_pattern(p, NVME_LEN, 0xe2e20002);
 	ret = nvme_io(c->nvme_ns[1], true, p, NVME_LEN);
-	KTAP_ASSERT(t, !ret, "O_DIRECT write %s from %s p2pmem: %s", c->nvme_ns[1], c->b->bdf,
+	ASSERT_THAT(!ret, "O_DIRECT write %s from %s p2pmem: %s", c->nvme_ns[1], c->b->bdf,
 		    err_str(ret));
 	memset(back, 0, NVME_LEN);
 	ret = nvme_io(c->nvme_ns[1], false, back, NVME_LEN);
-	KTAP_ASSERT(t, !ret, "read %s into system memory: %s", c->nvme_ns[1], err_str(ret));
-	KTAP_EXPECT(t, mismatch(back, p, NVME_LEN) < 0, "namespace 2 differs from p2pmem at %ld",
+	ASSERT_THAT(!ret, "read %s into system memory: %s", c->nvme_ns[1], err_str(ret));
+	EXPECT_THAT(mismatch(back, p, NVME_LEN) < 0, "namespace 2 differs from p2pmem at %ld",
 		    mismatch(back, p, NVME_LEN));
 	munmap(p, NVME_LEN);
 	free(back);
 }
 
 /* GPU A's engine writes into the NVMe's CMB, published as p2pmem, and reads it back. */
-static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
+static void gpu_writes_nvme_cmb(struct __test_metadata *_metadata, void *ctx)
 {
 	struct p2p_ctx *c = ctx;
 	uint8_t *cmb, *src;
@@ -496,26 +496,26 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	uint64_t t0;
 	int ret;
 
-	REQUIRE_NVME(t, c);
+	REQUIRE_NVME(_metadata, c);
 	ret = p2p_distance(c->a, c->nvme_bdf, &dist);
-	KTAP_ASSERT(t, !ret, "P2P_DISTANCE %s: %s", c->nvme_bdf, err_str(ret));
+	ASSERT_THAT(!ret, "P2P_DISTANCE %s: %s", c->nvme_bdf, err_str(ret));
 	printf("# pci_p2pdma_distance %s -> %s: %lld\n", c->nvme_bdf, c->a->bdf, (long long)dist);
-	KTAP_EXPECT(t, dist == 4, "NVMe behind the same switch: distance %lld, expected 4",
+	EXPECT_THAT(dist == 4, "NVMe behind the same switch: distance %lld, expected 4",
 		    (long long)dist);
-	MAP_P2PMEM(t, cmb, c->nvme_bdf, BUF_LEN);
+	MAP_P2PMEM(_metadata, cmb, c->nvme_bdf, BUF_LEN);
 	src = sys_buf(BUF_LEN);
-	KTAP_ASSERT(t, src, "no memory");
+	ASSERT_THAT(src, "no memory");
 	vugpu_fill_pattern(src, BUF_LEN, 0xc3b0003);
 	memset(cmb, 0, BUF_LEN);
 	t0 = vugpu_now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)src, VUGPU_MEM_USER,
 		       (uintptr_t)cmb, BUF_LEN, &d);
-	KTAP_ASSERT(t, !ret, "%s COPY system -> NVMe CMB: %s (result %u, engine error %#x at %#llx)",
+	ASSERT_THAT(!ret, "%s COPY system -> NVMe CMB: %s (result %u, engine error %#x at %#llx)",
 		    c->a->bdf, err_str(ret), d.result, d.regs.error_code,
 		    (unsigned long long)d.regs.error_addr);
 	print_rate("COPY system -> NVMe CMB (peer window, DMA messages)", BUF_LEN, vugpu_now_ns() - t0);
-	KTAP_EXPECT(t, d.out_flags == VUGPU_DMA_OUT_P2P_BUS, "out_flags %#x", d.out_flags);
-	KTAP_EXPECT(t, mismatch(cmb, src, BUF_LEN) < 0, "CMB differs at %ld",
+	EXPECT_THAT(d.out_flags == VUGPU_DMA_OUT_P2P_BUS, "out_flags %#x", d.out_flags);
+	EXPECT_THAT(mismatch(cmb, src, BUF_LEN) < 0, "CMB differs at %ld",
 		    mismatch(cmb, src, BUF_LEN));
 	/*
 	 * An FLR closes the device's peer windows (hw-spec §6.10); the driver
@@ -523,18 +523,18 @@ static void gpu_writes_nvme_cmb(struct ktap_test *t, void *ctx)
 	 * reaches the CMB.
 	 */
 	ret = vugpu_reset(c->a->fd, VUGPU_IOCTL_FLR, &regs, NULL);
-	KTAP_ASSERT(t, !ret, "%s FLR: %s", c->a->bdf, err_str(ret));
+	ASSERT_THAT(!ret, "%s FLR: %s", c->a->bdf, err_str(ret));
 	/* And back: CMB -> GPU A's VRAM. */
 	t0 = vugpu_now_ns();
 	ret = gpu_copy(c->a, VUGPU_DMA_P2PDMA, VUGPU_MEM_USER, (uintptr_t)cmb, VUGPU_MEM_VRAM,
 		       0x300000, BUF_LEN, &d);
-	KTAP_ASSERT(t, !ret, "COPY NVMe CMB -> VRAM: %s (result %u, engine error %#x at %#llx)",
+	ASSERT_THAT(!ret, "COPY NVMe CMB -> VRAM: %s (result %u, engine error %#x at %#llx)",
 		    err_str(ret), d.result, d.regs.error_code, (unsigned long long)d.regs.error_addr);
 	print_rate("COPY NVMe CMB -> VRAM (peer window, DMA messages)", BUF_LEN, vugpu_now_ns() - t0);
 	memset(src, 0, BUF_LEN);
 	ret = vugpu_vram_io(c->a->fd, VUGPU_IOCTL_VRAM_READ, 0x300000, src, BUF_LEN);
-	KTAP_ASSERT(t, !ret, "VRAM_READ: %s", err_str(ret));
-	KTAP_EXPECT(t, mismatch(src, cmb, BUF_LEN) < 0, "VRAM differs from the CMB at %ld",
+	ASSERT_THAT(!ret, "VRAM_READ: %s", err_str(ret));
+	EXPECT_THAT(mismatch(src, cmb, BUF_LEN) < 0, "VRAM differs from the CMB at %ld",
 		    mismatch(src, cmb, BUF_LEN));
 	munmap(cmb, BUF_LEN);
 	free(src);
@@ -613,104 +613,151 @@ static int bench(struct p2p_ctx *c, uint64_t mib)
 	return 0;
 }
 
-static const struct ktap_case switch_cases[] = {
-	KTAP_CASE(p2pmem_published),
-	KTAP_CASE(p2p_distance_gpus),
-	KTAP_CASE(p2pmem_cpu_view),
-	KTAP_CASE(gpu_a_writes_gpu_b),
-	KTAP_CASE(gpu_a_reads_gpu_b),
-	KTAP_CASE(pin_needs_foll_pci_p2pdma),
-	KTAP_CASE(nvme_reads_into_gpu_p2pmem),
-	KTAP_CASE(nvme_writes_from_gpu_p2pmem),
-	KTAP_CASE(gpu_writes_nvme_cmb),
-};
+/* The options, filled in by main() before the tests run. */
+static struct p2p_ctx opts = { .p2pmem_mb = 32 };
 
-static const struct ktap_case refused_cases[] = {
-	KTAP_CASE(p2pmem_published),
-	KTAP_CASE(p2p_distance_gpus),
-	KTAP_CASE(p2pmem_cpu_view),
-	KTAP_CASE(gpu_a_writes_gpu_b),
-	KTAP_CASE(gpu_a_reads_gpu_b),
-	KTAP_CASE(pin_needs_foll_pci_p2pdma),
-	KTAP_CASE(bounce_is_logged),
-};
-
-static void usage(void)
+static void p2p_open(struct p2p_ctx *c)
 {
-	fprintf(stderr, "usage: vugpu-p2p [--p2pmem-mb N] [--first N] [--no-header] [--count] [--list] [--bench MIB]\n"
-			"  VUGPU_P2P_MODE=switch|refused selects the plan\n");
+	int a;
+
+	c->ndevs = vugpu_find_devs(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID, c->devs, VUGPU_MAX_DEVS);
+	if (c->ndevs < 0)
+		c->ndevs = 0;
+	for (a = 0; a < c->ndevs; a++) {
+		int ret = vugpu_open(&c->devs[a], 2000);
+
+		if (ret)
+			diag("%s: cannot open its /dev/vugpuN: %s", c->devs[a].bdf, err_str(ret));
+	}
+	c->a = &c->devs[0];
+	c->b = &c->devs[c->ndevs > 1 ? 1 : 0];
+	if (c->ndevs == 0)
+		c->devs[0].fd = -1;
+	find_nvme(c);
+}
+
+static void p2p_close(struct p2p_ctx *c)
+{
+	int a;
+
+	for (a = 0; a < c->ndevs; a++)
+		vugpu_close(&c->devs[a]);
+}
+
+/*
+ * Two plans (VUGPU_P2P_MODE, see above): fixture p2p for the switch
+ * topology, p2p_refused for separate root ports; main() runs one of them.
+ * Each test process finds and opens the GPUs and the NVMe afresh.
+ */
+FIXTURE(p2p) {
+	struct p2p_ctx c;
+};
+
+FIXTURE_SETUP(p2p)
+{
+	self->c = opts;
+	p2p_open(&self->c);
+}
+
+FIXTURE_TEARDOWN(p2p)
+{
+	p2p_close(&self->c);
+}
+
+FIXTURE(p2p_refused) {
+	struct p2p_ctx c;
+};
+
+FIXTURE_SETUP(p2p_refused)
+{
+	self->c = opts;
+	self->c.refused = true;
+	p2p_open(&self->c);
+}
+
+FIXTURE_TEARDOWN(p2p_refused)
+{
+	p2p_close(&self->c);
+}
+
+/*
+ * Seconds per test (the harness kills a test that takes longer and reports it
+ * failed): below the suite's 300 s boot timeout.
+ */
+#define P2P_TIMEOUT 90
+
+#define P2P_TEST(fixture, name)							\
+	TEST_F_TIMEOUT(fixture, name, P2P_TIMEOUT)				\
+	{									\
+		name(_metadata, &self->c);					\
+	}
+
+/* The tests of each plan, in this order. */
+P2P_TEST(p2p, p2pmem_published)
+P2P_TEST(p2p, p2p_distance_gpus)
+P2P_TEST(p2p, p2pmem_cpu_view)
+P2P_TEST(p2p, gpu_a_writes_gpu_b)
+P2P_TEST(p2p, gpu_a_reads_gpu_b)
+P2P_TEST(p2p, pin_needs_foll_pci_p2pdma)
+P2P_TEST(p2p, nvme_reads_into_gpu_p2pmem)
+P2P_TEST(p2p, nvme_writes_from_gpu_p2pmem)
+P2P_TEST(p2p, gpu_writes_nvme_cmb)
+
+P2P_TEST(p2p_refused, p2pmem_published)
+P2P_TEST(p2p_refused, p2p_distance_gpus)
+P2P_TEST(p2p_refused, p2pmem_cpu_view)
+P2P_TEST(p2p_refused, gpu_a_writes_gpu_b)
+P2P_TEST(p2p_refused, gpu_a_reads_gpu_b)
+P2P_TEST(p2p_refused, pin_needs_foll_pci_p2pdma)
+P2P_TEST(p2p_refused, bounce_is_logged)
+
+static uint64_t opt_bench_mib;
+
+static int option(const char *opt, const char *val)
+{
+	uint64_t *num = NULL;
+
+	if (!strcmp(opt, "--p2pmem-mb"))
+		num = &opts.p2pmem_mb;
+	else if (!strcmp(opt, "--bench"))
+		num = &opt_bench_mib;
+	if (!num || !val || vugpu_parse_u64(val, num) || !opts.p2pmem_mb || opts.p2pmem_mb > 4096 ||
+	    opt_bench_mib > 60)
+		return 0;
+	return 2;
 }
 
 int main(int argc, char **argv)
 {
-	struct p2p_ctx c = { .p2pmem_mb = 32 };
 	const char *mode = getenv("VUGPU_P2P_MODE");
-	const struct ktap_case *cases = switch_cases;
-	unsigned int n = KTAP_ARRAY_SIZE(switch_cases), i, failed;
-	struct ktap_totals tot = { 0 };
-	uint64_t first = 1, bench_mib = 0;
-	bool header = true;
-	int a;
+	const char *usage = "[--p2pmem-mb N] [--bench MIB] (VUGPU_P2P_MODE=switch|refused selects the plan)";
+	char **rest, **argv2;
+	int n = vugpu_harness_opts(argc, argv, option, usage, &rest);
 
-	if (mode && !strcmp(mode, "refused")) {
-		c.refused = true;
-		cases = refused_cases;
-		n = KTAP_ARRAY_SIZE(refused_cases);
-	} else if (mode && strcmp(mode, "switch")) {
-		usage();
+	if (n < 0)
+		return 2;
+	if (mode && strcmp(mode, "refused") && strcmp(mode, "switch")) {
+		fprintf(stderr, "%s: VUGPU_P2P_MODE must be switch or refused\nusage: %s %s\n", argv[0],
+			argv[0], usage);
 		return 2;
 	}
-	for (a = 1; a < argc; a++) {
-		const char *opt = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
-		uint64_t *num = NULL;
+	if (opt_bench_mib) {
+		/* A measurement, not tests: "# bench" lines, no TAP. */
+		struct p2p_ctx c = opts;
+		int ret;
 
-		if (!strcmp(opt, "--count")) {
-			printf("%u\n", n);
-			return 0;
-		} else if (!strcmp(opt, "--list")) {
-			for (i = 0; i < n; i++)
-				printf("%s\n", cases[i].name);
-			return 0;
-		} else if (!strcmp(opt, "--no-header")) {
-			header = false;
-			continue;
-		} else if (!strcmp(opt, "--first")) {
-			num = &first;
-		} else if (!strcmp(opt, "--p2pmem-mb")) {
-			num = &c.p2pmem_mb;
-		} else if (!strcmp(opt, "--bench")) {
-			num = &bench_mib;
-		}
-		if (!num || !val || vugpu_parse_u64(val, num) || first > 100000 || !c.p2pmem_mb ||
-		    c.p2pmem_mb > 4096 || bench_mib > 60) {
-			usage();
-			return 2;
-		}
-		a++;
+		p2p_open(&c);
+		ret = bench(&c, opt_bench_mib);
+		p2p_close(&c);
+		return ret;
 	}
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (header && !bench_mib)
-		ktap_print_header(n);
-	c.ndevs = vugpu_find_devs(VUGPU_PCI_VENDOR_ID, VUGPU_PCI_DEVICE_ID, c.devs, VUGPU_MAX_DEVS);
-	if (c.ndevs < 0)
-		c.ndevs = 0;
-	for (a = 0; a < c.ndevs; a++) {
-		int ret = vugpu_open(&c.devs[a], 2000);
-
-		if (ret)
-			printf("# %s: cannot open its /dev/vugpuN: %s\n", c.devs[a].bdf, err_str(ret));
-	}
-	c.a = &c.devs[0];
-	c.b = &c.devs[c.ndevs > 1 ? 1 : 0];
-	if (c.ndevs == 0)
-		c.devs[0].fd = -1;
-	find_nvme(&c);
-	if (bench_mib)
-		return bench(&c, bench_mib);
-	failed = ktap_run(cases, n, (unsigned int)first, &c, &tot);
-	if (header)
-		ktap_print_totals(&tot);
-	for (a = 0; a < c.ndevs; a++)
-		vugpu_close(&c.devs[a]);
-	return failed ? 1 : 0;
+	/* The plan: the harness's fixture filter, ahead of any filter given. */
+	argv2 = calloc((size_t)n + 3, sizeof(*argv2));
+	if (!argv2)
+		return 1;
+	argv2[0] = rest[0];
+	argv2[1] = "-f";
+	argv2[2] = mode && !strcmp(mode, "refused") ? "p2p_refused" : "p2p";
+	memcpy(argv2 + 3, rest + 1, (size_t)(n - 1) * sizeof(*argv2));
+	return test_harness_run(n + 2, argv2);
 }

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * vugpu-smoke - first-contact tests for vugpu GPUs in a guest, as KTAP.
+ * vugpu-smoke - first-contact tests for vugpu GPUs in a guest, on the
+ * kernel's kselftest harness (see vugpu_harness.h): fixture "smoke", each
+ * test in a process of its own that finds and opens the GPUs itself.
  *
  * Runs against every function with the vugpu vendor/device ID and the
  * vugpu.ko test driver (kmod/), in this order:
@@ -16,10 +18,9 @@
  *       kernel log.
  *
  * Usage: vugpu-smoke [--vendor ID] [--device ID] [--subsystem-vendor ID]
- *                    [--subsystem-device ID] [--module PATH]
- *                    [--first N] [--no-header] [--count] [--list]
- * --first/--no-header let a shell suite splice the results into its own KTAP
- * document (numbering starts at N, no version/plan lines).  Exit status: 0
+ *                    [--subsystem-device ID] [--module PATH] [HARNESS OPTIONS]
+ * where the harness's options select tests (-t NAME, -T NAME, -l lists them,
+ * -h).  Output is the harness's TAP (results "smoke.NAME").  Exit status: 0
  * when no test failed, 1 otherwise, 2 on bad usage.  Needs root.
  */
 #define _GNU_SOURCE
@@ -29,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "smoke.h"
 
@@ -106,42 +108,6 @@ int probe_read(volatile uint32_t *p, uint32_t *val)
 	return sig;
 }
 
-static const struct ktap_case smoke_cases[] = {
-	/* (a) */
-	KTAP_CASE(pci_enumeration),
-	KTAP_CASE(config_header),
-	KTAP_CASE(cap_power_management),
-	KTAP_CASE(cap_msix),
-	KTAP_CASE(cap_pcie),
-	KTAP_CASE(cap_aer),
-	KTAP_CASE(cap_resizable_bar),
-	KTAP_CASE(cap_device_serial_number),
-	KTAP_CASE(bar_layout),
-	KTAP_CASE(driver_binding),
-	/* (b) */
-	KTAP_CASE(regs_identity),
-	KTAP_CASE(regs_engine_info),
-	KTAP_CASE(regs_vram_size),
-	KTAP_CASE(regs_scratch),
-	KTAP_CASE(regs_access_types),
-	/* (c) */
-	KTAP_CASE(vram_bar_to_window),
-	KTAP_CASE(vram_window_to_bar),
-	KTAP_CASE(vram_mmap),
-	KTAP_CASE(vram_window_index),
-	KTAP_CASE(ioctl_validation),
-	/* (d) */
-	KTAP_CASE(msix_all_vectors),
-	/* (e) */
-	KTAP_CASE(flr),
-	KTAP_CASE(sysfs_reset),
-	KTAP_CASE(soft_reset),
-	/* (f) */
-	KTAP_CASE(unbind_rebind),
-	KTAP_CASE(module_reload),
-	KTAP_CASE(dmesg_clean),
-};
-
 static void discover(struct smoke *s)
 {
 	struct vugpu_dev *d;
@@ -153,14 +119,47 @@ static void discover(struct smoke *s)
 		int ret;
 
 		if (vugpu_read_config(d))
-			ktap_diag("%s: cannot read config: %s", d->bdf, strerror(errno));
+			diag("%s: cannot read config: %s", d->bdf, strerror(errno));
 		if (vugpu_read_resources(d))
-			ktap_diag("%s: cannot parse sysfs resource", d->bdf);
+			diag("%s: cannot parse sysfs resource", d->bdf);
 		ret = vugpu_open(d, OPEN_WAIT_MS);
 		if (ret)
-			ktap_diag("%s: cannot open its /dev/vugpuN: %s", d->bdf, err_str(ret));
+			diag("%s: cannot open its /dev/vugpuN: %s", d->bdf, err_str(ret));
 	}
 }
+
+/* The options, filled in by main() before the tests run. */
+static struct smoke opts = {
+	.vendor = VUGPU_PCI_VENDOR_ID,
+	.device = VUGPU_PCI_DEVICE_ID,
+	.subsys_vendor = VUGPU_PCI_SUBSYS_VENDOR_ID,
+	.subsys_device = VUGPU_PCI_SUBSYS_ID,
+	.module_path = "/lib/modules/vugpu.ko",
+};
+
+/* Each test process finds the functions and opens their /dev/vugpuN afresh. */
+FIXTURE(smoke) {
+	struct smoke s;
+};
+
+FIXTURE_SETUP(smoke)
+{
+	self->s = opts;
+	discover(&self->s);
+}
+
+FIXTURE_TEARDOWN(smoke)
+{
+	int i;
+
+	for (i = 0; i < self->s.ndevs; i++)
+		vugpu_close(&self->s.devs[i]);
+}
+
+/* The tests, in this order. */
+#include "smoke_enum.c"
+#include "smoke_mem.c"
+#include "smoke_reset.c"
 
 static int parse_num(const char *s, unsigned int *out)
 {
@@ -175,72 +174,36 @@ static int parse_num(const char *s, unsigned int *out)
 	return 0;
 }
 
-static void usage(void)
+static int option(const char *opt, const char *val)
 {
-	fprintf(stderr,
-		"usage: vugpu-smoke [--vendor ID] [--device ID] [--subsystem-vendor ID]\n"
-		"                   [--subsystem-device ID] [--module PATH]\n"
-		"                   [--first N] [--no-header] [--count] [--list]\n");
+	unsigned int *num = NULL;
+
+	if (!strcmp(opt, "--module") && val) {
+		opts.module_path = val;
+		return 2;
+	} else if (!strcmp(opt, "--vendor")) {
+		num = &opts.vendor;
+	} else if (!strcmp(opt, "--device")) {
+		num = &opts.device;
+	} else if (!strcmp(opt, "--subsystem-vendor")) {
+		num = &opts.subsys_vendor;
+	} else if (!strcmp(opt, "--subsystem-device")) {
+		num = &opts.subsys_device;
+	}
+	return num && val && !parse_num(val, num) ? 2 : 0;
 }
 
 int main(int argc, char **argv)
 {
-	struct smoke s = {
-		.vendor = VUGPU_PCI_VENDOR_ID,
-		.device = VUGPU_PCI_DEVICE_ID,
-		.subsys_vendor = VUGPU_PCI_SUBSYS_VENDOR_ID,
-		.subsys_device = VUGPU_PCI_SUBSYS_ID,
-		.module_path = "/lib/modules/vugpu.ko",
-	};
-	unsigned int n = KTAP_ARRAY_SIZE(smoke_cases), first = 1, i, failed;
-	struct ktap_totals tot = { 0 };
-	bool header = true;
-	int a;
+	size_t len = sizeof(*opts.dead_vectors) * VUGPU_MAX_DEVS;
 
-	for (a = 1; a < argc; a++) {
-		const char *opt = argv[a], *val = a + 1 < argc ? argv[a + 1] : NULL;
-		unsigned int *num = NULL;
-
-		if (!strcmp(opt, "--count")) {
-			printf("%u\n", n);
-			return 0;
-		} else if (!strcmp(opt, "--list")) {
-			for (i = 0; i < n; i++)
-				printf("%s\n", smoke_cases[i].name);
-			return 0;
-		} else if (!strcmp(opt, "--no-header")) {
-			header = false;
-			continue;
-		} else if (!strcmp(opt, "--module") && val) {
-			s.module_path = val;
-			a++;
-			continue;
-		} else if (!strcmp(opt, "--vendor")) {
-			num = &s.vendor;
-		} else if (!strcmp(opt, "--device")) {
-			num = &s.device;
-		} else if (!strcmp(opt, "--subsystem-vendor")) {
-			num = &s.subsys_vendor;
-		} else if (!strcmp(opt, "--subsystem-device")) {
-			num = &s.subsys_device;
-		} else if (!strcmp(opt, "--first")) {
-			num = &first;
-		}
-		if (!num || !val || parse_num(val, num)) {
-			usage();
-			return 2;
-		}
-		a++;
+	opts.dead_vectors = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+				 -1, 0);
+	if (opts.dead_vectors == MAP_FAILED) {
+		perror("mmap");
+		return 1;
 	}
-
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (header)
-		ktap_print_header(n);
-	discover(&s);
-	failed = ktap_run(smoke_cases, n, first, &s, &tot);
-	if (header)
-		ktap_print_totals(&tot);
-	for (i = 0; i < (unsigned int)(s.ndevs > 0 ? s.ndevs : 0); i++)
-		vugpu_close(&s.devs[i]);
-	return failed ? 1 : 0;
+	return vugpu_harness_main(argc, argv, option,
+				  "[--vendor ID] [--device ID] [--subsystem-vendor ID] "
+				  "[--subsystem-device ID] [--module PATH]");
 }

@@ -22,10 +22,6 @@
 #                            suite_program_arg ARG... (-> SUITE_ARGS) and
 #                            suite_select_function WORD (vugpu.vendor=ID /
 #                            vugpu.device=ID -> both, as --vendor ID).
-#   suite_tests PROGRAM      the program whose tests are spliced in: sets
-#                            SUITE_NTESTS (`PROGRAM --count`, 0 if missing or
-#                            garbage) and SUITE_NSLOTS (results it takes in
-#                            the plan: SUITE_NTESTS, or 1 for its failure).
 #   suite_load_module        insmod MODULE MODULE_PARAMS, wait up to 5 s for
 #                            the driver; SUITE_LOAD_ST 0 ok / 1 failed.  May
 #                            run before or after the plan: it prints nothing.
@@ -46,14 +42,21 @@
 #                            VUGPU_GPUS functions, and prints "# vugpu
 #                            functions bound to the driver: B of N attached",
 #                            which the runner checks as well.
-#   suite_splice [--timed] N [ARGS]
-#                            runs PROGRAM --no-header --first N ARGS SUITE_ARGS,
-#                            streaming its KTAP as results N..N+SUITE_NSLOTS-1.
-#                            Results it did not print (crash, kill) are
-#                            reported failed under their --list names; a
-#                            nonzero exit with every result ok counts as one
-#                            failure; no program is one failed result.
-#                            --timed adds "# PROGRAM took S s".
+#   suite_harness [--timed] N PROGRAM [ARGS]
+#                            result N PROGRAM (with - as _), whose subtests
+#                            are the results of PROGRAM ARGS SUITE_ARGS, a
+#                            program on the kernel's kselftest harness
+#                            (guest-tests/user/vugpu_harness.h): its TAP,
+#                            stdout and stderr, indented as KTAP subtests.
+#                            The harness runs each test in a process of its
+#                            own, so a crashed test is one failed subtest;
+#                            results it never printed (the program itself
+#                            killed) are reported failed.  N fails if a
+#                            subtest failed or the program exited nonzero;
+#                            no program is one failed result.  Each test's
+#                            "# wall time: S s" precedes its result; --timed
+#                            adds "# PROGRAM took S s".  Takes one slot of
+#                            the plan.
 #   suite_modprobe N MOD [PATH...]
 #                            result N load_MOD: MOD already in the kernel
 #                            (/sys/module/MOD: loaded by /init from the
@@ -114,19 +117,6 @@ suite_select_function() { # suite_select_function vugpu.{vendor,device}=ID
 	suite_module_param "$1"
 	_s_opt=${1#vugpu.}
 	suite_program_arg "--${_s_opt%%=*}" "${_s_opt#*=}"
-}
-
-suite_tests() { # suite_tests PROGRAM
-	SUITE_PROGRAM=$1
-	SUITE_NTESTS=0
-	if command -v "$1" >/dev/null 2>&1; then
-		SUITE_NTESTS=$("$1" --count 2>/dev/null)
-		"$1" --list > "$SUITE_TMP/names" 2>/dev/null
-	fi
-	case "$SUITE_NTESTS" in ''|*[!0-9]*) SUITE_NTESTS=0 ;; esac
-	# Without the program its slot is one failed result.
-	SUITE_NSLOTS=$SUITE_NTESTS
-	[ "$SUITE_NSLOTS" -gt 0 ] || SUITE_NSLOTS=1
 }
 
 # --- the driver --------------------------------------------------------------------
@@ -232,46 +222,74 @@ suite_report_load() { # suite_report_load N
 	ktap_result "$1" insmod_vugpu "$_s_st"
 }
 
-suite_splice() { # suite_splice [--timed] N [ARGS]
+suite_harness() { # suite_harness [--timed] N PROGRAM [ARGS]
 	_s_timed=
 	if [ "$1" = --timed ]; then
 		_s_timed=1
 		shift
 	fi
-	_s_first=$1
-	shift
-	_s_prog=$SUITE_PROGRAM
-	_s_fallback=$(echo "$_s_prog" | tr - _)
-	if [ "$SUITE_NTESTS" -eq 0 ]; then
-		echo "# $_s_prog not found in PATH or does not list its tests"
-		ktap_result "$_s_first" "$_s_fallback" 1
+	_s_n=$1 _s_prog=$2
+	shift 2
+	_s_name=$(echo "$_s_prog" | tr - _)
+	if ! command -v "$_s_prog" >/dev/null 2>&1; then
+		echo "# $_s_prog not found in PATH"
+		ktap_result "$_s_n" "$_s_name" 1
 		return
 	fi
 	_s_start=$(cut -d' ' -f1 /proc/uptime)
 	# Streamed as it runs; the exit status travels through a file.
 	# shellcheck disable=SC2086 # SUITE_ARGS are split on purpose
-	{ "$_s_prog" --no-header --first "$_s_first" "$@" $SUITE_ARGS; echo $? > "$SUITE_TMP/rc"; } |
-		tee "$SUITE_TMP/out"
+	{ "$_s_prog" "$@" $SUITE_ARGS 2>&1; echo $? > "$SUITE_TMP/rc"; } |
+		awk -v counts="$SUITE_TMP/counts" -v prog="$_s_prog" '
+		function out(s) { print "    " s; fflush() }
+		function now(   t, a) {
+			getline t < "/proc/uptime"; close("/proc/uptime")
+			split(t, a, " "); return a[1] + 0
+		}
+		/^TAP version/ { out("KTAP version 1"); next }
+		/^1\.\.[0-9]+/ { plan = substr($0, 4) + 0; out($0); next }
+		/^(not )?ok [0-9]+ / {
+			n++
+			if ($0 ~ /# [Ss][Kk][Ii][Pp]/) skip++
+			else if ($0 ~ /^not ok/) fail++
+			else pass++
+			if (running != "")
+				out(sprintf("# wall time: %.2f s", now() - started))
+			running = ""
+			out($0); next
+		}
+		/^#  RUN / { running = $3; started = now() }
+		/^$/ { next }
+		/^#/ { out($0); next }
+		{ out("# " $0) }
+		END {
+			if (plan == 0 && n == 0) {
+				out("KTAP version 1"); out("1..1")
+				out("# " prog " printed no plan and no result")
+				out("not ok 1 " prog "_output"); fail++; n = 1; plan = 1
+			}
+			for (i = n + 1; i <= plan; i++) {
+				name = (i == n + 1 && running != "") ? running : "test_" i
+				out("# " prog " ended (killed?) before reporting this test")
+				out("not ok " i " " name)
+				fail++
+			}
+			printf "%d %d %d\n", pass, fail, skip > counts
+		}'
 	_s_rc=$(cat "$SUITE_TMP/rc" 2>/dev/null)
-	_s_done=$(grep -cE '^(not )?ok [0-9]+ ' "$SUITE_TMP/out")
-	SUITE_FAILED=$((SUITE_FAILED + $(grep -cE '^not ok [0-9]+ ' "$SUITE_TMP/out")))
-	# A crash or kill leaves results missing: report each one as failed.
-	_s_i=$((_s_done + 1))
-	while [ "$_s_i" -le "$SUITE_NTESTS" ]; do
-		_s_name=$(sed -n "${_s_i}p" "$SUITE_TMP/names")
-		echo "# $_s_prog exited (status ${_s_rc:-unknown}) before reporting ${_s_name:-test $_s_i}"
-		ktap_result $((_s_first + _s_i - 1)) "${_s_name:-${_s_fallback}_$_s_i}" 1
-		_s_i=$((_s_i + 1))
-	done
-	if [ "${_s_rc:-1}" -ne 0 ] && ! grep -qE '^not ok ' "$SUITE_TMP/out" &&
-		[ "$_s_done" -eq "$SUITE_NTESTS" ]; then
+	read -r _s_pass _s_fail _s_skip < "$SUITE_TMP/counts"
+	_s_st=0
+	[ "$_s_fail" -eq 0 ] || _s_st=1
+	if [ "${_s_rc:-1}" -ne 0 ] && [ "$_s_fail" -eq 0 ]; then
 		# Everything reported ok but the program still failed: do not pass.
-		echo "# $_s_prog exit status $_s_rc with no failed test"
-		SUITE_FAILED=$((SUITE_FAILED + 1))
+		echo "# $_s_prog exit status ${_s_rc:-unknown} with no failed test"
+		_s_st=1
 	fi
 	if [ -n "$_s_timed" ]; then
 		echo "# $_s_prog took $(awk -v s="$_s_start" -v e="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", e - s }') s"
 	fi
+	echo "# $_s_prog: pass $_s_pass fail $_s_fail skip $_s_skip"
+	ktap_result "$_s_n" "$_s_name" "$_s_st"
 }
 
 suite_wait_char() { # suite_wait_char PATH: up to 3 s for a character device node; 0 if it appeared
