@@ -89,6 +89,10 @@ pub struct ServerSample {
     pub fds: usize,
     /// Mappings of memfds (guest RAM, and the VRAM) in /proc/PID/maps.
     pub memfd_maps: usize,
+    /// Threads (/proc/PID/task).
+    pub threads: usize,
+    /// Resident set in KiB (VmRSS), reported only: it moves with the allocator.
+    pub rss_kib: u64,
 }
 
 impl ServerSample {
@@ -96,11 +100,43 @@ impl ServerSample {
     pub fn of(pid: u32) -> Option<ServerSample> {
         let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
         let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let threads = fs::read_dir(format!("/proc/{pid}/task")).ok()?.count();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         Some(ServerSample {
             fds,
             memfd_maps: maps.lines().filter(|l| l.contains("/memfd:")).count(),
+            threads,
+            rss_kib: vm_rss_kib(&status).unwrap_or(0),
         })
     }
+
+    /// The same fds, memfd maps and threads (a session's resources all given back).
+    pub fn same_resources(&self, o: &ServerSample) -> bool {
+        (self.fds, self.memfd_maps, self.threads) == (o.fds, o.memfd_maps, o.threads)
+    }
+
+    /// Fewer fds and memfd maps than `o`, and no more threads (one of several sessions went).
+    pub fn dropped_from(&self, o: &ServerSample) -> bool {
+        self.fds < o.fds && self.memfd_maps < o.memfd_maps && self.threads <= o.threads
+    }
+
+    fn brief(&self) -> String {
+        format!(
+            "{} fds, {} memfd maps, {} threads, RSS {} KiB",
+            self.fds, self.memfd_maps, self.threads, self.rss_kib
+        )
+    }
+}
+
+/// `VmRSS:` of a /proc/PID/status text, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A QMP connection.
@@ -302,9 +338,9 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
                     let s = ServerSample::of(pid);
                     let done = s.is_some_and(|s| {
                         if single {
-                            s == base
+                            s.same_resources(&base)
                         } else {
-                            before.is_some_and(|b| s.fds < b.fds && s.memfd_maps < b.memfd_maps)
+                            before.is_some_and(|b| s.dropped_from(&b))
                         }
                     });
                     if done || Instant::now() > end {
@@ -313,19 +349,16 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
                     thread::sleep(Duration::from_millis(50));
                 };
                 let text = format!(
-                    "unplug {unplugs}: {id} deleted after {dt:.1?}; server fds {} -> {}, memfd maps {} -> {} (before any client: {} fds, {} maps)",
-                    before.map_or(0, |b| b.fds),
-                    after.map_or(0, |a| a.fds),
-                    before.map_or(0, |b| b.memfd_maps),
-                    after.map_or(0, |a| a.memfd_maps),
-                    base.fds,
-                    base.memfd_maps
+                    "unplug {unplugs}: {id} deleted after {dt:.1?}; server {} -> {} (before any client: {})",
+                    before.map_or("?".into(), |b| b.brief()),
+                    after.map_or("?".into(), |a| a.brief()),
+                    base.brief()
                 );
                 let ok = after.is_some_and(|a| {
                     if single {
-                        a == base
+                        a.same_resources(&base)
                     } else {
-                        before.is_some_and(|b| a.fds < b.fds && a.memfd_maps < b.memfd_maps)
+                        before.is_some_and(|b| a.dropped_from(&b))
                     }
                 });
                 note(!ok, text);
@@ -369,11 +402,9 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
                 note(
                     !ok,
                     format!(
-                        "replug {replugs}: {id} added in {dt:.1?}; server fds {}, memfd maps {} (before the unplug: {}, {})",
-                        now.map_or(0, |s| s.fds),
-                        now.map_or(0, |s| s.memfd_maps),
-                        before.map_or(0, |b| b.fds),
-                        before.map_or(0, |b| b.memfd_maps)
+                        "replug {replugs}: {id} added in {dt:.1?}; server {} (before the unplug: {})",
+                        now.map_or("?".into(), |s| s.brief()),
+                        before.map_or("?".into(), |b| b.brief())
                     ),
                 );
             }
@@ -430,6 +461,37 @@ mod tests {
     fn samples_this_process() {
         let s = ServerSample::of(std::process::id()).unwrap();
         assert!(s.fds >= 3);
+        assert!(s.threads >= 1);
+        assert!(s.rss_kib > 0);
         assert_eq!(ServerSample::of(u32::MAX), None);
+    }
+
+    #[test]
+    fn sample_comparisons() {
+        let base = ServerSample {
+            fds: 20,
+            memfd_maps: 2,
+            threads: 3,
+            rss_kib: 9000,
+        };
+        let session = ServerSample {
+            fds: 43,
+            memfd_maps: 7,
+            threads: 4,
+            rss_kib: 12000,
+        };
+        // RSS does not count; a thread left behind does.
+        assert!(ServerSample {
+            rss_kib: 11000,
+            ..base
+        }
+        .same_resources(&base));
+        assert!(!ServerSample { threads: 4, ..base }.same_resources(&base));
+        assert!(!ServerSample { fds: 21, ..base }.same_resources(&base));
+        assert!(base.dropped_from(&session));
+        assert!(!ServerSample { threads: 5, ..base }.dropped_from(&session));
+        assert!(!session.dropped_from(&session));
+        assert_eq!(vm_rss_kib("Name:\tx\nVmRSS:\t  1234 kB\n"), Some(1234));
+        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
     }
 }

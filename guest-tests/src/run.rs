@@ -660,8 +660,8 @@ fn qemu_command(env: &Env, args: &[String], binds: &[(PathBuf, String)]) -> Comm
             c.args(args);
             c
         }
-        (QemuBinary::InRoot { .. }, Some(root)) => {
-            let mut argv = vec!["qemu-system-x86_64".to_string()];
+        (QemuBinary::InRoot { program, .. }, Some(root)) => {
+            let mut argv = vec![program.clone()];
             argv.extend(args.iter().cloned());
             root.command_with_binds(&argv, binds)
         }
