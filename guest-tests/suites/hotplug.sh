@@ -23,7 +23,7 @@
 #   3r-1       unplug_during_dma_r: a DMA loop runs on every engine (guest
 #              RAM -> VRAM -> guest RAM, 1 MiB jobs) and has completed jobs;
 #              the unplug is requested; the function leaves the PCI bus
-#              within 60 s (pciehp waits 5 s after the attention button),
+#              within 60 s (q35 ejects through ACPI PCI hotplug: ~0.1 s),
 #              the driver logs "removed", and every DMA loop ends (its
 #              ioctl or open fails: the device is gone)
 #   3r         dmesg_clean_after_unplug_r: no WARNING:/BUG:/Oops/Call Trace
