@@ -12,8 +12,8 @@
 //! the runner checks the server's side: after an unplug the server process must be back to the
 //! open fds, guest-RAM mappings and threads it had before any client connected (the session and
 //! every DMA map are gone) and the GPU's control socket must report no DMA window held; after a
-//! re-plug it must have more fds and mappings again and report DMA windows (a new session with
-//! its maps). Each step is one line in `RUN/hotplug.log` and on stderr; a failed check fails the
+//! re-plug it must have more fds again and report DMA windows (a new session with its maps;
+//! without a control socket, more guest-RAM mappings). Each step is one line in `RUN/hotplug.log` and on stderr; a failed check fails the
 //! run (exit 1).
 //! Steps run on their own thread, in order, so the watch loop keeps reading the console.
 
