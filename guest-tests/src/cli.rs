@@ -95,7 +95,8 @@ pub struct EnvArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub modules: Vec<String>,
     /// Use this QEMU binary (host path; must be >= 10.1 with vfio-user-pci) instead of the host's
-    /// qemu-system-x86_64 or the one in the trixie root.
+    /// qemu-system-x86_64 or the one in the trixie root. A binary under the trixie root (symlinks
+    /// resolved, e.g. what scripts/build-qemu-hotplugfix makes) runs inside the root.
     #[arg(long, value_name = "PATH")]
     pub qemu: Option<PathBuf>,
     /// The guest-tests directory (kmod/, user/, suites/, initramfs/).

@@ -235,7 +235,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Env, ProvisionError> {
     let Some(busybox) = busybox.filter(|_| missing.is_empty()) else {
         return Err(ProvisionError::HostOnly(lacks_message(&missing)));
     };
-    let version = provision::probe_qemu(|| Command::new(qemu_path)).map_err(|why| {
+    let (_, banner) = provision::probe_qemu(|| Command::new(qemu_path)).map_err(|why| {
         ProvisionError::Qemu(format!("{} cannot be used: {why}", qemu_path.display()))
     })?;
     let kernel = kernel::custom_kernel(image, Some(build_dir), config.as_deref())?;
@@ -256,7 +256,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Env, ProvisionError> {
         toolchain: Toolchain::Host { busybox },
         qemu: QemuBinary::Host {
             path: qemu_path.clone(),
-            version,
+            banner,
         },
         kernel,
     })

@@ -10,9 +10,11 @@
 //!
 //! The guest sees the result through PCI (the function disappears, then comes back and binds);
 //! the runner checks the server's side: after an unplug the server process must be back to the
-//! open fds and guest-RAM mappings it had before any client connected (the session and every DMA
-//! map are gone), after a re-plug it must have more again (a new session with its maps). Each
-//! step is one line in `RUN/hotplug.log` and on stderr; a failed check fails the run (exit 1).
+//! open fds, guest-RAM mappings and threads it had before any client connected (the session and
+//! every DMA map are gone) and the GPU's control socket must report no DMA window held; after a
+//! re-plug it must have more fds again and report DMA windows (a new session with its maps;
+//! without a control socket, more guest-RAM mappings). Each step is one line in `RUN/hotplug.log` and on stderr; a failed check fails the
+//! run (exit 1).
 //! Steps run on their own thread, in order, so the watch loop keeps reading the console.
 
 use std::fs::{self, OpenOptions};
@@ -89,6 +91,10 @@ pub struct ServerSample {
     pub fds: usize,
     /// Mappings of memfds (guest RAM, and the VRAM) in /proc/PID/maps.
     pub memfd_maps: usize,
+    /// Threads (/proc/PID/task).
+    pub threads: usize,
+    /// Resident set in KiB (VmRSS), reported only: it moves with the allocator.
+    pub rss_kib: u64,
 }
 
 impl ServerSample {
@@ -96,10 +102,116 @@ impl ServerSample {
     pub fn of(pid: u32) -> Option<ServerSample> {
         let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
         let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let threads = fs::read_dir(format!("/proc/{pid}/task")).ok()?.count();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         Some(ServerSample {
             fds,
             memfd_maps: maps.lines().filter(|l| l.contains("/memfd:")).count(),
+            threads,
+            rss_kib: vm_rss_kib(&status).unwrap_or(0),
         })
+    }
+
+    /// The counts of server `pid` before any client, once it is fully up: every GPU's event-loop
+    /// thread (`vugpu-gpuK`, spawned last for each GPU, after the control-socket threads: see
+    /// device/src/serve.rs) exists, at most `limit` after the call. The sockets exist before
+    /// those threads start: sampled as soon as the socket appeared, a loaded machine gave 5
+    /// threads instead of 7 and every unplug's exact thread check then failed. After `limit`
+    /// the server is sampled as it is (the checks then say what differs).
+    pub fn when_up(pid: u32, gpu_ids: &[String], limit: Duration) -> Option<ServerSample> {
+        let end = Instant::now() + limit;
+        loop {
+            let names = thread_names(pid);
+            let up = gpu_ids
+                .iter()
+                .all(|id| names.iter().any(|n| *n == format!("vugpu-{id}")));
+            if up || names.is_empty() || Instant::now() > end {
+                return ServerSample::of(pid);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The same fds, memfd maps and threads (a session's resources all given back).
+    pub fn same_resources(&self, o: &ServerSample) -> bool {
+        (self.fds, self.memfd_maps, self.threads) == (o.fds, o.memfd_maps, o.threads)
+    }
+
+    /// Fewer fds and memfd maps than `o`, and no more threads (one of several sessions went).
+    pub fn dropped_from(&self, o: &ServerSample) -> bool {
+        self.fds < o.fds && self.memfd_maps < o.memfd_maps && self.threads <= o.threads
+    }
+
+    fn brief(&self) -> String {
+        format!(
+            "{} fds, {} memfd maps, {} threads, RSS {} KiB",
+            self.fds, self.memfd_maps, self.threads, self.rss_kib
+        )
+    }
+}
+
+/// The names of process `pid`'s threads (`/proc/PID/task/TID/comm`, at most 15 bytes each).
+pub fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim_end().to_string())
+        .collect()
+}
+
+/// `VmRSS:` of a /proc/PID/status text, in KiB.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The DMA windows a GPU's session holds, as its control socket reports them (`stats`,
+/// device/src/ctl.rs: `device.dma_windows`, `device.dma_fd_windows`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaHeld {
+    /// DMA_MAP windows.
+    pub windows: u64,
+    /// Those that came with an fd (mapped by the server).
+    pub fd_windows: u64,
+}
+
+impl DmaHeld {
+    /// From a `stats` reply; `None` if it is not one.
+    pub fn from_stats(json: &str) -> Option<DmaHeld> {
+        let v: Value = serde_json::from_str(json).ok()?;
+        let d = v.get("device")?;
+        Some(DmaHeld {
+            windows: d.get("dma_windows")?.as_u64()?,
+            fd_windows: d.get("dma_fd_windows")?.as_u64()?,
+        })
+    }
+
+    /// Asks GPU `id`'s control socket; `None` if the GPU has none, `Err` if it does not answer.
+    fn query(ctl: &[(String, PathBuf)], id: &str) -> Option<Result<DmaHeld, String>> {
+        let (_, path) = ctl.iter().find(|(g, _)| g == id)?;
+        Some(
+            crate::servers::ctl_request(path, "stats")
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|r| {
+                    DmaHeld::from_stats(&r)
+                        .ok_or_else(|| format!("{}: not a stats reply", path.display()))
+                }),
+        )
+    }
+
+    fn brief(held: &Option<Result<DmaHeld, String>>) -> String {
+        match held {
+            None => "not watched".into(),
+            Some(Ok(h)) => format!("{} ({} with an fd)", h.windows, h.fd_windows),
+            Some(Err(e)) => format!("unknown ({e})"),
+        }
     }
 }
 
@@ -192,6 +304,9 @@ pub struct AgentConfig {
     pub devices: Vec<(String, Value)>,
     /// The server process, if known, and its counts before QEMU connected.
     pub server: Option<(u32, ServerSample)>,
+    /// The GPUs' control sockets (`SOCKET.ctl`, host paths) by id, for the DMA windows the
+    /// server holds; a GPU without one is not checked that way.
+    pub ctl: Vec<(String, PathBuf)>,
     /// `hotplug.log` in the run directory.
     pub log: PathBuf,
 }
@@ -265,6 +380,8 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
             Request::Unplug(id) => {
                 let t = Instant::now();
                 before = sample();
+                // After the fd sample: the control connection is an fd of the server too.
+                let held_before = DmaHeld::query(&cfg.ctl, &id);
                 if let Err(e) = q.execute("device_del", json!({ "id": id })) {
                     note(true, format!("device_del {id}: {e}"));
                     continue;
@@ -302,9 +419,9 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
                     let s = ServerSample::of(pid);
                     let done = s.is_some_and(|s| {
                         if single {
-                            s == base
+                            s.same_resources(&base)
                         } else {
-                            before.is_some_and(|b| s.fds < b.fds && s.memfd_maps < b.memfd_maps)
+                            before.is_some_and(|b| s.dropped_from(&b))
                         }
                     });
                     if done || Instant::now() > end {
@@ -312,22 +429,24 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
                     }
                     thread::sleep(Duration::from_millis(50));
                 };
+                // The session is gone: the GPU holds no DMA window.
+                let held = DmaHeld::query(&cfg.ctl, &id);
                 let text = format!(
-                    "unplug {unplugs}: {id} deleted after {dt:.1?}; server fds {} -> {}, memfd maps {} -> {} (before any client: {} fds, {} maps)",
-                    before.map_or(0, |b| b.fds),
-                    after.map_or(0, |a| a.fds),
-                    before.map_or(0, |b| b.memfd_maps),
-                    after.map_or(0, |a| a.memfd_maps),
-                    base.fds,
-                    base.memfd_maps
+                    "unplug {unplugs}: {id} deleted after {dt:.1?}; server {} -> {} (before any client: {}); DMA windows {} -> {}",
+                    before.map_or("?".into(), |b| b.brief()),
+                    after.map_or("?".into(), |a| a.brief()),
+                    base.brief(),
+                    DmaHeld::brief(&held_before),
+                    DmaHeld::brief(&held)
                 );
                 let ok = after.is_some_and(|a| {
                     if single {
-                        a == base
+                        a.same_resources(&base)
                     } else {
-                        before.is_some_and(|b| a.fds < b.fds && a.memfd_maps < b.memfd_maps)
+                        before.is_some_and(|b| a.dropped_from(&b))
                     }
-                });
+                }) && !matches!(&held, Some(Err(_)))
+                    && !matches!(&held, Some(Ok(h)) if h.windows != 0);
                 note(!ok, text);
             }
             Request::Replug(id) => {
@@ -365,15 +484,24 @@ fn agent(cfg: AgentConfig, rx: Receiver<Request>) {
                     }
                     thread::sleep(Duration::from_millis(50));
                 };
-                let ok = now.is_some_and(|s| s.fds > base.fds && s.memfd_maps > base.memfd_maps);
+                // The new session's DMA maps: the GPU holds windows again. Whether the server
+                // also mmaps them depends on the guest RAM (sealed memfds are mapped, unsealed
+                // ones are reached with pread/pwrite), so with the control socket's count the
+                // memfd mappings are only reported; without it they are the evidence.
+                let held = DmaHeld::query(&cfg.ctl, &id);
+                let ok = now.is_some_and(|s| s.fds > base.fds)
+                    && match &held {
+                        Some(Ok(h)) => h.windows > 0,
+                        Some(Err(_)) => false,
+                        None => now.is_some_and(|s| s.memfd_maps > base.memfd_maps),
+                    };
                 note(
                     !ok,
                     format!(
-                        "replug {replugs}: {id} added in {dt:.1?}; server fds {}, memfd maps {} (before the unplug: {}, {})",
-                        now.map_or(0, |s| s.fds),
-                        now.map_or(0, |s| s.memfd_maps),
-                        before.map_or(0, |b| b.fds),
-                        before.map_or(0, |b| b.memfd_maps)
+                        "replug {replugs}: {id} added in {dt:.1?}; server {} (before the unplug: {}); DMA windows {}",
+                        now.map_or("?".into(), |s| s.brief()),
+                        before.map_or("?".into(), |b| b.brief()),
+                        DmaHeld::brief(&held)
                     ),
                 );
             }
@@ -430,6 +558,102 @@ mod tests {
     fn samples_this_process() {
         let s = ServerSample::of(std::process::id()).unwrap();
         assert!(s.fds >= 3);
+        assert!(s.threads >= 1);
+        assert!(s.rss_kib > 0);
         assert_eq!(ServerSample::of(u32::MAX), None);
+    }
+
+    #[test]
+    fn baseline_waits_for_the_servers_threads() {
+        let me = std::process::id();
+        let (tx, rx) = mpsc::channel::<()>();
+        let t = thread::Builder::new()
+            .name("vugpu-gpu7".into())
+            .spawn(move || {
+                let _ = rx.recv();
+            })
+            .unwrap();
+        // A thread names itself once it runs (std sets the name from inside the new thread).
+        let t0 = Instant::now();
+        let s = ServerSample::when_up(me, &["gpu7".into()], Duration::from_secs(5)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert!(thread_names(me).iter().any(|n| n == "vugpu-gpu7"));
+        assert!(s.threads >= 2);
+        // Absent: sampled after the limit, not before.
+        let t0 = Instant::now();
+        assert!(ServerSample::when_up(me, &["gpu99".into()], Duration::from_millis(300)).is_some());
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        // A thread that starts late is waited for.
+        let (tx2, rx2) = mpsc::channel::<()>();
+        let late = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            thread::Builder::new()
+                .name("vugpu-gpu8".into())
+                .spawn(move || {
+                    let _ = rx2.recv();
+                })
+                .unwrap()
+        });
+        let t0 = Instant::now();
+        ServerSample::when_up(me, &["gpu8".into()], Duration::from_secs(5)).unwrap();
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        assert!(waited < Duration::from_secs(4), "{waited:?}");
+        drop((tx, tx2));
+        t.join().unwrap();
+        late.join().unwrap().join().unwrap();
+        assert!(thread_names(u32::MAX).is_empty());
+    }
+
+    #[test]
+    fn dma_windows_from_stats() {
+        let stats = r#"{"engines":[],"device":{"engines":4,"dma_windows":8,"dma_fd_windows":5,"dma_fd_bytes":2147483648},"p2p":[]}"#;
+        assert_eq!(
+            DmaHeld::from_stats(stats),
+            Some(DmaHeld {
+                windows: 8,
+                fd_windows: 5
+            })
+        );
+        assert_eq!(DmaHeld::from_stats(r#"{"device":{"dma_windows":8}}"#), None);
+        assert_eq!(DmaHeld::from_stats(r#"{"error":"unknown request"}"#), None);
+        assert_eq!(DmaHeld::from_stats("not json"), None);
+        // A GPU without a control socket is not checked; one that does not answer is an error.
+        assert_eq!(DmaHeld::query(&[], "gpu0"), None);
+        let missing = [(
+            "gpu0".to_string(),
+            PathBuf::from("/nonexistent/gpu0.sock.ctl"),
+        )];
+        assert!(matches!(DmaHeld::query(&missing, "gpu0"), Some(Err(_))));
+        assert_eq!(DmaHeld::query(&missing, "gpu1"), None);
+    }
+
+    #[test]
+    fn sample_comparisons() {
+        let base = ServerSample {
+            fds: 20,
+            memfd_maps: 2,
+            threads: 3,
+            rss_kib: 9000,
+        };
+        let session = ServerSample {
+            fds: 43,
+            memfd_maps: 7,
+            threads: 4,
+            rss_kib: 12000,
+        };
+        // RSS does not count; a thread left behind does.
+        assert!(ServerSample {
+            rss_kib: 11000,
+            ..base
+        }
+        .same_resources(&base));
+        assert!(!ServerSample { threads: 4, ..base }.same_resources(&base));
+        assert!(!ServerSample { fds: 21, ..base }.same_resources(&base));
+        assert!(base.dropped_from(&session));
+        assert!(!ServerSample { threads: 5, ..base }.dropped_from(&session));
+        assert!(!session.dropped_from(&session));
+        assert_eq!(vm_rss_kib("Name:\tx\nVmRSS:\t  1234 kB\n"), Some(1234));
+        assert_eq!(vm_rss_kib("Name:\tx\n"), None);
     }
 }

@@ -205,12 +205,8 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
             ),
         }
         match &env.qemu {
-            QemuBinary::Host { path, version } => {
-                println!("qemu:    {version} (host: {})", path.display())
-            }
-            QemuBinary::InRoot { version } => {
-                println!("qemu:    {version} (trixie-backports, in the root)")
-            }
+            QemuBinary::Host { .. } => println!("qemu:    {} (host)", env.qemu.label()),
+            QemuBinary::InRoot { .. } => println!("qemu:    {} (in the root)", env.qemu.label()),
         }
         println!("kernel:  {}", env.kernel.release);
         println!("image:   {}", env.kernel.image.display());
@@ -360,7 +356,7 @@ fn real_main(cli: Cli) -> Result<i32, Error> {
     let facts = run::RunFacts {
         kernel_release: env.kernel.release.clone(),
         kernel_options: kconfig.summary(&watched),
-        qemu: env.qemu.version().to_string(),
+        qemu: env.qemu.label(),
     };
     let expected_skips = spec
         .as_ref()

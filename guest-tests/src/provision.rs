@@ -166,15 +166,22 @@ pub enum QemuBinary {
     Host {
         /// Path.
         path: PathBuf,
-        /// Version.
-        version: QemuVersion,
+        /// What `--version` says (version and package version, see [`qemu::banner`]).
+        banner: String,
     },
-    /// `qemu-system-x86_64` inside the root, run through chroot.
+    /// A QEMU inside the root, run through chroot: the package's `qemu-system-x86_64`, or a
+    /// binary under the root given with `--qemu` (scripts/build-qemu-hotplugfix puts one there).
     InRoot {
-        /// Version.
-        version: QemuVersion,
+        /// What `--version` says.
+        banner: String,
+        /// The program as the root sees it (`qemu-system-x86_64`, found on the root's PATH, or
+        /// an absolute path inside the root).
+        program: String,
     },
 }
+
+/// The program name of the root's packaged QEMU.
+pub const ROOT_QEMU: &str = "qemu-system-x86_64";
 
 /// Where busybox and the tools that build the module and the test programs come from.
 #[derive(Clone, Debug)]
@@ -202,12 +209,28 @@ pub struct Env {
 }
 
 impl QemuBinary {
-    /// Its version.
-    pub fn version(&self) -> &QemuVersion {
+    /// Which QEMU this is, for the KTAP header, the summary and the JUnit properties: what
+    /// `--version` says, and where the binary is unless it is the root's packaged one.
+    pub fn label(&self) -> String {
         match self {
-            QemuBinary::Host { version, .. } | QemuBinary::InRoot { version } => version,
+            QemuBinary::Host { path, banner, .. } => format!("{banner}, {}", path.display()),
+            QemuBinary::InRoot {
+                banner, program, ..
+            } if program == ROOT_QEMU => banner.clone(),
+            QemuBinary::InRoot {
+                banner, program, ..
+            } => format!("{banner}, {program} in the trixie root"),
         }
     }
+}
+
+/// The path inside the root of a `--qemu` binary that lives under the root (symlinks resolved),
+/// or `None` for a host binary.
+pub fn program_in_root(root: &Path, qemu: &Path) -> Option<String> {
+    let root = fs::canonicalize(root).ok()?;
+    let real = fs::canonicalize(qemu).ok()?;
+    let rel = real.strip_prefix(&root).ok()?;
+    Some(format!("/{}", rel.to_str()?))
 }
 
 impl Env {
@@ -230,8 +253,8 @@ impl Env {
     /// One-line description.
     pub fn describe(&self) -> String {
         let q = match &self.qemu {
-            QemuBinary::Host { path, version } => format!("QEMU {version} ({})", path.display()),
-            QemuBinary::InRoot { version } => format!("QEMU {version} (in the trixie root)"),
+            QemuBinary::Host { .. } => format!("QEMU {}", self.qemu.label()),
+            QemuBinary::InRoot { .. } => format!("QEMU {} (in the trixie root)", self.qemu.label()),
         };
         let host_only = match self.toolchain {
             Toolchain::Root(_) => "",
@@ -315,7 +338,8 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Env, ProvisionError> {
     let host_qemu = p.host_qemu()?;
     p.ensure_tree()?;
     p.configure_apt()?;
-    let need_root_qemu = host_qemu.is_none();
+    // A QEMU under the root (`--qemu`) needs the root's libraries and firmware all the same.
+    let need_root_qemu = !matches!(host_qemu, Some(QemuBinary::Host { .. }));
     let kver = p.ensure_packages(need_root_qemu)?;
     let qemu = match host_qemu {
         Some(q) => q,
@@ -418,7 +442,8 @@ impl Provisioner<'_> {
         Ok(())
     }
 
-    /// The host's QEMU if it is new enough and has vfio-user-pci.
+    /// The host's QEMU if it is new enough and has vfio-user-pci; or the `--qemu` binary, which
+    /// runs inside the root when it lives under it.
     fn host_qemu(&self) -> Result<Option<QemuBinary>, ProvisionError> {
         let (path, explicit) = match &self.opts.qemu {
             Some(p) => (p.clone(), true),
@@ -427,8 +452,20 @@ impl Provisioner<'_> {
                 None => return Ok(None),
             },
         };
+        if let Some(program) = explicit
+            .then(|| program_in_root(self.root.path(), &path))
+            .flatten()
+        {
+            return match probe_qemu(|| self.root.command(&[program.as_str()])) {
+                Ok((_, banner)) => Ok(Some(QemuBinary::InRoot { banner, program })),
+                Err(why) => Err(ProvisionError::Qemu(format!(
+                    "{} (run inside the root as {program}) cannot be used: {why}",
+                    path.display()
+                ))),
+            };
+        }
         match probe_qemu(|| Command::new(&path)) {
-            Ok(version) => Ok(Some(QemuBinary::Host { path, version })),
+            Ok((_, banner)) => Ok(Some(QemuBinary::Host { path, banner })),
             Err(why) if explicit => Err(ProvisionError::Qemu(format!(
                 "{} cannot be used: {why}",
                 path.display()
@@ -446,8 +483,11 @@ impl Provisioner<'_> {
     }
 
     fn root_qemu(&self) -> Result<QemuBinary, ProvisionError> {
-        probe_qemu(|| self.root.command(&["qemu-system-x86_64"]))
-            .map(|version| QemuBinary::InRoot { version })
+        probe_qemu(|| self.root.command(&[ROOT_QEMU]))
+            .map(|(_, banner)| QemuBinary::InRoot {
+                banner,
+                program: ROOT_QEMU.to_string(),
+            })
             .map_err(|why| ProvisionError::Qemu(format!("QEMU in the root: {why}")))
     }
 
@@ -944,9 +984,9 @@ fn is_static(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `<qemu> --version` and `-device help` (`make` builds the base command); the version
-/// when it is usable.
-pub(crate) fn probe_qemu(make: impl Fn() -> Command) -> Result<QemuVersion, String> {
+/// Runs `<qemu> --version` and `-device help` (`make` builds the base command); the version and
+/// what `--version` says (see [`qemu::banner`]) when it is usable.
+pub(crate) fn probe_qemu(make: impl Fn() -> Command) -> Result<(QemuVersion, String), String> {
     let mut cmd = make();
     cmd.arg("--version");
     let text = process::output(cmd, "qemu --version", PROBE_LIMIT).map_err(|e| e.to_string())?;
@@ -965,7 +1005,8 @@ pub(crate) fn probe_qemu(make: impl Fn() -> Command) -> Result<QemuVersion, Stri
     if !qemu::lists_vfio_user(&devices) {
         return Err(format!("QEMU {version} has no vfio-user-pci device"));
     }
-    Ok(version)
+    let banner = qemu::banner(&text).unwrap_or_else(|| version.to_string());
+    Ok((version, banner))
 }
 
 #[cfg(test)]
@@ -977,6 +1018,43 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn qemu_under_the_root_runs_inside_it() {
+        let d = tmp("inroot");
+        let root = d.join("root");
+        let bin = root.join("opt/q/qemu-system-x86_64");
+        fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        fs::write(&bin, "").unwrap();
+        let link = d.join("qemu-fix");
+        std::os::unix::fs::symlink(root.join("opt/q"), &link).unwrap();
+        let host = d.join("host-qemu");
+        fs::write(&host, "").unwrap();
+        assert_eq!(
+            program_in_root(&root, &bin).as_deref(),
+            Some("/opt/q/qemu-system-x86_64")
+        );
+        assert_eq!(
+            program_in_root(&root, &link.join("qemu-system-x86_64")).as_deref(),
+            Some("/opt/q/qemu-system-x86_64")
+        );
+        assert_eq!(program_in_root(&root, &host), None);
+        assert_eq!(program_in_root(&root, &d.join("missing")), None);
+        let q = QemuBinary::InRoot {
+            banner: "11.1.3 (Debian 2~bpo13+1 +hotplugfix)".into(),
+            program: "/opt/q/qemu-system-x86_64".into(),
+        };
+        assert_eq!(
+            q.label(),
+            "11.1.3 (Debian 2~bpo13+1 +hotplugfix), /opt/q/qemu-system-x86_64 in the trixie root"
+        );
+        let q = QemuBinary::InRoot {
+            banner: "11.1.3 (Debian 1:11.1.3+ds-2~bpo13+1)".into(),
+            program: ROOT_QEMU.into(),
+        };
+        assert_eq!(q.label(), "11.1.3 (Debian 1:11.1.3+ds-2~bpo13+1)");
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -59,6 +59,15 @@ pub fn parse_version(text: &str) -> Option<QemuVersion> {
     })
 }
 
+/// What `--version` says after `QEMU emulator version` on its first line, e.g. `11.1.3 (Debian
+/// 1:11.1.3+ds-2~bpo13+1)`: the version and the package version, which tells builds of one
+/// version apart (a rebuilt or patched QEMU carries its own, see scripts/build-qemu-hotplugfix).
+pub fn banner(text: &str) -> Option<String> {
+    let line = text.lines().next()?;
+    let rest = line.split("version ").nth(1)?.trim();
+    (!rest.is_empty()).then(|| rest.to_string())
+}
+
 /// Whether `-device help` output lists the vfio-user client.
 pub fn lists_vfio_user(device_help: &str) -> bool {
     device_help.contains("name \"vfio-user-pci\"")
@@ -235,6 +244,21 @@ mod tests {
         let rc = parse_version("QEMU emulator version 10.1.0-rc2").unwrap();
         assert!(rc >= MIN_VERSION);
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn banners() {
+        assert_eq!(
+            banner("QEMU emulator version 11.1.3 (Debian 2~bpo13+1 +hotplugfix)\nCopyright")
+                .as_deref(),
+            Some("11.1.3 (Debian 2~bpo13+1 +hotplugfix)")
+        );
+        assert_eq!(
+            banner("QEMU emulator version 10.2.2\n").as_deref(),
+            Some("10.2.2")
+        );
+        assert_eq!(banner("garbage"), None);
+        assert_eq!(banner(""), None);
     }
 
     #[test]

@@ -660,8 +660,8 @@ fn qemu_command(env: &Env, args: &[String], binds: &[(PathBuf, String)]) -> Comm
             c.args(args);
             c
         }
-        (QemuBinary::InRoot { .. }, Some(root)) => {
-            let mut argv = vec!["qemu-system-x86_64".to_string()];
+        (QemuBinary::InRoot { program, .. }, Some(root)) => {
+            let mut argv = vec![program.clone()];
             argv.extend(args.iter().cloned());
             root.command_with_binds(&argv, binds)
         }
@@ -740,10 +740,13 @@ fn attempt(
             qemu_path(env, &qmp_sock)
         ));
     }
-    // The server's counts before QEMU connects (the hotplug agent's reference).
-    let server_before = servers
-        .pid()
-        .and_then(|pid| Some((pid, crate::hotplug::ServerSample::of(pid)?)));
+    // The server's counts before QEMU connects, once its threads are all up (the hotplug agent's
+    // reference).
+    let gpu_ids: Vec<String> = servers.iter().map(|s| s.id.clone()).collect();
+    let server_before = servers.pid().and_then(|pid| {
+        let s = crate::hotplug::ServerSample::when_up(pid, &gpu_ids, Duration::from_secs(10))?;
+        Some((pid, s))
+    });
     let cfg = QemuConfig {
         accel,
         memory_mib: req.memory_mib,
@@ -782,6 +785,10 @@ fn attempt(
             qmp: qmp_sock.clone(),
             devices: crate::hotplug::gpu_devices(&args),
             server: server_before,
+            ctl: servers
+                .iter()
+                .map(|s| (s.id.clone(), crate::servers::ctl_path(&s.socket)))
+                .collect(),
             log: run_dir.join(crate::hotplug::LOG_NAME),
         }));
     }
