@@ -214,3 +214,209 @@ fn ctl_trace_slow_reader_is_bounded_dropped_and_counted() {
     // The engines never waited for the reader, and stats still answers while it streams.
     assert_eq!(stats(&srv.socket)["engines"][0]["jobs"], rounds * 1000);
 }
+
+/// AER Uncorrectable Error Status (hw-spec §1.4) and its bits.
+const AER_UNCOR_STATUS: u64 = 0x104;
+const AER_UR: u32 = 1 << 20;
+const AER_INTERNAL: u32 = 1 << 22;
+
+fn inject(socket: &Path, words: &[&str]) {
+    let mut all = vec!["inject"];
+    all.extend_from_slice(words);
+    let (ok, v) = ctl(socket, &all);
+    assert!(ok, "{words:?}: {v}");
+    assert!(v["ok"].is_string(), "{v}");
+}
+
+#[test]
+fn inject_dma_error_fails_the_next_sys_descriptor_like_an_unsupported_request() {
+    let srv = ServerProcess::spawn(&["--engines", "2"]);
+    let mut r = Rig::new(srv.client(), 8 * MIB);
+    r.enable(1);
+    let data = SYS_IOVA + RING_AREA;
+    r.sys_write(data, &[9u8; 4096]);
+    inject(&srv.socket, &["dma-error", "engine=1"]);
+    assert_eq!(stats(&srv.socket)["inject"]["dma_error_pending"][1], 1);
+    // A VRAM-only descriptor does not use it up.
+    r.submit(
+        1,
+        &[RawDescriptor::fill(vram(0), 4096, 5).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(2, 5000), 1);
+    r.submit(
+        1,
+        &[RawDescriptor::copy(sys(data), vram(0x4000), 4096)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(0, 5000), 1, "vector 0");
+    assert_eq!(r.reg(1, offset::STATUS), 4, "ERROR");
+    assert_eq!(r.reg(1, offset::ERROR_CODE), 5, "SYS_UNMAPPED");
+    assert_eq!(r.reg64(1, offset::ERROR_ADDR_LO), data);
+    assert_eq!(r.reg(1, offset::RING_HEAD), 1, "HEAD stays on it");
+    assert_ne!(r.dev_reg(0xa0) & 2, 0, "ERR_CAUSE bit 1");
+    assert_ne!(r.config32(AER_UNCOR_STATUS) & AER_UR, 0, "AER UR");
+    assert_eq!(r.vram_read(0x4000, 4), vec![0; 4], "nothing moved");
+    // Reset, and the same descriptor works: one error was armed.
+    r.reset_engine(1);
+    r.submit(
+        1,
+        &[RawDescriptor::copy(sys(data), vram(0x4000), 4096).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(2, 5000), 1);
+    assert_eq!(r.vram_read(0x4000, 4), vec![9; 4]);
+    let v = stats(&srv.socket);
+    assert_eq!(v["inject"]["dma_errors"], 1);
+    assert_eq!(v["inject"]["dma_error_pending"][1], 0);
+}
+
+#[test]
+fn inject_hang_stops_progress_until_the_engine_is_reset() {
+    let srv = ServerProcess::spawn(&["--engines", "2"]);
+    let mut r = Rig::new(srv.client(), 8 * MIB);
+    r.enable(0);
+    inject(&srv.socket, &["hang", "engine=0"]);
+    r.submit(
+        0,
+        &[RawDescriptor::fill(vram(0), 64, 1).with_flags(flags::IRQ)],
+        Doorbell::Register,
+    );
+    assert_eq!(r.wait_vector(1, 500), 0, "no completion");
+    assert_eq!(r.reg(0, offset::RING_HEAD), 0, "no progress");
+    assert_eq!(r.reg(0, offset::STATUS), 2, "RUNNING");
+    assert_eq!(r.wait_vector(0, 10), 0, "and no error");
+    let v = stats(&srv.socket);
+    assert_eq!(v["inject"]["hang"], serde_json::json!([0]));
+    assert_eq!(v["inject"]["hangs"], 1);
+    // The engine reset is answered (the descriptor dropped) and ends the hang.
+    let t = Instant::now();
+    r.reset_engine(0);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    r.submit(
+        0,
+        &[RawDescriptor::fill(vram(0), 64, 1).with_flags(flags::IRQ)],
+        Doorbell::Register,
+    );
+    assert_eq!(r.wait_vector(1, 5000), 1);
+    assert_eq!(r.vram_read(0, 4), vec![1, 0, 0, 0]);
+    assert_eq!(stats(&srv.socket)["inject"]["hang"], serde_json::json!([]));
+}
+
+#[test]
+fn inject_poison_fails_engine_reads_not_cpu_reads() {
+    let srv = ServerProcess::spawn(&["--engines", "1"]);
+    let mut r = Rig::new(srv.client(), 8 * MIB);
+    r.enable(0);
+    r.vram_write(0x10000, &[0x5a; 0x2000]);
+    inject(&srv.socket, &["poison", "offset=0x10800", "length=0x100"]);
+    let dst = SYS_IOVA + RING_AREA;
+    // A copy that ends before the range works.
+    r.submit(
+        0,
+        &[RawDescriptor::copy(vram(0x10000), sys(dst), 0x800).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(1, 5000), 1);
+    r.submit(
+        0,
+        &[RawDescriptor::copy(vram(0x10000), sys(dst), 0x1000)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(0, 5000), 1);
+    assert_eq!(r.reg(0, offset::ERROR_CODE), 10, "POISONED");
+    assert_eq!(r.reg64(0, offset::ERROR_ADDR_LO), 0x10800);
+    assert_eq!(r.reg(0, offset::ERROR_INFO) & 3, 1, "VRAM");
+    assert_ne!(r.config32(AER_UNCOR_STATUS) & AER_INTERNAL, 0);
+    // The CPU still reads the bytes through the BAR.
+    assert_eq!(r.vram_read(0x10800, 4), vec![0x5a; 4]);
+    // Writes succeed and do not clear it.
+    r.reset_engine(0);
+    r.submit(
+        0,
+        &[RawDescriptor::fill(vram(0x10800), 0x100, 7).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(1, 5000), 1);
+    r.submit(
+        0,
+        &[RawDescriptor::copy(vram(0x108f0), sys(dst), 0x20)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(0, 5000), 1);
+    assert_eq!(r.reg64(0, offset::ERROR_ADDR_LO), 0x108f0);
+    // `clear` ends it.
+    inject(&srv.socket, &["clear"]);
+    r.reset_engine(0);
+    r.submit(
+        0,
+        &[RawDescriptor::copy(vram(0x10800), sys(dst), 0x100).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(1, 5000), 1);
+    assert_eq!(r.sys_read(dst, 4), vec![7, 0, 0, 0]);
+    let v = stats(&srv.socket);
+    assert_eq!(v["inject"]["poison_hits"], 2);
+    assert_eq!(v["inject"]["poison"], serde_json::json!([]));
+}
+
+#[test]
+fn inject_msix_drop_loses_messages_not_completions() {
+    let srv = ServerProcess::spawn(&["--engines", "2"]);
+    let mut r = Rig::new(srv.client(), 8 * MIB);
+    r.enable(1);
+    inject(&srv.socket, &["msix-drop", "vector=2", "count=2"]);
+    let irq_count = r.dev_reg(0x88);
+    for k in 1..=2 {
+        r.submit(
+            1,
+            &[RawDescriptor::default().with_flags(flags::IRQ)],
+            Doorbell::Mmap,
+        );
+        assert!(r.wait_head(1, k, 5000));
+        assert_eq!(r.wait_vector(2, 200), 0, "message {k} lost");
+    }
+    r.submit(
+        1,
+        &[RawDescriptor::default().with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(2, 5000), 1, "the third arrives");
+    assert_eq!(
+        r.dev_reg(0x88),
+        irq_count + 1,
+        "IRQ_COUNT counts what was sent"
+    );
+    let v = stats(&srv.socket);
+    assert_eq!(v["engines"][1]["irqs"], 3, "IRQS counts before the loss");
+    assert_eq!(v["inject"]["msix_dropped"], 2);
+    assert_eq!(v["inject"]["msix_drop_pending"], serde_json::json!([]));
+}
+
+#[test]
+fn inject_remove_makes_the_function_answer_all_ones() {
+    let srv = ServerProcess::spawn(&["--engines", "2"]);
+    let mut r = Rig::new(srv.client(), 8 * MIB);
+    r.enable(0);
+    assert_eq!(r.dev_reg(0), 0x5647_5055);
+    inject(&srv.socket, &["remove"]);
+    assert_eq!(r.dev_reg(0), 0xffff_ffff, "ID");
+    assert_eq!(r.config32(0), 0xffff_ffff, "vendor/device");
+    assert_eq!(r.reg(0, offset::STATUS), 0xffff_ffff);
+    r.set_reg(0, offset::CONTROL, 0);
+    r.set_config16(0x04, 0);
+    assert_eq!(r.config32(0x04), 0xffff_ffff, "writes dropped");
+    // Engines start nothing: a doorbell store through the mapped page goes unseen.
+    r.submit(
+        0,
+        &[RawDescriptor::fill(vram(0), 64, 3).with_flags(flags::IRQ)],
+        Doorbell::Mmap,
+    );
+    assert_eq!(r.wait_vector(1, 300), 0);
+    assert_eq!(r.vram_read(0, 4), vec![0; 4]);
+    // DEVICE_RESET does nothing; the control socket still answers; clear does not undo it.
+    r.c.reset().unwrap();
+    inject(&srv.socket, &["clear"]);
+    assert_eq!(r.dev_reg(0), 0xffff_ffff);
+    assert_eq!(stats(&srv.socket)["inject"]["removed"], true);
+}

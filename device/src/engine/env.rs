@@ -113,6 +113,8 @@ pub enum FaultKind {
     /// A cancelled translation fault, or a VIRT access after the MMU was disabled
     /// (`TRANSLATION`).
     Translation,
+    /// An engine read of poisoned VRAM (hw-spec §10).
+    Poisoned,
     /// Abandoned because of a reset or shutdown (not an error).
     Aborted,
 }
@@ -126,6 +128,7 @@ impl FaultKind {
             FaultKind::VramRange => Some(ErrorCode::VramRange),
             FaultKind::MsgDma => Some(ErrorCode::MsgDmaFailed),
             FaultKind::Mmu { .. } | FaultKind::Translation => Some(ErrorCode::Translation),
+            FaultKind::Poisoned => Some(ErrorCode::Poisoned),
             FaultKind::Aborted => None,
         }
     }
@@ -552,6 +555,10 @@ impl EngineEnv {
     /// first and then, under the same lock, sends what it no longer holds, so a signal is
     /// either sent, or held and released by that pass (never held after it).
     pub fn signal(&self, vector: usize) {
+        if self.inject.removed() {
+            // A surprise-removed function sends nothing (hw-spec §10).
+            return;
+        }
         let mut msix = self.msix();
         let ctl = self.msix_control();
         msix.signal(vector, ctl);

@@ -240,6 +240,8 @@ impl Engine {
         if clear_stats {
             self.stats.clear();
         }
+        // An injected hang ends with the reset (hw-spec §10).
+        env.inject().end_hang(self.index);
         self.abort.store(false, Ordering::Release);
     }
 }
