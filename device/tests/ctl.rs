@@ -201,10 +201,9 @@ fn ctl_trace_slow_reader_is_bounded_dropped_and_counted() {
     }
     let text = String::from_utf8(got).unwrap();
     let n = text.lines().count();
-    assert!(
-        n < 4096 + 2000,
-        "queue + buffer bound what was kept: {n} lines"
-    );
+    // Kept: the queue (4096 lines), the 64 KiB output buffer and the socket's buffer (a few
+    // hundred KiB of ~150-byte lines); far fewer than the 40000 lines written.
+    assert!(n < 12_000, "queue + buffers bound what was kept: {n} lines");
     let drop_line = text
         .lines()
         .find(|l| l.starts_with("{\"dropped\":"))
