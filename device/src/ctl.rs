@@ -1,5 +1,12 @@
-//! The control socket (hw-spec §8.2): `PATH.ctl` next to the vfio-user socket, answering
-//! `stats` with the engines' state and counters as JSON.
+//! The control socket (hw-spec §8.2, §8.4, §10): `PATH.ctl` next to the vfio-user socket,
+//! answering `stats` with the engines' state and counters as JSON, streaming the transaction
+//! trace live to `trace` subscribers, and injecting faults (`inject ...`).
+//!
+//! A `trace` subscriber keeps its connection (no timeout) until it closes it; its lines wait in
+//! a bounded queue ([`TRACE_FEED_LINES`]) and a bounded output buffer, and a line that finds the
+//! queue full is dropped and counted (reported in the stream as `{"dropped":N}` and in
+//! `stats`), so a slow reader never grows the server or slows the engines beyond one
+//! `try_send`. At most half of the client slots (at least one) stream at once.
 //!
 //! It runs on its own thread so that a slow or hostile local client can never delay the
 //! vfio-user event loop. Clients are served concurrently, without blocking, at most
@@ -20,6 +27,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::engine::env::{TraceFeed, TRACE_FEED_LINES};
+use crate::engine::inject::InjectReport;
 use crate::engine::peer_window::PeerWindowReport;
 use crate::engine::{EngineMonitor, EngineReport, P2pReport};
 use crate::mmu::MmuReport;
@@ -34,6 +43,10 @@ const ACCEPT_BACKOFF_MS: u64 = 50;
 const MAX_DRAIN: usize = 64 << 10;
 /// Largest reply a client reads.
 const MAX_REPLY: usize = 1 << 20;
+/// Bytes of a trace subscriber's output buffer before the queue is left alone.
+const STREAM_BUF: usize = 64 << 10;
+/// How often subscribers' queues are looked at while any streams.
+const STREAM_TICK_MS: i32 = 20;
 
 /// The control socket path for a vfio-user socket path.
 pub fn ctl_path(socket: &Path) -> PathBuf {
@@ -58,6 +71,10 @@ struct DeviceReport {
     trace_lines_dropped: u64,
     /// Log lines (of the whole process) dropped by `--log-rate-limit`.
     log_lines_dropped: u64,
+    /// Live trace subscribers (`vugpu ctl SOCKET trace`).
+    trace_subscribers: usize,
+    /// Lines live subscribers' full queues dropped.
+    trace_stream_dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +84,7 @@ struct StatsReply {
     p2p: Vec<P2pReport>,
     peer_windows: Vec<PeerWindowReport>,
     mmu: MmuReport,
+    inject: InjectReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,9 +92,35 @@ struct ErrorReply<'a> {
     error: &'a str,
 }
 
-/// The answer to one request line.
+/// What a request line asks for.
+#[derive(Debug)]
+pub enum Answer {
+    /// One reply line, then close.
+    Reply(String),
+    /// Stream the live trace until the client closes.
+    Trace,
+}
+
+/// The answer to one request line (`trace` answers an error here: it is a stream).
 pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
-    let reply = match request.trim() {
+    match respond(request, monitor) {
+        Answer::Reply(r) => r,
+        Answer::Trace => r#"{"error":"trace is a stream"}"#.to_string(),
+    }
+}
+
+/// What to do for one request line.
+pub fn respond(request: &str, monitor: &EngineMonitor) -> Answer {
+    let request = request.trim();
+    if request == "trace" {
+        return Answer::Trace;
+    }
+    if let Some(rest) = request.strip_prefix("inject") {
+        if rest.is_empty() || rest.starts_with(char::is_whitespace) {
+            return Answer::Reply(crate::engine::inject_cmd::apply(rest.trim(), monitor));
+        }
+    }
+    let reply = match request {
         "stats" => {
             let engines = monitor.report();
             let (dma_windows, dma_fd_windows, dma_fd_bytes) = monitor.dma_held();
@@ -88,6 +132,8 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
                     dma_fd_windows,
                     dma_fd_bytes,
                     trace_lines_dropped: monitor.trace_lines_dropped(),
+                    trace_subscribers: monitor.trace_subscribers(),
+                    trace_stream_dropped: monitor.trace_stream_dropped(),
                     log_lines_dropped: crate::log::suppressed(),
                     engines: engines.len(),
                     vectors: monitor.vectors(),
@@ -98,13 +144,43 @@ pub fn answer(request: &str, monitor: &EngineMonitor) -> String {
                 p2p: monitor.p2p(),
                 peer_windows: monitor.peer_windows(),
                 mmu: monitor.mmu(),
+                inject: monitor.inject_report(),
             })
         }
         _ => serde_json::to_string(&ErrorReply {
-            error: "unknown request (known: stats)",
+            error: "unknown request (known: stats, trace, inject)",
         }),
     };
-    reply.unwrap_or_else(|_| r#"{"error":"internal"}"#.to_string())
+    Answer::Reply(reply.unwrap_or_else(|_| r#"{"error":"internal"}"#.to_string()))
+}
+
+/// A trace line (`<ns> gpu=<name> key=value ...`, hw-spec §8.3) as one JSON object: `ns` and
+/// decimal values as numbers, everything else as strings, keys in line order.
+pub fn trace_json(line: &str) -> String {
+    fn value(v: &str) -> String {
+        match v.parse::<u64>() {
+            Ok(n) if !v.starts_with('0') || v == "0" => n.to_string(),
+            _ => serde_json::Value::from(v).to_string(),
+        }
+    }
+    let mut words = line.split(' ');
+    let mut out = String::with_capacity(line.len() + 64);
+    out.push('{');
+    if let Some(ns) = words.next() {
+        out.push_str("\"ns\":");
+        out.push_str(&value(ns));
+    }
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            continue;
+        };
+        out.push(',');
+        out.push_str(&serde_json::Value::from(k).to_string());
+        out.push(':');
+        out.push_str(&value(v));
+    }
+    out.push('}');
+    out
 }
 
 /// Errors of the control socket.
@@ -268,8 +344,51 @@ enum Phase {
     /// Reply sent and our side shut down: discarding what the client still sends (bounded),
     /// so that closing does not reset the connection before it has read the reply.
     Draining(usize),
+    /// A live trace subscriber (no deadline): lines from `feed` go out through `out`.
+    Streaming(Box<Stream>),
     /// Finished (or failed): close.
     Done,
+}
+
+/// A live trace subscription's connection state.
+struct Stream {
+    feed: TraceFeed,
+    out: Vec<u8>,
+    pos: usize,
+    /// Drops already reported in the stream.
+    reported: u64,
+}
+
+impl Stream {
+    /// Moves queued lines into the output buffer (bounded), with a `{"dropped":N}` line
+    /// first when the queue dropped lines since the last report.
+    fn fill(&mut self) -> bool {
+        if self.pos > 0 && self.pos == self.out.len() {
+            self.out.clear();
+            self.pos = 0;
+        }
+        let mut alive = true;
+        while self.out.len() - self.pos < STREAM_BUF {
+            let dropped = self.feed.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            if dropped != self.reported {
+                self.reported = dropped;
+                self.out
+                    .extend_from_slice(format!("{{\"dropped\":{dropped}}}\n").as_bytes());
+            }
+            match self.feed.rx.try_recv() {
+                Ok(line) => {
+                    self.out.extend_from_slice(trace_json(&line).as_bytes());
+                    self.out.push(b'\n');
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    alive = false;
+                    break;
+                }
+            }
+        }
+        alive
+    }
 }
 
 /// One client, non-blocking, with a deadline for the whole exchange.
@@ -281,14 +400,19 @@ struct Conn {
 
 impl Conn {
     fn events(&self) -> libc::c_short {
-        match self.phase {
+        match &self.phase {
             Phase::Writing(..) => libc::POLLOUT,
+            Phase::Streaming(st) if st.pos < st.out.len() => libc::POLLOUT,
             _ => libc::POLLIN,
         }
     }
 
+    fn streaming(&self) -> bool {
+        matches!(self.phase, Phase::Streaming(_))
+    }
+
     /// Makes what progress the socket allows.
-    fn step(&mut self, monitor: &EngineMonitor) {
+    fn step(&mut self, monitor: &EngineMonitor, streams: usize, slots: usize) {
         loop {
             let next = match &mut self.phase {
                 Phase::Reading(buf) => {
@@ -304,9 +428,55 @@ impl Conn {
                         continue;
                     }
                     // A whole line, too much, or the end of the stream: answer what is there.
-                    let mut reply = reply_to(buf, monitor).into_bytes();
-                    reply.push(b'\n');
-                    Phase::Writing(reply, 0)
+                    match reply_to(buf, monitor) {
+                        Answer::Reply(r) => {
+                            let mut reply = r.into_bytes();
+                            reply.push(b'\n');
+                            Phase::Writing(reply, 0)
+                        }
+                        Answer::Trace if streams >= (slots / 2).max(1) => Phase::Writing(
+                            b"{\"error\":\"busy: too many trace subscribers\"}\n".to_vec(),
+                            0,
+                        ),
+                        Answer::Trace => {
+                            let feed = monitor.subscribe_trace(TRACE_FEED_LINES);
+                            let hello = format!(
+                                "{{\"trace\":{},\"queue_lines\":{TRACE_FEED_LINES}}}\n",
+                                serde_json::Value::from(monitor.name())
+                            );
+                            // No deadline while it streams: it ends when the client closes.
+                            self.deadline = far_future();
+                            Phase::Streaming(Box::new(Stream {
+                                feed,
+                                out: hello.into_bytes(),
+                                pos: 0,
+                                reported: 0,
+                            }))
+                        }
+                    }
+                }
+                Phase::Streaming(st) => {
+                    if !st.fill() {
+                        Phase::Done
+                    } else if st.pos < st.out.len() {
+                        match (&self.stream).write(&st.out[st.pos..]) {
+                            Ok(n) if n > 0 => {
+                                st.pos += n;
+                                continue;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                            _ => Phase::Done,
+                        }
+                    } else {
+                        // Nothing to send: whatever the client sends is discarded; its end
+                        // (or an error) ends the subscription.
+                        let mut rest = [0u8; 512];
+                        match (&self.stream).read(&mut rest) {
+                            Ok(n) if n > 0 => continue,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                            _ => Phase::Done,
+                        }
+                    }
                 }
                 Phase::Writing(out, pos) => match (&self.stream).write(&out[*pos..]) {
                     Ok(n) if *pos + n == out.len() => {
@@ -338,15 +508,20 @@ impl Conn {
     }
 }
 
+/// A deadline that never comes (a streaming client).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
 /// The reply to what a client sent (`buf` holds at most `MAX_REQUEST + 1` bytes).
-fn reply_to(buf: &[u8], monitor: &EngineMonitor) -> String {
+fn reply_to(buf: &[u8], monitor: &EngineMonitor) -> Answer {
     if buf.len() > MAX_REQUEST && !buf.contains(&b'\n') {
-        return r#"{"error":"request too long"}"#.to_string();
+        return Answer::Reply(r#"{"error":"request too long"}"#.to_string());
     }
     let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
     match std::str::from_utf8(line) {
-        Ok(text) => answer(text, monitor),
-        Err(_) => r#"{"error":"request is not UTF-8"}"#.to_string(),
+        Ok(text) => respond(text, monitor),
+        Err(_) => Answer::Reply(r#"{"error":"request is not UTF-8"}"#.to_string()),
     }
 }
 
@@ -381,7 +556,8 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limit
             events: c.events(),
             revents: 0,
         }));
-        let wake = conns
+        let streams = conns.iter().filter(|c| c.streaming()).count();
+        let mut wake = conns
             .iter()
             .map(|c| c.deadline)
             .chain(backoff_until)
@@ -390,6 +566,10 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limit
                 let ms = t.saturating_duration_since(now).as_millis() + 1;
                 i32::try_from(ms).unwrap_or(i32::MAX)
             });
+        if streams > 0 && !(0..=STREAM_TICK_MS).contains(&wake) {
+            // Subscribers' queues are not pollable: look at them every tick.
+            wake = STREAM_TICK_MS;
+        }
         // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wake) };
         if rc < 0 {
@@ -402,9 +582,14 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limit
         if fds[0].revents != 0 {
             return;
         }
+        let mut streams = streams;
         for (c, pfd) in conns.iter_mut().zip(&fds[2..]) {
-            if pfd.revents != 0 {
-                c.step(monitor);
+            if pfd.revents != 0 || c.streaming() {
+                let was = c.streaming();
+                c.step(monitor, streams - usize::from(was), limits.max_clients);
+                if !was && c.streaming() {
+                    streams += 1;
+                }
             }
         }
         // Slots of clients that finished are free for the ones waiting to be accepted.
@@ -456,6 +641,63 @@ fn accept_all(
                 return Some(Instant::now() + Duration::from_millis(ACCEPT_BACKOFF_MS));
             }
         }
+    }
+}
+
+/// The control socket of `socket`: itself if it ends in `.ctl`, else `socket.ctl`.
+pub fn resolve(socket: &Path) -> PathBuf {
+    if socket.extension().is_some_and(|e| e == "ctl") {
+        socket.to_path_buf()
+    } else {
+        ctl_path(socket)
+    }
+}
+
+/// `vugpu ctl SOCKET WORDS...`: sends the request; `trace` copies the stream to `out` line by
+/// line until the server ends it (or the process is interrupted), anything else prints the
+/// reply. Err: the socket cannot be reached, or the reply is an `{"error":...}`.
+pub fn run_cli(socket: &Path, words: &[String], out: &mut impl Write) -> Result<(), String> {
+    let path = resolve(socket);
+    let line = words.join(" ");
+    if line.len() > MAX_REQUEST || line.contains('\n') {
+        return Err(format!(
+            "request longer than {MAX_REQUEST} bytes or multi-line"
+        ));
+    }
+    if line.trim() == "trace" {
+        return stream(&path, out).map_err(|e| e.to_string());
+    }
+    let reply = request(&path, &line).map_err(|e| e.to_string())?;
+    let _ = writeln!(out, "{reply}");
+    if reply.starts_with("{\"error\"") {
+        return Err(format!("{}: {line}: refused", path.display()));
+    }
+    Ok(())
+}
+
+/// Subscribes to the live trace at `path` and copies it to `out`.
+fn stream(path: &Path, out: &mut impl Write) -> Result<(), CtlError> {
+    let err = |source| CtlError::Request {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(err)?;
+    s.set_write_timeout(Some(CONN_TIMEOUT)).map_err(err)?;
+    s.write_all(b"trace\n").map_err(err)?;
+    let mut r = io::BufReader::new(s);
+    let mut line = String::new();
+    let mut first = true;
+    loop {
+        line.clear();
+        if io::BufRead::read_line(&mut r, &mut line).map_err(err)? == 0 {
+            return Ok(());
+        }
+        if first && line.starts_with("{\"error\"") {
+            return Err(err(io::Error::other(line.trim_end().to_string())));
+        }
+        first = false;
+        out.write_all(line.as_bytes()).map_err(err)?;
+        out.flush().map_err(err)?;
     }
 }
 

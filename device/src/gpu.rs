@@ -636,7 +636,7 @@ impl Gpu {
                 Some(aer::UNCOR_UNSUPPORTED_REQUEST)
             }
             ErrorCode::SysPermission => Some(aer::UNCOR_COMPLETER_ABORT),
-            ErrorCode::VramRange => Some(aer::UNCOR_INTERNAL),
+            ErrorCode::VramRange | ErrorCode::Poisoned => Some(aer::UNCOR_INTERNAL),
             _ => None,
         };
         if let Some(bit) = bit {
@@ -1041,6 +1041,11 @@ impl DeviceBackend for Gpu {
     }
 
     fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> BackendResult<()> {
+        if self.env.inject().removed() {
+            // Surprise removal (hw-spec §10): nothing answers; the host reads all ones.
+            data.fill(0xff);
+            return Ok(());
+        }
         if self.env.faults_pending() {
             self.process_engine_events();
         }
@@ -1065,6 +1070,10 @@ impl DeviceBackend for Gpu {
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> BackendResult<()> {
+        if self.env.inject().removed() {
+            // Surprise removal (hw-spec §10): writes go nowhere.
+            return Ok(());
+        }
         if self.env.faults_pending() {
             self.process_engine_events();
         }
@@ -1168,6 +1177,10 @@ impl DeviceBackend for Gpu {
     }
 
     fn reset(&mut self) -> BackendResult<()> {
+        if self.env.inject().removed() {
+            // A removed function is not there to reset (hw-spec §10).
+            return Ok(());
+        }
         self.stats.device_resets += 1;
         self.function_reset();
         Ok(())

@@ -611,11 +611,12 @@ fn engines(h: &mut Builder) {
         ErrorCode::VramRange,
         ErrorCode::MsgDmaFailed,
         ErrorCode::Translation,
+        ErrorCode::Poisoned,
     ] {
-        let note = if e == ErrorCode::Translation {
-            "§9.4: a cancelled fault; ERROR_ADDR virtual"
-        } else {
-            ""
+        let note = match e {
+            ErrorCode::Translation => "§9.4: a cancelled fault; ERROR_ADDR virtual",
+            ErrorCode::Poisoned => "§10: an engine read poisoned VRAM",
+            _ => "",
         };
         h.def(&format!("VUGPU_ENG_ERR_{}", e.name()), dec(e as u32), note);
     }

@@ -32,11 +32,22 @@ enum Command {
         socket: PathBuf,
     },
     /// Print the DMA engines' state and statistics (JSON) of the server on SOCKET, read from
-    /// its control socket SOCKET.ctl.
+    /// its control socket SOCKET.ctl (the same as `vugpu ctl SOCKET stats`).
     Stats {
         /// The server's vfio-user socket.
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+    },
+    /// Talk to a running server's control socket (hw-spec §8.2, §8.4, §10): `stats` (JSON, as
+    /// `vugpu stats`), `trace` (the live transaction trace as JSON lines, until interrupted),
+    /// `inject FAULT [KEY=VALUE...]` (dma-error engine=N [count=K], hang engine=N,
+    /// poison offset=O length=L, msix-drop vector=V [count=K], remove, clear).
+    Ctl {
+        /// The server's vfio-user socket (or its control socket, PATH.ctl).
+        socket: PathBuf,
+        /// The request.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
+        request: Vec<String>,
     },
     /// Print the C header of the hardware contract (guest-tests/kmod/vugpu_hw.h), generated
     /// from the model's register map.
@@ -77,6 +88,9 @@ fn main() -> ExitCode {
         Command::Stats { socket } => request(&ctl_path(socket), "stats")
             .map(|reply| println!("{reply}"))
             .map_err(|e| e.to_string()),
+        Command::Ctl { socket, request } => {
+            vugpu_device::ctl::run_cli(socket, request, &mut std::io::stdout().lock())
+        }
         Command::HwHeader => {
             print!("{}", vugpu_device::hw_header::generate().text);
             Ok(())

@@ -44,6 +44,8 @@ pub struct MsixStats {
     pub pended: u64,
     /// Signals dropped by fault injection.
     pub suppressed: u64,
+    /// Messages lost by `inject msix-drop` (hw-spec §10).
+    pub dropped: u64,
     /// Notifier write failures.
     pub notify_errors: u64,
 }
@@ -55,6 +57,8 @@ pub struct Msix {
     pending: Vec<bool>,
     notifiers: Vec<Option<Box<dyn Notifier>>>,
     dead: Vec<bool>,
+    /// `inject msix-drop`: messages of each vector still to lose.
+    drop_next: Vec<u32>,
     table_written: bool,
     stats: MsixStats,
 }
@@ -76,6 +80,7 @@ impl Msix {
             pending: vec![false; n],
             notifiers: (0..n).map(|_| None).collect(),
             dead: dead_map,
+            drop_next: vec![0; n],
             table_written: false,
             stats: MsixStats::default(),
         }
@@ -130,7 +135,38 @@ impl Msix {
         self.send(vector)
     }
 
+    /// Loses the next `count` messages of `vector` (added to what is pending; hw-spec §10):
+    /// a lost message is neither sent nor held, and not counted in `sent` (`IRQ_COUNT`).
+    pub fn drop_next(&mut self, vector: usize, count: u32) {
+        if let Some(d) = self.drop_next.get_mut(vector) {
+            *d = d.saturating_add(count);
+        }
+    }
+
+    /// Messages still to lose per vector (only vectors with some).
+    pub fn drops_pending(&self) -> Vec<(usize, u32)> {
+        self.drop_next
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(v, &n)| (v, n))
+            .collect()
+    }
+
+    /// Forgets the messages still to lose (`inject clear`).
+    pub fn clear_drops(&mut self) {
+        self.drop_next.iter_mut().for_each(|d| *d = 0);
+    }
+
     fn send(&mut self, vector: usize) -> Delivery {
+        if let Some(d) = self.drop_next.get_mut(vector).filter(|d| **d > 0) {
+            *d -= 1;
+            self.stats.dropped += 1;
+            if let Some(p) = self.pending.get_mut(vector) {
+                *p = false;
+            }
+            return Delivery::Suppressed;
+        }
         let Some(Some(n)) = self.notifiers.get(vector) else {
             return Delivery::Invalid;
         };

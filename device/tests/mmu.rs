@@ -84,7 +84,7 @@ fn setup() -> (InProcServer, Rig) {
     let srv = InProcServer::start(GpuConfig::new(64 * MIB));
     let mut r = Rig::new(srv.client(), 32 * MIB);
     assert_ne!(r.dev_reg(0x08) & CAPS_MMU, 0, "CAPS bit 5");
-    assert_eq!(r.dev_reg(0x04), 4, "VERSION 0.4");
+    assert_eq!(r.dev_reg(0x04), 5, "VERSION 0.5");
     put64(&r, CTX_TABLE + 16 * u64::from(CTX), VALID | L3);
     put64(&r, L3 + idx(VA, 3) * 8, VALID | L2);
     put64(&r, L2 + idx(VA, 2) * 8, VALID | L1);

@@ -877,8 +877,11 @@ long vugpu_dma_ioctl(struct vugpu_device *vdev, unsigned int command, void __use
 	default:
 		return -ENOTTY;
 	}
-	/* Engine errors and timeouts come back with the registers that explain them. */
-	if (ret && ret != -EIO && ret != -ETIMEDOUT)
+	/*
+	 * Engine errors, timeouts and a function found gone (surprise removal:
+	 * STATUS all ones) come back with the registers that explain them.
+	 */
+	if (ret && ret != -EIO && ret != -ETIMEDOUT && ret != -ENODEV)
 		return ret;
 	if (copy_to_user(uarg, &req, sizeof(req)))
 		return -EFAULT;

@@ -146,6 +146,7 @@ struct vugpu_engine {
 	atomic64_t		timeouts;
 	atomic64_t		resets;
 	atomic64_t		doorbell_wakes;
+	atomic64_t		missed_irqs;
 };
 
 /*
@@ -165,6 +166,7 @@ struct vugpu_device {
 	struct kref		ref;		/* the PCI binding + each open file */
 	struct mutex		lock;		/* see vugpu_main.c */
 	bool			dead;		/* removed: no hardware access */
+	atomic_t		gone;		/* surprise removal seen (reads all ones) */
 	int			index;		/* N in /dev/vugpuN */
 	char			name[16];
 	struct miscdevice	misc;
@@ -229,6 +231,14 @@ struct vugpu_device {
 	/* Device MMU and HMM mirror / device memory (vugpu_hmm.h), or NULL. */
 	struct vugpu_hmm	*hmm;
 };
+
+/* The function was seen gone (surprise removal, hw-spec §10): no MMIO is worth it. */
+static inline bool vugpu_is_gone(struct vugpu_device *vdev)
+{
+	return atomic_read(&vdev->gone);
+}
+
+bool vugpu_check_gone(struct vugpu_device *vdev);
 
 static inline u32 vugpu_rd(struct vugpu_device *vdev, u32 reg)
 {

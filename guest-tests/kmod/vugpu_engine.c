@@ -45,6 +45,7 @@
 
 #define VUGPU_ENABLE_TIMEOUT_US		200000
 #define VUGPU_POLL_SPIN_NS		200000	/* fence polling: spin this long, then sleep */
+#define VUGPU_MISSED_IRQ_MS		250	/* interrupt waits look at the fence this often */
 
 static u32 eng_rd(struct vugpu_engine *eng, u32 off)
 {
@@ -206,6 +207,8 @@ int vugpu_engine_prepare(struct vugpu_engine *eng)
 {
 	int ret;
 
+	if (vugpu_is_gone(eng->vdev))
+		return -ENODEV;
 	if (eng->ready && !eng->need_reset)
 		return 0;
 	ret = vugpu_engine_hw_init(eng);
@@ -364,6 +367,10 @@ static bool vugpu_fence_done(struct vugpu_engine *eng, u64 seq)
 
 static int vugpu_engine_failed(struct vugpu_engine *eng, u32 flags, struct vugpu_job_result *res)
 {
+	if (res->regs.error_code == VUGPU_ENG_ERR_POISONED)
+		dev_err_ratelimited(&eng->vdev->pdev->dev,
+				    "engine %u: uncorrectable VRAM error (POISONED) reading VRAM %#llx\n",
+				    eng->index, res->regs.error_addr);
 	res->result = VUGPU_DMA_ENGINE_ERROR;
 	atomic64_inc(&eng->errors);
 	eng->need_reset = true;
@@ -392,11 +399,35 @@ static int vugpu_engine_wait(struct vugpu_engine *eng, u64 seq, u32 flags,
 	 */
 	for (;;) {
 		if (irq) {
+			long left, slice;
+			s64 irqs;
+
 			now = ktime_get_ns();
-			if (now < deadline_ns)
-				wait_event_timeout(eng->wq, vugpu_fence_done(eng, seq) ||
-						   atomic_read(&eng->err_pending),
-						   nsecs_to_jiffies(deadline_ns - now) + 1);
+			left = now < deadline_ns ? (long)nsecs_to_jiffies(deadline_ns - now) + 1 : 0;
+			slice = min_t(long, left, msecs_to_jiffies(VUGPU_MISSED_IRQ_MS));
+			irqs = atomic64_read(&eng->completion_irqs);
+
+			/*
+			 * In slices: an interrupt that never comes (a lost MSI-X
+			 * message, hw-spec §10) costs one slice, not the timeout.
+			 * wait_event_timeout() returns 1 (not 0) when the
+			 * condition holds only once the slice has run out: the
+			 * fence was written and no completion interrupt woke us.
+			 */
+			if (left > 0 &&
+			    wait_event_timeout(eng->wq, vugpu_fence_done(eng, seq) ||
+					       atomic_read(&eng->err_pending), slice) <= 1 &&
+			    vugpu_fence_done(eng, seq) &&
+			    atomic64_read(&eng->completion_irqs) == irqs) {
+				dma_rmb();
+				/* An interrupt wait still (irq_waits), one that missed it. */
+				atomic64_inc(&eng->missed_irqs);
+				atomic64_inc(&eng->irq_waits);
+				dev_warn_ratelimited(&vdev->pdev->dev,
+						     "engine %u: fence %llu written but no interrupt within %u ms: completed by polling\n",
+						     eng->index, seq, VUGPU_MISSED_IRQ_MS);
+				return 0;
+			}
 		} else {
 			while (!vugpu_fence_done(eng, seq) && !atomic_read(&eng->err_pending)) {
 				now = ktime_get_ns();
@@ -430,6 +461,15 @@ static int vugpu_engine_wait(struct vugpu_engine *eng, u64 seq, u32 flags,
 		dma_rmb();
 		atomic64_inc(irq ? &eng->irq_waits : &eng->poll_waits);
 		return 0;
+	}
+	if (res->regs.status == VUGPU_REG_BAD_READ && vugpu_check_gone(vdev)) {
+		/* Surprise removal: nothing to reset; the job and the device are lost. */
+		res->result = VUGPU_DMA_TIMEOUT;
+		atomic64_inc(&eng->timeouts);
+		atomic64_inc(&vdev->timeouts);
+		eng->ready = false;
+		eng->need_reset = true;
+		return -ENODEV;
 	}
 	if (eng_state(res->regs.status) == VUGPU_ENG_STATE_ERROR) {
 		dev_warn_ratelimited(&vdev->pdev->dev,
@@ -519,6 +559,7 @@ void vugpu_engine_stats(struct vugpu_engine *eng, struct vugpu_engine_stats *st)
 	st->timeouts = atomic64_read(&eng->timeouts);
 	st->resets = atomic64_read(&eng->resets);
 	st->doorbell_wakes = atomic64_read(&eng->doorbell_wakes);
+	st->missed_irqs = atomic64_read(&eng->missed_irqs);
 	spin_lock_irq(&eng->irq_err_lock);
 	st->irq_error = eng->irq_err;
 	spin_unlock_irq(&eng->irq_err_lock);

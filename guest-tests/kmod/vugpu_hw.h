@@ -5,7 +5,7 @@
  *   cargo run -q -p vugpu-device --bin vugpu -- hw-header > guest-tests/kmod/vugpu_hw.h
  * `cargo test -p vugpu-device` fails while this file differs from the output.
  *
- * vugpu hardware definitions (docs/hw-spec.md version 0.4: §1-§3, §5 error
+ * vugpu hardware definitions (docs/hw-spec.md version 0.5: §1-§3, §5 error
  * reporting, §6 engine registers and doorbell words, §7 descriptors, §8.1
  * statistics counters and §9 the device MMU). It describes the device, not the
  * driver, and is shared by the kernel module and the userspace tests, so it uses
@@ -132,7 +132,7 @@
 
 /* Reset values and field definitions. */
 #define VUGPU_ID_VALUE			0x56475055U	/* "UPGV" little-endian */
-#define VUGPU_VERSION_VALUE		0x00000004U	/* this document's version */
+#define VUGPU_VERSION_VALUE		0x00000005U	/* this document's version */
 #define VUGPU_VERSION_MAJOR(v)		((v) >> 16)
 #define VUGPU_VERSION_MINOR(v)		((v) & 0xffff)
 #define VUGPU_VERSION_ENGINES		0x00000002U	/* first version with §3's engine registers */
@@ -201,6 +201,7 @@
 #define VUGPU_ENG_ERR_VRAM_RANGE	7
 #define VUGPU_ENG_ERR_MSG_DMA_FAILED	8
 #define VUGPU_ENG_ERR_TRANSLATION	9	/* §9.4: a cancelled fault; ERROR_ADDR virtual */
+#define VUGPU_ENG_ERR_POISONED		10	/* §10: an engine read poisoned VRAM */
 
 /* §6.2 / §6.3 ring limits */
 #define VUGPU_RING_SLOTS_MAX		65536

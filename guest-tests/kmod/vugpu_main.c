@@ -108,6 +108,24 @@ static void vugpu_release_device(struct kref *ref)
 	kfree(vdev);
 }
 
+/*
+ * Surprise removal (hw-spec §10): a function that left the bus answers every
+ * read with all ones.  Called when a register read returned all ones where the
+ * device never answers so; confirms it with ID and marks the device dead once.
+ */
+bool vugpu_check_gone(struct vugpu_device *vdev)
+{
+	if (vugpu_is_gone(vdev))
+		return true;
+	if (vugpu_rd(vdev, VUGPU_REG_ID) != VUGPU_REG_BAD_READ)
+		return false;
+	if (!atomic_xchg(&vdev->gone, 1))
+		dev_err(&vdev->pdev->dev,
+			"%s: not responding (ID reads all ones): surprise removal, device marked dead\n",
+			vdev->name);
+	return true;
+}
+
 void vugpu_get(struct vugpu_device *vdev)
 {
 	kref_get(&vdev->ref);
@@ -716,6 +734,9 @@ static long vugpu_fops_unlocked_ioctl(struct file *filp, unsigned int command, u
 
 	if (!vdev)
 		return -EINVAL;
+	/* A function that is gone (surprise removal) is not touched again. */
+	if (vugpu_is_gone(vdev))
+		return -ENODEV;
 	switch (command) {
 	case VUGPU_IOCTL_DMA_COPY:
 	case VUGPU_IOCTL_DMA_FILL:

@@ -166,7 +166,8 @@ _Static_assert(sizeof(struct vugpu_regs) == 72, "struct vugpu_regs layout change
 /* struct vugpu_dma.result */
 #define VUGPU_DMA_DONE		0	/* every descriptor completed */
 #define VUGPU_DMA_ENGINE_ERROR	1	/* the engine stopped in ERROR (ioctl: -EIO) */
-#define VUGPU_DMA_TIMEOUT	2	/* no completion in time; engine reset (ioctl: -ETIMEDOUT) */
+#define VUGPU_DMA_TIMEOUT	2	/* no completion in time; engine reset (ioctl: -ETIMEDOUT),
+					 * or none because the function is gone (-ENODEV) */
 
 /**
  * struct vugpu_engine_regs - engine registers (hw-spec §6.3) as the driver
@@ -212,7 +213,9 @@ struct vugpu_engine_regs {
  * @out_flags:	(out) VUGPU_DMA_OUT_*: how P2P operands were reached.
  *
  * The struct is copied back on success and also when the ioctl fails with
- * -EIO (engine error) or -ETIMEDOUT, so the caller sees @result and @regs.
+ * -EIO (engine error), -ETIMEDOUT or -ENODEV (the function is gone: surprise
+ * removal, hw-spec §10; @regs as read, all ones), so the caller sees @result
+ * and @regs.
  */
 struct vugpu_dma {
 	__u32 engine;
@@ -296,7 +299,8 @@ struct vugpu_engine_stats {
 	__u64 hw[14];
 	__u64 jobs;		/* jobs completed */
 	__u64 descs;		/* descriptors submitted */
-	__u64 irq_waits;	/* jobs completed by interrupt */
+	__u64 irq_waits;	/* jobs waited for by interrupt (missed_irqs of
+				 * them completed by the missed-interrupt check) */
 	__u64 poll_waits;	/* jobs completed by fence polling */
 	__u64 completion_irqs;	/* engine vector interrupts handled */
 	__u64 err_irqs;		/* ERR_CAUSE bits seen by vector 0 for this engine */
@@ -305,6 +309,8 @@ struct vugpu_engine_stats {
 	__u64 resets;		/* engine resets (ioctl, recovery, timeout) */
 	__u64 doorbell_wakes;	/* doorbell-page submissions that also wrote RING_TAIL
 				 * because SLEEPING read 1 (§6.4) */
+	__u64 missed_irqs;	/* interrupt waits that found the fence written without
+				 * an interrupt (a lost MSI-X message, hw-spec §10) */
 	struct vugpu_engine_regs irq_error;	/* STATUS, ERROR_* as the vector 0 handler
 						 * read them at the last error (head/tail/
 						 * control not read: 0) */
@@ -338,7 +344,7 @@ _Static_assert(sizeof(struct vugpu_engine_regs) == 32, "struct vugpu_engine_regs
 _Static_assert(sizeof(struct vugpu_dma) == 136, "struct vugpu_dma layout changed");
 _Static_assert(sizeof(struct vugpu_desc) == 64, "struct vugpu_desc is not a 64-byte descriptor");
 _Static_assert(sizeof(struct vugpu_dma_info) == 304, "struct vugpu_dma_info layout changed");
-_Static_assert(sizeof(struct vugpu_engine_stats) == 224,
+_Static_assert(sizeof(struct vugpu_engine_stats) == 232,
 	       "struct vugpu_engine_stats layout changed");
 _Static_assert(sizeof(struct vugpu_error_state) == 576, "struct vugpu_error_state layout changed");
 

@@ -11,6 +11,7 @@ macro_rules! say {
 pub(crate) use say;
 
 mod cli;
+mod ctl_agent;
 mod hostonly;
 mod hotplug;
 mod initramfs;

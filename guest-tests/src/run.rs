@@ -603,7 +603,13 @@ fn reader<R: Read + Send + 'static>(
 }
 
 /// Accepts QEMU's connection to the results socket (until `stop`), then reads it.
-fn results_reader(listener: UnixListener, log: PathBuf, tx: Sender<Event>, stop: Arc<AtomicBool>) {
+fn results_reader(
+    listener: UnixListener,
+    log: PathBuf,
+    tx: Sender<Event>,
+    stop: Arc<AtomicBool>,
+    reply: crate::ctl_agent::ReplyStream,
+) {
     thread::spawn(move || {
         let stream = loop {
             match listener.accept() {
@@ -619,6 +625,12 @@ fn results_reader(listener: UnixListener, log: PathBuf, tx: Sender<Event>, stop:
         };
         match stream {
             Some(s) if s.set_nonblocking(false).is_ok() => {
+                // The guest's requests (src/ctl_agent.rs) are answered on the same line.
+                if let Ok(w) = s.try_clone() {
+                    *reply
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(w);
+                }
                 reader(s, log, tx, Event::Result);
             }
             _ => {
@@ -710,6 +722,7 @@ fn attempt(
     };
     let mut binds = Vec::new();
     let mut sockets = Vec::new();
+    let host_sockets: Vec<PathBuf> = servers.iter().map(|s| s.socket.clone()).collect();
     for (k, s) in servers.iter().enumerate() {
         sockets.push(attached_socket_path(
             env, run_dir, &s.socket, k, &mut binds,
@@ -778,8 +791,23 @@ fn attempt(
     if let Some(err) = child.stderr.take() {
         reader(err, run_dir.join("qemu.log"), tx.clone(), Event::Qemu);
     }
-    results_reader(listener, run_dir.join("results.log"), tx, stop.clone());
-    let mut w = Watch::default();
+    let reply: crate::ctl_agent::ReplyStream = Arc::default();
+    results_reader(
+        listener,
+        run_dir.join("results.log"),
+        tx,
+        stop.clone(),
+        reply.clone(),
+    );
+    let mut w = Watch {
+        ctl: Some(crate::ctl_agent::Agent::new(
+            req.vugpu.clone(),
+            host_sockets,
+            reply,
+            run_dir.join(crate::ctl_agent::LOG_NAME),
+        )),
+        ..Watch::default()
+    };
     if req.hotplug {
         w.hotplug = Some(crate::hotplug::Agent::start(crate::hotplug::AgentConfig {
             qmp: qmp_sock.clone(),
@@ -846,6 +874,8 @@ fn drain(rx: &Receiver<Event>, open: usize, limit: Duration) {
 #[derive(Default)]
 struct Watch {
     hotplug: Option<crate::hotplug::Agent>,
+    /// Answers the guest's control-socket requests (src/ctl_agent.rs).
+    ctl: Option<crate::ctl_agent::Agent>,
     collector: Collector,
     console_lines: usize,
     alarms: Vec<String>,
@@ -876,6 +906,9 @@ impl Watch {
                 }
             }
             Event::Result(line) => {
+                if let Some(agent) = &self.ctl {
+                    agent.handle_line(&line);
+                }
                 if let Some(agent) = &self.hotplug {
                     match crate::hotplug::parse_request(&line) {
                         Some(Ok(r)) => agent.request(r),

@@ -487,6 +487,7 @@ const char *vugpu_eng_err_name(uint32_t code)
 	static const char *const names[] = {
 		"NONE", "RING_CONFIG", "RING_OVERFLOW", "BAD_OPCODE", "BAD_DESCRIPTOR",
 		"SYS_UNMAPPED", "SYS_PERMISSION", "VRAM_RANGE", "MSG_DMA_FAILED", "TRANSLATION",
+		"POISONED",
 	};
 
 	return code < sizeof(names) / sizeof(names[0]) ? names[code] : "UNKNOWN";

@@ -112,6 +112,8 @@ pub enum FaultKind {
     /// A cancelled translation fault, or a VIRT access after the MMU was disabled
     /// (`TRANSLATION`).
     Translation,
+    /// An engine read of poisoned VRAM (hw-spec §10).
+    Poisoned,
     /// Abandoned because of a reset or shutdown (not an error).
     Aborted,
 }
@@ -125,6 +127,7 @@ impl FaultKind {
             FaultKind::VramRange => Some(ErrorCode::VramRange),
             FaultKind::MsgDma => Some(ErrorCode::MsgDmaFailed),
             FaultKind::Mmu { .. } | FaultKind::Translation => Some(ErrorCode::Translation),
+            FaultKind::Poisoned => Some(ErrorCode::Poisoned),
             FaultKind::Aborted => None,
         }
     }
@@ -255,6 +258,14 @@ pub struct EngineEnv {
     trace: Option<Mutex<Trace>>,
     /// Trace lines not written because the trace reached its byte limit.
     trace_dropped: AtomicU64,
+    /// Live trace subscribers of the control socket (`vugpu ctl SOCKET trace`, hw-spec §8.4).
+    subscribers: Mutex<Vec<TraceSubscriber>>,
+    /// `subscribers` is not empty (one load on the hot path).
+    subscribed: AtomicBool,
+    /// Lines subscribers' full queues dropped (all subscribers, ever).
+    stream_dropped: AtomicU64,
+    /// Injected faults (`vugpu ctl SOCKET inject`, hw-spec §10).
+    inject: super::inject::Injected,
     shutdown: AtomicBool,
     timing: PollTiming,
     peer_windows: PeerWindows,
@@ -268,6 +279,26 @@ pub struct EngineEnv {
     /// The first loss was logged.
     drop_logged: AtomicBool,
 }
+
+/// One live trace subscriber: a bounded queue of lines; a line that finds it full is dropped
+/// and counted (the subscriber's reader is slow), so a subscriber never grows the server.
+#[derive(Debug)]
+struct TraceSubscriber {
+    tx: mpsc::SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The receiving end of a live trace subscription (the control socket's side).
+#[derive(Debug)]
+pub struct TraceFeed {
+    /// Trace lines, in order (each without its newline).
+    pub rx: Receiver<String>,
+    /// Lines dropped because the queue was full.
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// Most trace lines queued for one live subscriber.
+pub const TRACE_FEED_LINES: usize = 4096;
 
 /// The trace file and how much of its byte limit is used.
 #[derive(Debug)]
@@ -433,6 +464,10 @@ impl EngineEnv {
                 })
             }),
             trace_dropped: AtomicU64::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            subscribed: AtomicBool::new(false),
+            stream_dropped: AtomicU64::new(0),
+            inject: super::inject::Injected::default(),
             shutdown: AtomicBool::new(false),
             timing: parts.timing,
             peer_windows: PeerWindows::new(),
@@ -519,6 +554,10 @@ impl EngineEnv {
     /// first and then, under the same lock, sends what it no longer holds, so a signal is
     /// either sent, or held and released by that pass (never held after it).
     pub fn signal(&self, vector: usize) {
+        if self.inject.removed() {
+            // A surprise-removed function sends nothing (hw-spec §10).
+            return;
+        }
         let mut msix = self.msix();
         let ctl = self.msix_control();
         msix.signal(vector, ctl);
@@ -576,17 +615,68 @@ impl EngineEnv {
         self.timing
     }
 
-    /// Tracing is on.
+    /// Tracing is on (a trace file, or a live subscriber).
     pub fn tracing(&self) -> bool {
-        self.trace.is_some()
+        self.trace.is_some() || self.subscribed.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to the live trace: every later line is queued (at most `lines`; when the queue
+    /// is full a line is dropped and counted). Dropping the feed unsubscribes.
+    pub fn subscribe_trace(&self, lines: usize) -> TraceFeed {
+        let (tx, rx) = mpsc::sync_channel(lines.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut subs = lock(&self.subscribers);
+        subs.push(TraceSubscriber {
+            tx,
+            dropped: dropped.clone(),
+        });
+        self.subscribed.store(true, Ordering::Relaxed);
+        TraceFeed { rx, dropped }
+    }
+
+    /// Live trace subscribers now.
+    pub fn trace_subscribers(&self) -> usize {
+        let mut subs = lock(&self.subscribers);
+        // The feed holds the other reference to `dropped`: alone, the subscriber is gone.
+        subs.retain(|s| Arc::strong_count(&s.dropped) > 1);
+        if subs.is_empty() {
+            self.subscribed.store(false, Ordering::Relaxed);
+        }
+        subs.len()
+    }
+
+    /// Lines live subscribers' full queues dropped.
+    pub fn trace_stream_dropped(&self) -> u64 {
+        self.stream_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Hands a line to every live subscriber, forgetting those that went away.
+    fn publish(&self, text: &str) {
+        let mut subs = lock(&self.subscribers);
+        subs.retain(|s| match s.tx.try_send(text.to_string()) {
+            Ok(()) => true,
+            Err(mpsc::TrySendError::Full(_)) => {
+                s.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stream_dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+        });
+        if subs.is_empty() {
+            self.subscribed.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Appends one line to the trace (no-op without `--trace`). Once the trace holds its byte
     /// limit (`--trace-max-bytes`), one line says so and later lines are only counted
     /// ([`trace_lines_dropped`](Self::trace_lines_dropped)): a guest cannot fill the disk.
     pub fn trace_line(&self, line: std::fmt::Arguments<'_>) {
+        let ns = self.clock_ns();
+        if self.subscribed.load(Ordering::Relaxed) {
+            self.publish(&format!("{ns} gpu={} {line}", self.name));
+        }
         if let Some(t) = &self.trace {
-            let text = format!("{} gpu={} {line}\n", self.clock_ns(), self.name);
+            let text = format!("{ns} gpu={} {line}\n", self.name);
             let mut t = lock(t);
             let len = text.len() as u64;
             if t.full || t.written.saturating_add(len) > t.max {
@@ -632,6 +722,11 @@ impl EngineEnv {
     /// The peer windows (hw-spec §6.10).
     pub fn peer_windows(&self) -> &PeerWindows {
         &self.peer_windows
+    }
+
+    /// Faults injected through the control socket (hw-spec §10).
+    pub fn inject(&self) -> &super::inject::Injected {
+        &self.inject
     }
 
     /// The device MMU (hw-spec §9).

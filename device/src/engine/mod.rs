@@ -21,6 +21,8 @@
 
 pub mod desc;
 pub mod env;
+pub mod inject;
+pub mod inject_cmd;
 pub mod peer_window;
 pub mod regs;
 pub mod stats;
@@ -238,6 +240,8 @@ impl Engine {
         if clear_stats {
             self.stats.clear();
         }
+        // An injected hang ends with the reset (hw-spec §10).
+        env.inject().end_hang(self.index);
         self.abort.store(false, Ordering::Release);
     }
 }
@@ -322,6 +326,34 @@ impl EngineMonitor {
     /// Trace lines dropped at the trace's byte limit.
     pub fn trace_lines_dropped(&self) -> u64 {
         self.env.trace_lines_dropped()
+    }
+
+    /// Subscribes to the live trace (hw-spec §8.4).
+    pub fn subscribe_trace(&self, lines: usize) -> env::TraceFeed {
+        self.env.subscribe_trace(lines)
+    }
+
+    /// Live trace subscribers.
+    pub fn trace_subscribers(&self) -> usize {
+        self.env.trace_subscribers()
+    }
+
+    /// Lines live subscribers' full queues dropped.
+    pub fn trace_stream_dropped(&self) -> u64 {
+        self.env.trace_stream_dropped()
+    }
+
+    /// The injected faults (hw-spec §10).
+    pub fn inject_report(&self) -> inject::InjectReport {
+        let mut r = self.env.inject().report(self.engines.len());
+        let msix = self.env.msix();
+        r.msix_drop_pending = msix
+            .drops_pending()
+            .into_iter()
+            .map(|(v, n)| [v as u64, u64::from(n)])
+            .collect();
+        r.msix_dropped = msix.stats().dropped;
+        r
     }
 
     /// The client's DMA windows: (all, with an fd, bytes of those with an fd).

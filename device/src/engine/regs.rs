@@ -131,6 +131,8 @@ pub enum ErrorCode {
     MsgDmaFailed = 8,
     /// A translation fault was cancelled (hw-spec §9.4).
     Translation = 9,
+    /// An engine read poisoned VRAM (hw-spec §10, `inject poison`).
+    Poisoned = 10,
 }
 
 impl ErrorCode {
@@ -146,6 +148,7 @@ impl ErrorCode {
             ErrorCode::VramRange => "VRAM_RANGE",
             ErrorCode::MsgDmaFailed => "MSG_DMA_FAILED",
             ErrorCode::Translation => "TRANSLATION",
+            ErrorCode::Poisoned => "POISONED",
         }
     }
 }

@@ -100,8 +100,10 @@ fn next_job(
             sleeping = false;
             sleep = MIN_SLEEP;
         }
-        let Some(ring) = st.runnable_ring() else {
-            // Disabled, halted or in error: nothing to poll until a register write.
+        let removed = env.inject().removed();
+        let Some(ring) = st.runnable_ring().filter(|_| !removed) else {
+            // Disabled, halted, in error or surprise-removed (hw-spec §10): nothing to poll
+            // until a register write.
             st = engine.wait(st);
             spun = false;
             continue;
@@ -355,11 +357,16 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             .wrapping_add(u64::from(slot) * DESC_SIZE as u64),
     };
     let abort = &engine.abort;
+    if env.inject().hung(engine.index) {
+        // `inject hang` (hw-spec §10): the descriptor was taken and makes no progress.
+        return hang(engine, env);
+    }
     if let Err(f) = gate(engine, env, desc_at) {
         return mem_fault(f, slot, true, (false, false));
     }
     let mut raw = [0u8; DESC_SIZE];
-    let fetch = env.read_bytes(desc_at, &mut raw, abort);
+    let fetch = poison_check(env, desc_at, DESC_SIZE as u64, false)
+        .and_then(|()| env.read_bytes(desc_at, &mut raw, abort));
     let mut tx = Tx {
         env,
         engine: engine.index,
@@ -429,6 +436,19 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             0
         }
     };
+    if let Some((at, len, write)) = sys_side(&desc.op) {
+        if env.inject().take_dma_error(engine.index) {
+            // `inject dma-error` (hw-spec §10): the descriptor's first SYS transaction comes back
+            // as an Unsupported Request; nothing moved.
+            let f = MemFault {
+                kind: FaultKind::SysUnmapped,
+                at,
+                write,
+            };
+            tx.fault(write, at, len, Reach::default(), &f);
+            return mem_fault(f, slot, false, (ns_used, ro_used));
+        }
+    }
     let eng = (engine, env, &tx);
     let mut fence = None;
     let result: Result<(), MemFault> = match desc.op {
@@ -459,7 +479,10 @@ fn execute(engine: &Engine, env: &EngineEnv, job: &Job) -> Outcome {
             r.map(|w| counts.sys_bytes = sys_len(dst, w, 8))
         }
         Op::Atomic { dst, result, value } => {
-            let r = replaying(eng, dst, || env.atomic_add(dst, value, abort));
+            let r = replaying(eng, dst, || {
+                poison_check(env, dst, 8, true)?;
+                env.atomic_add(dst, value, abort)
+            });
             match r {
                 Ok((old, reach)) => {
                     tx.line(true, dst, 8, reach, true);
@@ -569,7 +592,8 @@ fn gate(engine: &Engine, env: &EngineEnv, at: Addr) -> Result<(), MemFault> {
         at,
         write: false,
     };
-    if engine.abort.load(Ordering::Acquire) {
+    if engine.abort.load(Ordering::Acquire) || env.inject().removed() {
+        // A surprise-removed function (hw-spec §10) abandons its descriptor here.
         return Err(aborted());
     }
     if env.bus_master() {
@@ -589,6 +613,53 @@ fn gate(engine: &Engine, env: &EngineEnv, at: Addr) -> Result<(), MemFault> {
     }
 }
 
+/// `inject hang`: waits, executing the descriptor, until a reset (or shutdown) abandons it.
+fn hang(engine: &Engine, env: &EngineEnv) -> Outcome {
+    env.inject().count_hang();
+    tracing::warn!("engine {}: hung by injection until reset", engine.index);
+    let mut st = engine.lock();
+    while !engine.abort.load(Ordering::Acquire) && !env.is_shutdown() {
+        st = engine.wait(st);
+    }
+    drop(st);
+    Outcome::Aborted
+}
+
+/// `inject poison` (hw-spec §10): an engine read of VRAM (the VRAM aperture) that touches a
+/// poisoned range fails at its first poisoned byte. `rmw`: the read of an ATOMIC, which
+/// reports a write.
+fn poison_check(env: &EngineEnv, at: Addr, len: u64, rmw: bool) -> Result<(), MemFault> {
+    if at.aperture != Aperture::Vram {
+        return Ok(());
+    }
+    match env.inject().poisoned(at.addr, len) {
+        None => Ok(()),
+        Some(addr) => Err(MemFault {
+            kind: FaultKind::Poisoned,
+            at: Addr {
+                aperture: Aperture::Vram,
+                addr,
+            },
+            write: rmw,
+        }),
+    }
+}
+
+/// The first SYS transaction of a descriptor: (address, transaction size, write).
+fn sys_side(op: &Op) -> Option<(Addr, u64, bool)> {
+    let is_sys = |a: Addr| a.aperture == Aperture::Sys;
+    match *op {
+        Op::Copy { src, len, .. } if is_sys(src) => Some((src, len, false)),
+        Op::Copy { dst, len, .. } | Op::Fill { dst, len, .. } if is_sys(dst) => {
+            Some((dst, len, true))
+        }
+        Op::Fence { dst, .. } | Op::Timestamp { dst } | Op::Atomic { dst, .. } if is_sys(dst) => {
+            Some((dst, 8, true))
+        }
+        _ => None,
+    }
+}
+
 /// COPY in chunks; one trace line per side.
 fn copy(
     engine: &Engine,
@@ -605,6 +676,7 @@ fn copy(
         let n = (len - off).min(CHUNK);
         // Descriptor validation guarantees `addr + len` does not overflow.
         let chunk = replaying((engine, env, tx), src, || {
+            poison_check(env, offset(src, off), n, false)?;
             env.copy_chunk(offset(src, off), offset(dst, off), n, abort)
         });
         match chunk {

@@ -659,7 +659,7 @@ mod engines {
         let mut g = gpu();
         assert_eq!(rd32(&mut g, 0, 0x90), 4, "ENGINE_COUNT");
         assert_eq!(rd32(&mut g, 0, 0x08), 0x3f, "CAPS");
-        assert_eq!(rd32(&mut g, 0, 0x04), 4, "VERSION 0.4");
+        assert_eq!(rd32(&mut g, 0, 0x04), 5, "VERSION 0.5");
         // Engine 4 does not exist: RsvdZ.
         wr32(&mut g, 0, ereg(4, eoff::RING_SIZE), 16);
         assert_eq!(rd32(&mut g, 0, ereg(4, eoff::RING_SIZE)), 0);

@@ -317,7 +317,7 @@ mod tests {
     fn identification_registers() {
         let (mut f, mut c) = setup();
         assert_eq!(rd(&mut f, &mut c, ID), 0x5647_5055);
-        assert_eq!(rd(&mut f, &mut c, VERSION), 4);
+        assert_eq!(rd(&mut f, &mut c, VERSION), 5);
         assert_eq!(rd(&mut f, &mut c, CAPS), 0x3f);
         assert_eq!(rd(&mut f, &mut c, NUM_VECTORS), 40);
         assert_eq!(rd(&mut f, &mut c, VRAM_SIZE_LO), 0);

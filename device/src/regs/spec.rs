@@ -2,8 +2,8 @@
 
 /// `ID` value: "UPGV".
 pub const ID_VALUE: u32 = 0x5647_5055;
-/// `VERSION` value: spec 0.4.
-pub const VERSION_VALUE: u32 = 0x0000_0004;
+/// `VERSION` value: spec 0.5.
+pub const VERSION_VALUE: u32 = 0x0000_0005;
 /// `CAPS` bit 0: MSI-X.
 pub const CAPS_MSIX: u32 = 1 << 0;
 /// `CAPS` bit 1: VRAM BAR mmappable.
