@@ -20,3 +20,4 @@ pub mod pci;
 pub mod probe;
 pub mod regs;
 pub mod serve;
+pub mod topology;
