@@ -23,8 +23,8 @@ pub struct ServeArgs {
     /// Read options from this TOML file: top-level keys are the long option names below
     /// (`vram = "1G"`, `inject = ["msix-dead=3"]`) for every GPU, each `[[gpu]]` table one GPU
     /// with its own `socket` and settings. Precedence: command line > [[gpu]] table > top level
-    /// of the file > default. Errors name the file, line and key (exit 2). See
-    /// examples/vugpu.toml.
+    /// of the file > default. Errors name the file, line and key (exit 2). Reference:
+    /// docs/configuration.md; example: examples/vugpu.toml.
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
     /// UNIX socket to listen on (created; must not exist; its directory must exist). Repeat it

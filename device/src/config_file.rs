@@ -840,7 +840,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gpu::DEFAULT_MSIX_VECTORS;
     use crate::pci::dsn::serial_from;
@@ -1275,6 +1275,90 @@ serial = 7
         // Too many tables.
         let many = "[[gpu]]\n".repeat(MAX_GPUS + 1);
         err(&many, &[], "gpu", MAX_GPUS + 1);
+    }
+
+    const DOC: &str = include_str!("../../docs/configuration.md");
+    const EXAMPLE: &str = include_str!("../../examples/vugpu.toml");
+    const TEST_ALL: &str = include_str!("../../scripts/test-all");
+
+    /// The fenced code blocks of `doc` in language `lang`.
+    pub(crate) fn fenced(doc: &str, lang: &str) -> Vec<String> {
+        let mut blocks = Vec::new();
+        let mut cur: Option<String> = None;
+        for line in doc.lines() {
+            match (&mut cur, line.trim_start().strip_prefix("```")) {
+                (None, Some(l)) if l.trim() == lang => cur = Some(String::new()),
+                (Some(_), Some(_)) => blocks.extend(cur.take()),
+                (Some(b), None) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                _ => {}
+            }
+        }
+        blocks
+    }
+
+    fn resolve_text(path: &str, text: &str) -> Resolved {
+        FileConfig::parse(Path::new(path), text)
+            .and_then(|f| resolve_with(&matches(&[]), Some(&f)))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn documented_example_and_keys() {
+        let ex = resolve_text("examples/vugpu.toml", EXAMPLE);
+        let per_gpu = |f: &dyn Fn(&GpuConfig) -> String| {
+            ex.gpus
+                .iter()
+                .map(|(g, _)| f(g))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        // What scripts/test-all tells the guest's smoke suite to expect is what the file says.
+        let expect = format!(
+            "vugpu_smoke.vram_mib={} vugpu_smoke.msix_vectors={} vugpu_smoke.serial={}",
+            per_gpu(&|g| (g.vram.size >> 20).to_string()),
+            per_gpu(&|g| g.msix_vectors.to_string()),
+            per_gpu(&|g| format!("{:#018x}", g.serial)),
+        );
+        assert_eq!(
+            expect,
+            "vugpu_smoke.vram_mib=512,128 vugpu_smoke.msix_vectors=16,8 \
+             vugpu_smoke.serial=0x5647000000000a00,0x5647000000000a01"
+        );
+        assert!(
+            TEST_ALL.contains(&expect),
+            "scripts/test-all lacks {expect}"
+        );
+        assert!(
+            DOC.contains(&expect),
+            "docs/configuration.md lacks {expect}"
+        );
+        assert!(TEST_ALL.contains("--config $REPO/examples/vugpu.toml"));
+        assert_eq!(ex.process.socket_mode, 0o660);
+        // Every TOML block of the page parses; the first is the example file without comments.
+        let blocks = fenced(DOC, "toml");
+        assert!(blocks.len() >= 2, "{blocks:?}");
+        for (i, b) in blocks.iter().enumerate() {
+            let r = resolve_text("docs/configuration.md", b);
+            if i == 0 {
+                assert_eq!(r.gpus, ex.gpus, "the first block is examples/vugpu.toml");
+                assert_eq!(r.process.socket_mode, ex.process.socket_mode);
+            }
+        }
+        // The key table lists every key.
+        for (k, _, scope) in KEYS {
+            let scope = match scope {
+                Scope::Gpu => "GPU",
+                Scope::Process => "process",
+            };
+            let row = DOC
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{k}` |")))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no row for `{k}`"));
+            assert!(row.contains(&format!("| {scope} |")), "{row}");
+        }
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct QemuArgs {
     pub memory: String,
     /// shell: quoted, one option per line joined with backslashes (paste into a script).
     /// lines: one unquoted argument per line (`mapfile -t A < <(vugpu qemu-args ...)`).
+    /// libvirt: the domain XML elements (shared memfd guest RAM in `<memoryBacking>`, the ports
+    /// and devices in `<qemu:commandline>`; guest RAM is the domain's `<memory>`, --memory is
+    /// not used).
     #[arg(long, value_enum, default_value = "shell")]
     pub format: Format,
 }
@@ -48,7 +51,12 @@ pub enum Format {
     Shell,
     /// One argument per line.
     Lines,
+    /// libvirt domain XML: `<memoryBacking>` and `<qemu:commandline>`.
+    Libvirt,
 }
+
+/// The XML namespace of libvirt's `<qemu:commandline>`.
+pub const LIBVIRT_QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
 impl QemuArgs {
     /// The sockets of the GPUs, absolute.
@@ -82,8 +90,8 @@ impl QemuArgs {
             .collect()
     }
 
-    /// The arguments, one string each.
-    pub fn args(&self) -> Result<Vec<String>, ConfigError> {
+    /// Guest RAM in MiB.
+    fn memory_mib(&self) -> Result<u64, ConfigError> {
         let bad = |message: String| ConfigError {
             location: None,
             key: Some("memory".into()),
@@ -96,6 +104,20 @@ impl QemuArgs {
                 self.memory
             )));
         }
+        Ok(bytes >> 20)
+    }
+
+    /// The arguments, one string each.
+    pub fn args(&self) -> Result<Vec<String>, ConfigError> {
+        let mib = self.memory_mib()?;
+        let mut a = vec!["-machine".to_string(), machine_arg(None)];
+        a.extend(memory_args(mib, true));
+        a.extend(self.device_args()?);
+        Ok(a)
+    }
+
+    /// The `-device` arguments of the ports and GPUs.
+    pub fn device_args(&self) -> Result<Vec<String>, ConfigError> {
         let spec = TopologySpec {
             topology: self.topology,
             gpu_sockets: self
@@ -107,23 +129,36 @@ impl QemuArgs {
             cmb_mb: 0,
             peer_namespaces: Vec::new(),
         };
-        let devices = device_args(&spec).map_err(|e| ConfigError {
+        device_args(&spec).map_err(|e| ConfigError {
             location: None,
             key: None,
             message: e.to_string(),
-        })?;
-        let mut a = vec!["-machine".to_string(), machine_arg(None)];
-        a.extend(memory_args(bytes >> 20, true));
-        a.extend(devices);
-        Ok(a)
+        })
+    }
+
+    /// The libvirt domain XML elements: guest RAM a shared memfd (what `-object
+    /// memory-backend-memfd,share=on` is on the command line), and the ports and GPUs as
+    /// `<qemu:commandline>` arguments (libvirt has no vfio-user device element).
+    pub fn libvirt_xml(&self) -> Result<String, ConfigError> {
+        let mut x = format!(
+            "<!-- vugpu: in <domain type='kvm' xmlns:qemu='{LIBVIRT_QEMU_NS}'> -->\n\
+             <memoryBacking>\n  <source type='memfd'/>\n  <access mode='shared'/>\n\
+             </memoryBacking>\n<qemu:commandline>\n"
+        );
+        for w in self.device_args()? {
+            x.push_str(&format!("  <qemu:arg value='{}'/>\n", xml_attr(&w)));
+        }
+        x.push_str("</qemu:commandline>\n");
+        Ok(x)
     }
 
     /// The text to print.
     pub fn render(&self) -> Result<String, ConfigError> {
-        let a = self.args()?;
         Ok(match self.format {
-            Format::Lines => a.iter().map(|w| format!("{w}\n")).collect(),
+            Format::Libvirt => self.libvirt_xml()?,
+            Format::Lines => self.args()?.iter().map(|w| format!("{w}\n")).collect(),
             Format::Shell => {
+                let a = self.args()?;
                 let lines: Vec<String> = a
                     .chunks(2)
                     .map(|c| c.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" "))
@@ -132,6 +167,21 @@ impl QemuArgs {
             }
         })
     }
+}
+
+/// Escapes text for an XML attribute value in single quotes (`"` may stay: the JSON of a
+/// `-device` argument remains readable).
+fn xml_attr(w: &str) -> String {
+    let mut out = String::with_capacity(w.len());
+    for c in w.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Quotes a word for a POSIX shell (single quotes unless it only has safe characters).
@@ -204,6 +254,51 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("}'\n"), "{text}");
+    }
+
+    #[test]
+    fn documented_outputs() {
+        let doc = include_str!("../../docs/configuration.md");
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/vugpu.toml");
+        let q = parse(&["--config", example, "--topology", "switch"]);
+        // The shell form.
+        let shown = crate::config_file::tests::fenced(doc, "text")
+            .into_iter()
+            .find_map(|b| {
+                b.strip_prefix("$ vugpu qemu-args --config examples/vugpu.toml --topology switch\n")
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        assert_eq!(shown, q.render().unwrap_or_default());
+        // The libvirt form: the documented domain has exactly these elements.
+        let xml = crate::config_file::tests::fenced(doc, "xml")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let doc_lines: Vec<&str> = xml
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("<qemu:") || l.starts_with("</qemu:"))
+            .collect();
+        let out = q.libvirt_xml().unwrap_or_default();
+        let out_lines: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("<qemu:") || l.starts_with("</qemu:"))
+            .collect();
+        assert_eq!(doc_lines, out_lines);
+        assert_eq!(out_lines.len(), 14, "{out}");
+        for l in ["<source type='memfd'/>", "<access mode='shared'/>"] {
+            assert!(out.contains(l) && xml.contains(l), "{l}");
+        }
+        assert!(xml.contains(&format!("xmlns:qemu='{LIBVIRT_QEMU_NS}'")));
+        assert!(out.contains(&format!("xmlns:qemu='{LIBVIRT_QEMU_NS}'")));
+        assert_eq!(xml_attr("a'b&c<d\"e"), "a&apos;b&amp;c&lt;d\"e");
+        let q = parse(&["--socket", "/r/it's.sock", "--format", "libvirt"]);
+        assert!(q
+            .render()
+            .unwrap_or_default()
+            .contains(r#""path":"/r/it&apos;s.sock""#));
     }
 
     #[test]

@@ -224,6 +224,7 @@ void cap_msix(struct ktap_test *t, void *ctx)
 		table = vugpu_cfg32(d, pos + 4);
 		pba = vugpu_cfg32(d, pos + 8);
 		size = (ctrl & 0x7ff) + 1;
+		EXPECT_CONFIGURED(t, s, &s->msix_vectors, d - s->devs, size, "MSI-X table size");
 		KTAP_EXPECT(t, (table & 7) == VUGPU_BAR_REGS && (table & ~7u) == VUGPU_MSIX_TABLE_OFFSET,
 			    "%s: MSI-X table BIR %u offset %#x, expected BIR 0 offset %#x", d->bdf,
 			    table & 7, table & ~7u, VUGPU_MSIX_TABLE_OFFSET);
@@ -457,6 +458,7 @@ void cap_device_serial_number(struct ktap_test *t, void *ctx)
 		dsn = (uint64_t)vugpu_cfg32(d, pos + 8) << 32 | vugpu_cfg32(d, pos + 4);
 		KTAP_EXPECT(t, dsn != 0 && dsn != ~0ULL, "%s: serial number %#llx", d->bdf,
 			    (unsigned long long)dsn);
+		EXPECT_CONFIGURED(t, s, &s->serial, d - s->devs, dsn, "serial number");
 		KTAP_EXPECT(t, (vugpu_cfg32(d, pos) >> 20) == 0,
 			    "%s: DSN is not the last extended capability (next %#x)", d->bdf,
 			    vugpu_cfg32(d, pos) >> 20);
@@ -525,9 +527,14 @@ void bar_layout(struct ktap_test *t, void *ctx)
 void driver_binding(struct ktap_test *t, void *ctx)
 {
 	struct smoke *s = ctx;
+	const struct smoke_expect *lists[] = { &s->vram_mib, &s->msix_vectors, &s->serial };
 	struct vugpu_dev *d;
+	unsigned int i;
 
 	REQUIRE_DEVS(t, s);
+	for (i = 0; i < KTAP_ARRAY_SIZE(lists); i++)
+		KTAP_EXPECT(t, !lists[i]->n || lists[i]->n == (unsigned int)s->ndevs,
+			    "%u GPUs configured, %d found", lists[i]->n, s->ndevs);
 	for_each_dev(s, d) {
 		char drv[64] = "";
 
@@ -548,6 +555,8 @@ void driver_binding(struct ktap_test *t, void *ctx)
 			    "%s: GET_INFO BAR sizes %#llx/%#llx differ from sysfs", d->bdf,
 			    (unsigned long long)d->info.bar0_size,
 			    (unsigned long long)d->info.bar2_size);
+		EXPECT_CONFIGURED(t, s, &s->vram_mib, d - s->devs, d->info.vram_size / MIB,
+				  "VRAM MiB");
 		ktap_diag("%s: %s, %u MSI-X vectors, VRAM %llu MiB", d->bdf, d->devnode,
 			  d->info.num_vectors, (unsigned long long)(d->info.vram_size / MIB));
 	}

@@ -17,7 +17,11 @@
  *
  * Usage: vugpu-smoke [--vendor ID] [--device ID] [--subsystem-vendor ID]
  *                    [--subsystem-device ID] [--module PATH]
+ *                    [--vram-mib LIST] [--msix-vectors LIST] [--serial LIST]
  *                    [--first N] [--no-header] [--count] [--list]
+ * --vram-mib, --msix-vectors and --serial take one value per GPU, comma
+ * separated, in BDF order (e.g. what a `vugpu serve --config` file gave each
+ * GPU): the GPU count must match and each GPU must show its own value.
  * --first/--no-header let a shell suite splice the results into its own KTAP
  * document (numbering starts at N, no version/plan lines).  Exit status: 0
  * when no test failed, 1 otherwise, 2 on bad usage.  Needs root.
@@ -175,11 +179,37 @@ static int parse_num(const char *s, unsigned int *out)
 	return 0;
 }
 
+/* "512,128": one number per GPU. */
+static int parse_list(const char *s, struct smoke_expect *e)
+{
+	const char *p = s;
+
+	e->n = 0;
+	for (;;) {
+		char *end;
+		unsigned long long v;
+
+		if (e->n == VUGPU_MAX_DEVS)
+			return -1;
+		errno = 0;
+		v = strtoull(p, &end, 0);
+		if (errno || end == p || *p == '-')
+			return -1;
+		e->v[e->n++] = v;
+		if (!*end)
+			return 0;
+		if (*end != ',')
+			return -1;
+		p = end + 1;
+	}
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vugpu-smoke [--vendor ID] [--device ID] [--subsystem-vendor ID]\n"
 		"                   [--subsystem-device ID] [--module PATH]\n"
+		"                   [--vram-mib LIST] [--msix-vectors LIST] [--serial LIST]\n"
 		"                   [--first N] [--no-header] [--count] [--list]\n");
 }
 
@@ -213,6 +243,17 @@ int main(int argc, char **argv)
 			continue;
 		} else if (!strcmp(opt, "--module") && val) {
 			s.module_path = val;
+			a++;
+			continue;
+		} else if (!strcmp(opt, "--vram-mib") || !strcmp(opt, "--msix-vectors") ||
+			   !strcmp(opt, "--serial")) {
+			struct smoke_expect *e = opt[2] == 'v' ? &s.vram_mib :
+						 opt[2] == 'm' ? &s.msix_vectors : &s.serial;
+
+			if (!val || parse_list(val, e)) {
+				usage();
+				return 2;
+			}
 			a++;
 			continue;
 		} else if (!strcmp(opt, "--vendor")) {
