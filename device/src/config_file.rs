@@ -621,6 +621,15 @@ fn resolve_with(matches: &ArgMatches, file: Option<&FileConfig>) -> Result<Resol
                 in_file(&format!("the {} [[gpu]] tables", tables.len()))
             )));
         }
+        if let (Some(s), None) = (fglobal("socket"), &cli_dir) {
+            if sockets_len(s) != g {
+                return Err(ConfigError {
+                    location: Some(s.loc.clone()),
+                    key: Some("socket".into()),
+                    message: format!("--gpus {g} disagrees with the {} sockets", sockets_len(s)),
+                });
+            }
+        }
         g
     } else if !tables.is_empty() {
         tables.len()
@@ -650,8 +659,11 @@ fn resolve_with(matches: &ArgMatches, file: Option<&FileConfig>) -> Result<Resol
             d.join(&name)
         } else if let Some(e) = tval("socket") {
             PathBuf::from(word(&e.val).unwrap_or_default())
-        } else if let Some(Val::Words(w)) = fglobal("socket").map(|e| &e.val) {
-            PathBuf::from(&w[k])
+        } else if let Some(w) = fglobal("socket").and_then(|e| match &e.val {
+            Val::Words(w) => w.get(k),
+            Val::Flag(_) => None,
+        }) {
+            PathBuf::from(w)
         } else if let Some(d) = fglobal("socket-dir").and_then(|e| word(&e.val)) {
             Path::new(d).join(&name)
         } else {
@@ -1066,6 +1078,18 @@ serial = 7
         assert_eq!(r.default_dir, Some(d.clone()));
         assert_eq!(ok("gpus = 3", &[]).gpus[2].1, d.join("gpu2.sock"));
         assert_eq!(ok("gpus = 3", &["--gpus", "2"]).gpus.len(), 2);
+        let e = run("socket = [\"/a\", \"/b\"]", &["--gpus", "3"]).unwrap_err();
+        assert_eq!(e.location.as_ref().map(|l| l.line), Some(1), "{e}");
+        assert!(
+            e.to_string()
+                .contains("--gpus 3 disagrees with the 2 sockets"),
+            "{e}"
+        );
+        let r = ok(
+            "socket = [\"/a\", \"/b\"]",
+            &["--gpus", "3", "--socket-dir", "/d"],
+        );
+        assert_eq!(r.gpus[2].1, Path::new("/d/gpu2.sock"));
         let r = ok("socket-dir = \"run\"\ngpus = 2", &[]);
         assert_eq!(r.gpus[1].1, Path::new("/etc/vugpu/run/gpu1.sock"));
         let r = ok("socket = [\"/a\", \"/b\"]", &[]);
