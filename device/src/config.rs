@@ -9,6 +9,7 @@ use std::time::Duration;
 use vugpu_backend::{DmaLimits, DEFAULT_MAX_FD_WINDOWS};
 use vugpu_protocol::{DmaLayout, ServerConfig};
 
+use crate::config_file::default_socket_dir;
 use crate::ctl::CtlLimits;
 use crate::engine::env::PollTiming;
 use crate::engine::regs::MAX_ENGINES;
@@ -19,23 +20,32 @@ use crate::pci::dsn::serial_from;
 /// Options of `vugpu serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read options from this TOML file: top-level keys are the long option names below
+    /// (`vram = "1G"`, `inject = ["msix-dead=3"]`) for every GPU, each `[[gpu]]` table one GPU
+    /// with its own `socket` and settings. Precedence: command line > [[gpu]] table > top level
+    /// of the file > default. Errors name the file, line and key (exit 2). Reference:
+    /// docs/configuration.md; example: examples/vugpu.toml.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
     /// UNIX socket to listen on (created; must not exist; its directory must exist). Repeat it
     /// to serve several GPUs in this process, peers of each other (gpu0 on the first socket,
-    /// gpu1 on the second, ...); every other option applies to each GPU.
-    #[arg(
-        long,
-        value_name = "PATH",
-        required_unless_present = "socket_dir",
-        conflicts_with = "socket_dir"
-    )]
+    /// gpu1 on the second, ...); every other option applies to each GPU. Without --socket,
+    /// --socket-dir or a socket in --config: $XDG_RUNTIME_DIR/vugpu/gpu0.sock, gpu1.sock, ...
+    /// (else /run/vugpu/...), the directory created with mode 0700.
+    #[arg(long, value_name = "PATH", conflicts_with = "socket_dir")]
     pub socket: Vec<PathBuf>,
-    /// Serve --gpus GPUs on DIR/gpu0.sock, DIR/gpu1.sock, ... (instead of --socket).
-    #[arg(long, value_name = "DIR", requires = "gpus")]
+    /// Serve the GPUs on DIR/gpu0.sock, DIR/gpu1.sock, ... (instead of --socket).
+    #[arg(long, value_name = "DIR")]
     pub socket_dir: Option<PathBuf>,
-    /// Number of GPUs with --socket-dir (1-16).
-    #[arg(long, value_name = "N", requires = "socket_dir",
+    /// Number of GPUs (1-16) on --socket-dir or the default socket directory (default: 1, or
+    /// the number of [[gpu]] tables in --config).
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=MAX_GPUS as i64))]
     pub gpus: Option<u16>,
+    /// Permissions of the vfio-user and control sockets (octal; e.g. 0660 to let a group such
+    /// as libvirt's QEMU user connect).
+    #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub socket_mode: u32,
     /// VRAM size and VRAM BAR (BAR2) size: a power of two >= 1M, with suffix K, M, G or T
     /// (e.g. 256M, 16G). Untouched VRAM uses no memory.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_vram_size)]
@@ -176,6 +186,22 @@ impl From<DmaLayoutArg> for DmaLayout {
             DmaLayoutArg::Qemu102 => DmaLayout::Qemu,
             DmaLayoutArg::Spec => DmaLayout::Spec,
         }
+    }
+}
+
+/// Parses a file mode in octal (`0660`, `660`, `0o660`): permission bits only, and the owner
+/// must be able to read and write (else no one could use the socket but root).
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && m & 0o600 == 0o600 => Ok(m),
+        Ok(_) => Err(format!(
+            "'{text}' must be permission bits (at most 0777) with read and write for the owner"
+        )),
+        Err(_) => Err(format!(
+            "'{text}' is not an octal file mode (e.g. 0600, 0660)"
+        )),
     }
 }
 
@@ -354,19 +380,28 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
 }
 
 impl ServeArgs {
-    /// The sockets to serve, one per GPU (gpu0 first).
+    /// The sockets to serve, one per GPU (gpu0 first): --socket, else --gpus (default 1)
+    /// sockets in --socket-dir or [`default_socket_dir`].
     pub fn sockets(&self) -> Vec<PathBuf> {
-        match (&self.socket_dir, self.gpus) {
-            (Some(dir), Some(n)) => (0..n).map(|i| dir.join(format!("gpu{i}.sock"))).collect(),
-            _ => self.socket.clone(),
+        if !self.socket.is_empty() {
+            return self.socket.clone();
         }
+        let dir = self.socket_dir.clone().unwrap_or_else(default_socket_dir);
+        (0..self.gpus.unwrap_or(1))
+            .map(|i| dir.join(format!("gpu{i}.sock")))
+            .collect()
     }
 
     /// The configuration of every GPU these options describe (named `gpu0`, `gpu1`, ... in socket
     /// order). Each GPU's serial number is derived from its socket path, or `--serial` + index.
     pub fn gpu_configs(&self) -> Result<Vec<GpuConfig>, String> {
-        if self.gpus.is_some() != self.socket_dir.is_some() {
-            return Err("--gpus and --socket-dir go together".into());
+        if let (Some(n), false) = (self.gpus, self.socket.is_empty()) {
+            if usize::from(n) != self.socket.len() {
+                return Err(format!(
+                    "--gpus {n} disagrees with the {} --socket",
+                    self.socket.len()
+                ));
+            }
         }
         let sockets = self.sockets();
         if sockets.is_empty() || sockets.len() > MAX_GPUS {
@@ -476,26 +511,6 @@ impl ServeArgs {
     }
 }
 
-/// The QEMU `-device` argument for a socket.
-pub fn qemu_device_arg(socket: &Path) -> String {
-    let path = serde_json_escape(&socket.to_string_lossy());
-    format!(r#"-device '{{"driver":"vfio-user-pci","socket":{{"path":"{path}","type":"unix"}}}}'"#)
-}
-
-fn serde_json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("'\\''"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,6 +591,17 @@ mod tests {
         assert!(parse_inject("bogus")
             .unwrap_err()
             .contains("vram-write-drop"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0o666"), Ok(0o666));
+        assert!(parse_mode("0400").is_err(), "owner cannot write");
+        assert!(parse_mode("4755").is_err(), "not only permission bits");
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("rw").is_err());
     }
 
     #[test]
@@ -736,12 +762,18 @@ mod tests {
             cfgs.iter().all(|c| c.vram.size == 1 << 30),
             "options apply to every GPU"
         );
-        // Exactly one way to name sockets; --gpus needs --socket-dir.
-        assert!(T::try_parse_from(["t"]).is_err());
+        // At most one way to name sockets; without one, the default directory.
+        let t = T::try_parse_from(["t"]).unwrap();
+        assert_eq!(t.a.sockets(), [default_socket_dir().join("gpu0.sock")]);
+        let t = T::try_parse_from(["t", "--gpus", "2"]).unwrap();
+        assert_eq!(t.a.sockets()[1], default_socket_dir().join("gpu1.sock"));
         assert!(
             T::try_parse_from(["t", "--socket", "a", "--socket-dir", "/r", "--gpus", "2"]).is_err()
         );
-        assert!(T::try_parse_from(["t", "--socket-dir", "/r"]).is_err());
+        let t = T::try_parse_from(["t", "--socket-dir", "/r"]).unwrap();
+        assert_eq!(t.a.sockets(), [Path::new("/r/gpu0.sock")]);
+        let t = T::try_parse_from(["t", "--socket", "a", "--socket", "b", "--gpus", "2"]).unwrap();
+        assert_eq!(t.a.gpu_configs().unwrap().len(), 2);
         assert!(T::try_parse_from(["t", "--socket", "a", "--gpus", "2"])
             .map_err(|e| e.to_string())
             .and_then(|t| t.a.gpu_configs())
@@ -834,13 +866,5 @@ mod tests {
             args.extend(bad);
             assert!(T::try_parse_from(args).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn qemu_arg() {
-        assert_eq!(
-            qemu_device_arg(Path::new("/tmp/vugpu.sock")),
-            r#"-device '{"driver":"vfio-user-pci","socket":{"path":"/tmp/vugpu.sock","type":"unix"}}'"#
-        );
     }
 }

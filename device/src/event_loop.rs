@@ -539,6 +539,15 @@ impl SocketFile {
     /// client that waits for `path` to appear never gets ECONNREFUSED; an existing `path` is
     /// never replaced.
     pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), ServeError> {
+        SocketFile::bind_mode(path, None)
+    }
+
+    /// [`SocketFile::bind`], with the socket's permission bits set to `mode` (when given)
+    /// before it appears at `path`.
+    pub fn bind_mode(
+        path: &Path,
+        mode: Option<u32>,
+    ) -> Result<(UnixListener, SocketFile), ServeError> {
         let err = |source| ServeError::Bind {
             path: path.to_path_buf(),
             source,
@@ -552,6 +561,13 @@ impl SocketFile {
         let tmp = path.with_file_name(tmp_name);
         let _ = std::fs::remove_file(&tmp);
         let listener = UnixListener::bind(&tmp).map_err(err)?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err(e));
+            }
+        }
         let linked = std::fs::hard_link(&tmp, path);
         let _ = std::fs::remove_file(&tmp);
         linked.map_err(err)?;

@@ -7,6 +7,7 @@
 //! on fds.
 
 pub mod config;
+pub mod config_file;
 pub mod ctl;
 pub mod engine;
 pub mod event_loop;
@@ -18,5 +19,7 @@ pub mod mmu;
 pub mod msix;
 pub mod pci;
 pub mod probe;
+pub mod qemu_args;
 pub mod regs;
 pub mod serve;
+pub mod topology;

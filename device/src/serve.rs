@@ -6,7 +6,9 @@
 //! thread only waits: for SIGINT/SIGTERM (the signalfd) or for an event loop that ended on its own
 //! (an error), then stops every event loop and joins them.
 
+use std::fs::Permissions;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
@@ -31,6 +33,8 @@ pub struct ServePlan {
     pub server_config: ServerConfig,
     /// Limits of the control sockets' clients.
     pub ctl: CtlLimits,
+    /// Permission bits of the vfio-user and control sockets.
+    pub socket_mode: u32,
 }
 
 /// One GPU's event loop, running.
@@ -117,9 +121,14 @@ pub fn serve(plan: &ServePlan, signals: OwnedFd) -> Result<(), String> {
     let exited = eventfd()?;
     let mut built = Vec::new();
     for ((cfg, socket), gpu) in plan.gpus.iter().zip(gpus) {
-        let ctl = CtlServer::bind(&ctl_path(socket), gpu.engine_monitor(), plan.ctl)
+        let ctl_socket = ctl_path(socket);
+        let ctl = CtlServer::bind(&ctl_socket, gpu.engine_monitor(), plan.ctl)
             .map_err(|e| e.to_string())?;
-        let (listener, guard) = SocketFile::bind(socket).map_err(|e| e.to_string())?;
+        // It accepts no client before `ctl.serve()` below, after this.
+        std::fs::set_permissions(&ctl_socket, Permissions::from_mode(plan.socket_mode))
+            .map_err(|e| format!("chmod {}: {e}", ctl_socket.display()))?;
+        let (listener, guard) =
+            SocketFile::bind_mode(socket, Some(plan.socket_mode)).map_err(|e| e.to_string())?;
         let stop = eventfd()?;
         let mut server = Server::new(
             listener,

@@ -211,7 +211,8 @@ fn cli_rejects_bad_input_cleanly() {
         "--inject",
         "msix-dead=4",
     ]);
-    assert_eq!(code, 1, "{err}");
+    // Options that contradict each other are a configuration error: exit 2.
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("only 4 MSI-X vectors"), "{err}");
     assert!(!sock.exists(), "nothing left behind");
 
@@ -219,12 +220,33 @@ fn cli_rejects_bad_input_cleanly() {
     assert_eq!(code, 1);
     assert!(err.contains("probe"), "{err}");
 
-    let (code, out, _) = vugpu(&["qemu-args", "--socket", "/run/vugpu/gpu0.sock"]);
+    let (code, out, _) = vugpu(&[
+        "qemu-args",
+        "--socket",
+        "/run/vugpu/gpu0.sock",
+        "--format",
+        "lines",
+    ]);
     assert_eq!(code, 0);
     assert_eq!(
-        out.trim(),
-        r#"-device '{"driver":"vfio-user-pci","socket":{"path":"/run/vugpu/gpu0.sock","type":"unix"}}'"#
+        out.lines().last(),
+        Some(
+            r#"{"bus":"rp0","driver":"vfio-user-pci","id":"gpu0","socket":{"path":"/run/vugpu/gpu0.sock","type":"unix"}}"#
+        )
     );
+    assert!(
+        out.contains("memory-backend-memfd,id=mem,size=2048M,share=on\n"),
+        "{out}"
+    );
+    let (code, _, err) = vugpu(&[
+        "qemu-args",
+        "--socket",
+        "/run/vugpu/gpu0.sock",
+        "--memory",
+        "1K",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`memory`"), "{err}");
     let (code, out, _) = vugpu(&["serve", "--help"]);
     assert_eq!(code, 0);
     for opt in [

@@ -161,7 +161,7 @@ fn serve_refuses_too_few_vectors_for_the_engines() {
         .arg(dir.join("s.sock"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a configuration error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--msix-vectors >= 5"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -14,6 +14,8 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 
+use crate::topology;
+
 /// Oldest QEMU with the `vfio-user-pci` client device.
 pub const MIN_VERSION: QemuVersion = QemuVersion {
     major: 10,
@@ -180,48 +182,49 @@ pub const TCG_CPU: &str = "max,erms=off,fsrm=off,fsrs=off";
 
 /// Builds the argument vector (without the program name).
 pub fn args(c: &QemuConfig) -> Vec<String> {
-    let (machine, cpu) = match c.accel {
-        Accel::Kvm => ("q35,accel=kvm,memory-backend=mem", "host"),
-        Accel::Tcg => ("q35,accel=tcg,memory-backend=mem", TCG_CPU),
+    let (accel, cpu) = match c.accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", TCG_CPU),
     };
-    let mem = format!("{}M", c.memory_mib);
+    let machine = topology::machine_arg(Some(accel));
     let mut a: Vec<String> = [
         "-machine",
-        machine,
+        &machine,
         "-cpu",
         cpu,
         "-smp",
         &c.smp.to_string(),
-        "-m",
-        &mem,
-        "-object",
-        &format!(
-            "memory-backend-memfd,id=mem,size={mem},share=on{}",
-            if c.ram_sealed { "" } else { ",seal=off" }
-        ),
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-chardev",
-        &format!("socket,id=results,path={}", c.results_socket),
-        "-serial",
-        "chardev:results",
-        "-kernel",
-        &c.kernel,
-        "-initrd",
-        &c.initrd,
-        "-append",
-        &c.append,
-        "-no-reboot",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // Shared with `vugpu qemu-args` (vugpu_device::topology).
+    a.extend(topology::memory_args(c.memory_mib, c.ram_sealed));
+    a.extend(
+        [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-chardev",
+            &format!("socket,id=results,path={}", c.results_socket),
+            "-serial",
+            "chardev:results",
+            "-kernel",
+            &c.kernel,
+            "-initrd",
+            &c.initrd,
+            "-append",
+            &c.append,
+            "-no-reboot",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
     a.extend(c.devices.iter().cloned());
     a.extend(c.extra.iter().cloned());
     a

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! # vugpu-vm: gpus 1+                 GPUs attached: N (exactly), N+ (at least), N-M; boots the least
-//! # vugpu-vm: topology any            rootports | switch | any (boots rootports)
+//! # vugpu-vm: topology any            rootports | switch | root-complex | any (boots rootports)
 //! # vugpu-vm: peer none               none | nvme-cmb | any (boots none)
 //! # vugpu-vm: memory 2G               least guest RAM (boots this much)
 //! # vugpu-vm: kernel-config HMM_MIRROR DEVICE_PRIVATE

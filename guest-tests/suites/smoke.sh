@@ -25,7 +25,10 @@
 # and vugpu.irq_timeout_ms=MS become module parameters, and vendor/device
 # also tell vugpu-smoke which function to look for (a server started with
 # --vendor-id/--device-id); vugpu_smoke.subsystem_vendor=ID and
-# vugpu_smoke.subsystem_device=ID set the expected subsystem IDs.
+# vugpu_smoke.subsystem_device=ID set the expected subsystem IDs;
+# vugpu_smoke.vram_mib=LIST, vugpu_smoke.msix_vectors=LIST and
+# vugpu_smoke.serial=LIST (one value per GPU in BDF order, comma separated)
+# what each GPU was configured with (e.g. by a `vugpu serve --config` file).
 # Environment (for running by hand): VUGPU_MODULE (default
 # /lib/modules/vugpu.ko), VUGPU_MODULE_PARAMS, VUGPU_SMOKE_ARGS.
 
@@ -43,6 +46,12 @@ for word in $(suite_cmdline); do
 		suite_program_arg --subsystem-vendor "${word#*=}" ;;
 	vugpu_smoke.subsystem_device=*)
 		suite_program_arg --subsystem-device "${word#*=}" ;;
+	vugpu_smoke.vram_mib=*)
+		suite_program_arg --vram-mib "${word#*=}" ;;
+	vugpu_smoke.msix_vectors=*)
+		suite_program_arg --msix-vectors "${word#*=}" ;;
+	vugpu_smoke.serial=*)
+		suite_program_arg --serial "${word#*=}" ;;
 	esac
 done
 suite_plan 3

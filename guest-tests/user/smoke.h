@@ -27,8 +27,18 @@
  */
 #define SMOKE_TIMEOUT	60
 
+/*
+ * Per-GPU values the server was configured with (--vram-mib 512,128 ...),
+ * in BDF order; n == 0: not checked.
+ */
+struct smoke_expect {
+	unsigned int n;
+	unsigned long long v[VUGPU_MAX_DEVS];
+};
+
 struct smoke {
 	unsigned int vendor, device, subsys_vendor, subsys_device;
+	struct smoke_expect vram_mib, msix_vectors, serial;
 	const char *module_path;
 	struct vugpu_dev devs[VUGPU_MAX_DEVS];
 	int ndevs;		/* < 0: -errno from discovery */
@@ -60,6 +70,18 @@ struct smoke {
 				SKIP_TEST("%s: no open /dev/vugpuN (driver not bound)", \
 					  __d->bdf);				\
 	} while (0)
+
+/*
+ * Checks device @d (index @i in BDF order) against @e's value: true when @e
+ * is unset or its value is @got.
+ */
+#define EXPECT_CONFIGURED(s, e, i, got, what)					\
+	EXPECT_THAT(!(e)->n || ((unsigned int)(i) < (e)->n &&		\
+		    (unsigned long long)(got) == (e)->v[i]),			\
+		    "%s (GPU %d of %d): %s %llu (%#llx), configured %llu",		\
+		    (s)->devs[i].bdf, (int)(i), (s)->ndevs, what,			\
+		    (unsigned long long)(got), (unsigned long long)(got),		\
+		    (unsigned int)(i) < (e)->n ? (e)->v[i] : 0ULL)
 
 /* vugpu-smoke.c */
 const char *err_str(int ret);

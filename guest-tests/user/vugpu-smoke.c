@@ -18,8 +18,13 @@
  *       kernel log.
  *
  * Usage: vugpu-smoke [--vendor ID] [--device ID] [--subsystem-vendor ID]
- *                    [--subsystem-device ID] [--module PATH] [HARNESS OPTIONS]
- * where the harness's options select tests (-t NAME, -T NAME, -l lists them,
+ *                    [--subsystem-device ID] [--module PATH]
+ *                    [--vram-mib LIST] [--msix-vectors LIST] [--serial LIST]
+ *                    [HARNESS OPTIONS]
+ * --vram-mib, --msix-vectors and --serial take one value per GPU, comma
+ * separated, in BDF order (e.g. what a `vugpu serve --config` file gave each
+ * GPU): the GPU count must match and each GPU must show its own value; the
+ * harness's options select tests (-t NAME, -T NAME, -l lists them,
  * -h).  Output is the harness's TAP (results "smoke.NAME").  Exit status: 0
  * when no test failed, 1 otherwise, 2 on bad usage.  Needs root.
  */
@@ -174,6 +179,31 @@ static int parse_num(const char *s, unsigned int *out)
 	return 0;
 }
 
+/* "512,128": one number per GPU. */
+static int parse_list(const char *s, struct smoke_expect *e)
+{
+	const char *p = s;
+
+	e->n = 0;
+	for (;;) {
+		char *end;
+		unsigned long long v;
+
+		if (e->n == VUGPU_MAX_DEVS)
+			return -1;
+		errno = 0;
+		v = strtoull(p, &end, 0);
+		if (errno || end == p || *p == '-')
+			return -1;
+		e->v[e->n++] = v;
+		if (!*end)
+			return 0;
+		if (*end != ',')
+			return -1;
+		p = end + 1;
+	}
+}
+
 static int option(const char *opt, const char *val)
 {
 	unsigned int *num = NULL;
@@ -181,6 +211,12 @@ static int option(const char *opt, const char *val)
 	if (!strcmp(opt, "--module") && val) {
 		opts.module_path = val;
 		return 2;
+	} else if (!strcmp(opt, "--vram-mib") || !strcmp(opt, "--msix-vectors") ||
+		   !strcmp(opt, "--serial")) {
+		struct smoke_expect *e = opt[2] == 'v' ? &opts.vram_mib :
+					 opt[2] == 'm' ? &opts.msix_vectors : &opts.serial;
+
+		return val && !parse_list(val, e) ? 2 : 0;
 	} else if (!strcmp(opt, "--vendor")) {
 		num = &opts.vendor;
 	} else if (!strcmp(opt, "--device")) {
@@ -205,5 +241,6 @@ int main(int argc, char **argv)
 	}
 	return vugpu_harness_main(argc, argv, option,
 				  "[--vendor ID] [--device ID] [--subsystem-vendor ID] "
-				  "[--subsystem-device ID] [--module PATH]");
+				  "[--subsystem-device ID] [--module PATH] "
+				  "[--vram-mib LIST] [--msix-vectors LIST] [--serial LIST]");
 }
