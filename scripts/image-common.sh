@@ -11,10 +11,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 IMAGE=${VUGPU_IMAGE:-localhost/vugpu:latest}
 IMG_CACHE=$VUGPU_CACHE/image
 
-pm() {
-    podman --root "$IMG_CACHE/storage" --runroot /run/vugpu-podman --storage-driver vfs \
-        --cgroup-manager cgroupfs --events-backend file "$@"
-}
+PM=(podman --root "$IMG_CACHE/storage" --runroot /run/vugpu-podman --storage-driver vfs
+    --cgroup-manager cgroupfs --events-backend file)
+pm() { "${PM[@]}" "$@"; }
 
 image_prereqs() { # podman and debootstrap, from the host's apt when missing
     [ "$(id -u)" = 0 ] || { echo "vugpu: run as root (podman storage, debootstrap, chroot)" >&2; exit 2; }
