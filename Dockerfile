@@ -29,14 +29,20 @@ FROM ${BASE}
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     VUGPU_CACHE=/var/cache/vugpu LC_ALL=C.UTF-8
 
-# Provisioning first, keyed only on vugpu-vm and guest-tests/*/apt-packages (provision/), so a
+# Provisioning first, keyed only on vugpu-vm, guest-tests/*/apt-packages and guest-tests/kernel/
+# (provision/), so a
 # change to the server or the guest sources does not redo it. The runner installs what it needs on
 # this system with apt (debootstrap), creates its trixie root under $VUGPU_CACHE/root and installs
 # QEMU, the kernel, its headers and the build tools there, exactly as on a host. apt lists and the
 # provisioning logs are dropped afterwards (they are refreshed when a run needs apt again, e.g.
 # for --build-kernel or --modules).
+# VUGPU_PROVISION_ARGS bakes more into the image with the same code, e.g. `--modules nvme` (the p2p
+# suites' linux-modules-KVER, ~160 MB) or `--build-kernel 6.12` (a kernel the runner builds: ~20 min
+# of CPU, ~2 GB with its source tree).
+ARG VUGPU_PROVISION_ARGS=""
 COPY provision/ /opt/vugpu-provision/
 RUN /opt/vugpu-provision/vugpu-vm provision --tests-dir /opt/vugpu-provision/guest-tests \
+        $VUGPU_PROVISION_ARGS \
  && rm -rf /opt/vugpu-provision /var/lib/apt/lists/* /var/cache/apt/*.bin \
            "$VUGPU_CACHE/logs" "$VUGPU_CACHE/lock" \
            "$VUGPU_CACHE/root/var/lib/apt/lists/"* "$VUGPU_CACHE/root/var/cache/apt/"*.bin

@@ -45,6 +45,8 @@ image_exec() {
     unshare --mount --propagation private -- /bin/sh -c '
         set -e
         r=$1 out=$2 wd=$3; shift 3
+        # The root of the chroot must be a mount point (unshare --propagation inside needs it).
+        mount --bind "$r" "$r"
         mount -t proc proc "$r/proc"
         mount -t sysfs sysfs "$r/sys"
         mount --rbind /dev "$r/dev"
