@@ -26,16 +26,21 @@
 ARG BASE=debian:trixie
 FROM ${BASE}
 
+# Metadata first: with podman's vfs storage (no copy-on-write) every instruction after a large layer
+# copies that layer once more, so everything but the file-system changes comes before them.
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     VUGPU_CACHE=/var/cache/vugpu LC_ALL=C.UTF-8
+WORKDIR /src
+ENTRYPOINT ["/usr/local/bin/vugpu-vm", "--vugpu", "/usr/local/bin/vugpu", "--tests-dir", "/src/guest-tests"]
+CMD ["--suite", "smoke"]
 
-# Provisioning first, keyed only on vugpu-vm, guest-tests/*/apt-packages and guest-tests/kernel/
-# (provision/), so a
-# change to the server or the guest sources does not redo it. The runner installs what it needs on
-# this system with apt (debootstrap), creates its trixie root under $VUGPU_CACHE/root and installs
-# QEMU, the kernel, its headers and the build tools there, exactly as on a host. apt lists and the
-# provisioning logs are dropped afterwards (they are refreshed when a run needs apt again, e.g.
-# for --build-kernel or --modules).
+# Provisioning next, keyed only on the staged provision/ (a vugpu-vm that scripts/build-image
+# re-stages byte-identical while the runner's provisioning code is unchanged, and guest-tests/kernel/
+# for --build-kernel), so a change to the server, the suites or the rest of the runner does not
+# redo it. The runner installs what it needs on this system with apt (debootstrap), creates its
+# trixie root under $VUGPU_CACHE/root and installs QEMU, the kernel, its headers and the build
+# tools there, exactly as on a host. apt lists and the provisioning logs are dropped afterwards
+# (they are refreshed when a run needs apt again, e.g. for --build-kernel or --modules).
 # VUGPU_PROVISION_ARGS bakes more into the image with the same code, e.g. `--modules nvme` (the p2p
 # suites' linux-modules-KVER, ~160 MB) or `--build-kernel 6.12` (a kernel the runner builds: ~20 min
 # of CPU, ~2 GB with its source tree).
@@ -47,9 +52,6 @@ RUN /opt/vugpu-provision/vugpu-vm provision --tests-dir /opt/vugpu-provision/gue
            "$VUGPU_CACHE/logs" "$VUGPU_CACHE/lock" \
            "$VUGPU_CACHE/root/var/lib/apt/lists/"* "$VUGPU_CACHE/root/var/cache/apt/"*.bin
 
-# One layer for everything that changes often: /usr/local/bin/{vugpu,vugpu-vm}, /src/guest-tests,
-# /src/docs.
+# The last layer, for everything that changes often: /usr/local/bin/{vugpu,vugpu-vm},
+# /src/guest-tests, /src/docs, /src/examples.
 COPY image/ /
-WORKDIR /src
-ENTRYPOINT ["/usr/local/bin/vugpu-vm", "--vugpu", "/usr/local/bin/vugpu", "--tests-dir", "/src/guest-tests"]
-CMD ["--suite", "smoke"]

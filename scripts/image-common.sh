@@ -15,12 +15,13 @@ PM=(podman --root "$IMG_CACHE/storage" --runroot /run/vugpu-podman --storage-dri
     --cgroup-manager cgroupfs --events-backend file)
 pm() { "${PM[@]}" "$@"; }
 
-image_prereqs() { # podman and debootstrap, from the host's apt when missing
+image_prereqs() { # podman, debootstrap and cpio, from the host's apt when missing
     [ "$(id -u)" = 0 ] || { echo "vugpu: run as root (podman storage, debootstrap, chroot)" >&2; exit 2; }
     local need=()
     command -v podman >/dev/null || need+=(podman)
     command -v debootstrap >/dev/null || need+=(debootstrap)
     command -v unshare >/dev/null || need+=(util-linux)
+    command -v cpio >/dev/null || need+=(cpio)
     if [ ${#need[@]} -gt 0 ]; then
         progress "installing host packages: ${need[*]}" sh -c \
             'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
@@ -36,6 +37,7 @@ image_exec() {
     local image=$1 out=$2; shift 2
     local ctr mnt rc=0 wd
     local -a envs
+    image_gc
     mapfile -t envs < <(pm image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | sed '/^$/d')
     wd=$(pm image inspect --format '{{.Config.WorkingDir}}' "$image")
     ctr=$(pm create --name "vugpu-exec-$$-$RANDOM" "$image") || return 125
@@ -58,6 +60,19 @@ image_exec() {
     pm umount "$ctr" >/dev/null || true
     pm rm -f "$ctr" >/dev/null || true
     return "$rc"
+}
+
+# image_gc: removes the file-system copies of image_exec runs whose process is gone (killed by a
+# timeout or a signal before their clean-up).
+image_gc() {
+    local name pid
+    pm ps -a --format '{{.Names}}' 2>/dev/null | while read -r name; do
+        case "$name" in vugpu-exec-*) ;; *) continue ;; esac
+        pid=${name#vugpu-exec-}; pid=${pid%%-*}
+        [ -d "/proc/$pid" ] && continue
+        pm umount "$name" >/dev/null 2>&1 || true
+        pm rm -f "$name" >/dev/null 2>&1 || true
+    done
 }
 
 # image_entrypoint IMAGE: the image's ENTRYPOINT words, one per line.
