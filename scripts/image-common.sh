@@ -24,7 +24,7 @@ image_prereqs() { # podman, debootstrap and cpio, from the host's apt when missi
     command -v cpio >/dev/null || need+=(cpio)
     if [ ${#need[@]} -gt 0 ]; then
         progress "installing host packages: ${need[*]}" sh -c \
-            'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null' \
+            'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@" >/dev/null' \
             apt "${need[@]}"
     fi
     mkdir -p "$IMG_CACHE"
