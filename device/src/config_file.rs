@@ -829,8 +829,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display())),
         Err(e) => Err(format!("socket directory {}: {e}", dir.display())),
         Ok(md) => {
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
+            let me = rustix::process::geteuid().as_raw();
             if !md.is_dir() {
                 Err(format!(
                     "socket directory {} is not a directory",

@@ -18,14 +18,14 @@
 //! device model.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use serde::Serialize;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::engine::env::{TraceFeed, TRACE_FEED_LINES};
 use crate::engine::inject::InjectReport;
@@ -46,7 +46,7 @@ const MAX_REPLY: usize = 1 << 20;
 /// Bytes of a trace subscriber's output buffer before the queue is left alone.
 const STREAM_BUF: usize = 64 << 10;
 /// How often subscribers' queues are looked at while any streams.
-const STREAM_TICK_MS: i32 = 20;
+const STREAM_TICK_MS: u64 = 20;
 
 /// The control socket path for a vfio-user socket path.
 pub fn ctl_path(socket: &Path) -> PathBuf {
@@ -210,14 +210,14 @@ pub enum CtlError {
 #[derive(Debug)]
 pub struct CtlServer {
     path: PathBuf,
-    stop: EventFd,
+    stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
     /// What the thread takes, until [`CtlServer::serve`] starts it.
     pending: Option<Box<PendingCtl>>,
 }
 
 /// The listener, the thread's stop fd, the monitor and the limits of a bound control socket.
-type PendingCtl = (UnixListener, EventFd, EngineMonitor, CtlLimits);
+type PendingCtl = (UnixListener, OwnedFd, EngineMonitor, CtlLimits);
 
 impl CtlServer {
     /// Binds `path` (which must not exist) and serves it from a new thread, giving each client
@@ -256,9 +256,9 @@ impl CtlServer {
             )));
         }
         let listener = UnixListener::bind(path).map_err(err)?;
-        let setup = || -> io::Result<(EventFd, EventFd)> {
+        let setup = || -> io::Result<(OwnedFd, OwnedFd)> {
             listener.set_nonblocking(true)?;
-            let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+            let stop = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
             let theirs = stop.try_clone()?;
             Ok((stop, theirs))
         };
@@ -304,7 +304,7 @@ impl CtlServer {
 
 impl Drop for CtlServer {
     fn drop(&mut self) {
-        let _ = self.stop.write(1);
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -399,11 +399,11 @@ struct Conn {
 }
 
 impl Conn {
-    fn events(&self) -> libc::c_short {
+    fn events(&self) -> PollFlags {
         match &self.phase {
-            Phase::Writing(..) => libc::POLLOUT,
-            Phase::Streaming(st) if st.pos < st.out.len() => libc::POLLOUT,
-            _ => libc::POLLIN,
+            Phase::Writing(..) => PollFlags::OUT,
+            Phase::Streaming(st) if st.pos < st.out.len() => PollFlags::OUT,
+            _ => PollFlags::IN,
         }
     }
 
@@ -528,63 +528,56 @@ fn reply_to(buf: &[u8], monitor: &EngineMonitor) -> Answer {
 /// Serves clients, at most `limits.max_clients` at once, each within `limits.timeout`, until
 /// `stop` is readable. Nothing a client does (silence, a slow read, a huge request, dying
 /// halfway) holds more than its slot, its buffers and its timeout.
-fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limits: CtlLimits) {
+fn serve(listener: &UnixListener, stop: &OwnedFd, monitor: &EngineMonitor, limits: CtlLimits) {
     let mut conns: Vec<Conn> = Vec::new();
     let mut backoff_until: Option<Instant> = None;
     loop {
         let now = Instant::now();
         conns.retain(|c| !matches!(c.phase, Phase::Done) && c.deadline > now);
         let accepting = backoff_until.is_none_or(|t| t <= now);
-        let mut fds = vec![
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if accepting {
-                    listener.as_fd().as_raw_fd()
-                } else {
-                    -1
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        fds.extend(conns.iter().map(|c| libc::pollfd {
-            fd: c.stream.as_raw_fd(),
-            events: c.events(),
-            revents: 0,
-        }));
         let streams = conns.iter().filter(|c| c.streaming()).count();
         let mut wake = conns
             .iter()
             .map(|c| c.deadline)
             .chain(backoff_until)
             .min()
-            .map_or(-1, |t| {
-                let ms = t.saturating_duration_since(now).as_millis() + 1;
-                i32::try_from(ms).unwrap_or(i32::MAX)
-            });
-        if streams > 0 && !(0..=STREAM_TICK_MS).contains(&wake) {
+            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
+        if streams > 0 && wake.is_none_or(|w| w > Duration::from_millis(STREAM_TICK_MS)) {
             // Subscribers' queues are not pollable: look at them every tick.
-            wake = STREAM_TICK_MS;
+            wake = Some(Duration::from_millis(STREAM_TICK_MS));
         }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds for the duration of the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wake) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+        let wake = wake.map(|w| Timespec {
+            tv_sec: i64::try_from(w.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(w.subsec_nanos()),
+        });
+        // The stop fd, the listener unless accepting pauses, then one per client.
+        let mut fds = Vec::with_capacity(conns.len() + 2);
+        fds.push(PollFd::new(stop, PollFlags::IN));
+        if accepting {
+            fds.push(PollFd::new(listener, PollFlags::IN));
+        }
+        let first_conn = fds.len();
+        fds.extend(conns.iter().map(|c| PollFd::new(&c.stream, c.events())));
+        match rustix::event::poll(&mut fds, wake.as_ref()) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!("control socket poll failed ({e}); stopping it");
+                return;
             }
-            tracing::error!("control socket poll failed; stopping it");
+        }
+        if !fds[0].revents().is_empty() {
             return;
         }
-        if fds[0].revents != 0 {
-            return;
-        }
+        let listener_ready = accepting && !fds[1].revents().is_empty();
+        let ready: Vec<bool> = fds[first_conn..]
+            .iter()
+            .map(|p| !p.revents().is_empty())
+            .collect();
+        drop(fds);
         let mut streams = streams;
-        for (c, pfd) in conns.iter_mut().zip(&fds[2..]) {
-            if pfd.revents != 0 || c.streaming() {
+        for (c, ready) in conns.iter_mut().zip(ready) {
+            if ready || c.streaming() {
                 let was = c.streaming();
                 c.step(monitor, streams - usize::from(was), limits.max_clients);
                 if !was && c.streaming() {
@@ -594,7 +587,7 @@ fn serve(listener: &UnixListener, stop: &EventFd, monitor: &EngineMonitor, limit
         }
         // Slots of clients that finished are free for the ones waiting to be accepted.
         conns.retain(|c| !matches!(c.phase, Phase::Done));
-        if fds[1].revents != 0 {
+        if listener_ready {
             backoff_until = accept_all(listener, &mut conns, limits);
         } else if !accepting {
             backoff_until = None;

@@ -25,8 +25,7 @@ fn spawn(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Child {
 }
 
 fn terminate(mut child: Child) -> std::process::ExitStatus {
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    common::sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(s) = child.try_wait().unwrap() {
