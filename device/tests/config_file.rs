@@ -9,10 +9,9 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{temp_dir, wait_for};
-use vugpu_device::ctl::{ctl_path, request};
+use vugpu_device::ctl::ctl_path;
 
 fn spawn(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Child {
     let log = File::create(dir.join("stderr.log")).unwrap();
@@ -22,25 +21,6 @@ fn spawn(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Child {
         c.env(k, v);
     }
     c.spawn().unwrap()
-}
-
-fn terminate(mut child: Child) -> std::process::ExitStatus {
-    common::sigterm(&child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn stats(socket: &Path) -> serde_json::Value {
-    serde_json::from_str(&request(&ctl_path(socket), "stats").unwrap()).unwrap()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -68,12 +48,12 @@ fn two_gpus_from_a_file_each_with_its_settings() {
     let dir = temp_dir("cfg-two");
     let file = dir.join("vugpu.toml");
     std::fs::write(&file, TWO_GPUS).unwrap();
-    let child = spawn(&dir, &[], &["--config", file.to_str().unwrap()]);
+    let mut child = spawn(&dir, &[], &["--config", file.to_str().unwrap()]);
     // Relative sockets are relative to the file.
     let (a, b) = (dir.join("a.sock"), dir.join("b.sock"));
     wait_for(&a);
     wait_for(&b);
-    let (sa, sb) = (stats(&a), stats(&b));
+    let (sa, sb) = (common::ctl_stats(&a), common::ctl_stats(&b));
     assert_eq!(sa["device"]["name"], "gpu0");
     assert_eq!(sb["device"]["name"], "gpu1");
     assert_eq!(
@@ -89,7 +69,7 @@ fn two_gpus_from_a_file_each_with_its_settings() {
         assert_eq!(mode(s), 0o660, "{}", s.display());
         assert_eq!(mode(&ctl_path(s)), 0o660, "{}", s.display());
     }
-    assert!(terminate(child).success());
+    assert!(common::terminate(&mut child).success());
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert!(
         log.contains(&format!(
@@ -107,7 +87,7 @@ fn two_gpus_from_a_file_each_with_its_settings() {
 
     // The command line overrides the file for every GPU, and its sockets replace the file's.
     let (x, y) = (dir.join("x.sock"), dir.join("y.sock"));
-    let child = spawn(
+    let mut child = spawn(
         &dir,
         &[],
         &[
@@ -126,16 +106,16 @@ fn two_gpus_from_a_file_each_with_its_settings() {
     wait_for(&x);
     wait_for(&y);
     for s in [&x, &y] {
-        assert_eq!(stats(s)["device"]["engines"], 2);
+        assert_eq!(common::ctl_stats(s)["device"]["engines"], 2);
         assert_eq!(mode(s), 0o600);
     }
     assert_eq!(
-        stats(&y)["device"]["vectors"],
+        common::ctl_stats(&y)["device"]["vectors"],
         4,
         "the table's other keys stay"
     );
     assert!(!a.exists());
-    assert!(terminate(child).success());
+    assert!(common::terminate(&mut child).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -185,16 +165,16 @@ fn without_a_socket_the_default_directory() {
     let dir = temp_dir("cfg-xdg");
     let run = dir.join("xdg");
     std::fs::create_dir(&run).unwrap();
-    let child = spawn(
+    let mut child = spawn(
         &dir,
         &[("XDG_RUNTIME_DIR", &run)],
         &["--gpus", "2", "--vram", "1M"],
     );
     let sock = run.join("vugpu/gpu1.sock");
     wait_for(&sock);
-    assert_eq!(stats(&sock)["device"]["name"], "gpu1");
+    assert_eq!(common::ctl_stats(&sock)["device"]["name"], "gpu1");
     assert_eq!(mode(&run.join("vugpu")), 0o700, "created private");
-    assert!(terminate(child).success());
+    assert!(common::terminate(&mut child).success());
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert!(
         log.contains(&format!("on {}", run.join("vugpu/gpu0.sock").display())),

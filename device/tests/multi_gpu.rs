@@ -7,11 +7,10 @@ mod common;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::rig::{pattern, sys, vram, Doorbell, Rig};
 use common::{connect, temp_dir, wait_for, MIB};
-use vugpu_device::ctl::{ctl_path, request};
+use vugpu_device::ctl::ctl_path;
 use vugpu_device::engine::desc::{flags, RawDescriptor};
 
 const BAR1_BUS: u64 = 0x80_0000_0000;
@@ -27,30 +26,11 @@ fn spawn(dir: &Path, args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn terminate(mut child: Child) -> std::process::ExitStatus {
-    common::sigterm(&child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn stats(socket: &Path) -> serde_json::Value {
-    serde_json::from_str(&request(&ctl_path(socket), "stats").unwrap()).unwrap()
-}
-
 #[test]
 fn two_gpus_on_repeated_sockets_are_peers() {
     let dir = temp_dir("multi");
     let (s0, s1) = (dir.join("a.sock"), dir.join("b.sock"));
-    let child = spawn(
+    let mut child = spawn(
         &dir,
         &[
             "--socket",
@@ -84,14 +64,14 @@ fn two_gpus_on_repeated_sockets_are_peers() {
         r1.vram_read(MIB, 256 << 10) == a,
         "gpu1 VRAM has gpu0's bytes"
     );
-    let (v0, v1) = (stats(&s0), stats(&s1));
+    let (v0, v1) = (common::ctl_stats(&s0), common::ctl_stats(&s1));
     assert_eq!(v0["device"]["name"], "gpu0");
     assert_eq!(v1["device"]["name"], "gpu1");
     assert_eq!(v0["p2p"][1]["peer"], "gpu1");
     assert_eq!(v0["p2p"][1]["written"], 256 << 10);
     assert_eq!(v1["p2p"][0]["peer_written"], 256 << 10);
     drop((r0, r1));
-    let status = terminate(child);
+    let status = common::terminate(&mut child);
     assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     for want in [
@@ -112,7 +92,7 @@ fn two_gpus_on_repeated_sockets_are_peers() {
 #[test]
 fn socket_dir_serves_n_gpus_and_a_bad_start_serves_none() {
     let dir = temp_dir("multi-dir");
-    let child = spawn(
+    let mut child = spawn(
         &dir,
         &[
             "--socket-dir",
@@ -128,10 +108,10 @@ fn socket_dir_serves_n_gpus_and_a_bad_start_serves_none() {
     for i in 0..3 {
         let s = dir.join(format!("gpu{i}.sock"));
         wait_for(&s);
-        assert_eq!(stats(&s)["device"]["name"], format!("gpu{i}"));
-        assert_eq!(stats(&s)["p2p"].as_array().unwrap().len(), 3);
+        assert_eq!(common::ctl_stats(&s)["device"]["name"], format!("gpu{i}"));
+        assert_eq!(common::ctl_stats(&s)["p2p"].as_array().unwrap().len(), 3);
     }
-    assert!(terminate(child).success());
+    assert!(common::terminate(&mut child).success());
     // A second server on the same directory must refuse before serving anything.
     std::fs::write(dir.join("gpu1.sock"), b"").unwrap();
     let child = spawn(

@@ -102,19 +102,30 @@ impl ServerProcess {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        sigterm(&self.child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        terminate(&mut self.child)
     }
+}
+
+/// SIGTERM to a `vugpu serve` child, then its exit status (SIGKILL after 20 s).
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    sigterm(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `stats` reply of the control socket of the GPU served on `socket`.
+pub fn ctl_stats(socket: &Path) -> serde_json::Value {
+    let path = vugpu_device::ctl::ctl_path(socket);
+    serde_json::from_str(&vugpu_device::ctl::request(&path, "stats").unwrap()).unwrap()
 }
 
 impl Drop for ServerProcess {
