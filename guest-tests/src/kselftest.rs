@@ -242,6 +242,27 @@ pub fn harness(env: &Env) -> Result<Harness, KbuildError> {
     Ok(Harness { dir, key, label })
 }
 
+/// The source tarball (path inside the root) of `pkg` (`linux-source-SERIES`) when exactly
+/// `version` is installed in the root and its tarball is there.
+fn installed_source(
+    place: &Place,
+    root: &crate::root::Root,
+    pkg: &str,
+    series: &str,
+    version: &str,
+) -> Option<String> {
+    let status = root_out(
+        place,
+        &["dpkg-query", "-W", "-f=${db:Status-Abbrev} ${Version}", pkg],
+        "dpkg-query",
+    )
+    .unwrap_or_default();
+    let tarball = format!("/usr/src/linux-source-{series}.tar.xz");
+    (status.split_whitespace().collect::<Vec<_>>() == ["ii", version]
+        && root.host_path(&tarball).is_file())
+    .then_some(tarball)
+}
+
 /// Debian's kernel: (the directory with the harness headers inside the root, its label).
 fn debian_harness(
     root: &crate::root::Root,
@@ -286,21 +307,7 @@ fn debian_harness(
         return Ok((inner, label));
     }
     let place = Place::Root(root);
-    let installed = root_out(
-        &place,
-        &[
-            "dpkg-query",
-            "-W",
-            "-f=${db:Status-Abbrev} ${Version}",
-            &pkg,
-        ],
-        "dpkg-query",
-    )
-    .unwrap_or_default();
-    let tarball = format!("/usr/src/linux-source-{series}.tar.xz");
-    let from_installed = installed.split_whitespace().collect::<Vec<_>>()
-        == ["ii", version.as_str()]
-        && root.host_path(&tarball).is_file();
+    let from_installed = installed_source(&place, root, &pkg, &series, &version).is_some();
     let t = Instant::now();
     if from_installed {
         say!("extracting the kselftest harness headers from the installed {label}");
@@ -444,22 +451,8 @@ fn debian_source(
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let t = Instant::now();
     let inner_dir = format!("{KTESTS_DIR}/{name}");
-    let installed = root_out(
-        &place,
-        &[
-            "dpkg-query",
-            "-W",
-            "-f=${db:Status-Abbrev} ${Version}",
-            &pkg,
-        ],
-        "dpkg-query",
-    )
-    .unwrap_or_default();
-    let tarball = format!("/usr/src/linux-source-{series}.tar.xz");
     let log = dir.join("unpack.log");
-    let script = if installed.split_whitespace().collect::<Vec<_>>() == ["ii", version.as_str()]
-        && root.host_path(&tarball).is_file()
-    {
+    let script = if let Some(tarball) = installed_source(&place, root, &pkg, &series, &version) {
         say!(
             "unpacking the installed {pkg} {version} (the guest kernel's source) into {}",
             dir.display()
