@@ -37,6 +37,15 @@
  * released and the sources stay where they were (the CPU fault path then
  * answers VM_FAULT_SIGBUS).
  *
+ * CPU faults.  migrate_to_ram brings back the faulting page and the other
+ * pages of this GPU in the aligned window of fault_around_pages around it
+ * (within the VMA; default 16 pages = 64 KiB, the kernel's own
+ * fault_around_bytes default; 1 = the faulting page only, as test_hmm in
+ * 6.x and nouveau), in one migration: one unmap, one TLB invalidation and
+ * one copy job for the window instead of one each per page, as drivers
+ * that migrate ranges on CPU faults (amdgpu's SVM) do.  A PMD-mapped
+ * device folio comes back whole.
+ *
  * Eviction.  Releasing a mirror, HMM_DMIRROR_RELEASE and driver remove move
  * device pages back to system memory with migrate_device_range(), again
  * with the engines, before chunks are unregistered (memunmap_pages() waits
@@ -126,6 +135,33 @@ struct vugpu_devmem {
 };
 
 static const struct dev_pagemap_ops vugpu_devmem_ops;
+
+/* Pages migrate_to_ram moves back per CPU fault (see "CPU faults" above). */
+static unsigned int fault_around_pages = 16;
+
+static int vugpu_fault_around_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int n;
+	int ret = kstrtouint(val, 0, &n);
+
+	if (ret)
+		return ret;
+	if (!n || n > PTRS_PER_PTE || !is_power_of_2(n)) {
+		pr_err("fault_around_pages=%u: must be a power of two from 1 to %lu\n", n,
+		       (unsigned long)PTRS_PER_PTE);
+		return -EINVAL;
+	}
+	WRITE_ONCE(fault_around_pages, n);
+	return 0;
+}
+
+static const struct kernel_param_ops vugpu_fault_around_ops = {
+	.set = vugpu_fault_around_set,
+	.get = param_get_uint,
+};
+module_param_cb(fault_around_pages, &vugpu_fault_around_ops, &fault_around_pages, 0644);
+MODULE_PARM_DESC(fault_around_pages,
+		 "pages of this GPU migrate_to_ram brings back per CPU fault: the aligned window around the fault, a power of two 1-512 (default 16; 1 = the faulting page only)");
 
 static struct vugpu_devmem *vugpu_dm(struct vugpu_device *vdev)
 {
@@ -960,16 +996,19 @@ int vugpu_devmem_migrate_to_sys(struct vugpu_mirror *m, struct hmm_dmirror_cmd *
 	return ret;
 }
 
-/* dev_pagemap_ops.migrate_to_ram: a CPU touched a device page (vmf->page is locked). */
+/*
+ * dev_pagemap_ops.migrate_to_ram: a CPU touched a device page (vmf->page is
+ * locked).  Migrates the device folio, or the fault_around_pages window.
+ */
 static vm_fault_t vugpu_devmem_migrate_to_ram(struct vm_fault *vmf)
 {
 	struct page *page = vmf->page;
 	struct vugpu_device *vdev = vugpu_pgmap(page)->owner;
 	struct vugpu_devmem *dm = vugpu_dm(vdev);
-	unsigned int order = 0;
-	unsigned long src_one, dst_one, *src = &src_one, *dst = &dst_one;
+	struct vm_area_struct *vma = vmf->vma;
+	unsigned long src_one, dst_one, *src = &src_one, *dst = &dst_one, npages, span;
 	struct migrate_vma args = {
-		.vma = vmf->vma,
+		.vma = vma,
 		.pgmap_owner = vdev,
 		.flags = MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
 		.fault_page = page,
@@ -980,17 +1019,21 @@ static vm_fault_t vugpu_devmem_migrate_to_ram(struct vm_fault *vmf)
 
 	if (WARN_ON_ONCE(!dm))
 		return VM_FAULT_SIGBUS;
+	span = PAGE_SIZE * READ_ONCE(fault_around_pages);
 #if VUGPU_DEVMEM_FOLIO
 	/* A PMD-mapped device folio arrives without a PTE: migrate it whole. */
-	if (!vmf->pte)
-		order = folio_order(page_folio(page));
-#endif
-	args.start = ALIGN_DOWN(vmf->address, PAGE_SIZE << order);
-	args.end = args.start + (PAGE_SIZE << order);
-	if (order) {
+	if (!vmf->pte) {
+		span = PAGE_SIZE << folio_order(page_folio(page));
 		args.flags |= VUGPU_SELECT_COMPOUND;
-		src = kcalloc(1U << order, sizeof(*src), GFP_KERNEL);
-		dst = kcalloc(1U << order, sizeof(*dst), GFP_KERNEL);
+	}
+#endif
+	/* The aligned window around the fault, inside the VMA (a PMD folio is inside it). */
+	args.start = max(ALIGN_DOWN(vmf->address, span), vma->vm_start);
+	args.end = min(ALIGN_DOWN(vmf->address, span) + span, vma->vm_end);
+	npages = (args.end - args.start) >> PAGE_SHIFT;
+	if (npages > 1) {
+		src = kcalloc(npages, sizeof(*src), GFP_KERNEL);
+		dst = kcalloc(npages, sizeof(*dst), GFP_KERNEL);
 		if (!src || !dst) {
 			vret = VM_FAULT_OOM;
 			goto out;
@@ -998,7 +1041,7 @@ static vm_fault_t vugpu_devmem_migrate_to_ram(struct vm_fault *vmf)
 	}
 	args.src = src;
 	args.dst = dst;
-	memset(dst, 0, sizeof(*dst) << order);
+	memset(dst, 0, sizeof(*dst) * npages);
 	if (migrate_vma_setup(&args)) {
 		vret = VM_FAULT_SIGBUS;
 		goto out;
@@ -1008,7 +1051,7 @@ static vm_fault_t vugpu_devmem_migrate_to_ram(struct vm_fault *vmf)
 		migrate_vma_finalize(&args);
 		goto out;
 	}
-	ret = vugpu_xfer_init(&x, vdev, 1U << order, DMA_FROM_DEVICE);
+	ret = vugpu_xfer_init(&x, vdev, npages, DMA_FROM_DEVICE);
 	if (ret) {
 		vret = VM_FAULT_OOM;
 		goto abort;
@@ -1030,10 +1073,10 @@ static vm_fault_t vugpu_devmem_migrate_to_ram(struct vm_fault *vmf)
 	migrate_vma_finalize(&args);
 	goto out;
 abort:
-	vugpu_migrate_abort(args.src, args.dst, 1U << order, false);
+	vugpu_migrate_abort(args.src, args.dst, npages, false);
 	migrate_vma_finalize(&args);
 out:
-	if (order) {
+	if (npages > 1) {
 		kfree(src);
 		kfree(dst);
 	}

@@ -17,8 +17,9 @@
  *                       device reads back through its page table (VRAM PTEs,
  *                       copied there by the engines) is the data, SNAPSHOT
  *                       says DEV_PRIVATE_LOCAL for every page
- *   cpu_fault_back      a CPU read of a page in VRAM brings that page (and
- *                       only it) back with its data (migrate_to_ram)
+ *   cpu_fault_back      a CPU read of a page in VRAM brings back exactly the
+ *                       fault_around_pages window around it (1 and 16), with
+ *                       its data (migrate_to_ram); invalid windows are refused
  *   cpu_write_back      a CPU write to pages in VRAM: they come back, the
  *                       writes land, the device then sees the new data
  *   migrate_to_sys      MIGRATE_TO_SYS: cpages, data, SNAPSHOT without device pages
@@ -176,37 +177,106 @@ static void migrate_verify(struct __test_metadata *_metadata, void *arg)
 	free(mir);
 }
 
-static void cpu_fault_back(struct __test_metadata *_metadata, void *arg)
+#define FAULT_AROUND "/sys/module/vugpu/parameters/fault_around_pages"
+
+/* Write @val to vugpu's fault_around_pages; 0 or -errno. */
+static int set_fault_around(const char *val)
 {
-	struct ctx *c = arg;
-	size_t npages = 64, size = npages * c->page, w = c->page / 4;
+	int fd = open(FAULT_AROUND, O_WRONLY), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, val, strlen(val)) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+static long get_fault_around(void)
+{
+	char b[32] = "";
+	int fd = open(FAULT_AROUND, O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, b, sizeof(b) - 1);
+	close(fd);
+	return n > 0 ? strtol(b, NULL, 10) : -EIO;
+}
+
+/*
+ * A CPU read of one page in VRAM with fault_around_pages = @window: exactly
+ * the @window-aligned pages around it (here inside the buffer) come back
+ * with their data, every other page stays in VRAM.
+ */
+static void fault_back_window(struct __test_metadata *_metadata, struct ctx *c, size_t window)
+{
+	size_t npages = 64, size = npages * c->page, w = c->page / 4, touch = 21, i;
+	size_t first = touch / window * window;
 	struct vugpu_hmm_dmirror_cmd cmd;
 	unsigned char *m = malloc(npages);
 	uint32_t *buf, *mir = malloc(size);
+	char val[16];
+	void *base;
+	size_t base_len;
 	int ret;
 
-	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT_THAT(buf != MAP_FAILED && m && mir, "allocation");
+	snprintf(val, sizeof(val), "%zu", window);
+	ret = set_fault_around(val);
+	ASSERT_THAT(ret == 0, "fault_around_pages=%s: %s", val, strerror(-ret));
+	/* Aligned to the largest window, so that the window is inside the buffer. */
+	buf = map_aligned(size, npages * c->page, &base, &base_len);
+	ASSERT_THAT(buf && m && mir, "allocation");
 	fill(buf, size, 0xabcd);
 	ret = dmirror(c->fd, VUGPU_HMM_MIGRATE_TO_DEV, buf, mir, npages, &cmd);
 	ASSERT_THAT(ret == 0 && cmd.cpages == npages, "MIGRATE_TO_DEV: %s, cpages %llu",
 		    strerror(-ret), (unsigned long long)cmd.cpages);
-	/* Touch one word of page 5: migrate_to_ram brings page 5 back. */
-	EXPECT_THAT(buf[5 * w + 7] == (0xabcd ^ (uint32_t)((5 * w + 7) * 2654435761u)),
-		    "page 5 word 7 is %#x after the fault", buf[5 * w + 7]);
+	/* Touch one word of page 21: migrate_to_ram brings its window back. */
+	EXPECT_THAT(buf[touch * w + 7] == (0xabcd ^ (uint32_t)((touch * w + 7) * 2654435761u)),
+		    "page %zu word 7 is %#x after the fault", touch, buf[touch * w + 7]);
 	ret = snapshot(c, buf, npages, m);
 	ASSERT_THAT(ret == 0, "SNAPSHOT: %s", strerror(-ret));
-	EXPECT_THAT((m[5] & LOCAL_MASK) != LOCAL, "page 5 still in VRAM (%#x)", m[5]);
+	for (i = 0; i < npages; i++) {
+		bool in_window = i >= first && i < first + window;
+
+		EXPECT_THAT(((m[i] & LOCAL_MASK) == LOCAL) != in_window,
+			    "window %zu, fault on page %zu: page %zu %s (%#x)", window, touch, i,
+			    in_window ? "still in VRAM" : "left VRAM", m[i]);
+	}
 	ret = count_prot(m, npages, LOCAL_MASK, LOCAL);
-	EXPECT_THAT(ret == (int)npages - 1, "%d pages in VRAM, want %zu", ret, npages - 1);
+	EXPECT_THAT(ret == (int)(npages - window), "%d pages in VRAM, want %zu", ret,
+		    npages - window);
 	/* Now all of it, by reading every page. */
 	EXPECT_THAT(check(buf, size, 0xabcd) < 0, "data differs after faulting everything back");
 	ret = snapshot(c, buf, npages, m);
 	EXPECT_THAT(ret == 0 && count_prot(m, npages, LOCAL_MASK, LOCAL) == 0,
 		    "pages still in VRAM after CPU reads");
-	munmap(buf, size);
+	munmap(base, base_len);
 	free(m);
 	free(mir);
+}
+
+static void cpu_fault_back(struct __test_metadata *_metadata, void *arg)
+{
+	static const char *const bad[] = { "0", "3", "1024", "x" };
+	long old = get_fault_around();
+	char val[16];
+	size_t i;
+	int ret;
+
+	ASSERT_THAT(old > 0, "%s: %s", FAULT_AROUND, strerror(old < 0 ? (int)-old : EINVAL));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ret = set_fault_around(bad[i]);
+		EXPECT_THAT(ret == -EINVAL, "fault_around_pages=%s: %s, want EINVAL", bad[i],
+			    ret ? strerror(-ret) : "accepted");
+	}
+	EXPECT_THAT(get_fault_around() == old, "a refused value changed fault_around_pages");
+	fault_back_window(_metadata, arg, 1);
+	fault_back_window(_metadata, arg, 16);
+	snprintf(val, sizeof(val), "%ld", old);
+	ret = set_fault_around(val);
+	EXPECT_THAT(ret == 0, "restoring fault_around_pages=%s: %s", val, strerror(-ret));
 }
 
 static void cpu_write_back(struct __test_metadata *_metadata, void *arg)
