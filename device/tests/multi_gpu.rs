@@ -7,6 +7,7 @@ mod common;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::rig::{pattern, sys, vram, Doorbell, Rig};
 use common::{connect, temp_dir, wait_for, MIB};
@@ -71,9 +72,26 @@ fn two_gpus_on_repeated_sockets_are_peers() {
     assert_eq!(v0["p2p"][1]["written"], 256 << 10);
     assert_eq!(v1["p2p"][0]["peer_written"], 256 << 10);
     drop((r0, r1));
+    // The server sees the hang-ups only once every copy of the client fds is closed: a test
+    // running concurrently may fork and hold copies until it execs. Wait for both before
+    // SIGTERM, which would otherwise stop the GPUs with their clients still attached.
+    let log_path = dir.join("stderr.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&log_path)
+        .unwrap()
+        .matches(": client 1 disconnected")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the clients' hang-ups were never logged"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let status = common::terminate(&mut child);
     assert!(status.success(), "{status:?}");
-    let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     for want in [
         "[Info] gpu{name=gpu0}: serving",
         "[Info] gpu{name=gpu1}: serving",
