@@ -124,6 +124,7 @@ phase() {
 		PHASE_FAILED=1
 		return
 	fi
+	cp /proc/vmstat "$SUITE_TMP/vmstat" 2>/dev/null
 	_p_start=$(now)
 	# shellcheck disable=SC2086 # SUITE_ARGS are split on purpose
 	{ timeout "$PHASE_LIMIT" "$HMM_TESTS" $SUITE_ARGS 2>&1; echo $? > "$SUITE_TMP/rc"; } |
@@ -188,6 +189,13 @@ phase() {
 	[ "${_p_rc:-1}" != 124 ] && [ "${_p_rc:-1}" != 143 ] ||
 		echo "# hmm-tests was stopped after ${PHASE_LIMIT} s"
 	echo "# phase $_p_name: $PHASE_SECONDS s wall ($PHASE_BENCH s of it in benchmark_thp_migration), pass $PHASE_PASSED fail $PHASE_FAILED skip $PHASE_SKIPPED"
+	# The kernel's own page migration meanwhile (compaction moves pages that a migrate_vma
+	# of the same instant then cannot collect: docs/hmm.md, -ENOENT).
+	[ -r /proc/vmstat ] && awk 'NR == FNR { before[$1] = $2; next }
+		$1 ~ /^(compact_stall|compact_daemon_wake|compact_isolated|pgmigrate_success|pgmigrate_fail|thp_migration_split|thp_split_page)$/ {
+			s = s sprintf(" %s +%d", $1, $2 - before[$1])
+		}
+		END { print "# phase kernel counters (/proc/vmstat deltas):" s }' "$SUITE_TMP/vmstat" /proc/vmstat
 	if [ "$PHASE_FAILED" -eq 0 ]; then
 		ktap_result "$_p_n" "$_p_name" 0
 	else
