@@ -179,10 +179,10 @@ static void migrate_verify(struct __test_metadata *_metadata, void *arg)
 
 #define FAULT_AROUND "/sys/module/vugpu/parameters/fault_around_pages"
 
-/* Write @val to vugpu's fault_around_pages; 0 or -errno. */
-static int set_fault_around(const char *val)
+/* Write @val to a sysfs file; 0 or -errno. */
+static int write_sysfs(const char *path, const char *val)
 {
-	int fd = open(FAULT_AROUND, O_WRONLY), ret = 0;
+	int fd = open(path, O_WRONLY), ret = 0;
 
 	if (fd < 0)
 		return -errno;
@@ -190,6 +190,12 @@ static int set_fault_around(const char *val)
 		ret = -errno;
 	close(fd);
 	return ret;
+}
+
+/* Write @val to vugpu's fault_around_pages; 0 or -errno. */
+static int set_fault_around(const char *val)
+{
+	return write_sysfs(FAULT_AROUND, val);
 }
 
 static long get_fault_around(void)
@@ -536,18 +542,6 @@ static void release(struct __test_metadata *_metadata, void *arg)
 	munmap(buf, size);
 	free(m);
 	free(mir);
-}
-
-static int write_sysfs(const char *path, const char *val)
-{
-	int fd = open(path, O_WRONLY), ret = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (write(fd, val, strlen(val)) < 0)
-		ret = -errno;
-	close(fd);
-	return ret;
 }
 
 /* The PCI address of the GPU behind /dev/hmm_dmirrorN (its misc device's parent). */
